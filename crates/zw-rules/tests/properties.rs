@@ -1,0 +1,72 @@
+//! Property tests: printing and re-parsing a rule gives the same tree; no input panics.
+
+use proptest::prelude::*;
+use zw_rules::{parse, translate_go_regex, Expr, MatcherCall, MatcherKind, Rule};
+
+fn value() -> impl Strategy<Value = String> {
+    // Values with backticks, quotes, backslashes and control characters exercise both
+    // quoting styles of the printer.
+    prop_oneof![
+        "[a-z0-9./*-]{1,12}",
+        "[ -~]{1,12}",
+        any::<String>().prop_filter("non-empty", |s| !s.is_empty()),
+    ]
+}
+
+fn matcher() -> impl Strategy<Value = Expr> {
+    (prop::sample::select(MatcherKind::ALL.to_vec()), prop::collection::vec(value(), 2)).prop_map(|(kind, vals)| {
+        let (min, max) = kind.arity();
+        let n = if min == max { min } else { min + (vals[0].len() % 2) };
+        let _ = max;
+        let args: Vec<String> = vals.into_iter().take(n).collect();
+        Expr::Matcher(MatcherCall { kind, arg_positions: vec![0; args.len()], args, position: 0 })
+    })
+}
+
+fn expr() -> impl Strategy<Value = Expr> {
+    matcher().prop_recursive(6, 48, 2, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| Expr::And(Box::new(a), Box::new(b))),
+            (inner.clone(), inner).prop_map(|(a, b)| Expr::Or(Box::new(a), Box::new(b))),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn print_parse_round_trip(e in expr()) {
+        let printed = e.to_string();
+        let reparsed = parse(&printed).map_err(|err| TestCaseError::fail(format!("{printed}: {err}")))?;
+        prop_assert_eq!(&reparsed, &e, "printed as {}", printed);
+        // and printing is a fixed point
+        prop_assert_eq!(reparsed.to_string(), printed);
+    }
+
+    #[test]
+    fn parse_never_panics(s in any::<String>()) {
+        let _ = Rule::compile(&s);
+    }
+
+    #[test]
+    fn parse_never_panics_on_rule_like_text(s in "[HPMQCHhostpathregxiquy()`\"!&| ,\\\\*./a-z0-9\\[\\]{}]{0,80}") {
+        if let Err(e) = Rule::compile(&s) {
+            prop_assert!(e.position <= s.len(), "position {} beyond {}", e.position, s.len());
+        }
+    }
+
+    #[test]
+    fn regex_translation_never_panics_and_literal_text_still_matches(s in "[a-z{}0-9,]{0,16}") {
+        // Letters, digits, commas and braces: in RE2 this always compiles (braces that do
+        // not form a repetition are literal), so the translation must compile too.
+        let re = regex::Regex::new(&translate_go_regex(&s));
+        prop_assert!(re.is_ok(), "{} -> {}", s, translate_go_regex(&s));
+    }
+
+    #[test]
+    fn regex_translation_total(s in any::<String>()) {
+        let _ = translate_go_regex(&s);
+    }
+}

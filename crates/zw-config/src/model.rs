@@ -1,0 +1,309 @@
+//! The configuration model. Field names follow Traefik's file provider; fields marked
+//! *Zeitwork addition* are ours.
+//!
+//! Every struct keeps the keys it does not know in `unknown`, so that validation can
+//! report all of them by path at once instead of stopping at the first.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Dur;
+
+/// Keys this struct does not know, kept for error reporting only.
+pub type Unknown = BTreeMap<String, Value>;
+
+/// The root of a dynamic configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    #[serde(default)]
+    pub http: Http,
+    /// *Zeitwork addition*: options of the edge proxy that travel with the routes.
+    #[serde(default)]
+    pub edge: EdgeOptions,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// *Zeitwork addition*: edge-wide options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeOptions {
+    /// Add `X-Routed-To` (router, service, upstream) and `X-Route-Reason` to responses.
+    /// Off by default: they reveal internal addresses.
+    #[serde(default)]
+    pub routing_headers: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Http {
+    #[serde(default)]
+    pub routers: BTreeMap<String, Router>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub middlewares: BTreeMap<String, Middleware>,
+    #[serde(default)]
+    pub servers_transports: BTreeMap<String, ServersTransport>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Router {
+    /// Required, except on a fallback router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Higher wins; 0 or absent means the rule's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    pub service: String,
+    #[serde(default)]
+    pub middlewares: Vec<String>,
+    /// Entry points the router listens on; empty means all.
+    #[serde(default)]
+    pub entry_points: Vec<String>,
+    /// *Zeitwork addition*: this router takes the requests that no rule matched (the
+    /// lowest-priority catch-all). It has no `rule`; at most one per entry point.
+    #[serde(default)]
+    pub fallback: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted: Option<Weighted>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// How a load balancer picks a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Smooth weighted round robin (Traefik's default). With equal weights: round robin.
+    #[default]
+    #[serde(rename = "wrr")]
+    Wrr,
+    /// Power of two random choices, the one with fewer requests in flight.
+    #[serde(rename = "p2c")]
+    P2c,
+    /// Highest random weight (rendezvous) hashing: consistent hashing on the client IP, or
+    /// on `hashKey`.
+    #[serde(rename = "hrw")]
+    Hrw,
+    /// *Zeitwork addition*: plain round robin, ignoring weights.
+    #[serde(rename = "roundRobin")]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// *Zeitwork addition*: what `hrw` hashes; the client IP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "healthcheck")]
+    pub health_check: Option<HealthCheck>,
+    /// Forward the client's Host header (default) or the server's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_host_header: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers_transport: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// *Zeitwork addition*: the request attribute `hrw` hashes. Exactly one field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Server {
+    /// `http://host:port[/path]`, or `h2c://host:port` for HTTP/2 without TLS.
+    pub url: String,
+    /// Relative share of traffic; default 1, 0 takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Prepend the URL's path to the request path.
+    #[serde(default)]
+    pub preserve_path: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub path: String,
+    /// Default 30s, as in Traefik.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    /// Default 5s, as in Traefik.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Host header of the check; the server's address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Port to check instead of the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Expected status; any 2xx or 3xx when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// *Zeitwork addition*: consecutive successes before an unhealthy server gets traffic
+    /// again (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// *Zeitwork addition*: consecutive failures before a server is taken out (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Weighted {
+    #[serde(default)]
+    pub services: Vec<WeightedService>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedService {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// A middleware: exactly one of the fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Middleware {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<StripPrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_prefix: Option<AddPrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_regex: Option<RedirectRegex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_scheme: Option<RedirectScheme>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Headers {
+    /// Set on the request to the upstream; an empty value removes the header.
+    #[serde(default)]
+    pub custom_request_headers: BTreeMap<String, String>,
+    /// Set on the response to the client; an empty value removes the header.
+    #[serde(default)]
+    pub custom_response_headers: BTreeMap<String, String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StripPrefix {
+    pub prefixes: Vec<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddPrefix {
+    pub prefix: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectRegex {
+    /// Go RE2 syntax, matched against the full request URL (`http://host/path?query`).
+    pub regex: String,
+    /// `${1}` / `$1` refer to capture groups.
+    pub replacement: String,
+    #[serde(default)]
+    pub permanent: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectScheme {
+    pub scheme: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub permanent: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServersTransport {
+    #[serde(default)]
+    pub forwarding_timeouts: ForwardingTimeouts,
+    /// Idle keep-alive connections kept per server (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_conns_per_host: Option<u32>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardingTimeouts {
+    /// Connect timeout; default 5s (→ 502 when it passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<Dur>,
+    /// Time allowed for the upstream's response headers; default 60s (→ 504).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_timeout: Option<Dur>,
+    /// How long an idle pooled connection is kept; default 90s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_conn_timeout: Option<Dur>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}

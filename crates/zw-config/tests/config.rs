@@ -1,0 +1,252 @@
+//! Loading Traefik file-provider configurations and validating them.
+
+use std::fs;
+
+use zw_config::{load_path, parse_str, validate, Format, Limits, Strategy, UpstreamScheme, UpstreamUrl};
+
+const YAML: &str = r#"
+http:
+  routers:
+    api:
+      rule: "Host(`api.example.com`) && PathPrefix(`/v1`)"
+      service: api
+      middlewares: [strip, hdrs@file]
+      entryPoints: [web]
+    catchall:
+      fallback: true
+      service: tier3
+  services:
+    api:
+      loadBalancer:
+        strategy: p2c
+        servers:
+          - url: http://127.0.0.1:8081
+            weight: 3
+          - url: h2c://127.0.0.1:8082
+        healthCheck:
+          path: /health
+          interval: 10s
+          timeout: 2s
+    tier3:
+      loadBalancer:
+        servers:
+          - url: http://127.0.0.1:9000
+  middlewares:
+    strip:
+      stripPrefix:
+        prefixes: ["/v1"]
+    hdrs:
+      headers:
+        customRequestHeaders:
+          X-Env: prod
+"#;
+
+const TOML: &str = r#"
+[http.routers.api]
+rule = "Host(`api.example.com`) && PathPrefix(`/v1`)"
+service = "api"
+middlewares = ["strip", "hdrs@file"]
+entryPoints = ["web"]
+
+[http.routers.catchall]
+fallback = true
+service = "tier3"
+
+[http.services.api.loadBalancer]
+strategy = "p2c"
+[[http.services.api.loadBalancer.servers]]
+url = "http://127.0.0.1:8081"
+weight = 3
+[[http.services.api.loadBalancer.servers]]
+url = "h2c://127.0.0.1:8082"
+[http.services.api.loadBalancer.healthCheck]
+path = "/health"
+interval = "10s"
+timeout = "2s"
+
+[[http.services.tier3.loadBalancer.servers]]
+url = "http://127.0.0.1:9000"
+
+[http.middlewares.strip.stripPrefix]
+prefixes = ["/v1"]
+[http.middlewares.hdrs.headers.customRequestHeaders]
+X-Env = "prod"
+"#;
+
+fn errors_of(text: &str, format: Format) -> Vec<String> {
+    let cfg = match parse_str(text, format) {
+        Ok(c) => c,
+        Err(e) => return e.0.iter().map(ToString::to_string).collect(),
+    };
+    match validate(cfg, &Limits::default()) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn traefik_yaml_and_toml_load_and_hash_alike() {
+    let y = validate(parse_str(YAML, Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    let t = validate(parse_str(TOML, Format::Toml).unwrap(), &Limits::default()).unwrap();
+    assert_eq!(y.hash, t.hash, "same configuration in two formats must hash alike");
+    assert!(y.hash.starts_with("sha256:"));
+    let json = serde_json::to_string(&y.config).unwrap();
+    let j = validate(parse_str(&json, Format::Json).unwrap(), &Limits::default()).unwrap();
+    assert_eq!(j.hash, y.hash);
+    let api = &y.config.http.services["api"];
+    assert_eq!(api.load_balancer.as_ref().unwrap().strategy, Strategy::P2c);
+    assert_eq!(y.rules.len(), 1, "the fallback router has no rule");
+}
+
+#[test]
+fn a_change_changes_the_hash() {
+    let a = validate(parse_str(YAML, Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    let b = validate(parse_str(&YAML.replace("weight: 3", "weight: 4"), Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    assert_ne!(a.hash, b.hash);
+}
+
+#[test]
+fn errors_name_the_path() {
+    let bad = YAML.replace("service: api\n      middlewares", "service: apii\n      middlewares");
+    assert_eq!(errors_of(&bad, Format::Yaml), vec!["http.routers.api.service: unknown service \"apii\""]);
+    let bad = YAML.replace("PathPrefix(`/v1`)", "pathPrefix(`/v1`)");
+    let errs = errors_of(&bad, Format::Yaml);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("http.routers.api.rule: at byte 27: unknown matcher `pathPrefix`"), "{errs:?}");
+    let bad = YAML.replace("[strip, hdrs@file]", "[strip, nope, x@docker]");
+    let errs = errors_of(&bad, Format::Yaml);
+    assert!(errs.contains(&"http.routers.api.middlewares[1]: unknown middleware \"nope\"".to_string()), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("http.routers.api.middlewares[2]: provider `@docker`")), "{errs:?}");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let bad = YAML
+        .replace("url: http://127.0.0.1:8081", "url: ftp://127.0.0.1:8081")
+        .replace("prefixes: [\"/v1\"]", "prefixes: [\"v1\"]")
+        .replace("path: /health", "path: health");
+    let errs = errors_of(&bad, Format::Yaml);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("http.services.api.loadBalancer.servers[0].url: unsupported scheme `ftp`")));
+    assert!(errs.iter().any(|e| e == "http.middlewares.strip.stripPrefix.prefixes[0]: must start with `/`"));
+    assert!(errs.iter().any(|e| e == "http.services.api.loadBalancer.healthCheck.path: must start with `/`"));
+}
+
+#[test]
+fn unknown_and_unsupported_keys_are_reported_by_name() {
+    let bad = YAML.replace("      entryPoints: [web]", "      entryPoints: [web]\n      tls: {}\n      rulz: x");
+    let errs = errors_of(&bad, Format::Yaml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("http.routers.api.rulz: unknown key"), "{errs:?}");
+    assert!(errs[1].starts_with("http.routers.api.tls: this Traefik option is not supported by Zeitwork yet"), "{errs:?}");
+    let errs = errors_of("http:\n  middlewares:\n    rl:\n      rateLimit:\n        average: 10\n", Format::Yaml);
+    assert!(errs.iter().any(|e| e.starts_with("http.middlewares.rl.rateLimit: this Traefik option is not supported")), "{errs:?}");
+    let errs = errors_of("tcp:\n  routers: {}\n", Format::Yaml);
+    assert!(errs[0].starts_with("tcp: this Traefik option"), "{errs:?}");
+}
+
+#[test]
+fn type_errors_name_the_path() {
+    let errs = errors_of("http:\n  routers:\n    a:\n      rule: \"Path(`/`)\"\n      service: s\n      priority: high\n", Format::Yaml);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("http.routers.a.priority: invalid type"), "{errs:?}");
+    let errs = errors_of("{\"http\": {\"routers\": [", Format::Json);
+    assert!(errs[0].contains("invalid JSON"), "{errs:?}");
+}
+
+#[test]
+fn weighted_services_must_not_loop() {
+    let cfg = r#"
+http:
+  services:
+    a: {weighted: {services: [{name: b, weight: 1}]}}
+    b: {weighted: {services: [{name: c}]}}
+    c: {weighted: {services: [{name: a}]}}
+    d: {weighted: {services: [{name: leaf}]}}
+    leaf: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
+"#;
+    let errs = errors_of(cfg, Format::Yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("loop"), "{errs:?}");
+}
+
+#[test]
+fn only_one_fallback_per_entry_point() {
+    let cfg = r#"
+http:
+  routers:
+    f1: {fallback: true, service: s}
+    f2: {fallback: true, service: s}
+    f3: {fallback: true, service: s, rule: "Path(`/`)"}
+  services:
+    s: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
+"#;
+    let errs = errors_of(cfg, Format::Yaml);
+    assert!(errs.iter().any(|e| e.starts_with("http.routers.f2.fallback: router \"f1\" is already the fallback")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("http.routers.f3.rule: a fallback router")), "{errs:?}");
+}
+
+#[test]
+fn directory_merges_and_reports_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("routers.yaml"), "http:\n  routers:\n    a: {rule: \"Path(`/`)\", service: s}\n").unwrap();
+    fs::create_dir(dir.path().join("more")).unwrap();
+    fs::write(dir.path().join("more/services.toml"), "[[http.services.s.loadBalancer.servers]]\nurl = \"http://127.0.0.1:1\"\n").unwrap();
+    fs::write(dir.path().join("README.txt"), "not config").unwrap();
+    fs::write(dir.path().join(".hidden.yaml"), "garbage: [").unwrap();
+    let loaded = load_path(dir.path(), &Limits::default()).unwrap();
+    assert_eq!(loaded.files.len(), 2);
+    let valid = validate(loaded.config, &Limits::default()).unwrap();
+    assert_eq!(valid.config.http.routers.len(), 1);
+
+    // splitting a file does not change its hash
+    let single = tempfile::tempdir().unwrap();
+    let one = single.path().join("all.yaml");
+    fs::write(&one, "http:\n  routers:\n    a: {rule: \"Path(`/`)\", service: s}\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\n").unwrap();
+    let v1 = validate(load_path(&one, &Limits::default()).unwrap().config, &Limits::default()).unwrap();
+    assert_eq!(v1.hash, valid.hash);
+
+    fs::write(dir.path().join("dup.json"), r#"{"http":{"routers":{"a":{"rule":"Path(`/x`)","service":"s"}}}}"#).unwrap();
+    let err = load_path(dir.path(), &Limits::default()).unwrap_err().to_string();
+    assert!(err.starts_with("http.routers.a: defined in both"), "{err}");
+    assert!(err.contains("dup.json") && err.contains("routers.yaml"), "{err}");
+}
+
+#[test]
+fn limits_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big.yaml");
+    fs::write(&f, "x".repeat(2048)).unwrap();
+    let limits = Limits { max_file_bytes: 1024, ..Limits::default() };
+    assert!(load_path(&f, &limits).unwrap_err().to_string().contains("the limit is 1024"));
+    let mut routers = String::from("http:\n  services:\n    s: {loadBalancer: {servers: []}}\n  routers:\n");
+    for i in 0..11 {
+        routers.push_str(&format!("    r{i}: {{rule: \"Path(`/{i}`)\", service: s}}\n"));
+    }
+    let limits = Limits { max_routers: 10, ..Limits::default() };
+    let err = validate(parse_str(&routers, Format::Yaml).unwrap(), &limits).unwrap_err().to_string();
+    assert_eq!(err, "http.routers: 11 routers; the limit is 10");
+    assert!(load_path(&dir.path().join("missing.yaml"), &Limits::default()).unwrap_err().to_string().contains("cannot read"));
+    fs::write(dir.path().join("x.ini"), "").unwrap();
+    assert!(load_path(&dir.path().join("x.ini"), &Limits::default()).unwrap_err().to_string().contains("unknown format"));
+}
+
+#[test]
+fn upstream_urls() {
+    let u = UpstreamUrl::parse("http://10.0.0.1:8080/base/").unwrap();
+    assert_eq!((u.scheme, u.authority.as_str(), u.path.as_str()), (UpstreamScheme::Http, "10.0.0.1:8080", "/base"));
+    let u = UpstreamUrl::parse("h2c://[::1]:9000").unwrap();
+    assert_eq!((u.scheme, u.authority.as_str(), u.port), (UpstreamScheme::H2c, "[::1]:9000", 9000));
+    assert_eq!(UpstreamUrl::parse("http://backend").unwrap().port, 80);
+    assert!(UpstreamUrl::parse("https://x").unwrap_err().contains("not supported yet"));
+    assert!(UpstreamUrl::parse("http://:80").is_err());
+    assert!(UpstreamUrl::parse("http://x:99999").is_err());
+    assert!(UpstreamUrl::parse("localhost:80").is_err());
+}
+
+#[test]
+fn empty_documents_are_empty_configs() {
+    assert!(validate(parse_str("", Format::Yaml).unwrap(), &Limits::default()).is_ok());
+    assert!(validate(parse_str("", Format::Toml).unwrap(), &Limits::default()).is_ok());
+    assert!(parse_str("[1,2]", Format::Json).is_err());
+}

@@ -19,7 +19,7 @@ mod model;
 mod validate;
 
 pub use duration::Dur;
-pub use load::{load_path, parse_str, Format, Limits, LoadedConfig};
+pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;
 pub use validate::{validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 

@@ -64,25 +64,27 @@ pub struct LoadedConfig {
     pub files: Vec<PathBuf>,
 }
 
+/// The configuration files `path` names: itself, or every `.toml`/`.yaml`/`.yml`/`.json`
+/// file below it when it is a directory (hidden entries skipped), sorted.
+pub fn config_files(path: &Path, limits: &Limits) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfigErrors::one(path.display().to_string(), format!("cannot read: {e}")))?;
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        collect_files(path, 0, &mut files, limits)?;
+        files.sort();
+        Ok(files)
+    } else if Format::from_path(path).is_none() {
+        Err(ConfigErrors::one(path.display().to_string(), "unknown format: the file name must end in .toml, .yaml, .yml or .json"))
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
 /// Reads a file, or every `.toml`/`.yaml`/`.yml`/`.json` file below a directory (hidden
 /// files and other extensions are skipped), and merges them. The same router, service,
 /// middleware or transport defined in two files is an error naming both.
 pub fn load_path(path: &Path, limits: &Limits) -> Result<LoadedConfig, ConfigErrors> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigErrors::one(path.display().to_string(), format!("cannot read: {e}")))?;
-    let files = if meta.is_dir() {
-        let mut files = Vec::new();
-        collect_files(path, 0, &mut files, limits)?;
-        files.sort();
-        files
-    } else {
-        if Format::from_path(path).is_none() {
-            return Err(ConfigErrors::one(
-                path.display().to_string(),
-                "unknown format: the file name must end in .toml, .yaml, .yml or .json",
-            ));
-        }
-        vec![path.to_path_buf()]
-    };
+    let files = config_files(path, limits)?;
     let mut total = 0u64;
     let mut merged = Value::Object(Map::new());
     let mut origin: Vec<(String, PathBuf)> = Vec::new();

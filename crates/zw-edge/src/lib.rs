@@ -1,1 +1,293 @@
-//! placeholder
+//! Zeitwork's L7 data plane: listeners, routing, middlewares, balancing, upstream pool,
+//! health checks, metrics and the admin endpoint.
+//!
+//! The running configuration is one immutable [`Snapshot`](snapshot::Snapshot) behind an
+//! atomic pointer. A request loads it once and keeps it until it ends, so a reload never
+//! changes anything under an in-flight request and the request path takes no lock that a
+//! reload holds. Applying a configuration builds the whole snapshot first; an error leaves
+//! the running one in place.
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod admin;
+pub mod balance;
+mod body;
+mod health;
+pub mod metrics;
+pub mod middleware;
+pub mod pool;
+mod provider;
+mod proxy;
+pub mod snapshot;
+mod time;
+
+pub use access_log::{AccessLog, AccessLogTarget};
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use zw_config::ValidConfig;
+
+use crate::metrics::EdgeMetrics;
+use crate::snapshot::{Registry, Snapshot};
+
+/// What `/debug/config` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Applied configurations are numbered from 1 in each process.
+    pub version: u64,
+    pub hash: Option<String>,
+    /// `file` (later also `control_plane`, `last_known_good`).
+    pub source: Option<String>,
+    /// The file or directory it came from.
+    pub origin: Option<String>,
+    pub applied_at: Option<String>,
+    pub routers: usize,
+    pub services: usize,
+    pub middlewares: usize,
+    pub entry_points: Vec<String>,
+    /// The last rejected change, if it came after the last applied one.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) current: ArcSwapOption<Snapshot>,
+    pub(crate) entry_points: Vec<String>,
+    pub(crate) registry: Mutex<Registry>,
+    status: Mutex<ConfigStatus>,
+    pub(crate) metrics: EdgeMetrics,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) draining: AtomicBool,
+    next_version: AtomicU64,
+    connections: AtomicUsize,
+    connections_done: Notify,
+}
+
+impl Shared {
+    pub(crate) fn status(&self) -> ConfigStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An edge proxy. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Edge {
+    shared: Arc<Shared>,
+}
+
+impl Edge {
+    /// An edge with the given entry point names (routers' `entryPoints` refer to them) and
+    /// no configuration yet (it answers 503 until one is applied).
+    pub fn new(entry_points: Vec<String>, access_log: Option<AccessLog>) -> Edge {
+        let status = ConfigStatus { entry_points: entry_points.clone(), ..ConfigStatus::default() };
+        Edge {
+            shared: Arc::new(Shared {
+                current: ArcSwapOption::empty(),
+                entry_points,
+                registry: Mutex::new(Registry::default()),
+                status: Mutex::new(status),
+                metrics: EdgeMetrics::default(),
+                access_log,
+                draining: AtomicBool::new(false),
+                next_version: AtomicU64::new(1),
+                connections: AtomicUsize::new(0),
+                connections_done: Notify::new(),
+            }),
+        }
+    }
+
+    /// Builds a snapshot from a validated configuration and swaps it in atomically.
+    /// Must run inside a Tokio runtime (health checks are tasks).
+    pub fn apply(&self, valid: ValidConfig, source: &str, origin: &str) -> Result<u64, String> {
+        let s = &self.shared;
+        let (routers, services, middlewares) =
+            (valid.config.http.routers.len(), valid.config.http.services.len(), valid.config.http.middlewares.len());
+        let hash = valid.hash.clone();
+        // One apply at a time; requests never take this lock.
+        let mut reg = s.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let version = s.next_version.fetch_add(1, Relaxed);
+        let snap = snapshot::build(valid, &s.entry_points, &mut reg, version)?;
+        s.current.store(Some(Arc::new(snap)));
+        drop(reg);
+        s.metrics.config_applies.fetch_add(1, Relaxed);
+        s.metrics.config_version.store(version, Relaxed);
+        s.metrics.config_applied_unix.store(time::unix_now(), Relaxed);
+        let mut st = s.status.lock().unwrap_or_else(|p| p.into_inner());
+        *st = ConfigStatus {
+            version,
+            hash: Some(hash.clone()),
+            source: Some(source.to_string()),
+            origin: Some(origin.to_string()),
+            applied_at: Some(time::rfc3339_now()),
+            routers,
+            services,
+            middlewares,
+            entry_points: s.entry_points.clone(),
+            last_error: None,
+            last_error_at: None,
+        };
+        tracing::info!(version, %hash, source, origin, routers, services, "configuration applied");
+        Ok(version)
+    }
+
+    /// Records a rejected configuration (shown at `/debug/config`, counted in metrics).
+    pub fn reject(&self, errors: &str, source: &str) {
+        self.shared.metrics.config_rejections.fetch_add(1, Relaxed);
+        let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_error = Some(format!("{source}: {errors}"));
+        st.last_error_at = Some(time::rfc3339_now());
+    }
+
+    pub fn status(&self) -> ConfigStatus {
+        self.shared.status()
+    }
+
+    /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
+    /// endpoint until `shutdown` completes; then stops accepting, lets in-flight requests
+    /// finish for up to `drain`, and returns.
+    pub async fn serve(&self, listeners: Vec<TcpListener>, admin: Option<TcpListener>, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (ep, listener) in listeners.into_iter().enumerate() {
+            tasks.push(tokio::spawn(accept_loop(self.shared.clone(), ep, listener, stop_rx.clone())));
+        }
+        if let Some(admin) = admin {
+            tasks.push(tokio::spawn(admin_loop(self.shared.clone(), admin, stop_rx.clone())));
+        }
+        shutdown.await;
+        self.shared.draining.store(true, Relaxed);
+        let open = self.shared.connections.load(Relaxed);
+        tracing::info!(open_connections = open, drain_timeout = ?drain, "shutting down: no new connections; finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let wait = async {
+            loop {
+                let notified = self.shared.connections_done.notified();
+                if self.shared.connections.load(Relaxed) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(drain, wait).await.is_err() {
+            tracing::warn!(open_connections = self.shared.connections.load(Relaxed), "drain deadline passed; closing the remaining connections");
+        }
+        self.shared.registry.lock().unwrap_or_else(|p| p.into_inner()).health.stop_all();
+    }
+}
+
+fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // slow-loris guard: the whole header block must arrive within this time
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(256 * 1024);
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(64 * 1024);
+    b
+}
+
+async fn accept_loop(shared: Arc<Shared>, ep: usize, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let builder = Arc::new(server_builder());
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Relaxed);
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let svc_shared = shared.clone();
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let shared = svc_shared.clone();
+                CatchPanic { fut: Box::pin(proxy::handle(shared.clone(), ep, peer, req)), shared }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            if shared.connections.fetch_sub(1, Relaxed) == 1 {
+                shared.connections_done.notify_waiters();
+            }
+        });
+    }
+}
+
+/// Turns a panic while handling one request into a 500 for that request.
+struct CatchPanic<F> {
+    fut: Pin<Box<F>>,
+    shared: Arc<Shared>,
+}
+
+impl<F: Future<Output = hyper::Response<body::ProxyBody>>> Future for CatchPanic<F> {
+    type Output = Result<hyper::Response<body::ProxyBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.fut.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(resp)) => Poll::Ready(Ok(resp)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => {
+                self.shared.metrics.panics.fetch_add(1, Relaxed);
+                tracing::error!("request handler panicked; answered 500");
+                Poll::Ready(Ok(proxy::local(http::StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")))
+            }
+        }
+    }
+}
+
+async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let builder = Arc::new(server_builder());
+    loop {
+        let (stream, _peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| admin::handle(shared.clone(), req));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

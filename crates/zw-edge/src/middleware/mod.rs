@@ -1,0 +1,82 @@
+//! Router middlewares.
+//!
+//! A middleware sees the request before it goes upstream ([`Middleware::on_request`]: it
+//! may rewrite it or answer it — a redirect) and the response on its way back
+//! ([`Middleware::on_response`], in reverse order). Each type is one file; adding one means
+//! a file here, a field in `zw_config::Middleware`, and a line in [`build`].
+
+mod add_prefix;
+mod headers;
+mod redirect;
+mod strip_prefix;
+
+use std::sync::Arc;
+
+use http::{request, response};
+
+pub use add_prefix::AddPrefix;
+pub use headers::Headers;
+pub use redirect::{RedirectRegex, RedirectScheme};
+pub use strip_prefix::StripPrefix;
+
+/// The request as middlewares see it.
+pub struct RequestCtx<'a> {
+    pub parts: &'a mut request::Parts,
+    /// Scheme the client used (`http` on a plain entry point).
+    pub scheme: &'static str,
+    /// Host as the client sent it (authority or Host header, port included).
+    pub host: &'a str,
+}
+
+/// What to do after a middleware ran.
+pub enum Action {
+    Continue,
+    /// Answer the client now with this status and headers, empty body.
+    Respond(response::Parts),
+}
+
+pub trait Middleware: Send + Sync + std::fmt::Debug {
+    /// Runs before the request goes upstream, in the router's order.
+    fn on_request(&self, _ctx: &mut RequestCtx<'_>) -> Action {
+        Action::Continue
+    }
+    /// Runs on the upstream's response, in reverse order.
+    fn on_response(&self, _parts: &mut response::Parts) {}
+}
+
+/// Builds the middleware a validated configuration describes.
+pub fn build(m: &zw_config::Middleware) -> Result<Arc<dyn Middleware>, String> {
+    if let Some(h) = &m.headers {
+        return Ok(Arc::new(Headers::new(h)?));
+    }
+    if let Some(s) = &m.strip_prefix {
+        return Ok(Arc::new(StripPrefix::new(s)));
+    }
+    if let Some(a) = &m.add_prefix {
+        return Ok(Arc::new(AddPrefix::new(a)));
+    }
+    if let Some(r) = &m.redirect_regex {
+        return Ok(Arc::new(RedirectRegex::new(r)?));
+    }
+    if let Some(r) = &m.redirect_scheme {
+        return Ok(Arc::new(RedirectScheme::new(r)));
+    }
+    Err("middleware has no supported type".into())
+}
+
+/// Replaces the path of a request URI, keeping its query.
+pub(crate) fn set_path(parts: &mut request::Parts, path: &str) {
+    let mut pq = String::with_capacity(path.len() + parts.uri.query().map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut up = http::uri::Parts::from(std::mem::take(&mut parts.uri));
+    if let Ok(p) = pq.parse() {
+        up.path_and_query = Some(p);
+    }
+    if let Ok(uri) = http::Uri::from_parts(up) {
+        parts.uri = uri;
+    }
+}

@@ -1,0 +1,225 @@
+//! Upstream connections: a keep-alive pool per backend for HTTP/1.1, one shared
+//! multiplexed connection per backend for h2c.
+//!
+//! Checkout and checkin are lock-free (`crossbeam_queue::ArrayQueue` for idle HTTP/1
+//! connections, `ArcSwapOption` for the h2c connection): the request path never waits on
+//! another request's bookkeeping.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use zw_config::{UpstreamScheme, UpstreamUrl};
+
+use crate::metrics::BackendMetrics;
+
+/// Per-transport settings (Traefik's `serversTransports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    pub dial_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            dial_timeout: Duration::from_secs(5),
+            response_header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 32,
+        }
+    }
+}
+
+/// Why talking to an upstream failed; each maps to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("HTTP handshake with {0}: {1}")]
+    Handshake(String, hyper::Error),
+    #[error("upstream {0}: {1}")]
+    Request(String, hyper::Error),
+    #[error("upstream {0} sent no response headers within {1:?}")]
+    ResponseTimeout(String, Duration),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::ResponseTimeout(..) => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+struct Idle {
+    tx: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+enum Addr {
+    Ip(SocketAddr),
+    Name(String),
+}
+
+/// One upstream address (`scheme://host:port`) and its connections.
+pub struct Backend {
+    pub label: String,
+    pub scheme: UpstreamScheme,
+    pub authority: String,
+    addr: Addr,
+    idle: ArrayQueue<Idle>,
+    h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    pub metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("label", &self.label).field("idle", &self.idle.len()).finish()
+    }
+}
+
+/// A connection ready to take one request.
+pub enum Conn {
+    H1 { tx: http1::SendRequest<Incoming>, reused: bool },
+    H2(http2::SendRequest<Incoming>),
+}
+
+impl Backend {
+    pub fn new(url: &UpstreamUrl, max_idle: usize) -> Backend {
+        let addr = match url.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Addr::Ip(SocketAddr::new(ip, url.port)),
+            Err(_) => Addr::Name(url.authority.clone()),
+        };
+        let scheme = match url.scheme {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::H2c => "h2c",
+        };
+        Backend {
+            label: format!("{scheme}://{}", url.authority),
+            scheme: url.scheme,
+            authority: url.authority.clone(),
+            addr,
+            idle: ArrayQueue::new(max_idle.max(1)),
+            h2: ArcSwapOption::empty(),
+            metrics: BackendMetrics::default(),
+        }
+    }
+
+    /// Number of idle HTTP/1 connections.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    pub(crate) async fn connect_tcp(&self, dial_timeout: Duration) -> Result<TcpStream, UpstreamError> {
+        let connect = async {
+            match &self.addr {
+                Addr::Ip(sa) => TcpStream::connect(*sa).await,
+                Addr::Name(name) => TcpStream::connect(name.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(dial_timeout, connect).await {
+            Err(_) => {
+                self.metrics.connect_errors.fetch_add(1, Relaxed);
+                return Err(UpstreamError::ConnectTimeout(self.authority.clone()));
+            }
+            Ok(Err(e)) => {
+                self.metrics.connect_errors.fetch_add(1, Relaxed);
+                return Err(UpstreamError::Connect(self.authority.clone(), e));
+            }
+            Ok(Ok(s)) => s,
+        };
+        // Requests are small writes followed by a wait for the answer: Nagle only adds delay.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A fresh HTTP/1 connection, outside the pool. `upgrades` keeps the connection usable
+    /// for a protocol switch (WebSocket).
+    pub(crate) async fn connect_h1(&self, t: &Transport, upgrades: bool) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let stream = self.connect_tcp(t.dial_timeout).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.authority.clone(), e))?;
+        self.metrics.connects.fetch_add(1, Relaxed);
+        if upgrades {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        Ok(tx)
+    }
+
+    /// A connection for one request: a pooled idle one when there is one, else a new one.
+    pub async fn checkout(&self, t: &Transport) -> Result<Conn, UpstreamError> {
+        match self.scheme {
+            UpstreamScheme::H2c => self.checkout_h2(t).await.map(Conn::H2),
+            UpstreamScheme::Http => {
+                while let Some(mut idle) = self.idle.pop() {
+                    if idle.since.elapsed() > t.idle_timeout || idle.tx.is_closed() {
+                        continue;
+                    }
+                    if !idle.tx.is_ready() {
+                        // The connection task may not have run since the last response ended.
+                        match tokio::time::timeout(Duration::from_millis(50), idle.tx.ready()).await {
+                            Ok(Ok(())) => {}
+                            _ => continue,
+                        }
+                    }
+                    self.metrics.reuses.fetch_add(1, Relaxed);
+                    return Ok(Conn::H1 { tx: idle.tx, reused: true });
+                }
+                Ok(Conn::H1 { tx: self.connect_h1(t, false).await?, reused: false })
+            }
+        }
+    }
+
+    /// Returns a connection whose exchange completed cleanly. Dropped when the pool is
+    /// full or the connection is closing.
+    pub fn checkin(&self, tx: http1::SendRequest<Incoming>) {
+        if !tx.is_closed() {
+            let _ = self.idle.push(Idle { tx, since: Instant::now() });
+        }
+    }
+
+    async fn checkout_h2(&self, t: &Transport) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+        if let Some(shared) = self.h2.load_full() {
+            if !shared.is_closed() {
+                let mut tx = (*shared).clone();
+                if tx.ready().await.is_ok() {
+                    self.metrics.reuses.fetch_add(1, Relaxed);
+                    return Ok(tx);
+                }
+            }
+        }
+        let stream = self.connect_tcp(t.dial_timeout).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.authority.clone(), e))?;
+        self.metrics.connects.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // Concurrent first requests may each connect; the last one stored is kept.
+        self.h2.store(Some(Arc::new(tx.clone())));
+        Ok(tx)
+    }
+}

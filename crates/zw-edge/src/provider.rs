@@ -1,0 +1,70 @@
+//! The file provider: loads a configuration file or directory and watches it.
+//!
+//! Watching polls the files' metadata (size, modification time, inode) every interval —
+//! cheap, and correct for editors that replace files by rename and for directories where
+//! files come and go. A change is loaded, validated and applied as a whole; an invalid
+//! one is logged, counted and shown at `/debug/config`, and the running configuration
+//! stays.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zw_config::Limits;
+
+use crate::Edge;
+
+type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
+
+fn fingerprint(path: &Path, limits: &Limits) -> Option<Fingerprint> {
+    let files = zw_config::config_files(path, limits).ok()?;
+    Some(
+        files
+            .into_iter()
+            .map(|f| match std::fs::metadata(&f) {
+                Ok(m) => (f, m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
+                Err(_) => (f, 0, 0, 0, 0),
+            })
+            .collect(),
+    )
+}
+
+impl Edge {
+    /// Loads, validates and applies the configuration at `path`. Returns the applied
+    /// version, or every error found (the running configuration is kept).
+    pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, String> {
+        let result = zw_config::load_path(path, limits)
+            .and_then(|loaded| zw_config::validate(loaded.config, limits))
+            .map_err(|e| e.to_string())
+            .and_then(|valid| self.apply(valid, "file", &path.display().to_string()));
+        if let Err(e) = &result {
+            self.reject(e, "file");
+        }
+        result
+    }
+
+    /// Re-applies `path` whenever its files change, until `stop` fires.
+    pub async fn watch_file(self, path: PathBuf, limits: Limits, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut last = fingerprint(&path, &limits);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            let now = fingerprint(&path, &limits);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let edge = self.clone();
+            let p = path.clone();
+            // Parsing and compiling 100k rules takes a while: keep it off the request threads.
+            let result = tokio::task::spawn_blocking(move || edge.load_file(&p, &limits)).await;
+            match result {
+                Ok(Ok(version)) => tracing::info!(path = %path.display(), version, "configuration change applied"),
+                Ok(Err(errors)) => tracing::error!(path = %path.display(), %errors, "configuration change rejected; still running the previous configuration"),
+                Err(e) => tracing::error!(error = %e, "configuration loader failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The request path, as a sequence of phases:
+//!
+//! 1. [`request_filter`] — request ID, path cleaning and decoding (400 on a bad escape);
+//! 2. routing — the entry point's [`zw_rules::RoutingTable`] (404 when nothing matches);
+//! 3. router middlewares, request side — may rewrite the request or answer it;
+//! 4. [`upstream_peer`] — the service's balancer picks a server that is up (503 if none);
+//! 5. [`upstream_request`] — forwarding headers, hop-by-hop removal, Host, URI form;
+//! 6. [`forward`] — pooled connection, timeouts (502 on connect failure, 504 on a slow
+//!    upstream); a request the connection never sent is retried on another connection;
+//! 7. [`response_filter`] — hop-by-hop removal, middlewares in reverse, explain headers;
+//! 8. logging — when the response body is dropped ([`Exchange`]): metrics, access log.
+//!
+//! Everything a request reads comes from the snapshot it loaded in phase 1; no phase
+//! takes a lock.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use zw_config::UpstreamScheme;
+use zw_rules::{RequestView, RouteReason};
+
+use crate::balance::{InFlight, PickCtx};
+use crate::body::ProxyBody;
+use crate::metrics::RouterMetrics;
+use crate::middleware::{Action, RequestCtx};
+use crate::pool::{Conn, UpstreamError};
+use crate::snapshot::{LbService, RouterRt, ServiceKind, Snapshot};
+use crate::Shared;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_ROUTED_TO: HeaderName = HeaderName::from_static("x-routed-to");
+const X_ROUTE_REASON: HeaderName = HeaderName::from_static("x-route-reason");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// One request/response exchange, recorded when it ends (its drop): latency and status
+/// metrics, the in-flight gauges, the access log line.
+pub(crate) struct Exchange {
+    shared: Arc<Shared>,
+    start: Instant,
+    status: u16,
+    pub bytes: u64,
+    pub body_error: bool,
+    router: Option<Arc<RouterMetrics>>,
+    _in_flight: Option<InFlight>,
+    log: Option<Box<LogFields>>,
+}
+
+struct LogFields {
+    request_id: HeaderValue,
+    client_ip: IpAddr,
+    method: Method,
+    host: String,
+    path: String,
+    router: Option<Box<str>>,
+    service: Option<Box<str>>,
+    upstream: Option<String>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if let Some(m) = &self.router {
+            m.record(self.status, elapsed);
+        }
+        self.shared.metrics.in_flight.fetch_sub(1, Relaxed);
+        if let (Some(log), Some(sink)) = (self.log.take(), &self.shared.access_log) {
+            let line = serde_json::json!({
+                "time": crate::time::rfc3339_now(),
+                "request_id": log.request_id.to_str().unwrap_or(""),
+                "client_ip": log.client_ip.to_string(),
+                "method": log.method.as_str(),
+                "host": log.host,
+                "path": log.path,
+                "status": self.status,
+                "router": log.router,
+                "service": log.service,
+                "upstream": log.upstream,
+                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                "bytes": self.bytes,
+                "body_error": self.body_error,
+            });
+            if !sink.send(line.to_string()) {
+                self.shared.metrics.access_log_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Entry point of the request path (called per request by the listener).
+pub(crate) async fn handle(shared: Arc<Shared>, ep: usize, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    shared.metrics.in_flight.fetch_add(1, Relaxed);
+    let client_ip = zw_rules_canonical(peer.ip());
+    let request_id = request_id(req.headers());
+    let mut ex = Exchange {
+        shared: shared.clone(),
+        start,
+        status: 0,
+        bytes: 0,
+        body_error: false,
+        router: None,
+        _in_flight: None,
+        log: None,
+    };
+    if shared.access_log.is_some() {
+        ex.log = Some(Box::new(LogFields {
+            request_id: request_id.clone(),
+            client_ip,
+            method: req.method().clone(),
+            host: host_of(req.uri(), req.headers()).to_string(),
+            path: req.uri().path().to_string(),
+            router: None,
+            service: None,
+            upstream: None,
+        }));
+    }
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let mut resp = match shared.current.load_full() {
+        None => {
+            shared.metrics.no_config.fetch_add(1, Relaxed);
+            local(StatusCode::SERVICE_UNAVAILABLE, "No configuration loaded yet\n")
+        }
+        Some(snap) => proxy(&snap, ep, client_ip, &request_id, req, upgrade, &mut ex).await,
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    ex.status = resp.status().as_u16();
+    resp.body_mut().set_exchange(ex);
+    resp
+}
+
+async fn proxy(
+    snap: &Snapshot,
+    ep: usize,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    req: Request<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let downstream_version = parts.version;
+
+    // 1. request filter
+    let host_raw = host_of(&parts.uri, &parts.headers).to_string();
+    let Some(path) = request_filter(&mut parts) else {
+        ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
+        return local(StatusCode::BAD_REQUEST, "Bad Request: malformed percent-escape in path\n");
+    };
+
+    // 2. routing
+    let Some(table) = snap.tables.get(ep) else {
+        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+    };
+    let host = zw_rules::normalize_host(&host_raw);
+    let view = RequestView {
+        method: parts.method.as_str(),
+        host: &host,
+        path: &path,
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        client_ip: Some(client_ip),
+    };
+    let Some(route) = table.route(&view) else {
+        ex.shared.metrics.no_route.fetch_add(1, Relaxed);
+        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+    };
+    let (router_idx, priority, reason) = (*route.value, route.priority, route.reason);
+    let Some(router) = snap.routers.get(router_idx as usize) else {
+        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+    };
+    ex.router = router.metrics.get(ep).cloned().flatten();
+    if let Some(log) = &mut ex.log {
+        log.router = Some(router.name.clone());
+    }
+    let explain = snap.routing_headers.then(|| Explain { router, priority, reason, service: "", server: String::new() });
+
+    // 3. middlewares, request side
+    {
+        let mut ctx = RequestCtx { parts: &mut parts, scheme: "http", host: &host_raw };
+        for m in &router.middlewares {
+            if let Action::Respond(rparts) = m.on_request(&mut ctx) {
+                let mut resp = Response::from_parts(rparts, ProxyBody::empty());
+                finish_explain(&mut resp, explain);
+                return resp;
+            }
+        }
+    }
+
+    // 4. upstream peer
+    let pick_ctx = PickCtx { client_ip: Some(client_ip), headers: &parts.headers };
+    let Some((svc_name, lb, server_idx)) = upstream_peer(snap, router.service, &pick_ctx) else {
+        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: no healthy server\n");
+        finish_explain(&mut resp, explain);
+        return resp;
+    };
+    let server = &lb.servers[server_idx];
+    let state = &server.state;
+    ex._in_flight = Some(state.start_request());
+    if let Some(log) = &mut ex.log {
+        log.service = Some(svc_name.into());
+        log.upstream = Some(state.url.authority.clone());
+    }
+    let explain = explain.map(|e| Explain { service: svc_name, server: state.url.authority.clone(), ..e });
+
+    // 5. upstream request
+    upstream_request(&mut parts, lb, server, &host_raw, client_ip, request_id, upgrade.is_some());
+    let req = Request::from_parts(parts, body);
+
+    // 6. forward
+    let backend = &state.backend;
+    let mut resp = if let Some(on_upgrade) = upgrade {
+        match forward_upgrade(lb, backend, req, on_upgrade).await {
+            Ok(resp) => resp,
+            Err(e) => return upstream_error(&e, backend, explain),
+        }
+    } else {
+        match forward(lb, backend, req).await {
+            Ok((resp, pooled)) => {
+                let (rparts, body) = resp.into_parts();
+                let pooled = pooled.map(|tx| (tx, backend.clone()));
+                Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
+            }
+            Err(e) => return upstream_error(&e, backend, explain),
+        }
+    };
+
+    // 7. response filter
+    // The client gets the protocol it spoke, whatever the upstream spoke.
+    *resp.version_mut() = downstream_version;
+    response_filter(&mut resp, router);
+    finish_explain(&mut resp, explain);
+    resp
+}
+
+struct Explain<'a> {
+    router: &'a RouterRt,
+    priority: i64,
+    reason: RouteReason,
+    service: &'a str,
+    server: String,
+}
+
+fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) {
+    let Some(e) = explain else { return };
+    let mut to = format!("router={}", e.router.name);
+    if !e.service.is_empty() {
+        to.push_str(&format!("; service={}; server={}", e.service, e.server));
+    }
+    let reason = if e.reason == RouteReason::Fallback {
+        "fallback router: no rule matched".to_string()
+    } else {
+        format!("rule {} matched (priority {}, index: {})", e.router.rule, e.priority, e.reason.as_str())
+    };
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        resp.headers_mut().insert(X_ROUTED_TO, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&reason) {
+        resp.headers_mut().insert(X_ROUTE_REASON, v);
+    }
+}
+
+fn upstream_error(e: &UpstreamError, backend: &crate::pool::Backend, explain: Option<Explain<'_>>) -> Response<ProxyBody> {
+    tracing::debug!(backend = %backend.label, error = %e, "upstream failed");
+    if matches!(e, UpstreamError::ResponseTimeout(..)) {
+        backend.metrics.timeouts.fetch_add(1, Relaxed);
+    }
+    let status = e.status();
+    let mut resp = local(status, if status == StatusCode::GATEWAY_TIMEOUT { "Gateway Timeout\n" } else { "Bad Gateway\n" });
+    finish_explain(&mut resp, explain);
+    resp
+}
+
+/// A response made by the edge itself.
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn zw_rules_canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's request ID when it sent a sane one, else a new random one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; 32];
+    let n = fastrand::u128(..);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The authority the client asked for: absolute-form URI first, then the Host header.
+fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Phase 1: cleans the path (dot segments, `//`) into the request URI and returns the
+/// routing path, or `None` for a malformed escape.
+fn request_filter(parts: &mut request::Parts) -> Option<String> {
+    let cleaned = match zw_rules::clean_path(parts.uri.path()) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+    if let Some(p) = cleaned {
+        crate::middleware::set_path(parts, &p);
+    }
+    zw_rules::routing_path(parts.uri.path()).ok().map(Cow::into_owned)
+}
+
+/// Phase 4: follows weighted services down to a load balancer and picks a server.
+fn upstream_peer<'s>(snap: &'s Snapshot, mut service: u32, ctx: &PickCtx<'_>) -> Option<(&'s str, &'s LbService, usize)> {
+    for _ in 0..=snap.services.len() {
+        let svc = snap.services.get(service as usize)?;
+        match &svc.kind {
+            ServiceKind::LoadBalancer(lb) => return lb.balancer.pick(&lb.servers, ctx).map(|i| (&*svc.name, lb, i)),
+            ServiceKind::Weighted { children, wrr } => {
+                let pick = wrr.pick_by(|i| children.get(i).is_some_and(|c| snap.has_up(*c, 0)))?;
+                service = *children.get(pick)?;
+            }
+        }
+    }
+    None
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the
+/// `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Phase 5: turns the client's request into the upstream's.
+fn upstream_request(
+    parts: &mut request::Parts,
+    lb: &LbService,
+    server: &crate::balance::Server,
+    host_raw: &str,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
+    let url = &server.state.url;
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    let mut path_and_query: Cow<'_, str> = Cow::Borrowed(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    if server.preserve_path && !url.path.is_empty() {
+        path_and_query = Cow::Owned(format!("{}{}", url.path, path_and_query));
+    }
+    let host_for_upstream = if lb.pass_host_header && !host_raw.is_empty() { host_raw } else { url.authority.as_str() };
+    let uri = match url.scheme {
+        UpstreamScheme::Http => {
+            parts.version = Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(host_for_upstream) {
+                parts.headers.insert(header::HOST, v);
+            }
+            path_and_query.parse::<Uri>()
+        }
+        UpstreamScheme::H2c => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+            format!("http://{host_for_upstream}{path_and_query}").parse::<Uri>()
+        }
+    };
+    if let Ok(uri) = uri {
+        parts.uri = uri;
+    }
+
+    // The edge is where the internet ends: client-sent X-Forwarded-* are replaced, not
+    // trusted. (PROXY protocol from a trusted balancer is how the real address arrives.)
+    let ip = HeaderValue::from_str(&client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    parts.headers.insert(X_FORWARDED_FOR, ip.clone());
+    parts.headers.insert(X_REAL_IP, ip);
+    parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match HeaderValue::from_str(host_raw) {
+        Ok(v) if !host_raw.is_empty() => {
+            parts.headers.insert(X_FORWARDED_HOST, v);
+        }
+        _ => {
+            parts.headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Phase 6: sends the request over a pooled connection. Returns the response and, for
+/// HTTP/1, the connection to give back to the pool once the body has been read.
+async fn forward(
+    lb: &LbService,
+    backend: &crate::pool::Backend,
+    mut req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Option<hyper::client::conn::http1::SendRequest<Incoming>>), UpstreamError> {
+    let t = &lb.transport;
+    // A request the connection never wrote is returned to us and is safe to send again,
+    // whatever its method; one that was (partly) written is never retried.
+    for attempt in 0..3 {
+        let conn = backend.checkout(t).await?;
+        let result = match conn {
+            Conn::H1 { mut tx, .. } => match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req)).await {
+                Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
+                Ok(Ok(resp)) => return Ok((resp, Some(tx))),
+                Ok(Err(e)) => e,
+            },
+            Conn::H2(mut tx) => match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req)).await {
+                Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
+                Ok(Ok(resp)) => return Ok((resp, None)),
+                Ok(Err(e)) => e,
+            },
+        };
+        let mut e = result;
+        match e.take_message() {
+            Some(back) if attempt < 2 => req = back,
+            _ => return Err(UpstreamError::Request(backend.authority.clone(), e.into_error())),
+        }
+    }
+    Err(UpstreamError::ConnectTimeout(backend.authority.clone()))
+}
+
+/// Phase 6 for protocol upgrades (WebSocket): a dedicated connection; on `101` the two
+/// upgraded streams are spliced together until either side closes.
+async fn forward_upgrade(
+    lb: &LbService,
+    backend: &crate::pool::Backend,
+    req: Request<Incoming>,
+    downstream: hyper::upgrade::OnUpgrade,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let t = &lb.transport;
+    let mut tx = backend.connect_h1(t, true).await?;
+    let mut resp = match tokio::time::timeout(t.response_header_timeout, tx.send_request(req)).await {
+        Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
+        Ok(Err(e)) => return Err(UpstreamError::Request(backend.authority.clone(), e)),
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)))
+}
+
+/// Phase 7: the upstream's response on its way to the client.
+fn response_filter(resp: &mut Response<ProxyBody>, router: &RouterRt) {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop(resp.headers_mut(), switching);
+    if router.middlewares.is_empty() {
+        return;
+    }
+    let (mut parts, body) = std::mem::replace(resp, Response::new(ProxyBody::empty())).into_parts();
+    for m in router.middlewares.iter().rev() {
+        m.on_response(&mut parts);
+    }
+    *resp = Response::from_parts(parts, body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, "has space".parse().unwrap());
+        let made = request_id(&h);
+        assert_eq!(made.len(), 32);
+        assert_ne!(made, request_id(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,244 @@
+//! Compiling a validated configuration into the immutable snapshot requests run on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use zw_config::{Strategy, UpstreamUrl, ValidConfig};
+use zw_rules::{RouterSpec, RoutingTable};
+
+use crate::balance::{Balance, HashSource, Hrw, P2c, RoundRobin, Server, ServerState, SmoothWrr};
+use crate::health::{HealthSpec, Supervisor};
+use crate::metrics::RouterMetrics;
+use crate::middleware::{self, Middleware};
+use crate::pool::{Backend, Transport};
+
+/// One applied configuration. Requests hold an `Arc` to the snapshot they started on, so
+/// a reload never changes anything under an in-flight request.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub hash: String,
+    /// One routing table per entry point, indexed like the edge's entry points.
+    pub tables: Vec<RoutingTable<u32>>,
+    pub routers: Vec<RouterRt>,
+    pub services: Vec<ServiceRt>,
+    pub routing_headers: bool,
+}
+
+#[derive(Debug)]
+pub struct RouterRt {
+    pub name: Box<str>,
+    pub rule: Box<str>,
+    pub middlewares: Vec<Arc<dyn Middleware>>,
+    pub service: u32,
+    /// Per entry point (same index as `Snapshot::tables`), where the router listens.
+    pub metrics: Vec<Option<Arc<RouterMetrics>>>,
+}
+
+#[derive(Debug)]
+pub struct ServiceRt {
+    pub name: Box<str>,
+    pub kind: ServiceKind,
+}
+
+#[derive(Debug)]
+pub enum ServiceKind {
+    LoadBalancer(LbService),
+    Weighted { children: Vec<u32>, wrr: SmoothWrr },
+}
+
+#[derive(Debug)]
+pub struct LbService {
+    pub servers: Vec<Server>,
+    pub balancer: Box<dyn Balance>,
+    pub pass_host_header: bool,
+    pub transport: Transport,
+}
+
+impl Snapshot {
+    /// Whether a service (following weighted children) has a server that is up.
+    pub fn has_up(&self, service: u32, depth: usize) -> bool {
+        if depth > self.services.len() {
+            return false;
+        }
+        match self.services.get(service as usize).map(|s| &s.kind) {
+            Some(ServiceKind::LoadBalancer(lb)) => lb.servers.iter().any(Server::is_up),
+            Some(ServiceKind::Weighted { children, .. }) => children.iter().any(|c| self.has_up(*c, depth + 1)),
+            None => false,
+        }
+    }
+}
+
+/// State that outlives snapshots: server health and load, connection pools, metrics, and
+/// the running health checks. Touched only when a configuration is applied and when
+/// metrics are rendered, never on the request path.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub servers: HashMap<(String, String), Arc<ServerState>>,
+    pub backends: HashMap<(String, usize), Arc<Backend>>,
+    pub routers: BTreeMap<(String, String, String), Arc<RouterMetrics>>,
+    pub health: Supervisor,
+}
+
+fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
+    let mut t = Transport::default();
+    let Some(st) = name.map(|n| n.trim_end_matches("@file")).and_then(|n| valid.config.http.servers_transports.get(n)) else {
+        return t;
+    };
+    let ft = &st.forwarding_timeouts;
+    if let Some(d) = ft.dial_timeout {
+        t.dial_timeout = d.0;
+    }
+    if let Some(d) = ft.response_header_timeout {
+        // 0 means no timeout in Traefik; we keep a day as the ceiling.
+        t.response_header_timeout = if d.0.is_zero() { std::time::Duration::from_secs(86_400) } else { d.0 };
+    }
+    if let Some(d) = ft.idle_conn_timeout {
+        t.idle_timeout = d.0;
+    }
+    if let Some(n) = st.max_idle_conns_per_host {
+        t.max_idle = n as usize;
+    }
+    t
+}
+
+fn strip_provider(name: &str) -> &str {
+    name.strip_suffix("@file").unwrap_or(name)
+}
+
+/// Builds a snapshot and brings the registry in line with it (new servers registered,
+/// removed ones dropped, health checks reconciled).
+pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, version: u64) -> Result<Snapshot, String> {
+    let http = &valid.config.http;
+    let service_index: HashMap<&str, u32> = http.services.keys().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+
+    let mut services = Vec::with_capacity(http.services.len());
+    let mut used_servers = HashMap::new();
+    let mut used_backends = HashMap::new();
+    let mut health_desired = Vec::new();
+    for (name, svc) in &http.services {
+        let kind = if let Some(lb) = &svc.load_balancer {
+            let transport = transport_of(&valid, lb.servers_transport.as_deref());
+            let mut servers = Vec::with_capacity(lb.servers.len());
+            for s in &lb.servers {
+                let url = UpstreamUrl::parse(&s.url).map_err(|e| format!("http.services.{name}: {e}"))?;
+                let key = (name.clone(), s.url.clone());
+                let bkey = (format!("{:?}://{}", url.scheme, url.authority), transport.max_idle);
+                let backend = used_backends
+                    .get(&bkey)
+                    .or_else(|| reg.backends.get(&bkey))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(&url, transport.max_idle)));
+                used_backends.insert(bkey, backend.clone());
+                let state = match reg.servers.get(&key) {
+                    Some(st) if st.url == url && Arc::ptr_eq(&st.backend, &backend) => st.clone(),
+                    _ => Arc::new(ServerState::new(url.clone(), s.url.clone(), backend)),
+                };
+                if let Some(hc) = &lb.health_check {
+                    health_desired.push((key.clone(), state.clone(), HealthSpec::from_config(hc)));
+                }
+                used_servers.insert(key, state.clone());
+                servers.push(Server { state, weight: s.weight.unwrap_or(1), preserve_path: s.preserve_path });
+            }
+            let balancer: Box<dyn Balance> = match lb.strategy {
+                Strategy::Wrr => Box::new(SmoothWrr::new(&servers.iter().map(|s| s.weight).collect::<Vec<_>>())),
+                Strategy::RoundRobin => Box::new(RoundRobin::default()),
+                Strategy::P2c => Box::new(P2c),
+                Strategy::Hrw => {
+                    let source = match &lb.hash_key {
+                        Some(k) => match (&k.header, &k.cookie) {
+                            (Some(h), _) => HashSource::Header(http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string())?),
+                            (None, Some(c)) => HashSource::Cookie(c.clone()),
+                            (None, None) => HashSource::ClientIp,
+                        },
+                        None => HashSource::ClientIp,
+                    };
+                    let urls: Vec<&str> = lb.servers.iter().map(|s| s.url.as_str()).collect();
+                    Box::new(Hrw::new(source, &urls))
+                }
+            };
+            ServiceKind::LoadBalancer(LbService {
+                servers,
+                balancer,
+                pass_host_header: lb.pass_host_header.unwrap_or(true),
+                transport,
+            })
+        } else if let Some(w) = &svc.weighted {
+            let mut children = Vec::with_capacity(w.services.len());
+            let mut weights = Vec::with_capacity(w.services.len());
+            for ws in &w.services {
+                let idx = service_index
+                    .get(strip_provider(&ws.name))
+                    .ok_or_else(|| format!("http.services.{name}.weighted: unknown service \"{}\"", ws.name))?;
+                children.push(*idx);
+                weights.push(ws.weight.unwrap_or(1));
+            }
+            ServiceKind::Weighted { children, wrr: SmoothWrr::new(&weights) }
+        } else {
+            return Err(format!("http.services.{name}: no loadBalancer or weighted"));
+        };
+        services.push(ServiceRt { name: name.as_str().into(), kind });
+    }
+
+    let mut middlewares: HashMap<&str, Arc<dyn Middleware>> = HashMap::new();
+    for (name, m) in &http.middlewares {
+        middlewares.insert(name, middleware::build(m).map_err(|e| format!("http.middlewares.{name}: {e}"))?);
+    }
+
+    let mut specs: Vec<Vec<RouterSpec<u32>>> = entry_points.iter().map(|_| Vec::new()).collect();
+    let mut fallbacks: Vec<Option<(String, u32)>> = entry_points.iter().map(|_| None).collect();
+    let mut routers = Vec::with_capacity(http.routers.len());
+    let mut rules = valid.rules.clone();
+    for (name, r) in &http.routers {
+        let idx = routers.len() as u32;
+        let service_name = strip_provider(&r.service);
+        let service = *service_index.get(service_name).ok_or_else(|| format!("http.routers.{name}.service: unknown service"))?;
+        let mws = r
+            .middlewares
+            .iter()
+            .map(|m| middlewares.get(strip_provider(m)).cloned().ok_or_else(|| format!("http.routers.{name}: unknown middleware {m}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut metrics = vec![None; entry_points.len()];
+        let rule = rules.remove(name);
+        for (ep_idx, ep) in entry_points.iter().enumerate() {
+            if !r.entry_points.is_empty() && !r.entry_points.contains(ep) {
+                continue;
+            }
+            let m = reg
+                .routers
+                .entry((ep.clone(), name.clone(), service_name.to_string()))
+                .or_insert_with(|| Arc::new(RouterMetrics::new(ep, name, service_name)))
+                .clone();
+            metrics[ep_idx] = Some(m);
+            match &rule {
+                Some(rule) => specs[ep_idx].push(RouterSpec { name: name.clone(), rule: rule.clone(), priority: r.priority, value: idx }),
+                None => fallbacks[ep_idx] = Some((name.clone(), idx)),
+            }
+        }
+        if metrics.iter().all(Option::is_none) {
+            tracing::warn!(router = %name, entry_points = ?r.entry_points, "router listens on no entry point of this edge; it takes no traffic here");
+        }
+        routers.push(RouterRt {
+            name: name.as_str().into(),
+            rule: r.rule.clone().unwrap_or_else(|| "(fallback)".into()).into(),
+            middlewares: mws,
+            service,
+            metrics,
+        });
+    }
+    let tables = specs.into_iter().zip(fallbacks).map(|(s, f)| RoutingTable::new(s, f)).collect();
+
+    let all: Vec<Arc<ServerState>> = used_servers.values().cloned().collect();
+    reg.servers = used_servers;
+    reg.backends = used_backends;
+    reg.health.reconcile(health_desired, &all);
+
+    Ok(Snapshot {
+        version,
+        hash: valid.hash,
+        tables,
+        routers,
+        services,
+        routing_headers: valid.config.edge.routing_headers,
+    })
+}

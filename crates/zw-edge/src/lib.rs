@@ -291,3 +291,6 @@ async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch:
         });
     }
 }
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

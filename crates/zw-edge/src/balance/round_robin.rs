@@ -15,7 +15,8 @@ impl Balance for RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
-        (0..n).map(|k| (start + k) % n).find(|&i| servers[i].is_up())
+        // Each skipped server costs a turn of the counter, so the servers that are up share
+        // the traffic evenly (giving a down server's turn to its neighbour would not).
+        (0..n).map(|_| self.next.fetch_add(1, Relaxed) % n).find(|&i| servers[i].is_up())
     }
 }

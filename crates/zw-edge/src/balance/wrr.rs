@@ -70,8 +70,8 @@ impl SmoothWrr {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
-        (0..n).map(|k| self.schedule[(start + k) % n] as usize).find(|&i| up(i))
+        // Skipping costs a turn, so the servers that are up keep their weights' proportions.
+        (0..n).map(|_| self.schedule[self.next.fetch_add(1, Relaxed) % n] as usize).find(|&i| up(i))
     }
 }
 
@@ -106,6 +106,18 @@ mod tests {
         for i in 0..3 {
             assert!(s.contains(&i), "server {i} lost its slot");
         }
+    }
+
+    #[test]
+    fn down_servers_do_not_shift_share_to_one_neighbour() {
+        // weights 1,1,1 with the middle one down: the other two split evenly
+        let w = SmoothWrr::new(&[1, 1, 1]);
+        let mut count = [0usize; 3];
+        for _ in 0..3000 {
+            count[w.pick_by(|i| i != 1).unwrap()] += 1;
+        }
+        assert_eq!(count[1], 0);
+        assert!(count[0].abs_diff(count[2]) <= 2, "{count:?}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod snapshot;
 mod time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
+pub use provider::FileProvider;
 
 use std::convert::Infallible;
 use std::future::Future;

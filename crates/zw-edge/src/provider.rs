@@ -42,28 +42,58 @@ impl Edge {
         }
         result
     }
+}
 
-    /// Re-applies `path` whenever its files change, until `stop` fires.
-    pub async fn watch_file(self, path: PathBuf, limits: Limits, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut last = fingerprint(&path, &limits);
+/// A configuration file or directory feeding an edge.
+///
+/// The fingerprint is taken *before* each load, so a change that lands while a load runs
+/// (or between the first load and the start of watching) is seen on the next poll — at
+/// worst it is loaded twice, never missed.
+pub struct FileProvider {
+    path: PathBuf,
+    limits: Limits,
+    seen: Option<Fingerprint>,
+}
+
+impl FileProvider {
+    pub fn new(path: PathBuf, limits: Limits) -> Self {
+        FileProvider { path, limits, seen: None }
+    }
+
+    /// Loads the configuration now and applies it to `edge`.
+    pub fn load_into(&mut self, edge: &Edge) -> Result<u64, String> {
+        self.seen = fingerprint(&self.path, &self.limits);
+        edge.load_file(&self.path, &self.limits)
+    }
+
+    /// Re-applies the configuration whenever its files change, until `stop` fires.
+    pub async fn watch(mut self, edge: Edge, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
             }
-            let now = fingerprint(&path, &limits);
-            if now == last {
+            if fingerprint(&self.path, &self.limits) == self.seen {
                 continue;
             }
-            last = now;
-            let edge = self.clone();
-            let p = path.clone();
+            let e = edge.clone();
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
-            let result = tokio::task::spawn_blocking(move || edge.load_file(&p, &limits)).await;
+            let joined = tokio::task::spawn_blocking(move || {
+                let r = self.load_into(&e);
+                (self, r)
+            })
+            .await;
+            let (back, result) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration loader failed; watching stopped");
+                    return;
+                }
+            };
+            self = back;
             match result {
-                Ok(Ok(version)) => tracing::info!(path = %path.display(), version, "configuration change applied"),
-                Ok(Err(errors)) => tracing::error!(path = %path.display(), %errors, "configuration change rejected; still running the previous configuration"),
-                Err(e) => tracing::error!(error = %e, "configuration loader failed"),
+                Ok(version) => tracing::info!(path = %self.path.display(), version, "configuration change applied"),
+                Err(errors) => tracing::error!(path = %self.path.display(), %errors, "configuration change rejected; still running the previous configuration"),
             }
         }
     }

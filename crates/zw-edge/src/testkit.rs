@@ -247,7 +247,8 @@ impl TestEdge {
         std::fs::write(&config_path, config).expect("write config");
         let edge = Edge::new(vec!["web".into()], None);
         let limits = zw_config::Limits::default();
-        if let Err(e) = edge.load_file(&config_path, &limits) {
+        let mut provider = crate::FileProvider::new(config_path.clone(), limits);
+        if let Err(e) = provider.load_into(&edge) {
             panic!("test configuration is invalid:\n{e}");
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -255,7 +256,7 @@ impl TestEdge {
         let (addr, admin_addr) = (listener.local_addr().expect("addr"), admin.local_addr().expect("addr"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(edge.clone().watch_file(config_path.clone(), limits, Duration::from_millis(20), watch_rx));
+        tokio::spawn(provider.watch(edge.clone(), Duration::from_millis(20), watch_rx));
         let e2 = edge.clone();
         let task = tokio::spawn(async move {
             e2.serve(vec![listener], Some(admin), async { let _ = stop_rx.await; }, drain).await;

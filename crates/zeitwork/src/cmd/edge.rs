@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use zw_config::Limits;
-use zw_edge::{AccessLog, AccessLogTarget, Edge};
+use zw_edge::{AccessLog, AccessLogTarget, Edge, FileProvider};
 
 #[derive(Args)]
 #[command(after_help = "Example:\n  zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n\n\
@@ -85,11 +85,14 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         let limits = Limits::default();
         // Refuse to start on a broken configuration: an edge that silently serves nothing
         // is worse than one that says why it did not start.
-        let path = args.config.clone();
+        let mut provider = FileProvider::new(args.config.clone(), limits);
         let e2 = edge.clone();
-        tokio::task::spawn_blocking(move || e2.load_file(&path, &limits))
-            .await?
-            .map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", args.config.display()))?;
+        let (provider, loaded) = tokio::task::spawn_blocking(move || {
+            let r = provider.load_into(&e2);
+            (provider, r)
+        })
+        .await?;
+        loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", args.config.display()))?;
 
         let mut listeners = Vec::new();
         for (name, addr) in &eps {
@@ -101,7 +104,7 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(edge.clone().watch_file(args.config.clone(), limits, args.watch_interval, stop_rx));
+        tokio::spawn(provider.watch(edge.clone(), args.watch_interval, stop_rx));
         edge.serve(listeners, Some(admin), shutdown_signal(), args.drain_timeout).await;
         let _ = stop_tx.send(true);
         tracing::info!("stopped");

@@ -10,7 +10,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "zeitwork", version, about = "Zeitwork: an edge platform in one binary", propagate_version = true)]
+#[command(
+    name = "zeitwork",
+    version,
+    about = "Zeitwork: an edge platform in one binary",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,9 +13,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
 /// A tool the end-to-end tests need. In CI a missing tool fails the test (CI installs it);
 /// elsewhere the test says what is missing and skips.
 fn tool(name: &str) -> bool {
-    let found = Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is required in CI (.ci/run installs it)"
+        );
         eprintln!("SKIPPED: {name} is not installed");
     }
     found
@@ -34,7 +42,18 @@ impl EdgeProcess {
         let mut child = Command::new(BIN)
             .args(["edge", "--config"])
             .arg(config)
-            .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--workers", "2", "--watch-interval", "50ms"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--workers",
+                "2",
+                "--watch-interval",
+                "50ms",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -50,20 +69,33 @@ impl EdgeProcess {
         let (mut http, mut admin) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while (http.is_none() || admin.is_none()) && Instant::now() < deadline {
-            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
             if v["fields"]["entry_point"] == "web" {
                 http = addr;
-            } else if v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("admin listening")) {
+            } else if v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin listening"))
+            {
                 admin = addr;
             }
         }
-        EdgeProcess { child, http: http.expect("edge did not report its address"), admin: admin.expect("no admin address"), stderr_lines: rx }
+        EdgeProcess {
+            child,
+            http: http.expect("edge did not report its address"),
+            admin: admin.expect("no admin address"),
+            stderr_lines: rx,
+        }
     }
 
     fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -91,9 +123,20 @@ impl Drop for EdgeProcess {
 }
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().expect("curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
@@ -126,11 +169,29 @@ async fn curl_http1_and_http2_through_the_binary_and_sigterm_drains() {
     .await
     .unwrap();
     let j: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((j["upstream"].as_str(), j["path"].as_str(), j["version"].as_str()), (Some("app"), Some("/hello"), Some("HTTP/1.1")));
+    assert_eq!(
+        (
+            j["upstream"].as_str(),
+            j["path"].as_str(),
+            j["version"].as_str()
+        ),
+        (Some("app"), Some("/hello"), Some("HTTP/1.1"))
+    );
 
     let (out, _) = tokio::task::spawn_blocking({
         let base = base.clone();
-        move || curl(&["--http2-prior-knowledge", "-H", "Host: app.test", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("{base}/h2")])
+        move || {
+            curl(&[
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: app.test",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                &format!("{base}/h2"),
+            ])
+        }
     })
     .await
     .unwrap();
@@ -155,13 +216,25 @@ async fn curl_http1_and_http2_through_the_binary_and_sigterm_drains() {
     // SIGTERM with a request in flight: it completes, then the process exits 0.
     let slow = tokio::task::spawn_blocking({
         let base = base.clone();
-        move || curl(&["-H", "Host: app.test", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/slow/800")])
+        move || {
+            curl(&[
+                "-H",
+                "Host: app.test",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{base}/slow/800"),
+            ])
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     edge.sigterm();
     let (code, _) = slow.await.unwrap();
     assert_eq!(code, "200", "in-flight request finished during the drain");
-    let (status, log) = tokio::task::spawn_blocking(move || edge.wait(Duration::from_secs(10))).await.unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || edge.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
     assert!(status.success(), "exit status {status:?}, log: {log:?}");
 }
 
@@ -193,7 +266,10 @@ async fn h2load_over_h1_and_h2_has_no_failures() {
         .await
         .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("2000 succeeded, 0 failed, 0 errored, 0 timeout"), "{text}");
+        assert!(
+            text.contains("2000 succeeded, 0 failed, 0 errored, 0 timeout"),
+            "{text}"
+        );
         assert!(text.contains("status codes: 2000 2xx"), "{text}");
     }
 }
@@ -201,38 +277,104 @@ async fn h2load_over_h1_and_h2_has_no_failures() {
 #[test]
 fn an_invalid_startup_configuration_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "bad.yaml", "http:\n  routers:\n    api: {rule: \"Host(`a`)\", service: apii}\n");
-    let out = Command::new(BIN).args(["edge", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"]).arg(&cfg).output().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "bad.yaml",
+        "http:\n  routers:\n    api: {rule: \"Host(`a`)\", service: apii}\n",
+    );
+    let out = Command::new(BIN)
+        .args([
+            "edge",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("http.routers.api.service: unknown service \"apii\""), "{err}");
+    assert!(
+        err.contains("http.routers.api.service: unknown service \"apii\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_validate_prints_ok_and_hash_or_every_error() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_config(dir.path(), "good.json", r#"{"http":{"routers":{"r":{"rule":"Path(`/`)","service":"s"}},"services":{"s":{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]}}}}}"#);
-    let out = Command::new(BIN).args(["config", "validate"]).arg(&good).output().unwrap();
+    let good = write_config(
+        dir.path(),
+        "good.json",
+        r#"{"http":{"routers":{"r":{"rule":"Path(`/`)","service":"s"}},"services":{"s":{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]}}}}}"#,
+    );
+    let out = Command::new(BIN)
+        .args(["config", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("ok sha256:") && stdout.trim().len() == "ok sha256:".len() + 64, "{stdout}");
+    assert!(
+        stdout.starts_with("ok sha256:") && stdout.trim().len() == "ok sha256:".len() + 64,
+        "{stdout}"
+    );
 
-    let bad = write_config(dir.path(), "bad.yaml", "http:\n  routers:\n    r: {rule: \"Path(`x`)\", service: s, tls: {}}\n");
-    let out = Command::new(BIN).args(["config", "validate"]).arg(&bad).output().unwrap();
+    let bad = write_config(
+        dir.path(),
+        "bad.yaml",
+        "http:\n  routers:\n    r: {rule: \"Path(`x`)\", service: s, tls: {}}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(lines.iter().any(|l| l.starts_with("http.routers.r.rule: at byte 5: Path: path must start with `/`")), "{stdout}");
-    assert!(lines.iter().any(|l| l.starts_with("http.routers.r.service: unknown service \"s\"")), "{stdout}");
-    assert!(lines.iter().any(|l| l.starts_with("http.routers.r.tls: this Traefik option is not supported")), "{stdout}");
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("http.routers.r.rule: at byte 5: Path: path must start with `/`")
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("http.routers.r.service: unknown service \"s\"")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("http.routers.r.tls: this Traefik option is not supported")),
+        "{stdout}"
+    );
 }
 
 fn route_test(args: &[&str], stdin: &str) -> (Option<i32>, Vec<serde_json::Value>) {
-    let mut child = Command::new(BIN).args(["route", "test"]).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["route", "test"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     (out.status.code(), lines)
 }
 
@@ -243,27 +385,48 @@ fn route_test_with_a_rule() {
 {"host":"api.example.com","path":"/v1","headers":{"X-Env":["a","canary"]},"client_ip":"10.1.2.3","query":"debug=1"}
 {}
 "#;
-    let (code, out) = route_test(&["--rule", "Host(`api.example.com`) && PathPrefix(`/v1`)"], input);
+    let (code, out) = route_test(
+        &["--rule", "Host(`api.example.com`) && PathPrefix(`/v1`)"],
+        input,
+    );
     assert_eq!(code, Some(0));
-    let matched: Vec<bool> = out.iter().map(|v| v["matched"].as_bool().unwrap()).collect();
+    let matched: Vec<bool> = out
+        .iter()
+        .map(|v| v["matched"].as_bool().unwrap())
+        .collect();
     assert_eq!(matched, [true, false, true, false]);
 
     let (_, out) = route_test(
-        &["--rule", "Header(`X-Env`, `canary`) && ClientIP(`10.0.0.0/8`) && Query(`debug`, `1`)"],
+        &[
+            "--rule",
+            "Header(`X-Env`, `canary`) && ClientIP(`10.0.0.0/8`) && Query(`debug`, `1`)",
+        ],
         input,
     );
-    let matched: Vec<bool> = out.iter().map(|v| v["matched"].as_bool().unwrap()).collect();
+    let matched: Vec<bool> = out
+        .iter()
+        .map(|v| v["matched"].as_bool().unwrap())
+        .collect();
     assert_eq!(matched, [false, false, true, false]);
 
     let (code, out) = route_test(&["--rule", "Host(`a`) &&"], "");
     assert_eq!(code, Some(2));
-    assert!(out[0]["error"].as_str().unwrap().contains("at byte 12"), "{out:?}");
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("at byte 12"),
+        "{out:?}"
+    );
 
-    let (code, out) = route_test(&["--rule", "Path(`/`)"], "not json\n{\"path\":\"/%zz\"}\n{\"path\":\"/\"}\n");
+    let (code, out) = route_test(
+        &["--rule", "Path(`/`)"],
+        "not json\n{\"path\":\"/%zz\"}\n{\"path\":\"/\"}\n",
+    );
     assert_eq!(code, Some(1), "bad input lines make the exit status 1");
     assert!(out[0]["error"].as_str().unwrap().starts_with("line 1:"));
     assert!(out[1]["error"].as_str().unwrap().contains("400"));
-    assert_eq!(out[2]["matched"], true, "good lines after bad ones are still answered");
+    assert_eq!(
+        out[2]["matched"], true,
+        "good lines after bad ones are still answered"
+    );
 }
 
 #[test]
@@ -287,10 +450,22 @@ http:
     let input = "{\"host\":\"api.test\",\"path\":\"/v1/x\"}\n{\"host\":\"api.test\",\"path\":\"/\"}\n{\"host\":\"other\"}\n";
     let (code, out) = route_test(&["--config", cfg.to_str().unwrap()], input);
     assert_eq!(code, Some(0));
-    assert_eq!(out[0], serde_json::json!({"router": "api", "service": "api"}));
-    assert_eq!(out[1], serde_json::json!({"router": "site", "service": "web"}));
-    assert_eq!(out[2], serde_json::json!({"router": "catchall", "service": "tier3"}));
-    let (_, out) = route_test(&["--config", cfg.to_str().unwrap(), "--entry-point", "web"], input);
+    assert_eq!(
+        out[0],
+        serde_json::json!({"router": "api", "service": "api"})
+    );
+    assert_eq!(
+        out[1],
+        serde_json::json!({"router": "site", "service": "web"})
+    );
+    assert_eq!(
+        out[2],
+        serde_json::json!({"router": "catchall", "service": "tier3"})
+    );
+    let (_, out) = route_test(
+        &["--config", cfg.to_str().unwrap(), "--entry-point", "web"],
+        input,
+    );
     assert_eq!(out[0]["router"], "site", "api listens on websecure only");
 
     let empty = write_config(dir.path(), "e.yaml", "http:\n  routers:\n    a: {rule: \"Host(`a`)\", service: s}\n  services:\n    s: {loadBalancer: {servers: []}}\n");
@@ -307,5 +482,8 @@ fn help_explains_the_commands() {
     }
     let out = Command::new(BIN).args(["edge", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("--config") && text.contains("--drain-timeout") && text.contains("Example"), "{text}");
+    assert!(
+        text.contains("--config") && text.contains("--drain-timeout") && text.contains("Example"),
+        "{text}"
+    );
 }

@@ -23,13 +23,23 @@ impl Dur {
         let mut total = Duration::ZERO;
         let mut rest = s;
         while !rest.is_empty() {
-            let num_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+            let num_len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_digit() || *b == b'.')
+                .count();
             if num_len == 0 {
-                return Err(format!("invalid duration `{s}` (examples: 10s, 1m30s, 250ms)"));
+                return Err(format!(
+                    "invalid duration `{s}` (examples: 10s, 1m30s, 250ms)"
+                ));
             }
-            let num: f64 = rest[..num_len].parse().map_err(|_| format!("invalid number in duration `{s}`"))?;
+            let num: f64 = rest[..num_len]
+                .parse()
+                .map_err(|_| format!("invalid number in duration `{s}`"))?;
             rest = &rest[num_len..];
-            let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic() || *b == 0xC2 || *b == 0xB5).count();
+            let unit_len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_alphabetic() || *b == 0xC2 || *b == 0xB5)
+                .count();
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let nanos_per = match unit {
@@ -83,7 +93,9 @@ impl<'de> Deserialize<'de> for Dur {
                 Ok(Dur(Duration::from_secs(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v).map(|v| Dur(Duration::from_secs(v))).map_err(|_| E::custom("duration must not be negative"))
+                u64::try_from(v)
+                    .map(|v| Dur(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("duration must not be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 Dur::parse(v).map_err(E::custom)

@@ -67,14 +67,18 @@ pub struct LoadedConfig {
 /// The configuration files `path` names: itself, or every `.toml`/`.yaml`/`.yml`/`.json`
 /// file below it when it is a directory (hidden entries skipped), sorted.
 pub fn config_files(path: &Path, limits: &Limits) -> Result<Vec<PathBuf>, ConfigErrors> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigErrors::one(path.display().to_string(), format!("cannot read: {e}")))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigErrors::one(path.display().to_string(), format!("cannot read: {e}")))?;
     if meta.is_dir() {
         let mut files = Vec::new();
         collect_files(path, 0, &mut files, limits)?;
         files.sort();
         Ok(files)
     } else if Format::from_path(path).is_none() {
-        Err(ConfigErrors::one(path.display().to_string(), "unknown format: the file name must end in .toml, .yaml, .yml or .json"))
+        Err(ConfigErrors::one(
+            path.display().to_string(),
+            "unknown format: the file name must end in .toml, .yaml, .yml or .json",
+        ))
     } else {
         Ok(vec![path.to_path_buf()])
     }
@@ -93,12 +97,24 @@ pub fn load_path(path: &Path, limits: &Limits) -> Result<LoadedConfig, ConfigErr
         let name = file.display().to_string();
         let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         if len > limits.max_file_bytes {
-            errors.push(ConfigError::new(&name, format!("file is {len} bytes; the limit is {}", limits.max_file_bytes)));
+            errors.push(ConfigError::new(
+                &name,
+                format!(
+                    "file is {len} bytes; the limit is {}",
+                    limits.max_file_bytes
+                ),
+            ));
             continue;
         }
         total += len;
         if total > limits.max_total_bytes {
-            errors.push(ConfigError::new(&name, format!("configuration exceeds {} bytes in all", limits.max_total_bytes)));
+            errors.push(ConfigError::new(
+                &name,
+                format!(
+                    "configuration exceeds {} bytes in all",
+                    limits.max_total_bytes
+                ),
+            ));
             break;
         }
         let text = match std::fs::read_to_string(file) {
@@ -108,9 +124,18 @@ pub fn load_path(path: &Path, limits: &Limits) -> Result<LoadedConfig, ConfigErr
                 continue;
             }
         };
-        let Some(format) = Format::from_path(file) else { continue };
+        let Some(format) = Format::from_path(file) else {
+            continue;
+        };
         match parse_value(&text, format) {
-            Ok(v) => merge(&mut merged, v, &mut Vec::new(), file, &mut origin, &mut errors),
+            Ok(v) => merge(
+                &mut merged,
+                v,
+                &mut Vec::new(),
+                file,
+                &mut origin,
+                &mut errors,
+            ),
             Err(msg) => errors.push(ConfigError::new(&name, msg)),
         }
     }
@@ -128,24 +153,40 @@ pub fn load_path(path: &Path, limits: &Limits) -> Result<LoadedConfig, ConfigErr
     Ok(LoadedConfig { config, files })
 }
 
-fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, limits: &Limits) -> Result<(), ConfigErrors> {
+fn collect_files(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    limits: &Limits,
+) -> Result<(), ConfigErrors> {
     if depth > 8 {
-        return Err(ConfigErrors::one(dir.display().to_string(), "directories nest deeper than 8 levels"));
+        return Err(ConfigErrors::one(
+            dir.display().to_string(),
+            "directories nest deeper than 8 levels",
+        ));
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| ConfigErrors::one(dir.display().to_string(), format!("cannot list: {e}")))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| ConfigErrors::one(dir.display().to_string(), format!("cannot list: {e}")))?;
     for entry in rd {
-        let entry = entry.map_err(|e| ConfigErrors::one(dir.display().to_string(), format!("cannot list: {e}")))?;
+        let entry = entry.map_err(|e| {
+            ConfigErrors::one(dir.display().to_string(), format!("cannot list: {e}"))
+        })?;
         let p = entry.path();
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
-        let ft = entry.file_type().map_err(|e| ConfigErrors::one(p.display().to_string(), e.to_string()))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| ConfigErrors::one(p.display().to_string(), e.to_string()))?;
         if ft.is_dir() {
             collect_files(&p, depth + 1, out, limits)?;
         } else if Format::from_path(&p).is_some() {
             out.push(p);
             if out.len() > limits.max_files {
-                return Err(ConfigErrors::one(dir.display().to_string(), format!("more than {} configuration files", limits.max_files)));
+                return Err(ConfigErrors::one(
+                    dir.display().to_string(),
+                    format!("more than {} configuration files", limits.max_files),
+                ));
             }
         }
     }
@@ -162,7 +203,8 @@ fn parse_value(text: &str, format: Format) -> Result<Value, String> {
     let v: Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?,
         Format::Yaml => serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?,
-        Format::Toml => toml::from_str(text).map_err(|e| format!("invalid TOML: {}", e.to_string().trim_end()))?,
+        Format::Toml => toml::from_str(text)
+            .map_err(|e| format!("invalid TOML: {}", e.to_string().trim_end()))?,
     };
     match v {
         // an empty YAML document is an empty configuration
@@ -210,7 +252,10 @@ fn merge(
                     .find(|(p, _)| dotted == *p || dotted.starts_with(&format!("{p}.")))
                     .map(|(_, f)| f.display().to_string())
                     .unwrap_or_else(|| "another file".into());
-                errors.push(ConfigError::new(dotted, format!("defined in both {first} and {}", file.display())));
+                errors.push(ConfigError::new(
+                    dotted,
+                    format!("defined in both {first} and {}", file.display()),
+                ));
             }
         }
         path.pop();

@@ -117,7 +117,11 @@ pub struct LoadBalancer {
     /// *Zeitwork addition*: what `hrw` hashes; the client IP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<HashKey>,
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "healthcheck")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "healthcheck"
+    )]
     pub health_check: Option<HealthCheck>,
     /// Forward the client's Host header (default) or the server's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]

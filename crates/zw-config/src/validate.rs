@@ -2,9 +2,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-
 use sha2::{Digest, Sha256};
-use zw_rules::{translate_go_regex, Rule};
+use zw_rules::Rule;
 
 use crate::{Config, ConfigError, ConfigErrors, Limits, Middleware, Service, Strategy, Unknown};
 
@@ -42,7 +41,9 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL (expected http://host:port)"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not a URL (expected http://host:port)"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => UpstreamScheme::Http,
             "h2c" => UpstreamScheme::H2c,
@@ -75,11 +76,30 @@ impl UpstreamUrl {
         }
         let port = match port {
             None => 80,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("invalid port `{p}`"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("invalid port `{p}`"))?,
         };
-        let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/').to_string();
-        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        Ok(UpstreamUrl { scheme, host: host.to_string(), port, authority, path })
+        let path = path
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_string();
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(UpstreamUrl {
+            scheme,
+            host: host.to_string(),
+            port,
+            authority,
+            path,
+        })
     }
 }
 
@@ -88,25 +108,86 @@ pub(crate) fn resolve_ref(name: &str) -> Result<&str, String> {
     match name.rsplit_once('@') {
         None => Ok(name),
         Some((n, "file")) => Ok(n),
-        Some((_, provider)) => Err(format!("provider `@{provider}` does not exist here (only `@file`, or no suffix)")),
+        Some((_, provider)) => Err(format!(
+            "provider `@{provider}` does not exist here (only `@file`, or no suffix)"
+        )),
     }
 }
 
 /// Traefik v3 keys that Zeitwork does not implement yet; these get a "not supported yet"
 /// message instead of "unknown key".
 const TRAEFIK_KEYS: &[&str] = &[
-    "tcp", "udp", "tls", "observability", "ruleSyntax", "sticky", "responseForwarding", "passiveHealthCheck",
-    "mirroring", "failover", "rateLimit", "retry", "circuitBreaker", "basicAuth", "digestAuth", "forwardAuth",
-    "compress", "chain", "buffering", "inFlightReq", "ipAllowList", "ipWhiteList", "errors", "replacePath",
-    "replacePathRegex", "stripPrefixRegex", "contentType", "passTLSClientCert", "grpcWeb", "plugin", "scheme",
-    "mode", "followRedirects", "unhealthyInterval", "accessControlAllowCredentials", "accessControlAllowHeaders",
-    "accessControlAllowMethods", "accessControlAllowOriginList", "accessControlAllowOriginListRegex",
-    "accessControlExposeHeaders", "accessControlMaxAge", "addVaryHeader", "allowedHosts", "hostsProxyHeaders",
-    "sslProxyHeaders", "stsSeconds", "stsIncludeSubdomains", "stsPreload", "forceSTSHeader", "frameDeny",
-    "customFrameOptionsValue", "contentTypeNosniff", "browserXssFilter", "customBrowserXSSValue",
-    "contentSecurityPolicy", "contentSecurityPolicyReportOnly", "publicKey", "referrerPolicy", "permissionsPolicy",
-    "isDevelopment", "forceSlash", "serverName", "insecureSkipVerify", "rootCAs", "certificates",
-    "maxIdleConnsPerHost", "disableHTTP2", "peerCertURI", "spiffe", "pingTimeout", "readIdleTimeout",
+    "tcp",
+    "udp",
+    "tls",
+    "observability",
+    "ruleSyntax",
+    "sticky",
+    "responseForwarding",
+    "passiveHealthCheck",
+    "mirroring",
+    "failover",
+    "rateLimit",
+    "retry",
+    "circuitBreaker",
+    "basicAuth",
+    "digestAuth",
+    "forwardAuth",
+    "compress",
+    "chain",
+    "buffering",
+    "inFlightReq",
+    "ipAllowList",
+    "ipWhiteList",
+    "errors",
+    "replacePath",
+    "replacePathRegex",
+    "stripPrefixRegex",
+    "contentType",
+    "passTLSClientCert",
+    "grpcWeb",
+    "plugin",
+    "scheme",
+    "mode",
+    "followRedirects",
+    "unhealthyInterval",
+    "accessControlAllowCredentials",
+    "accessControlAllowHeaders",
+    "accessControlAllowMethods",
+    "accessControlAllowOriginList",
+    "accessControlAllowOriginListRegex",
+    "accessControlExposeHeaders",
+    "accessControlMaxAge",
+    "addVaryHeader",
+    "allowedHosts",
+    "hostsProxyHeaders",
+    "sslProxyHeaders",
+    "stsSeconds",
+    "stsIncludeSubdomains",
+    "stsPreload",
+    "forceSTSHeader",
+    "frameDeny",
+    "customFrameOptionsValue",
+    "contentTypeNosniff",
+    "browserXssFilter",
+    "customBrowserXSSValue",
+    "contentSecurityPolicy",
+    "contentSecurityPolicyReportOnly",
+    "publicKey",
+    "referrerPolicy",
+    "permissionsPolicy",
+    "isDevelopment",
+    "forceSlash",
+    "serverName",
+    "insecureSkipVerify",
+    "rootCAs",
+    "certificates",
+    "maxIdleConnsPerHost",
+    "disableHTTP2",
+    "peerCertURI",
+    "spiffe",
+    "pingTimeout",
+    "readIdleTimeout",
 ];
 
 struct Checker<'a> {
@@ -121,20 +202,33 @@ impl Checker<'_> {
 
     fn unknown(&mut self, path: &str, unknown: &Unknown) {
         for key in unknown.keys() {
-            let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            let full = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
             if TRAEFIK_KEYS.contains(&key.as_str()) {
                 self.err(full, "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options");
             } else {
-                self.err(full, "unknown key (keys are camelCase, as in Traefik's file provider)");
+                self.err(
+                    full,
+                    "unknown key (keys are camelCase, as in Traefik's file provider)",
+                );
             }
         }
     }
 
     fn name(&mut self, path: &str, name: &str) {
         if name.is_empty() || name.len() > self.limits.max_name_len {
-            self.err(path, format!("names must be 1 to {} bytes long", self.limits.max_name_len));
+            self.err(
+                path,
+                format!("names must be 1 to {} bytes long", self.limits.max_name_len),
+            );
         } else if name.contains('@') {
-            self.err(path, "names must not contain `@` (it separates a name from its provider)");
+            self.err(
+                path,
+                "names must not contain `@` (it separates a name from its provider)",
+            );
         }
     }
 }
@@ -142,7 +236,10 @@ impl Checker<'_> {
 /// Validates a configuration as a whole. Returns every problem found, or the validated
 /// configuration with compiled rules and content hash.
 pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigErrors> {
-    let mut c = Checker { errors: Vec::new(), limits };
+    let mut c = Checker {
+        errors: Vec::new(),
+        limits,
+    };
     c.unknown("", &config.unknown);
     c.unknown("edge", &config.edge.unknown);
     let http = &config.http;
@@ -151,10 +248,17 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     for (what, n, max) in [
         ("routers", http.routers.len(), limits.max_routers),
         ("services", http.services.len(), limits.max_services),
-        ("middlewares", http.middlewares.len(), limits.max_middlewares),
+        (
+            "middlewares",
+            http.middlewares.len(),
+            limits.max_middlewares,
+        ),
     ] {
         if n > max {
-            c.err(format!("http.{what}"), format!("{n} {what}; the limit is {max}"));
+            c.err(
+                format!("http.{what}"),
+                format!("{n} {what}; the limit is {max}"),
+            );
         }
     }
     if !c.errors.is_empty() {
@@ -188,21 +292,34 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
             }
         }
         if r.middlewares.len() > limits.max_middlewares_per_router {
-            c.err(format!("{p}.middlewares"), format!("more than {} middlewares", limits.max_middlewares_per_router));
+            c.err(
+                format!("{p}.middlewares"),
+                format!(
+                    "more than {} middlewares",
+                    limits.max_middlewares_per_router
+                ),
+            );
         }
         for (i, m) in r.middlewares.iter().enumerate() {
             match resolve_ref(m) {
                 Ok(m) if http.middlewares.contains_key(m) => {}
-                Ok(m) => c.err(format!("{p}.middlewares[{i}]"), format!("unknown middleware \"{m}\"")),
+                Ok(m) => c.err(
+                    format!("{p}.middlewares[{i}]"),
+                    format!("unknown middleware \"{m}\""),
+                ),
                 Err(e) => c.err(format!("{p}.middlewares[{i}]"), e),
             }
         }
     }
     for (i, (a, a_eps)) in fallbacks.iter().enumerate() {
         for (b, b_eps) in &fallbacks[i + 1..] {
-            let overlap = a_eps.is_empty() || b_eps.is_empty() || a_eps.iter().any(|e| b_eps.contains(e));
+            let overlap =
+                a_eps.is_empty() || b_eps.is_empty() || a_eps.iter().any(|e| b_eps.contains(e));
             if overlap {
-                c.err(format!("http.routers.{b}.fallback"), format!("router \"{a}\" is already the fallback on the same entry point"));
+                c.err(
+                    format!("http.routers.{b}.fallback"),
+                    format!("router \"{a}\" is already the fallback on the same entry point"),
+                );
             }
         }
     }
@@ -210,12 +327,25 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     for (name, s) in &http.services {
         let p = format!("http.services.{name}");
         c.name(&p, name);
-        check_service(&mut c, &p, s, config.http.servers_transports.keys().map(String::as_str).collect());
+        check_service(
+            &mut c,
+            &p,
+            s,
+            config
+                .http
+                .servers_transports
+                .keys()
+                .map(String::as_str)
+                .collect(),
+        );
         if let Some(w) = &s.weighted {
             for (i, ws) in w.services.iter().enumerate() {
                 match resolve_ref(&ws.name) {
                     Ok(n) if http.services.contains_key(n) => {}
-                    Ok(n) => c.err(format!("{p}.weighted.services[{i}].name"), format!("unknown service \"{n}\"")),
+                    Ok(n) => c.err(
+                        format!("{p}.weighted.services[{i}].name"),
+                        format!("unknown service \"{n}\""),
+                    ),
                     Err(e) => c.err(format!("{p}.weighted.services[{i}].name"), e),
                 }
             }
@@ -232,38 +362,64 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         let p = format!("http.serversTransports.{name}");
         c.name(&p, name);
         c.unknown(&p, &t.unknown);
-        c.unknown(&format!("{p}.forwardingTimeouts"), &t.forwarding_timeouts.unknown);
+        c.unknown(
+            &format!("{p}.forwardingTimeouts"),
+            &t.forwarding_timeouts.unknown,
+        );
         if let Some(d) = t.forwarding_timeouts.dial_timeout {
             if d.0.is_zero() {
-                c.err(format!("{p}.forwardingTimeouts.dialTimeout"), "must be greater than 0");
+                c.err(
+                    format!("{p}.forwardingTimeouts.dialTimeout"),
+                    "must be greater than 0",
+                );
             }
         }
         if t.max_idle_conns_per_host == Some(0) {
             // 0 is allowed in Traefik (= default); we keep its meaning explicit
-            c.err(format!("{p}.maxIdleConnsPerHost"), "must be at least 1 (omit it for the default of 32)");
+            c.err(
+                format!("{p}.maxIdleConnsPerHost"),
+                "must be at least 1 (omit it for the default of 32)",
+            );
         }
     }
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
-    let canonical = serde_json::to_vec(&config).map_err(|e| ConfigErrors::one("", format!("cannot serialize: {e}")))?;
+    let canonical = serde_json::to_vec(&config)
+        .map_err(|e| ConfigErrors::one("", format!("cannot serialize: {e}")))?;
     let digest = Sha256::digest(&canonical);
-    let hash = format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    Ok(ValidConfig { config, rules, hash })
+    let hash = format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    Ok(ValidConfig {
+        config,
+        rules,
+        hash,
+    })
 }
 
 fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<&str>) {
     c.unknown(p, &s.unknown);
     match (&s.load_balancer, &s.weighted) {
         (Some(_), Some(_)) | (None, None) => {
-            c.err(p, "a service needs exactly one of `loadBalancer` or `weighted`");
+            c.err(
+                p,
+                "a service needs exactly one of `loadBalancer` or `weighted`",
+            );
         }
         (Some(lb), None) => {
             let p = format!("{p}.loadBalancer");
             c.unknown(&p, &lb.unknown);
             if lb.servers.len() > c.limits.max_servers_per_service {
-                c.err(format!("{p}.servers"), format!("more than {} servers", c.limits.max_servers_per_service));
+                c.err(
+                    format!("{p}.servers"),
+                    format!("more than {} servers", c.limits.max_servers_per_service),
+                );
             }
             for (i, srv) in lb.servers.iter().enumerate() {
                 let sp = format!("{p}.servers[{i}]");
@@ -273,15 +429,23 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                 }
             }
             match (&lb.hash_key, lb.strategy) {
-                (Some(_), s) if s != Strategy::Hrw => c.err(format!("{p}.hashKey"), "only used with strategy: hrw"),
+                (Some(_), s) if s != Strategy::Hrw => {
+                    c.err(format!("{p}.hashKey"), "only used with strategy: hrw")
+                }
                 (Some(k), _) => {
                     c.unknown(&format!("{p}.hashKey"), &k.unknown);
                     match (&k.header, &k.cookie) {
                         (Some(h), None) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
-                            c.err(format!("{p}.hashKey.header"), format!("`{h}` is not a valid header name"));
+                            c.err(
+                                format!("{p}.hashKey.header"),
+                                format!("`{h}` is not a valid header name"),
+                            );
                         }
                         (Some(_), None) | (None, Some(_)) => {}
-                        _ => c.err(format!("{p}.hashKey"), "set exactly one of `header` or `cookie`"),
+                        _ => c.err(
+                            format!("{p}.hashKey"),
+                            "set exactly one of `header` or `cookie`",
+                        ),
                     }
                 }
                 (None, _) => {}
@@ -298,25 +462,37 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                 if hc.timeout.is_some_and(|d| d.0.is_zero()) {
                     c.err(format!("{hp}.timeout"), "must be greater than 0");
                 }
-                for (k, t) in [("healthyThreshold", hc.healthy_threshold), ("unhealthyThreshold", hc.unhealthy_threshold)] {
+                for (k, t) in [
+                    ("healthyThreshold", hc.healthy_threshold),
+                    ("unhealthyThreshold", hc.unhealthy_threshold),
+                ] {
                     if t == Some(0) {
                         c.err(format!("{hp}.{k}"), "must be at least 1");
                     }
                 }
                 if let Some(m) = &hc.method {
                     if http::Method::from_bytes(m.as_bytes()).is_err() {
-                        c.err(format!("{hp}.method"), format!("`{m}` is not an HTTP method"));
+                        c.err(
+                            format!("{hp}.method"),
+                            format!("`{m}` is not an HTTP method"),
+                        );
                     }
                 }
                 if hc.status.is_some_and(|s| !(100..=599).contains(&s)) {
-                    c.err(format!("{hp}.status"), "must be an HTTP status code (100-599)");
+                    c.err(
+                        format!("{hp}.status"),
+                        "must be an HTTP status code (100-599)",
+                    );
                 }
                 check_headers(c, &format!("{hp}.headers"), &hc.headers);
             }
             if let Some(t) = &lb.servers_transport {
                 match resolve_ref(t) {
                     Ok(t) if transports.contains(t) => {}
-                    Ok(t) => c.err(format!("{p}.serversTransport"), format!("unknown serversTransport \"{t}\"")),
+                    Ok(t) => c.err(
+                        format!("{p}.serversTransport"),
+                        format!("unknown serversTransport \"{t}\""),
+                    ),
                     Err(e) => c.err(format!("{p}.serversTransport"), e),
                 }
             }
@@ -340,33 +516,56 @@ fn check_headers(c: &mut Checker<'_>, p: &str, headers: &BTreeMap<String, String
             c.err(format!("{p}.{k}"), "not a valid header name");
         }
         if http::HeaderValue::from_str(v).is_err() {
-            c.err(format!("{p}.{k}"), "not a valid header value (control characters are not allowed)");
+            c.err(
+                format!("{p}.{k}"),
+                "not a valid header value (control characters are not allowed)",
+            );
         }
     }
 }
 
 fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
     c.unknown(p, &m.unknown);
-    let set = [m.headers.is_some(), m.strip_prefix.is_some(), m.add_prefix.is_some(), m.redirect_regex.is_some(), m.redirect_scheme.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let set = [
+        m.headers.is_some(),
+        m.strip_prefix.is_some(),
+        m.add_prefix.is_some(),
+        m.redirect_regex.is_some(),
+        m.redirect_scheme.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if set + m.unknown.len() != 1 {
         c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
-        check_headers(c, &format!("{p}.headers.customRequestHeaders"), &h.custom_request_headers);
-        check_headers(c, &format!("{p}.headers.customResponseHeaders"), &h.custom_response_headers);
+        check_headers(
+            c,
+            &format!("{p}.headers.customRequestHeaders"),
+            &h.custom_request_headers,
+        );
+        check_headers(
+            c,
+            &format!("{p}.headers.customResponseHeaders"),
+            &h.custom_response_headers,
+        );
     }
     if let Some(s) = &m.strip_prefix {
         c.unknown(&format!("{p}.stripPrefix"), &s.unknown);
         if s.prefixes.is_empty() {
-            c.err(format!("{p}.stripPrefix.prefixes"), "needs at least one prefix");
+            c.err(
+                format!("{p}.stripPrefix.prefixes"),
+                "needs at least one prefix",
+            );
         }
         for (i, pre) in s.prefixes.iter().enumerate() {
             if !pre.starts_with('/') {
-                c.err(format!("{p}.stripPrefix.prefixes[{i}]"), "must start with `/`");
+                c.err(
+                    format!("{p}.stripPrefix.prefixes[{i}]"),
+                    "must start with `/`",
+                );
             }
         }
     }
@@ -378,23 +577,30 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
     }
     if let Some(r) = &m.redirect_regex {
         c.unknown(&format!("{p}.redirectRegex"), &r.unknown);
-        if let Err(e) = regex::Regex::new(&translate_go_regex(&r.regex)) {
-            let msg = e.to_string();
-            let last = msg.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_string();
-            c.err(format!("{p}.redirectRegex.regex"), format!("invalid regular expression: {last}"));
+        if let Err(e) = zw_rules::compile_go_regex(&r.regex) {
+            c.err(format!("{p}.redirectRegex.regex"), e);
         }
         if r.replacement.is_empty() {
-            c.err(format!("{p}.redirectRegex.replacement"), "must not be empty");
+            c.err(
+                format!("{p}.redirectRegex.replacement"),
+                "must not be empty",
+            );
         }
     }
     if let Some(r) = &m.redirect_scheme {
         c.unknown(&format!("{p}.redirectScheme"), &r.unknown);
         if !matches!(r.scheme.as_str(), "http" | "https") {
-            c.err(format!("{p}.redirectScheme.scheme"), "must be `http` or `https`");
+            c.err(
+                format!("{p}.redirectScheme.scheme"),
+                "must be `http` or `https`",
+            );
         }
         if let Some(port) = &r.port {
             if port.parse::<u16>().map_or(true, |p| p == 0) {
-                c.err(format!("{p}.redirectScheme.port"), format!("`{port}` is not a port number"));
+                c.err(
+                    format!("{p}.redirectScheme.port"),
+                    format!("`{port}` is not a port number"),
+                );
             }
         }
     }
@@ -408,7 +614,12 @@ fn check_cycles(c: &mut Checker<'_>, config: &Config) {
             .services
             .get(name)
             .and_then(|s| s.weighted.as_ref())
-            .map(|w| w.services.iter().filter_map(|s| resolve_ref(&s.name).ok().map(str::to_string)).collect())
+            .map(|w| {
+                w.services
+                    .iter()
+                    .filter_map(|s| resolve_ref(&s.name).ok().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
     // 0 = unvisited, 1 = on the stack, 2 = done
@@ -421,7 +632,9 @@ fn check_cycles(c: &mut Checker<'_>, config: &Config) {
         state.insert(start, 1);
         while let Some((node, kids)) = stack.last_mut() {
             if let Some(k) = kids.pop() {
-                let Some((key, _)) = config.http.services.get_key_value(&k) else { continue };
+                let Some((key, _)) = config.http.services.get_key_value(&k) else {
+                    continue;
+                };
                 match state.get(key.as_str()).copied().unwrap_or(0) {
                     0 => {
                         state.insert(key, 1);
@@ -430,7 +643,10 @@ fn check_cycles(c: &mut Checker<'_>, config: &Config) {
                     }
                     1 => {
                         let node = node.clone();
-                        c.err(format!("http.services.{node}.weighted"), format!("services form a loop through \"{k}\""));
+                        c.err(
+                            format!("http.services.{node}.weighted"),
+                            format!("services form a loop through \"{k}\""),
+                        );
                     }
                     _ => {}
                 }
@@ -444,7 +660,3 @@ fn check_cycles(c: &mut Checker<'_>, config: &Config) {
         }
     }
 }
-
-
-
-

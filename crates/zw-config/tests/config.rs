@@ -2,7 +2,9 @@
 
 use std::fs;
 
-use zw_config::{load_path, parse_str, validate, Format, Limits, Strategy, UpstreamScheme, UpstreamUrl};
+use zw_config::{
+    load_path, parse_str, validate, Format, Limits, Strategy, UpstreamScheme, UpstreamUrl,
+};
 
 const YAML: &str = r#"
 http:
@@ -88,7 +90,10 @@ fn errors_of(text: &str, format: Format) -> Vec<String> {
 fn traefik_yaml_and_toml_load_and_hash_alike() {
     let y = validate(parse_str(YAML, Format::Yaml).unwrap(), &Limits::default()).unwrap();
     let t = validate(parse_str(TOML, Format::Toml).unwrap(), &Limits::default()).unwrap();
-    assert_eq!(y.hash, t.hash, "same configuration in two formats must hash alike");
+    assert_eq!(
+        y.hash, t.hash,
+        "same configuration in two formats must hash alike"
+    );
     assert!(y.hash.starts_with("sha256:"));
     let json = serde_json::to_string(&y.config).unwrap();
     let j = validate(parse_str(&json, Format::Json).unwrap(), &Limits::default()).unwrap();
@@ -101,22 +106,42 @@ fn traefik_yaml_and_toml_load_and_hash_alike() {
 #[test]
 fn a_change_changes_the_hash() {
     let a = validate(parse_str(YAML, Format::Yaml).unwrap(), &Limits::default()).unwrap();
-    let b = validate(parse_str(&YAML.replace("weight: 3", "weight: 4"), Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    let b = validate(
+        parse_str(&YAML.replace("weight: 3", "weight: 4"), Format::Yaml).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_ne!(a.hash, b.hash);
 }
 
 #[test]
 fn errors_name_the_path() {
-    let bad = YAML.replace("service: api\n      middlewares", "service: apii\n      middlewares");
-    assert_eq!(errors_of(&bad, Format::Yaml), vec!["http.routers.api.service: unknown service \"apii\""]);
+    let bad = YAML.replace(
+        "service: api\n      middlewares",
+        "service: apii\n      middlewares",
+    );
+    assert_eq!(
+        errors_of(&bad, Format::Yaml),
+        vec!["http.routers.api.service: unknown service \"apii\""]
+    );
     let bad = YAML.replace("PathPrefix(`/v1`)", "pathPrefix(`/v1`)");
     let errs = errors_of(&bad, Format::Yaml);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("http.routers.api.rule: at byte 27: unknown matcher `pathPrefix`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("http.routers.api.rule: at byte 27: unknown matcher `pathPrefix`"),
+        "{errs:?}"
+    );
     let bad = YAML.replace("[strip, hdrs@file]", "[strip, nope, x@docker]");
     let errs = errors_of(&bad, Format::Yaml);
-    assert!(errs.contains(&"http.routers.api.middlewares[1]: unknown middleware \"nope\"".to_string()), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("http.routers.api.middlewares[2]: provider `@docker`")), "{errs:?}");
+    assert!(
+        errs.contains(&"http.routers.api.middlewares[1]: unknown middleware \"nope\"".to_string()),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("http.routers.api.middlewares[2]: provider `@docker`")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -127,20 +152,43 @@ fn every_error_is_reported_at_once() {
         .replace("path: /health", "path: health");
     let errs = errors_of(&bad, Format::Yaml);
     assert_eq!(errs.len(), 3, "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("http.services.api.loadBalancer.servers[0].url: unsupported scheme `ftp`")));
-    assert!(errs.iter().any(|e| e == "http.middlewares.strip.stripPrefix.prefixes[0]: must start with `/`"));
-    assert!(errs.iter().any(|e| e == "http.services.api.loadBalancer.healthCheck.path: must start with `/`"));
+    assert!(errs.iter().any(|e| e
+        .starts_with("http.services.api.loadBalancer.servers[0].url: unsupported scheme `ftp`")));
+    assert!(errs
+        .iter()
+        .any(|e| e == "http.middlewares.strip.stripPrefix.prefixes[0]: must start with `/`"));
+    assert!(errs
+        .iter()
+        .any(|e| e == "http.services.api.loadBalancer.healthCheck.path: must start with `/`"));
 }
 
 #[test]
 fn unknown_and_unsupported_keys_are_reported_by_name() {
-    let bad = YAML.replace("      entryPoints: [web]", "      entryPoints: [web]\n      tls: {}\n      rulz: x");
+    let bad = YAML.replace(
+        "      entryPoints: [web]",
+        "      entryPoints: [web]\n      tls: {}\n      rulz: x",
+    );
     let errs = errors_of(&bad, Format::Yaml);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].starts_with("http.routers.api.rulz: unknown key"), "{errs:?}");
-    assert!(errs[1].starts_with("http.routers.api.tls: this Traefik option is not supported by Zeitwork yet"), "{errs:?}");
-    let errs = errors_of("http:\n  middlewares:\n    rl:\n      rateLimit:\n        average: 10\n", Format::Yaml);
-    assert!(errs.iter().any(|e| e.starts_with("http.middlewares.rl.rateLimit: this Traefik option is not supported")), "{errs:?}");
+    assert!(
+        errs[0].starts_with("http.routers.api.rulz: unknown key"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "http.routers.api.tls: this Traefik option is not supported by Zeitwork yet"
+        ),
+        "{errs:?}"
+    );
+    let errs = errors_of(
+        "http:\n  middlewares:\n    rl:\n      rateLimit:\n        average: 10\n",
+        Format::Yaml,
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("http.middlewares.rl.rateLimit: this Traefik option is not supported")),
+        "{errs:?}"
+    );
     let errs = errors_of("tcp:\n  routers: {}\n", Format::Yaml);
     assert!(errs[0].starts_with("tcp: this Traefik option"), "{errs:?}");
 }
@@ -149,7 +197,10 @@ fn unknown_and_unsupported_keys_are_reported_by_name() {
 fn type_errors_name_the_path() {
     let errs = errors_of("http:\n  routers:\n    a:\n      rule: \"Path(`/`)\"\n      service: s\n      priority: high\n", Format::Yaml);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("http.routers.a.priority: invalid type"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("http.routers.a.priority: invalid type"),
+        "{errs:?}"
+    );
     let errs = errors_of("{\"http\": {\"routers\": [", Format::Json);
     assert!(errs[0].contains("invalid JSON"), "{errs:?}");
 }
@@ -182,16 +233,33 @@ http:
     s: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
 "#;
     let errs = errors_of(cfg, Format::Yaml);
-    assert!(errs.iter().any(|e| e.starts_with("http.routers.f2.fallback: router \"f1\" is already the fallback")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("http.routers.f3.rule: a fallback router")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("http.routers.f2.fallback: router \"f1\" is already the fallback")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("http.routers.f3.rule: a fallback router")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn directory_merges_and_reports_conflicts() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("routers.yaml"), "http:\n  routers:\n    a: {rule: \"Path(`/`)\", service: s}\n").unwrap();
+    fs::write(
+        dir.path().join("routers.yaml"),
+        "http:\n  routers:\n    a: {rule: \"Path(`/`)\", service: s}\n",
+    )
+    .unwrap();
     fs::create_dir(dir.path().join("more")).unwrap();
-    fs::write(dir.path().join("more/services.toml"), "[[http.services.s.loadBalancer.servers]]\nurl = \"http://127.0.0.1:1\"\n").unwrap();
+    fs::write(
+        dir.path().join("more/services.toml"),
+        "[[http.services.s.loadBalancer.servers]]\nurl = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
     fs::write(dir.path().join("README.txt"), "not config").unwrap();
     fs::write(dir.path().join(".hidden.yaml"), "garbage: [").unwrap();
     let loaded = load_path(dir.path(), &Limits::default()).unwrap();
@@ -203,13 +271,26 @@ fn directory_merges_and_reports_conflicts() {
     let single = tempfile::tempdir().unwrap();
     let one = single.path().join("all.yaml");
     fs::write(&one, "http:\n  routers:\n    a: {rule: \"Path(`/`)\", service: s}\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\n").unwrap();
-    let v1 = validate(load_path(&one, &Limits::default()).unwrap().config, &Limits::default()).unwrap();
+    let v1 = validate(
+        load_path(&one, &Limits::default()).unwrap().config,
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(v1.hash, valid.hash);
 
-    fs::write(dir.path().join("dup.json"), r#"{"http":{"routers":{"a":{"rule":"Path(`/x`)","service":"s"}}}}"#).unwrap();
-    let err = load_path(dir.path(), &Limits::default()).unwrap_err().to_string();
+    fs::write(
+        dir.path().join("dup.json"),
+        r#"{"http":{"routers":{"a":{"rule":"Path(`/x`)","service":"s"}}}}"#,
+    )
+    .unwrap();
+    let err = load_path(dir.path(), &Limits::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("http.routers.a: defined in both"), "{err}");
-    assert!(err.contains("dup.json") && err.contains("routers.yaml"), "{err}");
+    assert!(
+        err.contains("dup.json") && err.contains("routers.yaml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -217,28 +298,58 @@ fn limits_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("big.yaml");
     fs::write(&f, "x".repeat(2048)).unwrap();
-    let limits = Limits { max_file_bytes: 1024, ..Limits::default() };
-    assert!(load_path(&f, &limits).unwrap_err().to_string().contains("the limit is 1024"));
-    let mut routers = String::from("http:\n  services:\n    s: {loadBalancer: {servers: []}}\n  routers:\n");
+    let limits = Limits {
+        max_file_bytes: 1024,
+        ..Limits::default()
+    };
+    assert!(load_path(&f, &limits)
+        .unwrap_err()
+        .to_string()
+        .contains("the limit is 1024"));
+    let mut routers =
+        String::from("http:\n  services:\n    s: {loadBalancer: {servers: []}}\n  routers:\n");
     for i in 0..11 {
-        routers.push_str(&format!("    r{i}: {{rule: \"Path(`/{i}`)\", service: s}}\n"));
+        routers.push_str(&format!(
+            "    r{i}: {{rule: \"Path(`/{i}`)\", service: s}}\n"
+        ));
     }
-    let limits = Limits { max_routers: 10, ..Limits::default() };
-    let err = validate(parse_str(&routers, Format::Yaml).unwrap(), &limits).unwrap_err().to_string();
+    let limits = Limits {
+        max_routers: 10,
+        ..Limits::default()
+    };
+    let err = validate(parse_str(&routers, Format::Yaml).unwrap(), &limits)
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "http.routers: 11 routers; the limit is 10");
-    assert!(load_path(&dir.path().join("missing.yaml"), &Limits::default()).unwrap_err().to_string().contains("cannot read"));
+    assert!(
+        load_path(&dir.path().join("missing.yaml"), &Limits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read")
+    );
     fs::write(dir.path().join("x.ini"), "").unwrap();
-    assert!(load_path(&dir.path().join("x.ini"), &Limits::default()).unwrap_err().to_string().contains("unknown format"));
+    assert!(load_path(&dir.path().join("x.ini"), &Limits::default())
+        .unwrap_err()
+        .to_string()
+        .contains("unknown format"));
 }
 
 #[test]
 fn upstream_urls() {
     let u = UpstreamUrl::parse("http://10.0.0.1:8080/base/").unwrap();
-    assert_eq!((u.scheme, u.authority.as_str(), u.path.as_str()), (UpstreamScheme::Http, "10.0.0.1:8080", "/base"));
+    assert_eq!(
+        (u.scheme, u.authority.as_str(), u.path.as_str()),
+        (UpstreamScheme::Http, "10.0.0.1:8080", "/base")
+    );
     let u = UpstreamUrl::parse("h2c://[::1]:9000").unwrap();
-    assert_eq!((u.scheme, u.authority.as_str(), u.port), (UpstreamScheme::H2c, "[::1]:9000", 9000));
+    assert_eq!(
+        (u.scheme, u.authority.as_str(), u.port),
+        (UpstreamScheme::H2c, "[::1]:9000", 9000)
+    );
     assert_eq!(UpstreamUrl::parse("http://backend").unwrap().port, 80);
-    assert!(UpstreamUrl::parse("https://x").unwrap_err().contains("not supported yet"));
+    assert!(UpstreamUrl::parse("https://x")
+        .unwrap_err()
+        .contains("not supported yet"));
     assert!(UpstreamUrl::parse("http://:80").is_err());
     assert!(UpstreamUrl::parse("http://x:99999").is_err());
     assert!(UpstreamUrl::parse("localhost:80").is_err());

@@ -26,10 +26,17 @@ impl AccessLog {
     pub fn start(target: &AccessLogTarget) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("zw-access-log".into()).spawn(move || write_loop(rx, out))?;
+        std::thread::Builder::new()
+            .name("zw-access-log".into())
+            .spawn(move || write_loop(rx, out))?;
         Ok(AccessLog { tx })
     }
 

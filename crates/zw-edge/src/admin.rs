@@ -15,31 +15,57 @@ use hyper::body::Incoming;
 use crate::metrics::{esc, render_backend, render_edge, render_router};
 use crate::Shared;
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/health") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         ("GET" | "HEAD", "/ready") => {
             if shared.current.load().is_some() && !shared.draining.load(Relaxed) {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
             } else if shared.draining.load(Relaxed) {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".to_string(),
+                )
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no configuration loaded\n".to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no configuration loaded\n".to_string(),
+                )
             }
         }
-        ("GET", "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", render_metrics(&shared)),
+        ("GET", "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            render_metrics(&shared),
+        ),
         ("GET", "/debug/config") => {
             let status = shared.status();
-            (StatusCode::OK, "application/json", serde_json::to_string_pretty(&status).unwrap_or_default() + "\n")
+            (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&status).unwrap_or_default() + "\n",
+            )
         }
-        (_, "/health" | "/ready" | "/metrics" | "/debug/config") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".to_string())
-        }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /health, /ready, /metrics or /debug/config\n".to_string()),
+        (_, "/health" | "/ready" | "/metrics" | "/debug/config") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /health, /ready, /metrics or /debug/config\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     Ok(resp)
 }
 

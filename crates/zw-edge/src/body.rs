@@ -24,21 +24,36 @@ pub struct ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream { body: Incoming, conn: Option<(http1::SendRequest<Incoming>, Arc<Backend>)> },
+    Upstream {
+        body: Incoming,
+        conn: Option<(http1::SendRequest<Incoming>, Arc<Backend>)>,
+    },
 }
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let b = bytes.into();
-        ProxyBody { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), exchange: None }
+        ProxyBody {
+            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            exchange: None,
+        }
     }
 
     pub fn empty() -> Self {
-        ProxyBody { kind: Kind::Full(None), exchange: None }
+        ProxyBody {
+            kind: Kind::Full(None),
+            exchange: None,
+        }
     }
 
-    pub(crate) fn upstream(body: Incoming, conn: Option<(http1::SendRequest<Incoming>, Arc<Backend>)>) -> Self {
-        ProxyBody { kind: Kind::Upstream { body, conn }, exchange: None }
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<(http1::SendRequest<Incoming>, Arc<Backend>)>,
+    ) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream { body, conn },
+            exchange: None,
+        }
     }
 
     pub(crate) fn set_exchange(&mut self, ex: Exchange) {
@@ -58,7 +73,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| {

@@ -43,9 +43,17 @@ impl HealthSpec {
             timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
             host: c.hostname.clone(),
             port: c.port,
-            method: c.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()).unwrap_or(Method::GET),
+            method: c
+                .method
+                .as_deref()
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .unwrap_or(Method::GET),
             status: c.status,
-            headers: c.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: c
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             rise: c.healthy_threshold.unwrap_or(1).max(1),
             fall: c.unhealthy_threshold.unwrap_or(1).max(1),
         }
@@ -60,7 +68,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts, restarts and stops checks so that exactly `desired` run.
-    pub fn reconcile(&mut self, desired: Vec<((String, String), Arc<ServerState>, HealthSpec)>, all_servers: &[Arc<ServerState>]) {
+    pub fn reconcile(
+        &mut self,
+        desired: Vec<((String, String), Arc<ServerState>, HealthSpec)>,
+        all_servers: &[Arc<ServerState>],
+    ) {
         let mut keep = HashMap::with_capacity(desired.len());
         for (key, state, spec) in desired {
             match self.running.remove(&key) {
@@ -136,19 +148,33 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String
     }
     .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let host_header = spec.host.clone().unwrap_or_else(|| state.url.authority.clone());
-    let mut req = Request::builder().method(spec.method.clone()).uri(spec.path.as_str()).header(http::header::HOST, host_header);
+    let host_header = spec
+        .host
+        .clone()
+        .unwrap_or_else(|| state.url.authority.clone());
+    let mut req = Request::builder()
+        .method(spec.method.clone())
+        .uri(spec.path.as_str())
+        .header(http::header::HOST, host_header);
     for (k, v) in &spec.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             req = req.header(k, v);
         }
     }
     let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = tx.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
     let ok = match spec.status {
         Some(want) => status == want,

@@ -82,7 +82,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn status(&self) -> ConfigStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -96,7 +99,10 @@ impl Edge {
     /// An edge with the given entry point names (routers' `entryPoints` refer to them) and
     /// no configuration yet (it answers 503 until one is applied).
     pub fn new(entry_points: Vec<String>, access_log: Option<AccessLog>) -> Edge {
-        let status = ConfigStatus { entry_points: entry_points.clone(), ..ConfigStatus::default() };
+        let status = ConfigStatus {
+            entry_points: entry_points.clone(),
+            ..ConfigStatus::default()
+        };
         Edge {
             shared: Arc::new(Shared {
                 current: ArcSwapOption::empty(),
@@ -117,8 +123,11 @@ impl Edge {
     /// Must run inside a Tokio runtime (health checks are tasks).
     pub fn apply(&self, valid: ValidConfig, source: &str, origin: &str) -> Result<u64, String> {
         let s = &self.shared;
-        let (routers, services, middlewares) =
-            (valid.config.http.routers.len(), valid.config.http.services.len(), valid.config.http.middlewares.len());
+        let (routers, services, middlewares) = (
+            valid.config.http.routers.len(),
+            valid.config.http.services.len(),
+            valid.config.http.middlewares.len(),
+        );
         let hash = valid.hash.clone();
         // One apply at a time; requests never take this lock.
         let mut reg = s.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,7 +137,9 @@ impl Edge {
         drop(reg);
         s.metrics.config_applies.fetch_add(1, Relaxed);
         s.metrics.config_version.store(version, Relaxed);
-        s.metrics.config_applied_unix.store(time::unix_now(), Relaxed);
+        s.metrics
+            .config_applied_unix
+            .store(time::unix_now(), Relaxed);
         let mut st = s.status.lock().unwrap_or_else(|p| p.into_inner());
         *st = ConfigStatus {
             version,
@@ -162,14 +173,29 @@ impl Edge {
     /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
     /// endpoint until `shutdown` completes; then stops accepting, lets in-flight requests
     /// finish for up to `drain`, and returns.
-    pub async fn serve(&self, listeners: Vec<TcpListener>, admin: Option<TcpListener>, shutdown: impl Future<Output = ()>, drain: Duration) {
+    pub async fn serve(
+        &self,
+        listeners: Vec<TcpListener>,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for (ep, listener) in listeners.into_iter().enumerate() {
-            tasks.push(tokio::spawn(accept_loop(self.shared.clone(), ep, listener, stop_rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(
+                self.shared.clone(),
+                ep,
+                listener,
+                stop_rx.clone(),
+            )));
         }
         if let Some(admin) = admin {
-            tasks.push(tokio::spawn(admin_loop(self.shared.clone(), admin, stop_rx.clone())));
+            tasks.push(tokio::spawn(admin_loop(
+                self.shared.clone(),
+                admin,
+                stop_rx.clone(),
+            )));
         }
         shutdown.await;
         self.shared.draining.store(true, Relaxed);
@@ -189,9 +215,17 @@ impl Edge {
             }
         };
         if tokio::time::timeout(drain, wait).await.is_err() {
-            tracing::warn!(open_connections = self.shared.connections.load(Relaxed), "drain deadline passed; closing the remaining connections");
+            tracing::warn!(
+                open_connections = self.shared.connections.load(Relaxed),
+                "drain deadline passed; closing the remaining connections"
+            );
         }
-        self.shared.registry.lock().unwrap_or_else(|p| p.into_inner()).health.stop_all();
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .health
+            .stop_all();
     }
 }
 
@@ -202,11 +236,19 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
         // slow-loris guard: the whole header block must arrive within this time
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(256 * 1024);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
     b
 }
 
-async fn accept_loop(shared: Arc<Shared>, ep: usize, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    ep: usize,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = Arc::new(server_builder());
     loop {
         let (stream, peer) = tokio::select! {
@@ -230,7 +272,10 @@ async fn accept_loop(shared: Arc<Shared>, ep: usize, listener: TcpListener, mut 
             let svc_shared = shared.clone();
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
                 let shared = svc_shared.clone();
-                CatchPanic { fut: Box::pin(proxy::handle(shared.clone(), ep, peer, req)), shared }
+                CatchPanic {
+                    fut: Box::pin(proxy::handle(shared.clone(), ep, peer, req)),
+                    shared,
+                }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -265,7 +310,10 @@ impl<F: Future<Output = hyper::Response<body::ProxyBody>>> Future for CatchPanic
             Err(_) => {
                 self.shared.metrics.panics.fetch_add(1, Relaxed);
                 tracing::error!("request handler panicked; answered 500");
-                Poll::Ready(Ok(proxy::local(http::StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")))
+                Poll::Ready(Ok(proxy::local(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error\n",
+                )))
             }
         }
     }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Latency buckets in seconds, Prometheus-style (cumulative when rendered).
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// A fixed-bucket latency histogram.
 #[derive(Debug, Default)]
@@ -26,7 +28,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -37,7 +40,11 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -53,7 +60,12 @@ pub struct RouterMetrics {
 impl RouterMetrics {
     pub fn new(entry_point: &str, router: &str, service: &str) -> Self {
         RouterMetrics {
-            labels: format!("entrypoint=\"{}\",router=\"{}\",service=\"{}\"", esc(entry_point), esc(router), esc(service)),
+            labels: format!(
+                "entrypoint=\"{}\",router=\"{}\",service=\"{}\"",
+                esc(entry_point),
+                esc(router),
+                esc(service)
+            ),
             by_class: Default::default(),
             latency: Histogram::default(),
         }
@@ -92,30 +104,55 @@ pub struct EdgeMetrics {
 
 /// Escapes a Prometheus label value.
 pub fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub(crate) fn render_router(out: &mut String, m: &RouterMetrics) {
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
         let n = m.by_class[i].load(Relaxed);
         if n > 0 {
-            let _ = writeln!(out, "zeitwork_requests_total{{{},code=\"{class}\"}} {n}", m.labels);
+            let _ = writeln!(
+                out,
+                "zeitwork_requests_total{{{},code=\"{class}\"}} {n}",
+                m.labels
+            );
         }
     }
-    m.latency.render(out, "zeitwork_request_duration_seconds", &m.labels);
+    m.latency
+        .render(out, "zeitwork_request_duration_seconds", &m.labels);
 }
 
 pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics) {
     let l = format!("backend=\"{}\"", esc(backend));
     let connects = m.connects.load(Relaxed);
     let reuses = m.reuses.load(Relaxed);
-    let _ = writeln!(out, "zeitwork_upstream_connections_opened_total{{{l}}} {connects}");
-    let _ = writeln!(out, "zeitwork_upstream_connections_reused_total{{{l}}} {reuses}");
+    let _ = writeln!(
+        out,
+        "zeitwork_upstream_connections_opened_total{{{l}}} {connects}"
+    );
+    let _ = writeln!(
+        out,
+        "zeitwork_upstream_connections_reused_total{{{l}}} {reuses}"
+    );
     if connects + reuses > 0 {
-        let _ = writeln!(out, "zeitwork_upstream_pool_reuse_ratio{{{l}}} {:.4}", reuses as f64 / (connects + reuses) as f64);
+        let _ = writeln!(
+            out,
+            "zeitwork_upstream_pool_reuse_ratio{{{l}}} {:.4}",
+            reuses as f64 / (connects + reuses) as f64
+        );
     }
-    let _ = writeln!(out, "zeitwork_upstream_connect_errors_total{{{l}}} {}", m.connect_errors.load(Relaxed));
-    let _ = writeln!(out, "zeitwork_upstream_timeouts_total{{{l}}} {}", m.timeouts.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "zeitwork_upstream_connect_errors_total{{{l}}} {}",
+        m.connect_errors.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "zeitwork_upstream_timeouts_total{{{l}}} {}",
+        m.timeouts.load(Relaxed)
+    );
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
@@ -123,11 +160,27 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
-        ("zeitwork_config_applies_total", "counter", &m.config_applies),
-        ("zeitwork_config_rejections_total", "counter", &m.config_rejections),
+        (
+            "zeitwork_config_applies_total",
+            "counter",
+            &m.config_applies,
+        ),
+        (
+            "zeitwork_config_rejections_total",
+            "counter",
+            &m.config_rejections,
+        ),
         ("zeitwork_config_version", "gauge", &m.config_version),
-        ("zeitwork_config_last_apply_timestamp_seconds", "gauge", &m.config_applied_unix),
-        ("zeitwork_access_log_dropped_total", "counter", &m.access_log_dropped),
+        (
+            "zeitwork_config_last_apply_timestamp_seconds",
+            "gauge",
+            &m.config_applied_unix,
+        ),
+        (
+            "zeitwork_access_log_dropped_total",
+            "counter",
+            &m.access_log_dropped,
+        ),
         ("zeitwork_requests_in_flight", "gauge", &m.in_flight),
         ("zeitwork_request_panics_total", "counter", &m.panics),
     ];

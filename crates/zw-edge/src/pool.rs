@@ -87,13 +87,19 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("label", &self.label).field("idle", &self.idle.len()).finish()
+        f.debug_struct("Backend")
+            .field("label", &self.label)
+            .field("idle", &self.idle.len())
+            .finish()
     }
 }
 
 /// A connection ready to take one request.
 pub enum Conn {
-    H1 { tx: http1::SendRequest<Incoming>, reused: bool },
+    H1 {
+        tx: http1::SendRequest<Incoming>,
+        reused: bool,
+    },
     H2(http2::SendRequest<Incoming>),
 }
 
@@ -123,7 +129,10 @@ impl Backend {
         self.idle.len()
     }
 
-    pub(crate) async fn connect_tcp(&self, dial_timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    pub(crate) async fn connect_tcp(
+        &self,
+        dial_timeout: Duration,
+    ) -> Result<TcpStream, UpstreamError> {
         let connect = async {
             match &self.addr {
                 Addr::Ip(sa) => TcpStream::connect(*sa).await,
@@ -148,7 +157,11 @@ impl Backend {
 
     /// A fresh HTTP/1 connection, outside the pool. `upgrades` keeps the connection usable
     /// for a protocol switch (WebSocket).
-    pub(crate) async fn connect_h1(&self, t: &Transport, upgrades: bool) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    pub(crate) async fn connect_h1(
+        &self,
+        t: &Transport,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let stream = self.connect_tcp(t.dial_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -178,15 +191,22 @@ impl Backend {
                     }
                     if !idle.tx.is_ready() {
                         // The connection task may not have run since the last response ended.
-                        match tokio::time::timeout(Duration::from_millis(50), idle.tx.ready()).await {
+                        match tokio::time::timeout(Duration::from_millis(50), idle.tx.ready()).await
+                        {
                             Ok(Ok(())) => {}
                             _ => continue,
                         }
                     }
                     self.metrics.reuses.fetch_add(1, Relaxed);
-                    return Ok(Conn::H1 { tx: idle.tx, reused: true });
+                    return Ok(Conn::H1 {
+                        tx: idle.tx,
+                        reused: true,
+                    });
                 }
-                Ok(Conn::H1 { tx: self.connect_h1(t, false).await?, reused: false })
+                Ok(Conn::H1 {
+                    tx: self.connect_h1(t, false).await?,
+                    reused: false,
+                })
             }
         }
     }
@@ -195,11 +215,17 @@ impl Backend {
     /// full or the connection is closing.
     pub fn checkin(&self, tx: http1::SendRequest<Incoming>) {
         if !tx.is_closed() {
-            let _ = self.idle.push(Idle { tx, since: Instant::now() });
+            let _ = self.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
         }
     }
 
-    async fn checkout_h2(&self, t: &Transport) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    async fn checkout_h2(
+        &self,
+        t: &Transport,
+    ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
         if let Some(shared) = self.h2.load_full() {
             if !shared.is_closed() {
                 let mut tx = (*shared).clone();

@@ -57,7 +57,11 @@ pub struct FileProvider {
 
 impl FileProvider {
     pub fn new(path: PathBuf, limits: Limits) -> Self {
-        FileProvider { path, limits, seen: None }
+        FileProvider {
+            path,
+            limits,
+            seen: None,
+        }
     }
 
     /// Loads the configuration now and applies it to `edge`.
@@ -67,7 +71,12 @@ impl FileProvider {
     }
 
     /// Re-applies the configuration whenever its files change, until `stop` fires.
-    pub async fn watch(mut self, edge: Edge, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(
+        mut self,
+        edge: Edge,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -92,8 +101,12 @@ impl FileProvider {
             };
             self = back;
             match result {
-                Ok(version) => tracing::info!(path = %self.path.display(), version, "configuration change applied"),
-                Err(errors) => tracing::error!(path = %self.path.display(), %errors, "configuration change rejected; still running the previous configuration"),
+                Ok(version) => {
+                    tracing::info!(path = %self.path.display(), version, "configuration change applied")
+                }
+                Err(errors) => {
+                    tracing::error!(path = %self.path.display(), %errors, "configuration change rejected; still running the previous configuration")
+                }
             }
         }
     }

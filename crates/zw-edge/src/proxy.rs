@@ -99,7 +99,12 @@ impl Drop for Exchange {
 }
 
 /// Entry point of the request path (called per request by the listener).
-pub(crate) async fn handle(shared: Arc<Shared>, ep: usize, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    ep: usize,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     shared.metrics.in_flight.fetch_add(1, Relaxed);
     let client_ip = zw_rules_canonical(peer.ip());
@@ -130,7 +135,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, ep: usize, peer: SocketAddr, mut
     let mut resp = match shared.current.load_full() {
         None => {
             shared.metrics.no_config.fetch_add(1, Relaxed);
-            local(StatusCode::SERVICE_UNAVAILABLE, "No configuration loaded yet\n")
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No configuration loaded yet\n",
+            )
         }
         Some(snap) => proxy(&snap, ep, client_ip, &request_id, req, upgrade, &mut ex).await,
     };
@@ -156,7 +164,10 @@ async fn proxy(
     let host_raw = host_of(&parts.uri, &parts.headers).to_string();
     let Some(path) = request_filter(&mut parts) else {
         ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
-        return local(StatusCode::BAD_REQUEST, "Bad Request: malformed percent-escape in path\n");
+        return local(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: malformed percent-escape in path\n",
+        );
     };
 
     // 2. routing
@@ -184,11 +195,21 @@ async fn proxy(
     if let Some(log) = &mut ex.log {
         log.router = Some(router.name.clone());
     }
-    let explain = snap.routing_headers.then(|| Explain { router, priority, reason, service: "", server: String::new() });
+    let explain = snap.routing_headers.then(|| Explain {
+        router,
+        priority,
+        reason,
+        service: "",
+        server: String::new(),
+    });
 
     // 3. middlewares, request side
     {
-        let mut ctx = RequestCtx { parts: &mut parts, scheme: "http", host: &host_raw };
+        let mut ctx = RequestCtx {
+            parts: &mut parts,
+            scheme: "http",
+            host: &host_raw,
+        };
         for m in &router.middlewares {
             if let Action::Respond(rparts) = m.on_request(&mut ctx) {
                 let mut resp = Response::from_parts(rparts, ProxyBody::empty());
@@ -199,9 +220,15 @@ async fn proxy(
     }
 
     // 4. upstream peer
-    let pick_ctx = PickCtx { client_ip: Some(client_ip), headers: &parts.headers };
+    let pick_ctx = PickCtx {
+        client_ip: Some(client_ip),
+        headers: &parts.headers,
+    };
     let Some((svc_name, lb, server_idx)) = upstream_peer(snap, router.service, &pick_ctx) else {
-        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: no healthy server\n");
+        let mut resp = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: no healthy server\n",
+        );
         finish_explain(&mut resp, explain);
         return resp;
     };
@@ -212,10 +239,22 @@ async fn proxy(
         log.service = Some(svc_name.into());
         log.upstream = Some(state.url.authority.clone());
     }
-    let explain = explain.map(|e| Explain { service: svc_name, server: state.url.authority.clone(), ..e });
+    let explain = explain.map(|e| Explain {
+        service: svc_name,
+        server: state.url.authority.clone(),
+        ..e
+    });
 
     // 5. upstream request
-    upstream_request(&mut parts, lb, server, &host_raw, client_ip, request_id, upgrade.is_some());
+    upstream_request(
+        &mut parts,
+        lb,
+        server,
+        &host_raw,
+        client_ip,
+        request_id,
+        upgrade.is_some(),
+    );
     let req = Request::from_parts(parts, body);
 
     // 6. forward
@@ -261,7 +300,12 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
     let reason = if e.reason == RouteReason::Fallback {
         "fallback router: no rule matched".to_string()
     } else {
-        format!("rule {} matched (priority {}, index: {})", e.router.rule, e.priority, e.reason.as_str())
+        format!(
+            "rule {} matched (priority {}, index: {})",
+            e.router.rule,
+            e.priority,
+            e.reason.as_str()
+        )
     };
     if let Ok(v) = HeaderValue::from_str(&to) {
         resp.headers_mut().insert(X_ROUTED_TO, v);
@@ -271,13 +315,24 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
     }
 }
 
-fn upstream_error(e: &UpstreamError, backend: &crate::pool::Backend, explain: Option<Explain<'_>>) -> Response<ProxyBody> {
+fn upstream_error(
+    e: &UpstreamError,
+    backend: &crate::pool::Backend,
+    explain: Option<Explain<'_>>,
+) -> Response<ProxyBody> {
     tracing::debug!(backend = %backend.label, error = %e, "upstream failed");
     if matches!(e, UpstreamError::ResponseTimeout(..)) {
         backend.metrics.timeouts.fetch_add(1, Relaxed);
     }
     let status = e.status();
-    let mut resp = local(status, if status == StatusCode::GATEWAY_TIMEOUT { "Gateway Timeout\n" } else { "Bad Gateway\n" });
+    let mut resp = local(
+        status,
+        if status == StatusCode::GATEWAY_TIMEOUT {
+            "Gateway Timeout\n"
+        } else {
+            "Bad Gateway\n"
+        },
+    );
     finish_explain(&mut resp, explain);
     resp
 }
@@ -286,7 +341,10 @@ fn upstream_error(e: &UpstreamError, backend: &crate::pool::Backend, explain: Op
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -324,11 +382,12 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 /// Phase 1: cleans the path (dot segments, `//`) into the request URI and returns the
@@ -341,15 +400,26 @@ fn request_filter(parts: &mut request::Parts) -> Option<String> {
     if let Some(p) = cleaned {
         crate::middleware::set_path(parts, &p);
     }
-    zw_rules::routing_path(parts.uri.path()).ok().map(Cow::into_owned)
+    zw_rules::routing_path(parts.uri.path())
+        .ok()
+        .map(Cow::into_owned)
 }
 
 /// Phase 4: follows weighted services down to a load balancer and picks a server.
-fn upstream_peer<'s>(snap: &'s Snapshot, mut service: u32, ctx: &PickCtx<'_>) -> Option<(&'s str, &'s LbService, usize)> {
+fn upstream_peer<'s>(
+    snap: &'s Snapshot,
+    mut service: u32,
+    ctx: &PickCtx<'_>,
+) -> Option<(&'s str, &'s LbService, usize)> {
     for _ in 0..=snap.services.len() {
         let svc = snap.services.get(service as usize)?;
         match &svc.kind {
-            ServiceKind::LoadBalancer(lb) => return lb.balancer.pick(&lb.servers, ctx).map(|i| (&*svc.name, lb, i)),
+            ServiceKind::LoadBalancer(lb) => {
+                return lb
+                    .balancer
+                    .pick(&lb.servers, ctx)
+                    .map(|i| (&*svc.name, lb, i))
+            }
             ServiceKind::Weighted { children, wrr } => {
                 let pick = wrr.pick_by(|i| children.get(i).is_some_and(|c| snap.has_up(*c, 0)))?;
                 service = *children.get(pick)?;
@@ -373,7 +443,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+    ] {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -395,14 +472,21 @@ fn upstream_request(
     let url = &server.state.url;
     remove_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
-    let mut path_and_query: Cow<'_, str> = Cow::Borrowed(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut path_and_query: Cow<'_, str> =
+        Cow::Borrowed(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     if server.preserve_path && !url.path.is_empty() {
         path_and_query = Cow::Owned(format!("{}{}", url.path, path_and_query));
     }
-    let host_for_upstream = if lb.pass_host_header && !host_raw.is_empty() { host_raw } else { url.authority.as_str() };
+    let host_for_upstream = if lb.pass_host_header && !host_raw.is_empty() {
+        host_raw
+    } else {
+        url.authority.as_str()
+    };
     let uri = match url.scheme {
         UpstreamScheme::Http => {
             parts.version = Version::HTTP_11;
@@ -423,10 +507,13 @@ fn upstream_request(
 
     // The edge is where the internet ends: client-sent X-Forwarded-* are replaced, not
     // trusted. (PROXY protocol from a trusted balancer is how the real address arrives.)
-    let ip = HeaderValue::from_str(&client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    let ip = HeaderValue::from_str(&client_ip.to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"));
     parts.headers.insert(X_FORWARDED_FOR, ip.clone());
     parts.headers.insert(X_REAL_IP, ip);
-    parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match HeaderValue::from_str(host_raw) {
         Ok(v) if !host_raw.is_empty() => {
             parts.headers.insert(X_FORWARDED_HOST, v);
@@ -444,28 +531,57 @@ async fn forward(
     lb: &LbService,
     backend: &crate::pool::Backend,
     mut req: Request<Incoming>,
-) -> Result<(Response<Incoming>, Option<hyper::client::conn::http1::SendRequest<Incoming>>), UpstreamError> {
+) -> Result<
+    (
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<Incoming>>,
+    ),
+    UpstreamError,
+> {
     let t = &lb.transport;
     // A request the connection never wrote is returned to us and is safe to send again,
     // whatever its method; one that was (partly) written is never retried.
     for attempt in 0..3 {
         let conn = backend.checkout(t).await?;
         let result = match conn {
-            Conn::H1 { mut tx, .. } => match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req)).await {
-                Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
-                Ok(Ok(resp)) => return Ok((resp, Some(tx))),
-                Ok(Err(e)) => e,
-            },
-            Conn::H2(mut tx) => match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req)).await {
-                Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
-                Ok(Ok(resp)) => return Ok((resp, None)),
-                Ok(Err(e)) => e,
-            },
+            Conn::H1 { mut tx, .. } => {
+                match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req))
+                    .await
+                {
+                    Err(_) => {
+                        return Err(UpstreamError::ResponseTimeout(
+                            backend.authority.clone(),
+                            t.response_header_timeout,
+                        ))
+                    }
+                    Ok(Ok(resp)) => return Ok((resp, Some(tx))),
+                    Ok(Err(e)) => e,
+                }
+            }
+            Conn::H2(mut tx) => {
+                match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req))
+                    .await
+                {
+                    Err(_) => {
+                        return Err(UpstreamError::ResponseTimeout(
+                            backend.authority.clone(),
+                            t.response_header_timeout,
+                        ))
+                    }
+                    Ok(Ok(resp)) => return Ok((resp, None)),
+                    Ok(Err(e)) => e,
+                }
+            }
         };
         let mut e = result;
         match e.take_message() {
             Some(back) if attempt < 2 => req = back,
-            _ => return Err(UpstreamError::Request(backend.authority.clone(), e.into_error())),
+            _ => {
+                return Err(UpstreamError::Request(
+                    backend.authority.clone(),
+                    e.into_error(),
+                ))
+            }
         }
     }
     Err(UpstreamError::ConnectTimeout(backend.authority.clone()))
@@ -481,16 +597,25 @@ async fn forward_upgrade(
 ) -> Result<Response<ProxyBody>, UpstreamError> {
     let t = &lb.transport;
     let mut tx = backend.connect_h1(t, true).await?;
-    let mut resp = match tokio::time::timeout(t.response_header_timeout, tx.send_request(req)).await {
-        Err(_) => return Err(UpstreamError::ResponseTimeout(backend.authority.clone(), t.response_header_timeout)),
+    let mut resp = match tokio::time::timeout(t.response_header_timeout, tx.send_request(req)).await
+    {
+        Err(_) => {
+            return Err(UpstreamError::ResponseTimeout(
+                backend.authority.clone(),
+                t.response_header_timeout,
+            ))
+        }
         Ok(Err(e)) => return Err(UpstreamError::Request(backend.authority.clone(), e)),
         Ok(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+                return;
+            };
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
         });
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));

@@ -63,7 +63,9 @@ impl Snapshot {
         }
         match self.services.get(service as usize).map(|s| &s.kind) {
             Some(ServiceKind::LoadBalancer(lb)) => lb.servers.iter().any(Server::is_up),
-            Some(ServiceKind::Weighted { children, .. }) => children.iter().any(|c| self.has_up(*c, depth + 1)),
+            Some(ServiceKind::Weighted { children, .. }) => {
+                children.iter().any(|c| self.has_up(*c, depth + 1))
+            }
             None => false,
         }
     }
@@ -82,7 +84,10 @@ pub struct Registry {
 
 fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
     let mut t = Transport::default();
-    let Some(st) = name.map(|n| n.trim_end_matches("@file")).and_then(|n| valid.config.http.servers_transports.get(n)) else {
+    let Some(st) = name
+        .map(|n| n.trim_end_matches("@file"))
+        .and_then(|n| valid.config.http.servers_transports.get(n))
+    else {
         return t;
     };
     let ft = &st.forwarding_timeouts;
@@ -91,7 +96,11 @@ fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
     }
     if let Some(d) = ft.response_header_timeout {
         // 0 means no timeout in Traefik; we keep a day as the ceiling.
-        t.response_header_timeout = if d.0.is_zero() { std::time::Duration::from_secs(86_400) } else { d.0 };
+        t.response_header_timeout = if d.0.is_zero() {
+            std::time::Duration::from_secs(86_400)
+        } else {
+            d.0
+        };
     }
     if let Some(d) = ft.idle_conn_timeout {
         t.idle_timeout = d.0;
@@ -108,9 +117,19 @@ fn strip_provider(name: &str) -> &str {
 
 /// Builds a snapshot and brings the registry in line with it (new servers registered,
 /// removed ones dropped, health checks reconciled).
-pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, version: u64) -> Result<Snapshot, String> {
+pub fn build(
+    valid: ValidConfig,
+    entry_points: &[String],
+    reg: &mut Registry,
+    version: u64,
+) -> Result<Snapshot, String> {
     let http = &valid.config.http;
-    let service_index: HashMap<&str, u32> = http.services.keys().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let service_index: HashMap<&str, u32> = http
+        .services
+        .keys()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i as u32))
+        .collect();
 
     let mut services = Vec::with_capacity(http.services.len());
     let mut used_servers = HashMap::new();
@@ -121,9 +140,13 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
             let transport = transport_of(&valid, lb.servers_transport.as_deref());
             let mut servers = Vec::with_capacity(lb.servers.len());
             for s in &lb.servers {
-                let url = UpstreamUrl::parse(&s.url).map_err(|e| format!("http.services.{name}: {e}"))?;
+                let url =
+                    UpstreamUrl::parse(&s.url).map_err(|e| format!("http.services.{name}: {e}"))?;
                 let key = (name.clone(), s.url.clone());
-                let bkey = (format!("{:?}://{}", url.scheme, url.authority), transport.max_idle);
+                let bkey = (
+                    format!("{:?}://{}", url.scheme, url.authority),
+                    transport.max_idle,
+                );
                 let backend = used_backends
                     .get(&bkey)
                     .or_else(|| reg.backends.get(&bkey))
@@ -138,16 +161,25 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
                     health_desired.push((key.clone(), state.clone(), HealthSpec::from_config(hc)));
                 }
                 used_servers.insert(key, state.clone());
-                servers.push(Server { state, weight: s.weight.unwrap_or(1), preserve_path: s.preserve_path });
+                servers.push(Server {
+                    state,
+                    weight: s.weight.unwrap_or(1),
+                    preserve_path: s.preserve_path,
+                });
             }
             let balancer: Box<dyn Balance> = match lb.strategy {
-                Strategy::Wrr => Box::new(SmoothWrr::new(&servers.iter().map(|s| s.weight).collect::<Vec<_>>())),
+                Strategy::Wrr => Box::new(SmoothWrr::new(
+                    &servers.iter().map(|s| s.weight).collect::<Vec<_>>(),
+                )),
                 Strategy::RoundRobin => Box::new(RoundRobin::default()),
                 Strategy::P2c => Box::new(P2c),
                 Strategy::Hrw => {
                     let source = match &lb.hash_key {
                         Some(k) => match (&k.header, &k.cookie) {
-                            (Some(h), _) => HashSource::Header(http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string())?),
+                            (Some(h), _) => HashSource::Header(
+                                http::HeaderName::from_bytes(h.as_bytes())
+                                    .map_err(|e| e.to_string())?,
+                            ),
                             (None, Some(c)) => HashSource::Cookie(c.clone()),
                             (None, None) => HashSource::ClientIp,
                         },
@@ -167,22 +199,34 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
             let mut children = Vec::with_capacity(w.services.len());
             let mut weights = Vec::with_capacity(w.services.len());
             for ws in &w.services {
-                let idx = service_index
-                    .get(strip_provider(&ws.name))
-                    .ok_or_else(|| format!("http.services.{name}.weighted: unknown service \"{}\"", ws.name))?;
+                let idx = service_index.get(strip_provider(&ws.name)).ok_or_else(|| {
+                    format!(
+                        "http.services.{name}.weighted: unknown service \"{}\"",
+                        ws.name
+                    )
+                })?;
                 children.push(*idx);
                 weights.push(ws.weight.unwrap_or(1));
             }
-            ServiceKind::Weighted { children, wrr: SmoothWrr::new(&weights) }
+            ServiceKind::Weighted {
+                children,
+                wrr: SmoothWrr::new(&weights),
+            }
         } else {
             return Err(format!("http.services.{name}: no loadBalancer or weighted"));
         };
-        services.push(ServiceRt { name: name.as_str().into(), kind });
+        services.push(ServiceRt {
+            name: name.as_str().into(),
+            kind,
+        });
     }
 
     let mut middlewares: HashMap<&str, Arc<dyn Middleware>> = HashMap::new();
     for (name, m) in &http.middlewares {
-        middlewares.insert(name, middleware::build(m).map_err(|e| format!("http.middlewares.{name}: {e}"))?);
+        middlewares.insert(
+            name,
+            middleware::build(m).map_err(|e| format!("http.middlewares.{name}: {e}"))?,
+        );
     }
 
     let mut specs: Vec<Vec<RouterSpec<u32>>> = entry_points.iter().map(|_| Vec::new()).collect();
@@ -192,11 +236,18 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
     for (name, r) in &http.routers {
         let idx = routers.len() as u32;
         let service_name = strip_provider(&r.service);
-        let service = *service_index.get(service_name).ok_or_else(|| format!("http.routers.{name}.service: unknown service"))?;
+        let service = *service_index
+            .get(service_name)
+            .ok_or_else(|| format!("http.routers.{name}.service: unknown service"))?;
         let mws = r
             .middlewares
             .iter()
-            .map(|m| middlewares.get(strip_provider(m)).cloned().ok_or_else(|| format!("http.routers.{name}: unknown middleware {m}")))
+            .map(|m| {
+                middlewares
+                    .get(strip_provider(m))
+                    .cloned()
+                    .ok_or_else(|| format!("http.routers.{name}: unknown middleware {m}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);
@@ -211,7 +262,12 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
                 .clone();
             metrics[ep_idx] = Some(m);
             match &rule {
-                Some(rule) => specs[ep_idx].push(RouterSpec { name: name.clone(), rule: rule.clone(), priority: r.priority, value: idx }),
+                Some(rule) => specs[ep_idx].push(RouterSpec {
+                    name: name.clone(),
+                    rule: rule.clone(),
+                    priority: r.priority,
+                    value: idx,
+                }),
                 None => fallbacks[ep_idx] = Some((name.clone(), idx)),
             }
         }
@@ -226,7 +282,11 @@ pub fn build(valid: ValidConfig, entry_points: &[String], reg: &mut Registry, ve
             metrics,
         });
     }
-    let tables = specs.into_iter().zip(fallbacks).map(|(s, f)| RoutingTable::new(s, f)).collect();
+    let tables = specs
+        .into_iter()
+        .zip(fallbacks)
+        .map(|(s, f)| RoutingTable::new(s, f))
+        .collect();
 
     let all: Vec<Arc<ServerState>> = used_servers.values().cloned().collect();
     reg.servers = used_servers;

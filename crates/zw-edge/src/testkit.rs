@@ -43,7 +43,9 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         Self::serve(name, listener)
     }
 
@@ -55,7 +57,9 @@ impl Upstream {
         let (h, n, c) = (healthy.clone(), name.to_string(), hits.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (h, n, c) = (h.clone(), n.clone(), c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(req, n.clone(), h.clone(), c.clone()));
@@ -65,7 +69,13 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, name: name.to_string(), healthy, hits, task }
+        Upstream {
+            addr,
+            name: name.to_string(),
+            healthy,
+            hits,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -94,11 +104,22 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/health" {
-        let status = if healthy.load(SeqCst) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        return Ok(Response::builder().status(status).body(Full::new(Bytes::from_static(b"health"))).unwrap_or_default());
+        let status = if healthy.load(SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .unwrap_or_default());
     }
     hits.fetch_add(1, SeqCst);
-    if let Some(ms) = path.strip_prefix("/slow/").and_then(|m| m.split('/').next()).and_then(|m| m.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|m| m.split('/').next())
+        .and_then(|m| m.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if path == "/ws" && req.headers().contains_key(http::header::UPGRADE) {
@@ -162,7 +183,8 @@ impl Resp {
 
     /// The `upstream` field of an echo body (or the status, for local answers).
     pub fn upstream(&self) -> String {
-        self.header("x-upstream").map_or_else(|| format!("status {}", self.status), str::to_string)
+        self.header("x-upstream")
+            .map_or_else(|| format!("status {}", self.status), str::to_string)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -179,7 +201,9 @@ pub enum Client {
 impl Client {
     pub async fn h1(addr: SocketAddr) -> std::io::Result<Client> {
         let s = TcpStream::connect(addr).await?;
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(std::io::Error::other)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -188,7 +212,10 @@ impl Client {
 
     pub async fn h2(addr: SocketAddr) -> std::io::Result<Client> {
         let s = TcpStream::connect(addr).await?;
-        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.map_err(std::io::Error::other)?;
+        let (tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -205,7 +232,11 @@ impl Client {
         };
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() })
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Result<Resp, hyper::Error> {
@@ -213,7 +244,8 @@ impl Client {
             Client::H1(_) => Request::get(path).header("host", host),
             Client::H2(_) => Request::get(format!("http://{host}{path}")),
         };
-        self.send(req.body(Full::new(Bytes::new())).unwrap_or_default()).await
+        self.send(req.body(Full::new(Bytes::new())).unwrap_or_default())
+            .await
     }
 }
 
@@ -253,15 +285,35 @@ impl TestEdge {
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let (addr, admin_addr) = (listener.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+        let (addr, admin_addr) = (
+            listener.local_addr().expect("addr"),
+            admin.local_addr().expect("addr"),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(provider.watch(edge.clone(), Duration::from_millis(20), watch_rx));
         let e2 = edge.clone();
         let task = tokio::spawn(async move {
-            e2.serve(vec![listener], Some(admin), async { let _ = stop_rx.await; }, drain).await;
+            e2.serve(
+                vec![listener],
+                Some(admin),
+                async {
+                    let _ = stop_rx.await;
+                },
+                drain,
+            )
+            .await;
         });
-        TestEdge { addr, admin: admin_addr, edge, config_path, _dir: dir, stop: Some(stop_tx), watch_stop: watch_tx, task: Some(task) }
+        TestEdge {
+            addr,
+            admin: admin_addr,
+            edge,
+            config_path,
+            _dir: dir,
+            stop: Some(stop_tx),
+            watch_stop: watch_tx,
+            task: Some(task),
+        }
     }
 
     /// Rewrites the configuration file atomically (temp file + rename, like editors and
@@ -281,7 +333,10 @@ impl TestEdge {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("configuration was not applied within 5 s: {:?}", self.edge.status());
+        panic!(
+            "configuration was not applied within 5 s: {:?}",
+            self.edge.status()
+        );
     }
 
     pub async fn admin_get(&self, path: &str) -> Resp {

@@ -20,7 +20,11 @@ fn empty() -> Full<Bytes> {
 /// Router name picked for a request, read from X-Routed-To (routing headers on).
 fn routed(r: &zw_edge::testkit::Resp) -> String {
     let to = r.header("x-routed-to").unwrap_or("");
-    to.split(';').next().unwrap_or("").trim_start_matches("router=").to_string()
+    to.split(';')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("router=")
+        .to_string()
 }
 
 #[tokio::test]
@@ -74,7 +78,10 @@ http:
         assert_eq!(resp.upstream(), "u");
     }
     for (r, why) in [
-        (req("h.test", "/").header("x-env", "prod"), "header value differs"),
+        (
+            req("h.test", "/").header("x-env", "prod"),
+            "header value differs",
+        ),
         (Request::get("/").header("host", "m.test"), "method differs"),
         (req("q.test", "/?id=abc"), "query regexp fails"),
         (req("c10.test", "/"), "client is 127.0.0.1, not 10/8"),
@@ -85,14 +92,21 @@ http:
         assert_eq!(resp.status, 404, "{why}: {resp:?}");
         assert_eq!(resp.body, "Service Not Found\n");
     }
-    let bad = c.send(req("p.test", "/bad%zzescape").body(empty()).unwrap()).await.unwrap();
+    let bad = c
+        .send(req("p.test", "/bad%zzescape").body(empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(bad.status, 400);
     edge.shutdown().await;
 }
 
 #[tokio::test]
 async fn priorities_length_then_explicit_then_fallback() {
-    let (a, b, f) = (Upstream::start("a").await, Upstream::start("b").await, Upstream::start("tier3").await);
+    let (a, b, f) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("tier3").await,
+    );
     let cfg = format!(
         r#"
 http:
@@ -111,17 +125,41 @@ http:
         f.url()
     );
     let edge = TestEdge::start(&cfg).await;
-    assert_eq!(get(edge.addr, "x.test", "/api/v1").await.upstream(), "b", "longer rule wins");
+    assert_eq!(
+        get(edge.addr, "x.test", "/api/v1").await.upstream(),
+        "b",
+        "longer rule wins"
+    );
     assert_eq!(get(edge.addr, "x.test", "/other").await.upstream(), "a");
-    assert_eq!(get(edge.addr, "x.test", "/admin").await.upstream(), "a", "explicit priority wins");
-    assert_eq!(get(edge.addr, "unknown.test", "/").await.upstream(), "tier3", "fallback takes the rest");
+    assert_eq!(
+        get(edge.addr, "x.test", "/admin").await.upstream(),
+        "a",
+        "explicit priority wins"
+    );
+    assert_eq!(
+        get(edge.addr, "unknown.test", "/").await.upstream(),
+        "tier3",
+        "fallback takes the rest"
+    );
     edge.shutdown().await;
 }
 
-async fn distribution(strategy: &str, weights: [u32; 3], n: usize, extra: &str) -> (HashMap<String, usize>, Vec<Upstream>) {
-    let ups = vec![Upstream::start("s0").await, Upstream::start("s1").await, Upstream::start("s2").await];
-    let servers: Vec<String> =
-        ups.iter().zip(weights).map(|(u, w)| format!("{{url: \"{}\", weight: {w}}}", u.url())).collect();
+async fn distribution(
+    strategy: &str,
+    weights: [u32; 3],
+    n: usize,
+    extra: &str,
+) -> (HashMap<String, usize>, Vec<Upstream>) {
+    let ups = vec![
+        Upstream::start("s0").await,
+        Upstream::start("s1").await,
+        Upstream::start("s2").await,
+    ];
+    let servers: Vec<String> = ups
+        .iter()
+        .zip(weights)
+        .map(|(u, w)| format!("{{url: \"{}\", weight: {w}}}", u.url()))
+        .collect();
     let cfg = format!(
         "http:\n  services:\n    s: {{loadBalancer: {{strategy: {strategy}, {extra} servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
         servers.join(", ")
@@ -130,7 +168,15 @@ async fn distribution(strategy: &str, weights: [u32; 3], n: usize, extra: &str) 
     let mut c = Client::h1(edge.addr).await.unwrap();
     let mut seen = HashMap::new();
     for i in 0..n {
-        let r = c.send(req("lb.test", "/").header("x-user", format!("user-{}", i % 50)).body(empty()).unwrap()).await.unwrap();
+        let r = c
+            .send(
+                req("lb.test", "/")
+                    .header("x-user", format!("user-{}", i % 50))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         *seen.entry(r.upstream()).or_insert(0) += 1;
     }
     edge.shutdown().await;
@@ -141,7 +187,11 @@ async fn distribution(strategy: &str, weights: [u32; 3], n: usize, extra: &str) 
 async fn wrr_follows_weights_exactly() {
     // 600 requests = 100 full periods of a 3:2:1 schedule
     let (seen, _ups) = distribution("wrr", [3, 2, 1], 600, "").await;
-    assert_eq!((seen["s0"], seen["s1"], seen["s2"]), (300, 200, 100), "{seen:?}");
+    assert_eq!(
+        (seen["s0"], seen["s1"], seen["s2"]),
+        (300, 200, 100),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -162,7 +212,11 @@ async fn hrw_on_a_header_spreads_users_and_keeps_each_on_its_server() {
     let (seen, _ups) = distribution("hrw", [1, 1, 1], 300, "hashKey: {header: X-User},").await;
     assert_eq!(seen.len(), 3, "50 users over 3 servers: {seen:?}");
     // each user id must always land on the same server: check with a second run
-    let ups = vec![Upstream::start("s0").await, Upstream::start("s1").await, Upstream::start("s2").await];
+    let ups = [
+        Upstream::start("s0").await,
+        Upstream::start("s1").await,
+        Upstream::start("s2").await,
+    ];
     let cfg = format!(
         "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {{header: X-User}}, servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
         ups.iter().map(|u| format!("{{url: \"{}\"}}", u.url())).collect::<Vec<_>>().join(", ")
@@ -172,9 +226,21 @@ async fn hrw_on_a_header_spreads_users_and_keeps_each_on_its_server() {
     for user in 0..20 {
         let mut first = None;
         for _ in 0..5 {
-            let r = c.send(req("lb.test", "/").header("x-user", format!("u{user}")).body(empty()).unwrap()).await.unwrap();
+            let r = c
+                .send(
+                    req("lb.test", "/")
+                        .header("x-user", format!("u{user}"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
             let got = r.upstream();
-            assert_eq!(first.get_or_insert_with(|| got.clone()), &got, "user u{user} moved");
+            assert_eq!(
+                first.get_or_insert_with(|| got.clone()),
+                &got,
+                "user u{user} moved"
+            );
         }
     }
     edge.shutdown().await;
@@ -227,7 +293,12 @@ async fn health_checks_eject_and_return_servers() {
     let mut ejected = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if edge.admin_get("/metrics").await.body.contains(&format!("server=\"{}\"}} 0", b.url())) {
+        if edge
+            .admin_get("/metrics")
+            .await
+            .body
+            .contains(&format!("server=\"{}\"}} 0", b.url()))
+        {
             ejected = true;
             break;
         }
@@ -275,7 +346,12 @@ async fn error_statuses() {
     let hang_addr = hang.local_addr().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(hang_addr)).await {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(hang_addr),
+        )
+        .await
+        {
             fillers.push(s);
         }
     }
@@ -308,12 +384,27 @@ http:
     let r = get(edge.addr, "ok.test", "/slow/2000").await;
     assert_eq!((r.status, r.body.as_str()), (504, "Gateway Timeout\n"));
     let r = get(edge.addr, "ok.test", "/status/500").await;
-    assert_eq!((r.status, r.upstream().as_str()), (500, "u"), "upstream 5xx passes through");
+    assert_eq!(
+        (r.status, r.upstream().as_str()),
+        (500, "u"),
+        "upstream 5xx passes through"
+    );
     let r = get(edge.addr, "ok.test", "/status/503").await;
     assert_eq!((r.status, r.upstream().as_str()), (503, "u"));
     let metrics = edge.admin_get("/metrics").await.body;
-    assert!(metrics.contains(&format!("zeitwork_upstream_connect_errors_total{{backend=\"http://{closed}\"}} 1")), "{metrics}");
-    assert!(metrics.contains(&format!("zeitwork_upstream_timeouts_total{{backend=\"http://{}\"}} 1", up.addr)), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "zeitwork_upstream_connect_errors_total{{backend=\"http://{closed}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "zeitwork_upstream_timeouts_total{{backend=\"http://{}\"}} 1",
+            up.addr
+        )),
+        "{metrics}"
+    );
     drop(fillers);
     edge.shutdown().await;
 }
@@ -342,17 +433,26 @@ async fn forwarding_headers_and_hop_by_hop() {
         .unwrap();
     let j = r.json();
     let h = &j["headers"];
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-sent XFF is replaced, not trusted");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "client-sent XFF is replaced, not trusted"
+    );
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "fw.test");
     assert_eq!(h["host"], "fw.test", "passHostHeader defaults to true");
     assert_eq!(h["x-request-id"], "trace-123");
-    assert!(h.get("x-secret").is_none() && h.get("proxy-authorization").is_none(), "{h}");
+    assert!(
+        h.get("x-secret").is_none() && h.get("proxy-authorization").is_none(),
+        "{h}"
+    );
     assert_eq!(j["path"], "/p");
     assert_eq!(j["query"], "q=1");
     assert_eq!(r.header("x-request-id"), Some("trace-123"));
-    assert!(r.header("x-hop").is_none(), "response hop-by-hop headers are removed");
+    assert!(
+        r.header("x-hop").is_none(),
+        "response hop-by-hop headers are removed"
+    );
     // a generated id when the client sends none, the same on both sides
     let r = c.get("fw.test", "/").await.unwrap();
     let id = r.header("x-request-id").unwrap().to_string();
@@ -384,22 +484,51 @@ http:
     );
     let edge = TestEdge::start(&cfg).await;
     let mut c = Client::h1(edge.addr).await.unwrap();
-    let r = c.send(req("mw.test", "/api/users?x=1").header("user-agent", "curl").body(empty()).unwrap()).await.unwrap();
+    let r = c
+        .send(
+            req("mw.test", "/api/users?x=1")
+                .header("user-agent", "curl")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let j = r.json();
     assert_eq!(j["path"], "/v2/users");
     assert_eq!(j["query"], "x=1");
     assert_eq!(j["headers"]["x-added"], "yes");
     assert_eq!(j["headers"]["x-forwarded-prefix"], "/api");
-    assert!(j["headers"].get("user-agent").is_none(), "empty value removes the header");
-    assert_eq!(j["headers"]["host"], up.addr.to_string(), "passHostHeader: false sends the server's address");
+    assert!(
+        j["headers"].get("user-agent").is_none(),
+        "empty value removes the header"
+    );
+    assert_eq!(
+        j["headers"]["host"],
+        up.addr.to_string(),
+        "passHostHeader: false sends the server's address"
+    );
     assert_eq!(r.header("x-served-by"), Some("zeitwork"));
 
     let r = c.get("secure.test:8080", "/login?next=/").await.unwrap();
-    assert_eq!((r.status, r.header("location")), (301, Some("https://secure.test/login?next=/")));
-    let r = c.send(Request::post("/form").header("host", "secure.test").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, Some("https://secure.test/login?next=/"))
+    );
+    let r = c
+        .send(
+            Request::post("/form")
+                .header("host", "secure.test")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 308, "non-GET permanent redirects keep the method");
     let r = c.get("old.test", "/a/b").await.unwrap();
-    assert_eq!((r.status, r.header("location")), (302, Some("http://new.test/a/b")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (302, Some("http://new.test/a/b"))
+    );
     assert_eq!(up.hits(), 1, "redirects never reach the upstream");
     edge.shutdown().await;
 }
@@ -418,8 +547,18 @@ async fn upstream_connections_are_pooled() {
     }
     let m = edge.admin_get("/metrics").await.body;
     let label = format!("backend=\"http://{}\"", up.addr);
-    assert!(m.contains(&format!("zeitwork_upstream_connections_opened_total{{{label}}} 1\n")), "{m}");
-    assert!(m.contains(&format!("zeitwork_upstream_connections_reused_total{{{label}}} 49\n")), "{m}");
+    assert!(
+        m.contains(&format!(
+            "zeitwork_upstream_connections_opened_total{{{label}}} 1\n"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "zeitwork_upstream_connections_reused_total{{{label}}} 49\n"
+        )),
+        "{m}"
+    );
     assert!(m.contains("zeitwork_requests_total{entrypoint=\"web\",router=\"r\",service=\"s\",code=\"2xx\"} 50"), "{m}");
     edge.shutdown().await;
 }
@@ -440,14 +579,20 @@ async fn websocket_upgrade_is_proxied() {
     .await
     .unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"hello through the edge"[..], b"second frame"] {
         s.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, msg);
     }
     edge.shutdown().await;
@@ -465,7 +610,11 @@ async fn http2_downstream_and_h2c_upstream() {
     let mut c = Client::h2(edge.addr).await.unwrap();
     let r = c.get("h1.test", "/x").await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["version"], "HTTP/1.1", "h2 client, HTTP/1.1 upstream");
+    assert_eq!(
+        r.json()["version"],
+        "HTTP/1.1",
+        "h2 client, HTTP/1.1 upstream"
+    );
     assert_eq!(r.json()["headers"]["host"], "h1.test");
     let r = c.get("h2.test", "/y").await.unwrap();
     assert_eq!(r.json()["version"], "HTTP/2.0", "h2c upstream");
@@ -475,7 +624,14 @@ async fn http2_downstream_and_h2c_upstream() {
         let Client::H2(tx) = &c else { unreachable!() };
         let mut tx = tx.clone();
         tasks.push(tokio::spawn(async move {
-            let r = tx.send_request(Request::get(format!("http://h2.test/slow/{}", 10 + i)).body(empty()).unwrap()).await.unwrap();
+            let r = tx
+                .send_request(
+                    Request::get(format!("http://h2.test/slow/{}", 10 + i))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
             r.status().as_u16()
         }));
     }
@@ -499,6 +655,12 @@ async fn shutdown_finishes_in_flight_requests() {
     let stopped = edge.begin_shutdown();
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request completes");
-    tokio::time::timeout(Duration::from_secs(5), stopped).await.unwrap().unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -29,7 +29,10 @@ fn config(g: u64, ups: &[Upstream]) -> String {
 
 /// The upstreams generation `g` may send to.
 fn allowed(g: u64, ups: &[Upstream]) -> [String; 2] {
-    [ups[(g % 4) as usize].name.clone(), ups[((g + 1) % 4) as usize].name.clone()]
+    [
+        ups[(g % 4) as usize].name.clone(),
+        ups[((g + 1) % 4) as usize].name.clone(),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +54,8 @@ async fn hundred_rewrites_under_load_fail_nothing() {
 
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (applied, written, done, ups) = (applied.clone(), written.clone(), done.clone(), ups.clone());
+        let (applied, written, done, ups) =
+            (applied.clone(), written.clone(), done.clone(), ups.clone());
         let addr = edge.addr;
         clients.push(tokio::spawn(async move {
             let mut c = Client::h1(addr).await.unwrap();
@@ -68,13 +72,20 @@ async fn hundred_rewrites_under_load_fail_nothing() {
                     }
                 };
                 let hi = written.load(SeqCst);
-                let gen: u64 = r.header("x-gen").and_then(|g| g.parse().ok()).unwrap_or(u64::MAX);
+                let gen: u64 = r
+                    .header("x-gen")
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(u64::MAX);
                 if r.status != 200 {
                     failures.push(format!("status {} body {}", r.status, r.body));
                 } else if gen < lo || gen > hi {
                     failures.push(format!("generation {gen} outside [{lo}, {hi}]"));
                 } else if !allowed(gen, &ups).contains(&r.upstream()) {
-                    failures.push(format!("generation {gen} answered by {} (allowed {:?})", r.upstream(), allowed(gen, &ups)));
+                    failures.push(format!(
+                        "generation {gen} answered by {} (allowed {:?})",
+                        r.upstream(),
+                        allowed(gen, &ups)
+                    ));
                 } else {
                     ok += 1;
                     gens_seen.insert(gen);
@@ -98,15 +109,30 @@ async fn hundred_rewrites_under_load_fail_nothing() {
     let (mut total, mut distinct) = (0, 0);
     for c in clients {
         let (ok, failures, gens) = c.await.unwrap();
-        assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert!(
+            failures.is_empty(),
+            "{} failures, first: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
         total += ok;
         distinct = distinct.max(gens);
     }
-    assert_eq!(edge.edge.status().version, base_version + GENERATIONS, "every rewrite was applied once");
+    assert_eq!(
+        edge.edge.status().version,
+        base_version + GENERATIONS,
+        "every rewrite was applied once"
+    );
     assert!(total > 500, "only {total} requests ran during the reloads");
     assert!(distinct > 50, "clients saw only {distinct} generations");
     let m = edge.admin_get("/metrics").await.body;
-    assert!(m.contains(&format!("zeitwork_config_applies_total {}", GENERATIONS + 1)), "{m}");
+    assert!(
+        m.contains(&format!(
+            "zeitwork_config_applies_total {}",
+            GENERATIONS + 1
+        )),
+        "{m}"
+    );
     assert!(m.contains("zeitwork_config_rejections_total 0"));
     eprintln!("{total} requests across {GENERATIONS} reloads, zero failures");
     edge.shutdown().await;
@@ -135,19 +161,46 @@ async fn an_invalid_change_is_rejected_whole_and_visible() {
             break;
         }
     }
-    let err = status["last_error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("http.routers.broken.rule: at byte"), "{status}");
-    assert!(err.contains("http.routers.broken.service: unknown service \"nope\""), "{status}");
-    assert_eq!(status["version"], before["version"], "the running version is unchanged");
+    let err = status["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("http.routers.broken.rule: at byte"),
+        "{status}"
+    );
+    assert!(
+        err.contains("http.routers.broken.service: unknown service \"nope\""),
+        "{status}"
+    );
+    assert_eq!(
+        status["version"], before["version"],
+        "the running version is unchanged"
+    );
     assert_eq!(status["hash"], before["hash"]);
     assert_eq!(get(edge.addr, "a.test", "/").await.upstream(), "old");
-    assert_eq!(get(edge.addr, "b.test", "/").await.status, 404, "the valid part of a broken change is not applied");
-    assert!(edge.admin_get("/metrics").await.body.contains("zeitwork_config_rejections_total 1"));
-    assert_eq!(edge.admin_get("/ready").await.status, 200, "still ready on the previous configuration");
+    assert_eq!(
+        get(edge.addr, "b.test", "/").await.status,
+        404,
+        "the valid part of a broken change is not applied"
+    );
+    assert!(edge
+        .admin_get("/metrics")
+        .await
+        .body
+        .contains("zeitwork_config_rejections_total 1"));
+    assert_eq!(
+        edge.admin_get("/ready").await.status,
+        200,
+        "still ready on the previous configuration"
+    );
 
     // fixing the file applies it
-    edge.write_config(&format!("{good}    r2: {{rule: \"Host(`b.test`)\", service: s}}\n"));
-    edge.wait_version_above(before["version"].as_u64().unwrap_or(0)).await;
+    edge.write_config(&format!(
+        "{good}    r2: {{rule: \"Host(`b.test`)\", service: s}}\n"
+    ));
+    edge.wait_version_above(before["version"].as_u64().unwrap_or(0))
+        .await;
     assert_eq!(get(edge.addr, "b.test", "/").await.upstream(), "old");
     assert!(edge.admin_get("/debug/config").await.json()["last_error"].is_null());
     edge.shutdown().await;

@@ -7,7 +7,7 @@
 
 use divan::{black_box, Bencher};
 use http::HeaderMap;
-use zw_rules::{RequestView, Rule, RouterSpec, RoutingTable};
+use zw_rules::{RequestView, RouterSpec, RoutingTable, Rule};
 
 fn main() {
     divan::main();
@@ -17,16 +17,28 @@ fn build(n: usize) -> RoutingTable<usize> {
     let mut specs: Vec<RouterSpec<usize>> = (0..n)
         .map(|i| RouterSpec {
             name: format!("app-{i}"),
-            rule: Rule::compile(&format!("Host(`app-{i}.example.com`) && PathPrefix(`/api`)")).unwrap(),
+            rule: Rule::compile(&format!(
+                "Host(`app-{i}.example.com`) && PathPrefix(`/api`)"
+            ))
+            .unwrap(),
             priority: None,
             value: i,
         })
         .collect();
-    for (i, rule) in ["PathPrefix(`/.well-known/acme-challenge/`)", "Path(`/healthz`)", "Host(`*.preview.example.com`)"]
-        .iter()
-        .enumerate()
+    for (i, rule) in [
+        "PathPrefix(`/.well-known/acme-challenge/`)",
+        "Path(`/healthz`)",
+        "Host(`*.preview.example.com`)",
+    ]
+    .iter()
+    .enumerate()
     {
-        specs.push(RouterSpec { name: format!("extra-{i}"), rule: Rule::compile(rule).unwrap(), priority: None, value: n + i });
+        specs.push(RouterSpec {
+            name: format!("extra-{i}"),
+            rule: Rule::compile(rule).unwrap(),
+            priority: None,
+            value: n + i,
+        });
     }
     RoutingTable::new(specs, Some(("fallback".into(), usize::MAX)))
 }
@@ -37,7 +49,14 @@ fn probe(b: Bencher<'_, '_>, n: usize, host: String, path: &'static str) {
     let table = build(n);
     let headers = HeaderMap::new();
     b.bench(|| {
-        let view = RequestView { method: "GET", host: black_box(&host), path: black_box(path), query: "", headers: &headers, client_ip: None };
+        let view = RequestView {
+            method: "GET",
+            host: black_box(&host),
+            path: black_box(path),
+            query: "",
+            headers: &headers,
+            client_ip: None,
+        };
         black_box(table.route(&view).map(|r| *r.value))
     });
 }
@@ -61,12 +80,25 @@ fn wildcard_host(b: Bencher<'_, '_>, n: usize) {
 /// the index saves.
 #[divan::bench(args = SIZES)]
 fn linear_scan_for_comparison(b: Bencher<'_, '_>, n: usize) {
-    let rules: Vec<Rule> =
-        (0..n).map(|i| Rule::compile(&format!("Host(`app-{i}.example.com`) && PathPrefix(`/api`)")).unwrap()).collect();
+    let rules: Vec<Rule> = (0..n)
+        .map(|i| {
+            Rule::compile(&format!(
+                "Host(`app-{i}.example.com`) && PathPrefix(`/api`)"
+            ))
+            .unwrap()
+        })
+        .collect();
     let headers = HeaderMap::new();
     let host = format!("app-{}.example.com", n / 2);
     b.bench(|| {
-        let view = RequestView { method: "GET", host: black_box(&host), path: "/api/users", query: "", headers: &headers, client_ip: None };
+        let view = RequestView {
+            method: "GET",
+            host: black_box(&host),
+            path: "/api/users",
+            query: "",
+            headers: &headers,
+            client_ip: None,
+        };
         black_box(rules.iter().position(|r| r.matches(&view)))
     });
 }

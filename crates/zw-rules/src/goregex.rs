@@ -194,7 +194,9 @@ mod tests {
     use regex::Regex;
 
     fn is_match(go: &str, hay: &str) -> bool {
-        Regex::new(&t(go)).unwrap_or_else(|e| panic!("{go} -> {}: {e}", t(go))).is_match(hay)
+        Regex::new(&t(go))
+            .unwrap_or_else(|e| panic!("{go} -> {}: {e}", t(go)))
+            .is_match(hay)
     }
 
     #[test]
@@ -204,13 +206,19 @@ mod tests {
         assert!(is_match("^a{2}$", "aa"));
         assert!(is_match("^a{2,}$", "aaa"));
         assert!(is_match("^a{1,2}?$", "a"));
-        assert!(is_match("^{1}$", "{1}"), "a repetition with nothing to repeat is literal in RE2");
+        assert!(
+            is_match("^{1}$", "{1}"),
+            "a repetition with nothing to repeat is literal in RE2"
+        );
         assert!(is_match("^a{,2}$", "a{,2}"));
     }
 
     #[test]
     fn perl_classes_are_ascii() {
-        assert!(!is_match("^\\d$", "٣"), "Arabic-Indic digit is not \\d in RE2");
+        assert!(
+            !is_match("^\\d$", "٣"),
+            "Arabic-Indic digit is not \\d in RE2"
+        );
         assert!(is_match("^\\d+$", "0123456789"));
         assert!(!is_match("^\\w$", "é"));
         assert!(is_match("^\\W$", "é"));

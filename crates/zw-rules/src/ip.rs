@@ -18,11 +18,15 @@ impl IpNet {
         let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -47,7 +51,9 @@ impl FromStr for IpNet {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -56,7 +62,14 @@ impl FromStr for IpNet {
                 _ => return Err(format!("`{s}`: prefix length must be 0..={max}")),
             },
         };
-        Ok(IpNet { addr: canonical(addr), prefix: if addr.is_ipv6() && canonical(addr).is_ipv4() { prefix.saturating_sub(96) } else { prefix } })
+        Ok(IpNet {
+            addr: canonical(addr),
+            prefix: if addr.is_ipv6() && canonical(addr).is_ipv4() {
+                prefix.saturating_sub(96)
+            } else {
+                prefix
+            },
+        })
     }
 }
 

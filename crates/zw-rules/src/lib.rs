@@ -28,7 +28,7 @@ pub use ip::IpNet;
 pub use normalize::{clean_path, normalize_host, routing_path, PathError};
 pub use parser::{parse, MAX_DEPTH, MAX_RULE_LEN};
 pub use request::RequestView;
-pub use rule::Rule;
+pub use rule::{compile_go_regex, Rule};
 pub use table::{Route, RouteReason, RouterSpec, RoutingTable};
 
 use std::fmt;
@@ -45,7 +45,10 @@ pub struct RuleError {
 
 impl RuleError {
     pub(crate) fn new(position: usize, message: impl Into<String>) -> Self {
-        Self { position, message: message.into() }
+        Self {
+            position,
+            message: message.into(),
+        }
     }
 }
 

@@ -25,10 +25,17 @@ pub fn parse(src: &str) -> Result<Expr, RuleError> {
     if src.len() > MAX_RULE_LEN {
         return Err(RuleError::new(
             MAX_RULE_LEN,
-            format!("rule is {} bytes long; the limit is {MAX_RULE_LEN}", src.len()),
+            format!(
+                "rule is {} bytes long; the limit is {MAX_RULE_LEN}",
+                src.len()
+            ),
         ));
     }
-    let mut p = Parser { src, pos: 0, depth: 0 };
+    let mut p = Parser {
+        src,
+        pos: 0,
+        depth: 0,
+    };
     p.skip_ws();
     if p.pos == src.len() {
         return Err(RuleError::new(0, "empty rule"));
@@ -73,7 +80,10 @@ impl<'a> Parser<'a> {
 
     fn unexpected(&self, wanted: &str) -> RuleError {
         match self.peek() {
-            None => RuleError::new(self.pos, format!("unexpected end of rule, expected {wanted}")),
+            None => RuleError::new(
+                self.pos,
+                format!("unexpected end of rule, expected {wanted}"),
+            ),
             Some(c) => RuleError::new(self.pos, format!("unexpected `{c}`, expected {wanted}")),
         }
     }
@@ -81,7 +91,10 @@ impl<'a> Parser<'a> {
     fn enter(&mut self) -> Result<(), RuleError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(RuleError::new(self.pos, format!("rule nests deeper than {MAX_DEPTH} levels")));
+            return Err(RuleError::new(
+                self.pos,
+                format!("rule nests deeper than {MAX_DEPTH} levels"),
+            ));
         }
         Ok(())
     }
@@ -129,7 +142,11 @@ impl<'a> Parser<'a> {
             return Ok(inner);
         }
         let start = self.pos;
-        let name_len = self.rest().bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+        let name_len = self
+            .rest()
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
         if name_len == 0 {
             return Err(self.unexpected("a matcher such as Host(`example.com`), `!` or `(`"));
         }
@@ -164,13 +181,26 @@ impl<'a> Parser<'a> {
         }
         let (min, max) = kind.arity();
         if args.len() < min || args.len() > max {
-            let want = if min == max { format!("{min}") } else { format!("{min} or {max}") };
+            let want = if min == max {
+                format!("{min}")
+            } else {
+                format!("{min} or {max}")
+            };
             return Err(RuleError::new(
                 start,
-                format!("{} takes {want} argument(s), got {}", kind.name(), args.len()),
+                format!(
+                    "{} takes {want} argument(s), got {}",
+                    kind.name(),
+                    args.len()
+                ),
             ));
         }
-        Ok(Expr::Matcher(MatcherCall { kind, args, position: start, arg_positions }))
+        Ok(Expr::Matcher(MatcherCall {
+            kind,
+            args,
+            position: start,
+            arg_positions,
+        }))
     }
 
     fn value(&mut self) -> Result<String, RuleError> {
@@ -186,11 +216,15 @@ impl<'a> Parser<'a> {
                 Ok(body[..end].replace('\r', ""))
             }
             Some('"') => {
-                let (value, consumed) = unquote_go(&self.src[start..]).map_err(|(off, msg)| RuleError::new(start + off, msg))?;
+                let (value, consumed) = unquote_go(&self.src[start..])
+                    .map_err(|(off, msg)| RuleError::new(start + off, msg))?;
                 self.pos = start + consumed;
                 Ok(value)
             }
-            Some('\'') => Err(RuleError::new(start, "single quotes are not allowed; use `backticks` or \"double quotes\"")),
+            Some('\'') => Err(RuleError::new(
+                start,
+                "single quotes are not allowed; use `backticks` or \"double quotes\"",
+            )),
             _ => Err(self.unexpected("a value in `backticks` or \"double quotes\"")),
         }
     }
@@ -208,12 +242,20 @@ fn unquote_go(s: &str) -> Result<(String, usize), (usize, String)> {
         };
         match b {
             b'"' => {
-                let value = String::from_utf8(out).map_err(|_| (0, "string is not valid UTF-8 after unescaping".to_string()))?;
+                let value = String::from_utf8(out)
+                    .map_err(|_| (0, "string is not valid UTF-8 after unescaping".to_string()))?;
                 return Ok((value, i + 1));
             }
-            b'\n' => return Err((i, "newline in \"double-quoted\" string (use \\n or a `raw` string)".into())),
+            b'\n' => {
+                return Err((
+                    i,
+                    "newline in \"double-quoted\" string (use \\n or a `raw` string)".into(),
+                ))
+            }
             b'\\' => {
-                let esc = *bytes.get(i + 1).ok_or((i, "unterminated escape".to_string()))?;
+                let esc = *bytes
+                    .get(i + 1)
+                    .ok_or((i, "unterminated escape".to_string()))?;
                 i += 2;
                 match esc {
                     b'a' => out.push(0x07),
@@ -226,16 +268,21 @@ fn unquote_go(s: &str) -> Result<(String, usize), (usize, String)> {
                     b'\\' => out.push(b'\\'),
                     b'"' => out.push(b'"'),
                     b'x' => {
-                        let v = hex_digits(bytes, i, 2).ok_or((i - 2, "\\x needs two hex digits".to_string()))?;
+                        let v = hex_digits(bytes, i, 2)
+                            .ok_or((i - 2, "\\x needs two hex digits".to_string()))?;
                         out.push(v as u8);
                         i += 2;
                     }
                     b'0'..=b'7' => {
-                        let digits = bytes.get(i - 1..i + 2).ok_or((i - 2, "octal escape needs three digits".to_string()))?;
+                        let digits = bytes
+                            .get(i - 1..i + 2)
+                            .ok_or((i - 2, "octal escape needs three digits".to_string()))?;
                         if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
                             return Err((i - 2, "octal escape needs three digits 0-7".into()));
                         }
-                        let v = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                        let v = digits
+                            .iter()
+                            .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                         if v > 255 {
                             return Err((i - 2, "octal escape value above 255".into()));
                         }
@@ -244,14 +291,24 @@ fn unquote_go(s: &str) -> Result<(String, usize), (usize, String)> {
                     }
                     b'u' | b'U' => {
                         let n = if esc == b'u' { 4 } else { 8 };
-                        let v = hex_digits(bytes, i, n).ok_or((i - 2, format!("\\{} needs {n} hex digits", esc as char)))?;
-                        let c = char::from_u32(v).ok_or((i - 2, "escape is not a valid Unicode code point".to_string()))?;
+                        let v = hex_digits(bytes, i, n)
+                            .ok_or((i - 2, format!("\\{} needs {n} hex digits", esc as char)))?;
+                        let c = char::from_u32(v).ok_or((
+                            i - 2,
+                            "escape is not a valid Unicode code point".to_string(),
+                        ))?;
                         let mut buf = [0u8; 4];
                         out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                         i += n;
                     }
                     other => {
-                        return Err((i - 2, format!("unknown escape `\\{}` in \"double-quoted\" string", other as char)));
+                        return Err((
+                            i - 2,
+                            format!(
+                                "unknown escape `\\{}` in \"double-quoted\" string",
+                                other as char
+                            ),
+                        ));
                     }
                 }
             }
@@ -284,7 +341,9 @@ mod tests {
     fn precedence_not_and_or() {
         let e = parse("Host(`a`) || Host(`b`) && !Path(`/c`)").unwrap();
         assert_eq!(e.to_string(), "Host(`a`) || Host(`b`) && !Path(`/c`)");
-        let Expr::Or(_, r) = e else { panic!("|| must be the root") };
+        let Expr::Or(_, r) = e else {
+            panic!("|| must be the root")
+        };
         assert!(matches!(*r, Expr::And(..)));
     }
 
@@ -318,10 +377,15 @@ mod tests {
 
     #[test]
     fn quoting_rules() {
-        assert_eq!(err("Host('a')").message, "single quotes are not allowed; use `backticks` or \"double quotes\"");
+        assert_eq!(
+            err("Host('a')").message,
+            "single quotes are not allowed; use `backticks` or \"double quotes\""
+        );
         assert!(err("Host(a)").message.contains("expected a value"));
         assert!(err("Priority(1)").message.contains("unknown matcher"));
-        let Expr::Matcher(m) = parse(r#"PathRegexp("^/a\\.b\t\x41\u00e9\101")"#).unwrap() else { panic!() };
+        let Expr::Matcher(m) = parse(r#"PathRegexp("^/a\\.b\t\x41\u00e9\101")"#).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.args[0], "^/a\\.b\tAéA");
         assert!(err(r#"Path("/a\q")"#).message.contains("unknown escape"));
         assert!(err(r#"Path("/a\'")"#).message.contains("unknown escape"));
@@ -341,7 +405,11 @@ mod tests {
 
     #[test]
     fn depth_and_length_limits() {
-        let deep = format!("{}Host(`a`){}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        let deep = format!(
+            "{}Host(`a`){}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
         assert!(err(&deep).message.contains("nests deeper"));
         let nots = format!("{}Host(`a`)", "!".repeat(10_000));
         assert!(err(&nots).message.contains("nests deeper"));

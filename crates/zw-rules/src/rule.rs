@@ -56,7 +56,10 @@ impl Rule {
     pub fn compile(text: &str) -> Result<Rule, RuleError> {
         let expr = parse(text)?;
         let node = compile_expr(&expr)?;
-        Ok(Rule { text: text.into(), node })
+        Ok(Rule {
+            text: text.into(),
+            node,
+        })
     }
 
     /// The rule text as written (its length is the default priority).
@@ -104,18 +107,22 @@ fn compile_call(call: &MatcherCall) -> Result<Leaf, RuleError> {
     }
     let arg = |i: usize| call.args.get(i).map(String::as_str).unwrap_or_default();
     let regex = |i: usize| -> Result<Regex, RuleError> {
-        RegexBuilder::new(&translate_go_regex(arg(i)))
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| RuleError::new(arg_pos(i), format!("{name}: invalid regular expression: {}", first_line(&e.to_string()))))
+        compile_go_regex(arg(i)).map_err(|e| RuleError::new(arg_pos(i), format!("{name}: {e}")))
     };
     let header_name = |i: usize| -> Result<HeaderName, RuleError> {
-        HeaderName::from_bytes(arg(i).as_bytes())
-            .map_err(|_| RuleError::new(arg_pos(i), format!("{name}: `{}` is not a valid header name", arg(i))))
+        HeaderName::from_bytes(arg(i).as_bytes()).map_err(|_| {
+            RuleError::new(
+                arg_pos(i),
+                format!("{name}: `{}` is not a valid header name", arg(i)),
+            )
+        })
     };
     Ok(match call.kind {
         MatcherKind::Host | MatcherKind::HostRegexp if !arg(0).is_ascii() => {
-            return Err(RuleError::new(arg_pos(0), format!("{name}: value must be ASCII (use the punycode form of the domain)")));
+            return Err(RuleError::new(
+                arg_pos(0),
+                format!("{name}: value must be ASCII (use the punycode form of the domain)"),
+            ));
         }
         MatcherKind::Host => {
             let v = arg(0).trim().to_ascii_lowercase();
@@ -130,7 +137,10 @@ fn compile_call(call: &MatcherCall) -> Result<Leaf, RuleError> {
         }
         MatcherKind::HostRegexp => Leaf::HostRegexp(regex(0)?),
         MatcherKind::Path | MatcherKind::PathPrefix if !arg(0).starts_with('/') => {
-            return Err(RuleError::new(arg_pos(0), format!("{name}: path must start with `/`")));
+            return Err(RuleError::new(
+                arg_pos(0),
+                format!("{name}: path must start with `/`"),
+            ));
         }
         MatcherKind::Path => Leaf::Path(arg(0).into()),
         MatcherKind::PathPrefix => Leaf::PathPrefix(arg(0).into()),
@@ -153,17 +163,41 @@ fn compile_call(call: &MatcherCall) -> Result<Leaf, RuleError> {
             }
         }
         MatcherKind::Method => Leaf::Method(arg(0).into()),
-        MatcherKind::Query => Leaf::Query(arg(0).into(), call.args.get(1).map(|v| v.as_str().into())),
+        MatcherKind::Query => {
+            Leaf::Query(arg(0).into(), call.args.get(1).map(|v| v.as_str().into()))
+        }
         MatcherKind::QueryRegexp => {
-            let re = if call.args.len() > 1 { Some(regex(1)?) } else { None };
+            let re = if call.args.len() > 1 {
+                Some(regex(1)?)
+            } else {
+                None
+            };
             Leaf::QueryRegexp(arg(0).into(), re)
         }
-        MatcherKind::ClientIP => Leaf::ClientIp(arg(0).parse().map_err(|e: String| RuleError::new(arg_pos(0), format!("{name}: {e}")))?),
+        MatcherKind::ClientIP => Leaf::ClientIp(
+            arg(0)
+                .parse()
+                .map_err(|e: String| RuleError::new(arg_pos(0), format!("{name}: {e}")))?,
+        ),
     })
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+/// Compiles a Go RE2 pattern (as Traefik writes them) into a Rust regex, with a bounded
+/// program size. The error is one line, fit for a configuration error message.
+pub fn compile_go_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(&translate_go_regex(pattern))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            let msg = e.to_string();
+            let last = msg
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or(&msg)
+                .trim()
+                .to_string();
+            format!("invalid regular expression: {last}")
+        })
 }
 
 fn eval(node: &Node, req: &RequestView<'_>) -> bool {
@@ -187,10 +221,16 @@ fn eval_leaf(leaf: &Leaf, req: &RequestView<'_>) -> bool {
         Leaf::Path(p) => req.path == &**p,
         Leaf::PathPrefix(p) => req.path.starts_with(&**p),
         Leaf::PathRegexp(re) => re.is_match(req.path),
-        Leaf::Header(name, value) => req.headers.get_all(name).iter().any(|v| v.as_bytes() == value.as_bytes()),
-        Leaf::HeaderRegexp(name, re) => {
-            req.headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| re.is_match(v)))
-        }
+        Leaf::Header(name, value) => req
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes()),
+        Leaf::HeaderRegexp(name, re) => req
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
         Leaf::Never => false,
         Leaf::Method(m) => req.method == &**m,
         Leaf::Query(key, want) => query_pairs(req.query)
@@ -221,7 +261,10 @@ fn form_decode(s: &str) -> Cow<'_, str> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match (char::from(b[i + 1]).to_digit(16), char::from(b[i + 2]).to_digit(16)) {
+                match (
+                    char::from(b[i + 1]).to_digit(16),
+                    char::from(b[i + 2]).to_digit(16),
+                ) {
                     (Some(h), Some(l)) => {
                         out.push((h * 16 + l) as u8);
                         i += 3;
@@ -253,7 +296,14 @@ mod tests {
 
     impl Default for Req {
         fn default() -> Self {
-            Req { method: "GET", host: "example.com", path: "/", query: "", headers: HeaderMap::new(), ip: None }
+            Req {
+                method: "GET",
+                host: "example.com",
+                path: "/",
+                query: "",
+                headers: HeaderMap::new(),
+                ip: None,
+            }
         }
     }
 
@@ -272,15 +322,54 @@ mod tests {
 
     #[test]
     fn host_exact_wildcard_any() {
-        let r = Req { host: "a.example.com", ..Req::default() };
+        let r = Req {
+            host: "a.example.com",
+            ..Req::default()
+        };
         assert!(m("Host(`A.Example.com.`)", &r));
         assert!(m("Host(`*.example.com`)", &r));
-        assert!(!m("Host(`*.example.com`)", &Req { host: "example.com", ..Req::default() }));
-        assert!(!m("Host(`*.example.com`)", &Req { host: "a.b.example.com", ..Req::default() }));
-        assert!(m("Host(`*`)", &Req { host: "", ..Req::default() }));
-        assert!(!m("Host(`example.com`)", &Req { host: "", ..Req::default() }));
-        assert!(!m("HostRegexp(`.*`)", &Req { host: "", ..Req::default() }));
-        assert!(m("HostRegexp(`example.com`)", &Req { host: "myexample.com", ..Req::default() }));
+        assert!(!m(
+            "Host(`*.example.com`)",
+            &Req {
+                host: "example.com",
+                ..Req::default()
+            }
+        ));
+        assert!(!m(
+            "Host(`*.example.com`)",
+            &Req {
+                host: "a.b.example.com",
+                ..Req::default()
+            }
+        ));
+        assert!(m(
+            "Host(`*`)",
+            &Req {
+                host: "",
+                ..Req::default()
+            }
+        ));
+        assert!(!m(
+            "Host(`example.com`)",
+            &Req {
+                host: "",
+                ..Req::default()
+            }
+        ));
+        assert!(!m(
+            "HostRegexp(`.*`)",
+            &Req {
+                host: "",
+                ..Req::default()
+            }
+        ));
+        assert!(m(
+            "HostRegexp(`example.com`)",
+            &Req {
+                host: "myexample.com",
+                ..Req::default()
+            }
+        ));
         assert!(m("HOSTREGEXP(`^[a-z]+\\.example\\.com$`)", &r));
     }
 
@@ -293,14 +382,23 @@ mod tests {
 
     #[test]
     fn paths() {
-        let r = Req { path: "/products-for-sale", ..Req::default() };
+        let r = Req {
+            path: "/products-for-sale",
+            ..Req::default()
+        };
         assert!(m("PathPrefix(`/products`)", &r));
         assert!(!m("Path(`/products`)", &r));
         assert!(m("Path(`/products-for-sale`)", &r));
         assert!(m("PathRegexp(`^/products-[a-z]+`)", &r));
         assert!(m("PathRegexp(`for`)", &r), "regexps search, unanchored");
-        assert!(Rule::compile("Path(`nope`)").unwrap_err().message.contains("must start with `/`"));
-        assert!(Rule::compile("PathRegexp(`(`)").unwrap_err().message.contains("invalid regular expression"));
+        assert!(Rule::compile("Path(`nope`)")
+            .unwrap_err()
+            .message
+            .contains("must start with `/`"));
+        assert!(Rule::compile("PathRegexp(`(`)")
+            .unwrap_err()
+            .message
+            .contains("invalid regular expression"));
         assert_eq!(Rule::compile("Path(``)").unwrap_err().position, 5);
     }
 
@@ -310,11 +408,17 @@ mod tests {
         headers.append("x-env", "prod".parse().unwrap());
         headers.append("x-env", "canary".parse().unwrap());
         headers.insert("host", "example.com".parse().unwrap());
-        let r = Req { headers, ..Req::default() };
+        let r = Req {
+            headers,
+            ..Req::default()
+        };
         assert!(m("Header(`X-Env`, `canary`)", &r));
         assert!(m("Header(`x-env`, `prod`)", &r));
         assert!(!m("Header(`X-Env`, `Prod`)", &r), "values compare exactly");
-        assert!(!m("Header(`Host`, `example.com`)", &r), "Host is not a header for matchers");
+        assert!(
+            !m("Header(`Host`, `example.com`)", &r),
+            "Host is not a header for matchers"
+        );
         assert!(m("HeaderRegexp(`X-Env`, `^can`)", &r));
         assert!(!m("HeaderRegexp(`X-Missing`, `.*`)", &r));
         assert!(Rule::compile("Header(`bad name`, `x`)").is_err());
@@ -328,7 +432,10 @@ mod tests {
 
     #[test]
     fn queries_decode() {
-        let r = Req { query: "a=1&b=hello+world&c%20d=%2Fx&flag", ..Req::default() };
+        let r = Req {
+            query: "a=1&b=hello+world&c%20d=%2Fx&flag",
+            ..Req::default()
+        };
         assert!(m("Query(`a`)", &r));
         assert!(m("Query(`flag`)", &r));
         assert!(m("Query(`b`, `hello world`)", &r));
@@ -342,19 +449,34 @@ mod tests {
 
     #[test]
     fn client_ip() {
-        let r = Req { ip: Some("10.1.2.3"), ..Req::default() };
+        let r = Req {
+            ip: Some("10.1.2.3"),
+            ..Req::default()
+        };
         assert!(m("ClientIP(`10.0.0.0/8`)", &r));
         assert!(m("ClientIP(`10.1.2.3`)", &r));
         assert!(!m("ClientIP(`192.168.0.0/16`)", &r));
         assert!(!m("ClientIP(`::1`)", &r));
-        assert!(m("ClientIP(`127.0.0.1`)", &Req { ip: Some("::ffff:127.0.0.1"), ..Req::default() }));
-        assert!(!m("ClientIP(`10.0.0.0/8`)", &Req::default()), "no peer address, no match");
+        assert!(m(
+            "ClientIP(`127.0.0.1`)",
+            &Req {
+                ip: Some("::ffff:127.0.0.1"),
+                ..Req::default()
+            }
+        ));
+        assert!(
+            !m("ClientIP(`10.0.0.0/8`)", &Req::default()),
+            "no peer address, no match"
+        );
         assert!(Rule::compile("ClientIP(`10.0.0.0/40`)").is_err());
     }
 
     #[test]
     fn boolean_logic() {
-        let r = Req { path: "/api", ..Req::default() };
+        let r = Req {
+            path: "/api",
+            ..Req::default()
+        };
         assert!(m("Host(`example.com`) && !Path(`/x`)", &r));
         assert!(m("Host(`nope`) || Path(`/api`)", &r));
         assert!(!m("!(Host(`example.com`) || Path(`/x`))", &r));

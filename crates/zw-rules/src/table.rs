@@ -116,10 +116,19 @@ impl<T> RoutingTable<T> {
                     Some(p) if p != 0 => p,
                     _ => r.rule.default_priority(),
                 };
-                Entry { name: r.name.into(), rule: r.rule, priority, value: r.value }
+                Entry {
+                    name: r.name.into(),
+                    rule: r.rule,
+                    priority,
+                    value: r.value,
+                }
             })
             .collect();
-        entries.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        entries.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
 
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
@@ -142,7 +151,13 @@ impl<T> RoutingTable<T> {
                 }
             }
         }
-        RoutingTable { entries, exact, wildcard, any, fallback: fallback.map(|(n, v)| (n.into(), v)) }
+        RoutingTable {
+            entries,
+            exact,
+            wildcard,
+            any,
+            fallback: fallback.map(|(n, v)| (n.into(), v)),
+        }
     }
 
     /// Number of routers, not counting the fallback.
@@ -164,10 +179,16 @@ impl<T> RoutingTable<T> {
         const EMPTY: &[u32] = &[];
         let exact = self.exact.get(req.host).map_or(EMPTY, Vec::as_slice);
         let wild = match req.host.split_once('.') {
-            Some((label, parent)) if !label.is_empty() => self.wildcard.get(parent).map_or(EMPTY, Vec::as_slice),
+            Some((label, parent)) if !label.is_empty() => {
+                self.wildcard.get(parent).map_or(EMPTY, Vec::as_slice)
+            }
             _ => EMPTY,
         };
-        let lists = [(exact, RouteReason::ExactHost), (wild, RouteReason::WildcardHost), (self.any.as_slice(), RouteReason::AnyHost)];
+        let lists = [
+            (exact, RouteReason::ExactHost),
+            (wild, RouteReason::WildcardHost),
+            (self.any.as_slice(), RouteReason::AnyHost),
+        ];
         let mut heads = [0usize; 3];
         loop {
             // pick the list whose next router ranks first
@@ -181,12 +202,24 @@ impl<T> RoutingTable<T> {
             }
             let Some((i, rank)) = best else { break };
             heads[i] += 1;
-            let Some(e) = self.entries.get(rank as usize) else { break };
+            let Some(e) = self.entries.get(rank as usize) else {
+                break;
+            };
             if e.rule.matches(req) {
-                return Some(Route { name: &e.name, priority: e.priority, value: &e.value, reason: lists[i].1 });
+                return Some(Route {
+                    name: &e.name,
+                    priority: e.priority,
+                    value: &e.value,
+                    reason: lists[i].1,
+                });
             }
         }
-        self.fallback.as_ref().map(|(name, value)| Route { name, priority: i64::MIN, value, reason: RouteReason::Fallback })
+        self.fallback.as_ref().map(|(name, value)| Route {
+            name,
+            priority: i64::MIN,
+            value,
+            reason: RouteReason::Fallback,
+        })
     }
 }
 
@@ -205,18 +238,39 @@ mod tests {
                 value: name.to_string(),
             })
             .collect();
-        RoutingTable::new(specs, fallback.then(|| ("tier3".to_string(), "tier3".to_string())))
+        RoutingTable::new(
+            specs,
+            fallback.then(|| ("tier3".to_string(), "tier3".to_string())),
+        )
     }
 
-    fn route<'a>(t: &'a RoutingTable<String>, host: &'a str, path: &'a str, h: &'a HeaderMap) -> Option<&'a str> {
-        let view = RequestView { method: "GET", host, path, query: "", headers: h, client_ip: None };
+    fn route<'a>(
+        t: &'a RoutingTable<String>,
+        host: &'a str,
+        path: &'a str,
+        h: &'a HeaderMap,
+    ) -> Option<&'a str> {
+        let view = RequestView {
+            method: "GET",
+            host,
+            path,
+            query: "",
+            headers: h,
+            client_ip: None,
+        };
         t.route(&view).map(|r| r.name)
     }
 
     #[test]
     fn longer_rule_wins_by_default() {
         let h = HeaderMap::new();
-        let t = table(&[("short", "Host(`a.com`)", None), ("long", "Host(`a.com`) && PathPrefix(`/api`)", None)], false);
+        let t = table(
+            &[
+                ("short", "Host(`a.com`)", None),
+                ("long", "Host(`a.com`) && PathPrefix(`/api`)", None),
+            ],
+            false,
+        );
         assert_eq!(route(&t, "a.com", "/api/x", &h), Some("long"));
         assert_eq!(route(&t, "a.com", "/other", &h), Some("short"));
         assert_eq!(route(&t, "b.com", "/api", &h), None);
@@ -225,14 +279,26 @@ mod tests {
     #[test]
     fn explicit_priority_overrides_and_zero_means_default() {
         let h = HeaderMap::new();
-        let t = table(&[("short", "Host(`a.com`)", Some(100)), ("long", "Host(`a.com`) && PathPrefix(`/api`)", Some(0))], false);
+        let t = table(
+            &[
+                ("short", "Host(`a.com`)", Some(100)),
+                ("long", "Host(`a.com`) && PathPrefix(`/api`)", Some(0)),
+            ],
+            false,
+        );
         assert_eq!(route(&t, "a.com", "/api/x", &h), Some("short"));
     }
 
     #[test]
     fn ties_break_by_name() {
         let h = HeaderMap::new();
-        let t = table(&[("b", "PathPrefix(`/`)", Some(5)), ("a", "PathPrefix(`/`)", Some(5))], false);
+        let t = table(
+            &[
+                ("b", "PathPrefix(`/`)", Some(5)),
+                ("a", "PathPrefix(`/`)", Some(5)),
+            ],
+            false,
+        );
         assert_eq!(route(&t, "x", "/", &h), Some("a"));
     }
 
@@ -259,7 +325,14 @@ mod tests {
     fn fallback_takes_the_rest() {
         let h = HeaderMap::new();
         let t = table(&[("a", "Host(`a.com`)", None)], true);
-        let view = RequestView { method: "GET", host: "zzz", path: "/", query: "", headers: &h, client_ip: None };
+        let view = RequestView {
+            method: "GET",
+            host: "zzz",
+            path: "/",
+            query: "",
+            headers: &h,
+            client_ip: None,
+        };
         let r = t.route(&view).unwrap();
         assert_eq!((r.name, r.reason), ("tier3", RouteReason::Fallback));
     }
@@ -267,7 +340,13 @@ mod tests {
     #[test]
     fn or_of_hosts_is_indexed_under_each() {
         let h = HeaderMap::new();
-        let t = table(&[("multi", "Host(`a.com`) || Host(`b.com`)", None), ("neg", "!Host(`a.com`)", Some(1))], false);
+        let t = table(
+            &[
+                ("multi", "Host(`a.com`) || Host(`b.com`)", None),
+                ("neg", "!Host(`a.com`)", Some(1)),
+            ],
+            false,
+        );
         assert_eq!(route(&t, "a.com", "/", &h), Some("multi"));
         assert_eq!(route(&t, "b.com", "/", &h), Some("multi"));
         assert_eq!(route(&t, "c.com", "/", &h), Some("neg"));
@@ -286,16 +365,46 @@ mod tests {
             ("r6", "(Host(`c.a.com`) || Host(`d.com`)) && Method(`GET`)"),
             ("r7", "Host(`*`) && Path(`/w`)"),
         ];
-        let t = table(&rules.iter().map(|(n, r)| (*n, *r, None)).collect::<Vec<_>>(), false);
+        let t = table(
+            &rules
+                .iter()
+                .map(|(n, r)| (*n, *r, None))
+                .collect::<Vec<_>>(),
+            false,
+        );
         let h = HeaderMap::new();
-        let mut all: Vec<(i64, &str, Rule)> =
-            rules.iter().map(|(n, r)| (r.len() as i64, *n, Rule::compile(r).unwrap())).collect();
+        let mut all: Vec<(i64, &str, Rule)> = rules
+            .iter()
+            .map(|(n, r)| (r.len() as i64, *n, Rule::compile(r).unwrap()))
+            .collect();
         all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-        for host in ["a.com", "c.a.com", "x.a.com", "b.com", "d.com", "", "q.q.a.com"] {
+        for host in [
+            "a.com",
+            "c.a.com",
+            "x.a.com",
+            "b.com",
+            "d.com",
+            "",
+            "q.q.a.com",
+        ] {
             for path in ["/", "/x", "/y", "/z", "/w"] {
-                let view = RequestView { method: "GET", host, path, query: "", headers: &h, client_ip: None };
-                let linear = all.iter().find(|(_, _, r)| r.matches(&view)).map(|(_, n, _)| *n);
-                assert_eq!(t.route(&view).map(|r| r.name), linear, "host={host} path={path}");
+                let view = RequestView {
+                    method: "GET",
+                    host,
+                    path,
+                    query: "",
+                    headers: &h,
+                    client_ip: None,
+                };
+                let linear = all
+                    .iter()
+                    .find(|(_, _, r)| r.matches(&view))
+                    .map(|(_, n, _)| *n);
+                assert_eq!(
+                    t.route(&view).map(|r| r.name),
+                    linear,
+                    "host={host} path={path}"
+                );
             }
         }
     }

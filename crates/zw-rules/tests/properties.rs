@@ -14,13 +14,26 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn matcher() -> impl Strategy<Value = Expr> {
-    (prop::sample::select(MatcherKind::ALL.to_vec()), prop::collection::vec(value(), 2)).prop_map(|(kind, vals)| {
-        let (min, max) = kind.arity();
-        let n = if min == max { min } else { min + (vals[0].len() % 2) };
-        let _ = max;
-        let args: Vec<String> = vals.into_iter().take(n).collect();
-        Expr::Matcher(MatcherCall { kind, arg_positions: vec![0; args.len()], args, position: 0 })
-    })
+    (
+        prop::sample::select(MatcherKind::ALL.to_vec()),
+        prop::collection::vec(value(), 2),
+    )
+        .prop_map(|(kind, vals)| {
+            let (min, max) = kind.arity();
+            let n = if min == max {
+                min
+            } else {
+                min + (vals[0].len() % 2)
+            };
+            let _ = max;
+            let args: Vec<String> = vals.into_iter().take(n).collect();
+            Expr::Matcher(MatcherCall {
+                kind,
+                arg_positions: vec![0; args.len()],
+                args,
+                position: 0,
+            })
+        })
 }
 
 fn expr() -> impl Strategy<Value = Expr> {

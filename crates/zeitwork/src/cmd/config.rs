@@ -20,7 +20,9 @@ pub fn run(cmd: ConfigCommand) -> ExitCode {
     match cmd {
         ConfigCommand::Validate { path } => {
             let limits = Limits::default();
-            match zw_config::load_path(&path, &limits).and_then(|l| zw_config::validate(l.config, &limits)) {
+            match zw_config::load_path(&path, &limits)
+                .and_then(|l| zw_config::validate(l.config, &limits))
+            {
                 Ok(valid) => {
                     let h = &valid.config.http;
                     println!("ok {}", valid.hash);

@@ -11,10 +11,12 @@ use zw_config::Limits;
 use zw_edge::{AccessLog, AccessLogTarget, Edge, FileProvider};
 
 #[derive(Args)]
-#[command(after_help = "Example:\n  zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n\n\
+#[command(
+    after_help = "Example:\n  zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n\n\
 The configuration is Traefik's file-provider format (TOML, YAML or JSON; a file or a\n\
 directory). It is watched: a valid change is applied atomically, an invalid one is logged\n\
-and shown at http://ADMIN/debug/config while the running configuration stays.")]
+and shown at http://ADMIN/debug/config while the running configuration stays."
+)]
 pub struct EdgeArgs {
     /// Configuration file or directory (Traefik dynamic configuration).
     #[arg(long, short = 'c', value_name = "PATH")]
@@ -60,18 +62,30 @@ pub fn run(args: EdgeArgs) -> ExitCode {
 fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
     let mut eps: Vec<(String, SocketAddr)> = vec![("web".into(), args.http)];
     for spec in &args.entry_points {
-        let (name, addr) = spec.split_once('=').with_context(|| format!("--entry-point {spec}: expected NAME=ADDR"))?;
-        let addr: SocketAddr = addr.parse().with_context(|| format!("--entry-point {spec}: `{addr}` is not an address like 0.0.0.0:8443"))?;
+        let (name, addr) = spec
+            .split_once('=')
+            .with_context(|| format!("--entry-point {spec}: expected NAME=ADDR"))?;
+        let addr: SocketAddr = addr.parse().with_context(|| {
+            format!("--entry-point {spec}: `{addr}` is not an address like 0.0.0.0:8443")
+        })?;
         if eps.iter().any(|(n, _)| n == name) {
             bail!("entry point `{name}` is defined twice");
         }
         eps.push((name.to_string(), addr));
     }
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
     .context("starting the runtime")?;
 
@@ -114,7 +128,10 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

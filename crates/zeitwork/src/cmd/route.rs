@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 use zw_config::Limits;
-use zw_rules::{RequestView, Rule, RouterSpec, RoutingTable};
+use zw_rules::{RequestView, RouterSpec, RoutingTable, Rule};
 
 /// Longest accepted input line (one request).
 const MAX_LINE: usize = 1 << 20;
@@ -80,7 +80,11 @@ enum Matcher {
 }
 
 pub fn run(cmd: RouteCommand) -> ExitCode {
-    let RouteCommand::Test { rule, config, entry_point } = cmd;
+    let RouteCommand::Test {
+        rule,
+        config,
+        entry_point,
+    } = cmd;
     let matcher = match (rule, config) {
         (Some(r), _) => match Rule::compile(&r) {
             Ok(rule) => Matcher::Rule(rule),
@@ -88,7 +92,9 @@ pub fn run(cmd: RouteCommand) -> ExitCode {
         },
         (None, Some(path)) => {
             let limits = Limits::default();
-            match zw_config::load_path(&path, &limits).and_then(|l| zw_config::validate(l.config, &limits)) {
+            match zw_config::load_path(&path, &limits)
+                .and_then(|l| zw_config::validate(l.config, &limits))
+            {
                 Ok(valid) => Matcher::Table(table(valid, entry_point.as_deref())),
                 Err(e) => return fatal(format!("invalid configuration: {e}")),
             }
@@ -102,7 +108,11 @@ pub fn run(cmd: RouteCommand) -> ExitCode {
         let line = match line {
             Ok(l) => l,
             Err(e) => {
-                let _ = writeln!(out, "{}", json!({ "error": format!("line {}: {e}", n + 1) }));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({ "error": format!("line {}: {e}", n + 1) })
+                );
                 failed = true;
                 break;
             }
@@ -113,7 +123,9 @@ pub fn run(cmd: RouteCommand) -> ExitCode {
         let answer = if line.len() > MAX_LINE {
             Err(format!("line is longer than {MAX_LINE} bytes"))
         } else {
-            serde_json::from_str::<Input>(&line).map_err(|e| e.to_string()).and_then(|input| evaluate(&matcher, &input))
+            serde_json::from_str::<Input>(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|input| evaluate(&matcher, &input))
         };
         match answer {
             Ok(v) => {
@@ -121,7 +133,11 @@ pub fn run(cmd: RouteCommand) -> ExitCode {
             }
             Err(e) => {
                 failed = true;
-                let _ = writeln!(out, "{}", json!({ "error": format!("line {}: {e}", n + 1) }));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({ "error": format!("line {}: {e}", n + 1) })
+                );
             }
         }
     }
@@ -149,9 +165,18 @@ fn table(valid: zw_config::ValidConfig, entry_point: Option<&str>) -> RoutingTab
                 continue;
             }
         }
-        let service = r.service.strip_suffix("@file").unwrap_or(&r.service).to_string();
+        let service = r
+            .service
+            .strip_suffix("@file")
+            .unwrap_or(&r.service)
+            .to_string();
         match rules.remove(&name) {
-            Some(rule) => specs.push(RouterSpec { name, rule, priority: r.priority, value: service }),
+            Some(rule) => specs.push(RouterSpec {
+                name,
+                rule,
+                priority: r.priority,
+                value: service,
+            }),
             None => fallback = Some((name, service)),
         }
     }
@@ -161,9 +186,14 @@ fn table(valid: zw_config::ValidConfig, entry_point: Option<&str>) -> RoutingTab
 fn evaluate(matcher: &Matcher, input: &Input) -> Result<serde_json::Value, String> {
     let mut headers = HeaderMap::new();
     for (name, values) in &input.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
         for v in values.values() {
-            headers.append(name.clone(), HeaderValue::from_str(v).map_err(|_| format!("invalid value for header `{name}`"))?);
+            headers.append(
+                name.clone(),
+                HeaderValue::from_str(v)
+                    .map_err(|_| format!("invalid value for header `{name}`"))?,
+            );
         }
     }
     let query = match &input.query {
@@ -181,11 +211,15 @@ fn evaluate(matcher: &Matcher, input: &Input) -> Result<serde_json::Value, Strin
     };
     let client_ip = match &input.client_ip {
         None => None,
-        Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| format!("`{ip}` is not an IP address"))?),
+        Some(ip) => Some(
+            ip.parse::<IpAddr>()
+                .map_err(|_| format!("`{ip}` is not an IP address"))?,
+        ),
     };
     let raw_path = input.path.as_deref().unwrap_or("/");
     let cleaned = zw_rules::clean_path(raw_path);
-    let path = zw_rules::routing_path(&cleaned).map_err(|e| format!("{e} (the edge would answer 400)"))?;
+    let path =
+        zw_rules::routing_path(&cleaned).map_err(|e| format!("{e} (the edge would answer 400)"))?;
     let host = zw_rules::normalize_host(input.host.as_deref().unwrap_or(""));
     let view = RequestView {
         method: input.method.as_deref().unwrap_or(""),
@@ -208,7 +242,9 @@ fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }

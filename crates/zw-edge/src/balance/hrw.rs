@@ -27,7 +27,9 @@ pub struct Hrw {
 
 /// FNV-1a, 64 bit: stable across processes and versions, unlike std's SipHash keys.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// splitmix64's finalizer: spreads the bits of a combined hash.
@@ -47,7 +49,10 @@ pub fn score(key_hash: u64, server_hash: u64, weight: u32) -> f64 {
 
 impl Hrw {
     pub fn new(source: HashSource, server_urls: &[&str]) -> Self {
-        Hrw { source, server_hashes: server_urls.iter().map(|u| fnv1a(u.as_bytes())).collect() }
+        Hrw {
+            source,
+            server_hashes: server_urls.iter().map(|u| fnv1a(u.as_bytes())).collect(),
+        }
     }
 
     fn key_hash(&self, ctx: &PickCtx<'_>) -> u64 {
@@ -65,12 +70,16 @@ impl Hrw {
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
-        line.split(';').find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| {
+            line.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then_some(v)
+            })
         })
-    })
 }
 
 impl Balance for Hrw {
@@ -80,7 +89,16 @@ impl Balance for Hrw {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.is_up())
-            .map(|(i, s)| (i, score(key, self.server_hashes.get(i).copied().unwrap_or(0), s.weight)))
+            .map(|(i, s)| {
+                (
+                    i,
+                    score(
+                        key,
+                        self.server_hashes.get(i).copied().unwrap_or(0),
+                        s.weight,
+                    ),
+                )
+            })
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
     }
@@ -102,7 +120,9 @@ mod tests {
 
     #[test]
     fn removing_a_server_moves_only_its_keys() {
-        let servers: Vec<(u64, u32)> = (0..5).map(|i| (fnv1a(format!("http://s{i}").as_bytes()), 1)).collect();
+        let servers: Vec<(u64, u32)> = (0..5)
+            .map(|i| (fnv1a(format!("http://s{i}").as_bytes()), 1))
+            .collect();
         let fewer: Vec<(u64, u32)> = servers[..4].to_vec();
         let mut moved = 0;
         for k in 0..10_000u64 {
@@ -122,7 +142,9 @@ mod tests {
     #[test]
     fn weights_shift_share() {
         let servers = [(fnv1a(b"a"), 3), (fnv1a(b"b"), 1)];
-        let a = (0..20_000u64).filter(|k| winner(fnv1a(&k.to_le_bytes()), &servers) == 0).count();
+        let a = (0..20_000u64)
+            .filter(|k| winner(fnv1a(&k.to_le_bytes()), &servers) == 0)
+            .count();
         let share = a as f64 / 20_000.0;
         assert!((0.70..0.80).contains(&share), "{share}");
     }

@@ -37,7 +37,13 @@ pub struct ServerState {
 
 impl ServerState {
     pub fn new(url: UpstreamUrl, raw_url: String, backend: Arc<Backend>) -> Self {
-        ServerState { url, raw_url, healthy: AtomicBool::new(true), in_flight: AtomicU32::new(0), backend }
+        ServerState {
+            url,
+            raw_url,
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicU32::new(0),
+            backend,
+        }
     }
 
     pub fn is_healthy(&self) -> bool {

@@ -25,14 +25,33 @@ impl Balance for P2c {
             1 => servers.iter().position(Server::is_up),
             _ if up == servers.len() => {
                 let (a, b) = gen_pair(servers.len(), |n| fastrand::usize(..n));
-                Some(if servers[b].state.in_flight() < servers[a].state.in_flight() { b } else { a })
+                Some(
+                    if servers[b].state.in_flight() < servers[a].state.in_flight() {
+                        b
+                    } else {
+                        a
+                    },
+                )
             }
             _ => {
                 // Some servers are down: pick among the up ones by rank.
                 let (a, b) = gen_pair(up, |n| fastrand::usize(..n));
-                let nth = |k: usize| servers.iter().enumerate().filter(|(_, s)| s.is_up()).nth(k).map(|(i, _)| i);
+                let nth = |k: usize| {
+                    servers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.is_up())
+                        .nth(k)
+                        .map(|(i, _)| i)
+                };
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if servers[b].state.in_flight() < servers[a].state.in_flight() { b } else { a })
+                Some(
+                    if servers[b].state.in_flight() < servers[a].state.in_flight() {
+                        b
+                    } else {
+                        a
+                    },
+                )
             }
         }
     }
@@ -52,9 +71,9 @@ mod tests {
             assert!(a < 4 && b < 4);
             seen[a][b] = true;
         }
-        for a in 0..4 {
-            for b in 0..4 {
-                assert_eq!(seen[a][b], a != b, "pair ({a},{b})");
+        for (a, row) in seen.iter().enumerate() {
+            for (b, hit) in row.iter().enumerate() {
+                assert_eq!(*hit, a != b, "pair ({a},{b})");
             }
         }
     }

@@ -17,6 +17,8 @@ impl Balance for RoundRobin {
         }
         // Each skipped server costs a turn of the counter, so the servers that are up share
         // the traffic evenly (giving a down server's turn to its neighbour would not).
-        (0..n).map(|_| self.next.fetch_add(1, Relaxed) % n).find(|&i| servers[i].is_up())
+        (0..n)
+            .map(|_| self.next.fetch_add(1, Relaxed) % n)
+            .find(|&i| servers[i].is_up())
     }
 }

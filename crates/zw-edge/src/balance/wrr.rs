@@ -45,7 +45,11 @@ pub fn smooth_wrr_schedule(weights: &[u32]) -> Vec<u32> {
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Traefik's default strategy (`wrr`).
@@ -60,8 +64,15 @@ impl SmoothWrr {
         // Start at a random point so that many edges with the same configuration do not
         // all send their first requests to the same server.
         let schedule = smooth_wrr_schedule(weights).into_boxed_slice();
-        let start = if schedule.is_empty() { 0 } else { fastrand::usize(..schedule.len()) };
-        SmoothWrr { schedule, next: AtomicUsize::new(start) }
+        let start = if schedule.is_empty() {
+            0
+        } else {
+            fastrand::usize(..schedule.len())
+        };
+        SmoothWrr {
+            schedule,
+            next: AtomicUsize::new(start),
+        }
     }
 
     /// Next index in the schedule for which `up` holds.
@@ -71,7 +82,9 @@ impl SmoothWrr {
             return None;
         }
         // Skipping costs a turn, so the servers that are up keep their weights' proportions.
-        (0..n).map(|_| self.schedule[self.next.fetch_add(1, Relaxed) % n] as usize).find(|&i| up(i))
+        (0..n)
+            .map(|_| self.schedule[self.next.fetch_add(1, Relaxed) % n] as usize)
+            .find(|&i| up(i))
     }
 }
 

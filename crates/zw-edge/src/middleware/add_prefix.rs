@@ -9,7 +9,9 @@ pub struct AddPrefix {
 
 impl AddPrefix {
     pub fn new(c: &zw_config::AddPrefix) -> Self {
-        AddPrefix { prefix: c.prefix.trim_end_matches('/').to_string() }
+        AddPrefix {
+            prefix: c.prefix.trim_end_matches('/').to_string(),
+        }
     }
 }
 

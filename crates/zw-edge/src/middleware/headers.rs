@@ -11,11 +11,18 @@ pub struct Headers {
     response: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
-fn compile(map: &std::collections::BTreeMap<String, String>) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, String> {
+fn compile(
+    map: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, String> {
     map.iter()
         .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name `{k}`"))?;
-            let value = if v.is_empty() { None } else { Some(HeaderValue::from_str(v).map_err(|_| format!("invalid value for `{k}`"))?) };
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("invalid header name `{k}`"))?;
+            let value = if v.is_empty() {
+                None
+            } else {
+                Some(HeaderValue::from_str(v).map_err(|_| format!("invalid value for `{k}`"))?)
+            };
             Ok((name, value))
         })
         .collect()
@@ -36,7 +43,10 @@ fn apply(headers: &mut http::HeaderMap, set: &[(HeaderName, Option<HeaderValue>)
 
 impl Headers {
     pub fn new(c: &zw_config::Headers) -> Result<Self, String> {
-        Ok(Headers { request: compile(&c.custom_request_headers)?, response: compile(&c.custom_response_headers)? })
+        Ok(Headers {
+            request: compile(&c.custom_request_headers)?,
+            response: compile(&c.custom_response_headers)?,
+        })
     }
 }
 

@@ -16,7 +16,9 @@ fn redirect(method: &Method, permanent: bool, location: &str) -> Action {
         (false, false) => StatusCode::FOUND,
         (false, true) => StatusCode::TEMPORARY_REDIRECT,
     };
-    let Ok(loc) = HeaderValue::from_str(location) else { return Action::Continue };
+    let Ok(loc) = HeaderValue::from_str(location) else {
+        return Action::Continue;
+    };
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.headers.insert(header::LOCATION, loc);
@@ -37,15 +39,22 @@ pub struct RedirectRegex {
 
 impl RedirectRegex {
     pub fn new(c: &zw_config::RedirectRegex) -> Result<Self, String> {
-        let regex = Regex::new(&zw_rules::translate_go_regex(&c.regex)).map_err(|e| e.to_string())?;
-        Ok(RedirectRegex { regex, replacement: c.replacement.clone(), permanent: c.permanent })
+        let regex =
+            Regex::new(&zw_rules::translate_go_regex(&c.regex)).map_err(|e| e.to_string())?;
+        Ok(RedirectRegex {
+            regex,
+            replacement: c.replacement.clone(),
+            permanent: c.permanent,
+        })
     }
 }
 
 impl Middleware for RedirectRegex {
     fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
         let url = full_url(ctx);
-        let Some(caps) = self.regex.captures(&url) else { return Action::Continue };
+        let Some(caps) = self.regex.captures(&url) else {
+            return Action::Continue;
+        };
         let mut target = String::new();
         caps.expand(&self.replacement, &mut target);
         if target == url {
@@ -64,7 +73,11 @@ pub struct RedirectScheme {
 
 impl RedirectScheme {
     pub fn new(c: &zw_config::RedirectScheme) -> Self {
-        RedirectScheme { scheme: c.scheme.clone(), port: c.port.clone(), permanent: c.permanent }
+        RedirectScheme {
+            scheme: c.scheme.clone(),
+            port: c.port.clone(),
+            permanent: c.permanent,
+        }
     }
 }
 
@@ -74,7 +87,11 @@ impl Middleware for RedirectScheme {
             return Action::Continue; // already there; redirecting would loop
         }
         let host = zw_rules::normalize_host(ctx.host);
-        let host = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.into_owned()
+        };
         let default_port = if self.scheme == "https" { "443" } else { "80" };
         let port = match self.port.as_deref() {
             Some(p) if p != default_port => format!(":{p}"),
@@ -85,4 +102,3 @@ impl Middleware for RedirectScheme {
         redirect(&ctx.parts.method, self.permanent, &target)
     }
 }
-

@@ -12,7 +12,9 @@ pub struct StripPrefix {
 
 impl StripPrefix {
     pub fn new(c: &zw_config::StripPrefix) -> Self {
-        StripPrefix { prefixes: c.prefixes.clone() }
+        StripPrefix {
+            prefixes: c.prefixes.clone(),
+        }
     }
 }
 
@@ -21,7 +23,11 @@ impl Middleware for StripPrefix {
         let path = ctx.parts.uri.path().to_string();
         for prefix in &self.prefixes {
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {
-                let new_path = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                let new_path = if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                };
                 set_path(ctx.parts, &new_path);
                 if let Ok(v) = HeaderValue::from_str(prefix) {
                     ctx.parts.headers.insert("x-forwarded-prefix", v);

@@ -289,7 +289,7 @@ pub struct RedirectScheme {
 pub struct ServersTransport {
     #[serde(default)]
     pub forwarding_timeouts: ForwardingTimeouts,
-    /// Idle keep-alive connections kept per server (default 32).
+    /// Idle keep-alive connections kept per server (default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_conns_per_host: Option<u32>,
     #[serde(flatten, skip_serializing)]

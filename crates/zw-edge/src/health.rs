@@ -71,7 +71,7 @@ impl Supervisor {
     pub fn reconcile(
         &mut self,
         desired: Vec<((String, String), Arc<ServerState>, HealthSpec)>,
-        all_servers: &[Arc<ServerState>],
+        all_servers: &HashMap<(String, String), Arc<ServerState>>,
     ) {
         let mut keep = HashMap::with_capacity(desired.len());
         for (key, state, spec) in desired {
@@ -94,10 +94,9 @@ impl Supervisor {
         }
         self.running = keep;
         // Servers without a check take traffic.
-        for s in all_servers {
-            let checked = self.running.keys().any(|(_, url)| *url == s.raw_url);
-            if !checked && !s.set_healthy(true) {
-                tracing::info!(server = %s.raw_url, "server has no health check any more; taking traffic");
+        for (key, s) in all_servers {
+            if !self.running.contains_key(key) && !s.set_healthy(true) {
+                tracing::info!(service = %key.0, server = %key.1, "server has no health check any more; taking traffic");
             }
         }
     }

@@ -269,11 +269,12 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
+            let conn_info = Arc::new(proxy::ConnInfo::new(peer));
             let svc_shared = shared.clone();
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
                 let shared = svc_shared.clone();
                 CatchPanic {
-                    fut: Box::pin(proxy::handle(shared.clone(), ep, peer, req)),
+                    fut: proxy::handle(shared.clone(), ep, conn_info.clone(), req),
                     shared,
                 }
             });
@@ -293,22 +294,27 @@ async fn accept_loop(
     }
 }
 
-/// Turns a panic while handling one request into a 500 for that request.
-struct CatchPanic<F> {
-    fut: Pin<Box<F>>,
-    shared: Arc<Shared>,
+pin_project_lite::pin_project! {
+    /// Turns a panic while handling one request into a 500 for that request.
+    struct CatchPanic<F> {
+        #[pin]
+        fut: F,
+        shared: Arc<Shared>,
+    }
 }
 
 impl<F: Future<Output = hyper::Response<body::ProxyBody>>> Future for CatchPanic<F> {
     type Output = Result<hyper::Response<body::ProxyBody>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.fut.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let fut = this.fut;
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(resp)) => Poll::Ready(Ok(resp)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => {
-                self.shared.metrics.panics.fetch_add(1, Relaxed);
+                // Ready now, so hyper never polls the broken future again.
+                this.shared.metrics.panics.fetch_add(1, Relaxed);
                 tracing::error!("request handler panicked; answered 500");
                 Poll::Ready(Ok(proxy::local(
                     http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,9 +1,11 @@
 //! Upstream connections: a keep-alive pool per backend for HTTP/1.1, one shared
 //! multiplexed connection per backend for h2c.
 //!
-//! Checkout and checkin are lock-free (`crossbeam_queue::ArrayQueue` for idle HTTP/1
+//! Checkout and checkin are lock-free (`crossbeam_queue::SegQueue` for idle HTTP/1
 //! connections, `ArcSwapOption` for the h2c connection): the request path never waits on
-//! another request's bookkeeping.
+//! another request's bookkeeping. The idle queue grows in small blocks as connections are
+//! returned, so a backend that never sees concurrency costs almost nothing however high
+//! the idle cap is.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::AtomicUsize;
+
+use crossbeam_queue::SegQueue;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -35,7 +39,9 @@ impl Default for Transport {
             dial_timeout: Duration::from_secs(5),
             response_header_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
-            max_idle: 32,
+            // Higher than Traefik's 200: an idle socket costs a few KiB, a reconnect costs a
+            // handshake per request once concurrency passes the cap.
+            max_idle: 512,
         }
     }
 }
@@ -80,7 +86,9 @@ pub struct Backend {
     pub scheme: UpstreamScheme,
     pub authority: String,
     addr: Addr,
-    idle: ArrayQueue<Idle>,
+    idle: SegQueue<Idle>,
+    idle_len: AtomicUsize,
+    max_idle: usize,
     h2: ArcSwapOption<http2::SendRequest<Incoming>>,
     pub metrics: BackendMetrics,
 }
@@ -118,7 +126,9 @@ impl Backend {
             scheme: url.scheme,
             authority: url.authority.clone(),
             addr,
-            idle: ArrayQueue::new(max_idle.max(1)),
+            idle: SegQueue::new(),
+            idle_len: AtomicUsize::new(0),
+            max_idle: max_idle.max(1),
             h2: ArcSwapOption::empty(),
             metrics: BackendMetrics::default(),
         }
@@ -126,7 +136,7 @@ impl Backend {
 
     /// Number of idle HTTP/1 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle_len.load(Relaxed)
     }
 
     pub(crate) async fn connect_tcp(
@@ -186,16 +196,14 @@ impl Backend {
             UpstreamScheme::H2c => self.checkout_h2(t).await.map(Conn::H2),
             UpstreamScheme::Http => {
                 while let Some(mut idle) = self.idle.pop() {
-                    if idle.since.elapsed() > t.idle_timeout || idle.tx.is_closed() {
+                    self.idle_len.fetch_sub(1, Relaxed);
+                    if idle.tx.is_closed() || idle.since.elapsed() > t.idle_timeout {
                         continue;
                     }
-                    if !idle.tx.is_ready() {
-                        // The connection task may not have run since the last response ended.
-                        match tokio::time::timeout(Duration::from_millis(50), idle.tx.ready()).await
-                        {
-                            Ok(Ok(())) => {}
-                            _ => continue,
-                        }
+                    // A connection whose task has not run since its last response ended is
+                    // not flagged ready yet; it becomes ready (or closed) as soon as it runs.
+                    if !idle.tx.is_ready() && idle.tx.ready().await.is_err() {
+                        continue;
                     }
                     self.metrics.reuses.fetch_add(1, Relaxed);
                     return Ok(Conn::H1 {
@@ -203,10 +211,8 @@ impl Backend {
                         reused: true,
                     });
                 }
-                Ok(Conn::H1 {
-                    tx: self.connect_h1(t, false).await?,
-                    reused: false,
-                })
+                let tx = self.connect_h1(t, false).await?;
+                Ok(Conn::H1 { tx, reused: false })
             }
         }
     }
@@ -214,8 +220,11 @@ impl Backend {
     /// Returns a connection whose exchange completed cleanly. Dropped when the pool is
     /// full or the connection is closing.
     pub fn checkin(&self, tx: http1::SendRequest<Incoming>) {
-        if !tx.is_closed() {
-            let _ = self.idle.push(Idle {
+        // The cap is approximate under races (two checkins may both see room); that is
+        // harmless: it bounds memory, not correctness.
+        if !tx.is_closed() && self.idle_len.load(Relaxed) < self.max_idle {
+            self.idle_len.fetch_add(1, Relaxed);
+            self.idle.push(Idle {
                 tx,
                 since: Instant::now(),
             });

@@ -98,16 +98,40 @@ impl Drop for Exchange {
     }
 }
 
+/// What the request path needs to know about the client connection, computed once per
+/// connection rather than per request.
+pub(crate) struct ConnInfo {
+    client_ip: IpAddr,
+    /// `client_ip` as a header value, for `X-Forwarded-For` and `X-Real-IP`.
+    client_ip_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr) -> Self {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
+        // want a.b.c.d.
+        let client_ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
+            v4 => v4,
+        };
+        let client_ip_header = HeaderValue::from_str(&client_ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            client_ip,
+            client_ip_header,
+        }
+    }
+}
+
 /// Entry point of the request path (called per request by the listener).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     ep: usize,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     shared.metrics.in_flight.fetch_add(1, Relaxed);
-    let client_ip = zw_rules_canonical(peer.ip());
     let request_id = request_id(req.headers());
     let mut ex = Exchange {
         shared: shared.clone(),
@@ -122,7 +146,7 @@ pub(crate) async fn handle(
     if shared.access_log.is_some() {
         ex.log = Some(Box::new(LogFields {
             request_id: request_id.clone(),
-            client_ip,
+            client_ip: conn.client_ip,
             method: req.method().clone(),
             host: host_of(req.uri(), req.headers()).to_string(),
             path: req.uri().path().to_string(),
@@ -133,6 +157,10 @@ pub(crate) async fn handle(
     }
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let mut resp = match shared.current.load_full() {
+        // A reverse proxy is no forward proxy: tunnels are not offered.
+        _ if req.method() == Method::CONNECT => {
+            local(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+        }
         None => {
             shared.metrics.no_config.fetch_add(1, Relaxed);
             local(
@@ -140,7 +168,7 @@ pub(crate) async fn handle(
                 "No configuration loaded yet\n",
             )
         }
-        Some(snap) => proxy(&snap, ep, client_ip, &request_id, req, upgrade, &mut ex).await,
+        Some(snap) => proxy(&snap, ep, &conn, &request_id, req, upgrade, &mut ex).await,
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     ex.status = resp.status().as_u16();
@@ -151,7 +179,7 @@ pub(crate) async fn handle(
 async fn proxy(
     snap: &Snapshot,
     ep: usize,
-    client_ip: IpAddr,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     req: Request<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -160,34 +188,50 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
 
-    // 1. request filter
-    let host_raw = host_of(&parts.uri, &parts.headers).to_string();
-    let Some(path) = request_filter(&mut parts) else {
-        ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
-        return local(
-            StatusCode::BAD_REQUEST,
-            "Bad Request: malformed percent-escape in path\n",
-        );
+    // 1. request filter: dot segments and `//` are cleaned into the request itself
+    let cleaned = match zw_rules::clean_path(parts.uri.path()) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
     };
+    if let Some(p) = cleaned {
+        crate::middleware::set_path(&mut parts, &p);
+    }
+    // The host as the client sent it. A Host header value is a cheap clone (it shares
+    // the connection's read buffer); only absolute-form and HTTP/2 requests copy.
+    let host_value = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    }
+    .unwrap_or(HeaderValue::from_static(""));
+    let host_raw = host_value.to_str().unwrap_or("");
 
-    // 2. routing
+    // 2. routing, on borrowed views of the request
     let Some(table) = snap.tables.get(ep) else {
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
     };
-    let host = zw_rules::normalize_host(&host_raw);
-    let view = RequestView {
-        method: parts.method.as_str(),
-        host: &host,
-        path: &path,
-        query: parts.uri.query().unwrap_or(""),
-        headers: &parts.headers,
-        client_ip: Some(client_ip),
+    let routed = {
+        let Ok(path) = zw_rules::routing_path(parts.uri.path()) else {
+            ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
+            return local(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: malformed percent-escape in path\n",
+            );
+        };
+        let host = zw_rules::normalize_host(host_raw);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            host: &host,
+            path: &path,
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            client_ip: Some(conn.client_ip),
+        };
+        table.route(&view).map(|r| (*r.value, r.priority, r.reason))
     };
-    let Some(route) = table.route(&view) else {
+    let Some((router_idx, priority, reason)) = routed else {
         ex.shared.metrics.no_route.fetch_add(1, Relaxed);
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
     };
-    let (router_idx, priority, reason) = (*route.value, route.priority, route.reason);
     let Some(router) = snap.routers.get(router_idx as usize) else {
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
     };
@@ -208,7 +252,7 @@ async fn proxy(
         let mut ctx = RequestCtx {
             parts: &mut parts,
             scheme: "http",
-            host: &host_raw,
+            host: host_raw,
         };
         for m in &router.middlewares {
             if let Action::Respond(rparts) = m.on_request(&mut ctx) {
@@ -221,7 +265,7 @@ async fn proxy(
 
     // 4. upstream peer
     let pick_ctx = PickCtx {
-        client_ip: Some(client_ip),
+        client_ip: Some(conn.client_ip),
         headers: &parts.headers,
     };
     let Some((svc_name, lb, server_idx)) = upstream_peer(snap, router.service, &pick_ctx) else {
@@ -250,8 +294,8 @@ async fn proxy(
         &mut parts,
         lb,
         server,
-        &host_raw,
-        client_ip,
+        &host_value,
+        conn,
         request_id,
         upgrade.is_some(),
     );
@@ -348,13 +392,6 @@ pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBod
     resp
 }
 
-fn zw_rules_canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// The client's request ID when it sent a sane one, else a new random one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID) {
@@ -388,21 +425,6 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
         })
-}
-
-/// Phase 1: cleans the path (dot segments, `//`) into the request URI and returns the
-/// routing path, or `None` for a malformed escape.
-fn request_filter(parts: &mut request::Parts) -> Option<String> {
-    let cleaned = match zw_rules::clean_path(parts.uri.path()) {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(p) => Some(p),
-    };
-    if let Some(p) = cleaned {
-        crate::middleware::set_path(parts, &p);
-    }
-    zw_rules::routing_path(parts.uri.path())
-        .ok()
-        .map(Cow::into_owned)
 }
 
 /// Phase 4: follows weighted services down to a load balancer and picks a server.
@@ -464,12 +486,13 @@ fn upstream_request(
     parts: &mut request::Parts,
     lb: &LbService,
     server: &crate::balance::Server,
-    host_raw: &str,
-    client_ip: IpAddr,
+    host_value: &HeaderValue,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     upgrade: bool,
 ) {
     let url = &server.state.url;
+    let host_raw = host_value.to_str().unwrap_or("");
     remove_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade {
         parts
@@ -477,50 +500,62 @@ fn upstream_request(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
-    let mut path_and_query: Cow<'_, str> =
-        Cow::Borrowed(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    if server.preserve_path && !url.path.is_empty() {
-        path_and_query = Cow::Owned(format!("{}{}", url.path, path_and_query));
+    // The request's own path and query are reused as they are (no copy) unless the
+    // server URL's path goes in front.
+    let path_and_query = if server.preserve_path && !url.path.is_empty() {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        http::uri::PathAndQuery::try_from(format!("{}{pq}", url.path)).ok()
+    } else {
+        parts.uri.path_and_query().cloned()
     }
+    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let host_for_upstream = if lb.pass_host_header && !host_raw.is_empty() {
         host_raw
     } else {
         url.authority.as_str()
     };
-    let uri = match url.scheme {
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path_and_query);
+    match url.scheme {
         UpstreamScheme::Http => {
             parts.version = Version::HTTP_11;
-            if let Ok(v) = HeaderValue::from_str(host_for_upstream) {
+            if lb.pass_host_header
+                && parts
+                    .headers
+                    .get(header::HOST)
+                    .is_some_and(|h| h.as_bytes() == host_raw.as_bytes())
+            {
+                // the client's Host header is already right
+            } else if let Ok(v) = HeaderValue::from_str(host_for_upstream) {
                 parts.headers.insert(header::HOST, v);
             }
-            path_and_query.parse::<Uri>()
         }
         UpstreamScheme::H2c => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
-            format!("http://{host_for_upstream}{path_and_query}").parse::<Uri>()
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = http::uri::Authority::try_from(host_for_upstream).ok();
         }
-    };
-    if let Ok(uri) = uri {
+    }
+    if let Ok(uri) = Uri::from_parts(uri) {
         parts.uri = uri;
     }
 
     // The edge is where the internet ends: client-sent X-Forwarded-* are replaced, not
     // trusted. (PROXY protocol from a trusted balancer is how the real address arrives.)
-    let ip = HeaderValue::from_str(&client_ip.to_string())
-        .unwrap_or(HeaderValue::from_static("unknown"));
-    parts.headers.insert(X_FORWARDED_FOR, ip.clone());
-    parts.headers.insert(X_REAL_IP, ip);
+    parts
+        .headers
+        .insert(X_FORWARDED_FOR, conn.client_ip_header.clone());
+    parts
+        .headers
+        .insert(X_REAL_IP, conn.client_ip_header.clone());
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match HeaderValue::from_str(host_raw) {
-        Ok(v) if !host_raw.is_empty() => {
-            parts.headers.insert(X_FORWARDED_HOST, v);
-        }
-        _ => {
-            parts.headers.remove(X_FORWARDED_HOST);
-        }
+    if host_raw.is_empty() {
+        parts.headers.remove(X_FORWARDED_HOST);
+    } else {
+        parts.headers.insert(X_FORWARDED_HOST, host_value.clone());
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 }

@@ -288,10 +288,9 @@ pub fn build(
         .map(|(s, f)| RoutingTable::new(s, f))
         .collect();
 
-    let all: Vec<Arc<ServerState>> = used_servers.values().cloned().collect();
+    reg.health.reconcile(health_desired, &used_servers);
     reg.servers = used_servers;
     reg.backends = used_backends;
-    reg.health.reconcile(health_desired, &all);
 
     Ok(Snapshot {
         version,

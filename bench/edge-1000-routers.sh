@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs `zeitwork edge` as the extra target of the shared proxy benchmark harness, with a
+# routing table of ROUTERS routers (default 1000), each with its own service, and metrics
+# on (they always are). Build first: cargo build --release -p zeitwork
+#
+#   EXTRA_NAME=zeitwork EXTRA_URL=http://127.0.0.1:9104 \
+#   EXTRA_CMD="bash $PWD/bench/edge-1000-routers.sh" bash ../shared/bench/run.sh
+#
+# The harness exports BENCH_ORIGIN, BENCH_WORKERS and BENCH_RUN_DIR.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${ZEITWORK_BIN:-$here/../target/release/zeitwork}
+routers=${ROUTERS:-1000}
+listen=${LISTEN:-127.0.0.1:9104}
+cfg=${BENCH_RUN_DIR:-/tmp}/zeitwork-${routers}-routers.yaml
+
+{
+    echo "http:"
+    echo "  routers:"
+    # the benchmark's requests carry Host: 127.0.0.1:9104; the other routers are
+    # decoys on other hosts, so the table is realistic in size and shape
+    for i in $(seq 1 $((routers - 1))); do
+        echo "    app-$i: {rule: \"Host(\`app-$i.example.com\`) && PathPrefix(\`/\`)\", service: app-$i}"
+    done
+    echo "    bench: {rule: \"Host(\`127.0.0.1\`) && PathPrefix(\`/\`)\", service: bench}"
+    echo "  services:"
+    for i in $(seq 1 $((routers - 1))); do
+        echo "    app-$i: {loadBalancer: {servers: [{url: \"http://$BENCH_ORIGIN\"}]}}"
+    done
+    echo "    bench: {loadBalancer: {servers: [{url: \"http://$BENCH_ORIGIN\"}]}}"
+} >"$cfg"
+
+exec "$bin" edge --config "$cfg" --http "$listen" --admin 127.0.0.1:9180 --workers "${BENCH_WORKERS:-1}"

@@ -274,10 +274,25 @@ impl TestEdge {
     }
 
     pub async fn start_with(config: &str, drain: Duration) -> TestEdge {
+        Self::start_full(config, drain, None).await
+    }
+
+    /// Starts an edge that writes its JSON access log to `access_log`.
+    pub async fn start_with_access_log(config: &str, access_log: &std::path::Path) -> TestEdge {
+        let log = crate::AccessLog::start(&crate::AccessLogTarget::File(access_log.to_path_buf()))
+            .expect("open access log");
+        Self::start_full(config, Duration::from_secs(5), Some(log)).await
+    }
+
+    async fn start_full(
+        config: &str,
+        drain: Duration,
+        access_log: Option<crate::AccessLog>,
+    ) -> TestEdge {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("dynamic.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let edge = Edge::new(vec!["web".into()], None);
+        let edge = Edge::new(vec!["web".into()], access_log);
         let limits = zw_config::Limits::default();
         let mut provider = crate::FileProvider::new(config_path.clone(), limits);
         if let Err(e) = provider.load_into(&edge) {

@@ -664,3 +664,73 @@ async fn shutdown_finishes_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn access_log_has_one_json_line_per_request() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"Host(`log.test`)\", service: s}}\n",
+        up.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let edge = zw_edge::testkit::TestEdge::start_with_access_log(&cfg, &log_path).await;
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    let ok = c
+        .send(
+            req("log.test", "/hello?q=1")
+                .header("x-request-id", "req-1")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(c.get("nowhere.test", "/x").await.unwrap().status, 404);
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["request_id"], "req-1");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(
+        (
+            first["method"].as_str(),
+            first["host"].as_str(),
+            first["path"].as_str()
+        ),
+        (Some("GET"), Some("log.test"), Some("/hello"))
+    );
+    assert_eq!(
+        (
+            first["status"].as_u64(),
+            first["router"].as_str(),
+            first["service"].as_str()
+        ),
+        (Some(200), Some("r"), Some("s"))
+    );
+    assert_eq!(first["upstream"], up.addr.to_string());
+    assert_eq!(
+        first["bytes"].as_u64(),
+        Some(ok.body.len() as u64),
+        "bytes sent to the client"
+    );
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (second["status"].as_u64(), second["router"].is_null()),
+        (Some(404), true)
+    );
+    edge.shutdown().await;
+}

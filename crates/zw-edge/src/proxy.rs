@@ -576,41 +576,35 @@ async fn forward(
     let t = &lb.transport;
     // A request the connection never wrote is returned to us and is safe to send again,
     // whatever its method; one that was (partly) written is never retried.
-    for attempt in 0..3 {
-        let conn = backend.checkout(t).await?;
-        let result = match conn {
-            Conn::H1 { mut tx, .. } => {
-                match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req))
-                    .await
-                {
-                    Err(_) => {
-                        return Err(UpstreamError::ResponseTimeout(
-                            backend.authority.clone(),
-                            t.response_header_timeout,
-                        ))
-                    }
-                    Ok(Ok(resp)) => return Ok((resp, Some(tx))),
-                    Ok(Err(e)) => e,
-                }
+    let timeout = t.response_header_timeout;
+    let mut attempt = 0;
+    loop {
+        let (sent, pooled) = match backend.checkout(t).await? {
+            Conn::H1 { mut tx, .. } => (
+                tokio::time::timeout(timeout, tx.try_send_request(req)).await,
+                Some(tx),
+            ),
+            Conn::H2(mut tx) => (
+                tokio::time::timeout(timeout, tx.try_send_request(req)).await,
+                None,
+            ),
+        };
+        let result = match sent {
+            Err(_) => {
+                return Err(UpstreamError::ResponseTimeout(
+                    backend.authority.clone(),
+                    timeout,
+                ))
             }
-            Conn::H2(mut tx) => {
-                match tokio::time::timeout(t.response_header_timeout, tx.try_send_request(req))
-                    .await
-                {
-                    Err(_) => {
-                        return Err(UpstreamError::ResponseTimeout(
-                            backend.authority.clone(),
-                            t.response_header_timeout,
-                        ))
-                    }
-                    Ok(Ok(resp)) => return Ok((resp, None)),
-                    Ok(Err(e)) => e,
-                }
-            }
+            Ok(Ok(resp)) => return Ok((resp, pooled)),
+            Ok(Err(e)) => e,
         };
         let mut e = result;
         match e.take_message() {
-            Some(back) if attempt < 2 => req = back,
+            Some(back) if attempt < 2 => {
+                req = back;
+                attempt += 1;
+            }
             _ => {
                 return Err(UpstreamError::Request(
                     backend.authority.clone(),
@@ -619,7 +613,6 @@ async fn forward(
             }
         }
     }
-    Err(UpstreamError::ConnectTimeout(backend.authority.clone()))
 }
 
 /// Phase 6 for protocol upgrades (WebSocket): a dedicated connection; on `101` the two

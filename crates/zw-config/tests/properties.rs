@@ -1,0 +1,72 @@
+//! Property tests: no input makes loading or validation panic, and the hash does not
+//! depend on the format a configuration is written in.
+
+use proptest::prelude::*;
+use zw_config::{parse_str, validate, Format, Limits};
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in any::<String>()) {
+        for format in [Format::Toml, Format::Yaml, Format::Json] {
+            if let Ok(cfg) = parse_str(&text, format) {
+                let _ = validate(cfg, &Limits::default());
+            }
+        }
+    }
+
+    #[test]
+    fn config_shaped_yaml_never_panics(
+        names in prop::collection::vec("[a-z]{1,6}", 1..5),
+        rules in prop::collection::vec("[A-Za-z()`\"&|! /.*0-9-]{0,30}", 1..5),
+        urls in prop::collection::vec("(http|h2c|https|ftp)://[a-z0-9.:\\[\\]]{0,20}(/[a-z]{0,5})?", 1..4),
+        strategy in "(wrr|p2c|hrw|roundRobin|bogus)",
+        weight in -5i64..10,
+    ) {
+        let mut y = String::from("http:\n  routers:\n");
+        for (n, r) in names.iter().zip(rules.iter().cycle()) {
+            y.push_str(&format!("    {n}: {{rule: {:?}, service: {n}, priority: {weight}}}\n", r));
+        }
+        y.push_str("  services:\n");
+        for (n, u) in names.iter().zip(urls.iter().cycle()) {
+            y.push_str(&format!("    {n}: {{loadBalancer: {{strategy: {strategy}, servers: [{{url: {u:?}, weight: {weight}}}]}}}}\n"));
+        }
+        if let Ok(cfg) = parse_str(&y, Format::Yaml) {
+            let _ = validate(cfg, &Limits::default());
+        }
+    }
+
+    #[test]
+    fn hash_is_independent_of_format(
+        routers in prop::collection::btree_map("[a-z]{1,8}", ("[a-z]{1,8}\\.test", 0i64..100), 1..6),
+        port in 1u16..65535,
+    ) {
+        let mut v = serde_json::json!({"http": {"routers": {}, "services": {"s": {"loadBalancer": {"servers": [{"url": format!("http://127.0.0.1:{port}")}]}}}}});
+        for (name, (host, prio)) in &routers {
+            v["http"]["routers"][name] = serde_json::json!({"rule": format!("Host(`{host}`)"), "service": "s", "priority": prio});
+        }
+        let json = v.to_string();
+        let yaml = serde_yaml::to_string(&v).unwrap();
+        let toml = toml_text(&v);
+        let h = |text: &str, f: Format| validate(parse_str(text, f).unwrap(), &Limits::default()).unwrap().hash;
+        let hj = h(&json, Format::Json);
+        prop_assert_eq!(&hj, &h(&yaml, Format::Yaml));
+        prop_assert_eq!(&hj, &h(&toml, Format::Toml));
+    }
+}
+
+/// A TOML rendering of the small JSON shape above (the `toml` crate here only parses).
+fn toml_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for (name, r) in v["http"]["routers"].as_object().unwrap() {
+        out.push_str(&format!(
+            "[http.routers.{name}]\nrule = {:?}\nservice = \"s\"\npriority = {}\n",
+            r["rule"].as_str().unwrap(),
+            r["priority"]
+        ));
+    }
+    let url = v["http"]["services"]["s"]["loadBalancer"]["servers"][0]["url"].as_str().unwrap();
+    out.push_str(&format!("[[http.services.s.loadBalancer.servers]]\nurl = {url:?}\n"));
+    out
+}

@@ -66,7 +66,11 @@ fn toml_text(v: &serde_json::Value) -> String {
             r["priority"]
         ));
     }
-    let url = v["http"]["services"]["s"]["loadBalancer"]["servers"][0]["url"].as_str().unwrap();
-    out.push_str(&format!("[[http.services.s.loadBalancer.servers]]\nurl = {url:?}\n"));
+    let url = v["http"]["services"]["s"]["loadBalancer"]["servers"][0]["url"]
+        .as_str()
+        .unwrap();
+    out.push_str(&format!(
+        "[[http.services.s.loadBalancer.servers]]\nurl = {url:?}\n"
+    ));
     out
 }

@@ -25,6 +25,8 @@ use crate::Edge;
 /// * `/slow/<ms>` — answers after that many milliseconds;
 /// * `/status/<code>` — answers with that status;
 /// * `/ws` with `Upgrade` — switches protocols and echoes bytes;
+/// * `/echo` — answers with the request body;
+/// * `/bytes/<n>` — answers with `n` bytes (`0123456789` repeated), streamed in chunks;
 /// * anything else — 200 with a JSON body: upstream name, method, path, query, version,
 ///   headers; and an `X-Upstream` response header.
 pub struct Upstream {
@@ -136,6 +138,26 @@ async fn answer(
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .body(Full::new(Bytes::new()))
+            .unwrap_or_default());
+    }
+    if path == "/echo" {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::from_static(b"body error"),
+        };
+        return Ok(Response::builder()
+            .header("x-upstream", name.as_str())
+            .body(Full::new(body))
+            .unwrap_or_default());
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let body: Vec<u8> = (0..n).map(|i| b'0' + (i % 10) as u8).collect();
+        return Ok(Response::builder()
+            .header("x-upstream", name.as_str())
+            .body(Full::new(Bytes::from(body)))
             .unwrap_or_default());
     }
     let status = path

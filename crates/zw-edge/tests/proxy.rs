@@ -76,7 +76,24 @@ http:
         assert_eq!(resp.status, 200, "{want}: {resp:?}");
         assert_eq!(routed(&resp), want, "{resp:?}");
         assert_eq!(resp.upstream(), "u");
+        let reason = resp.header("x-route-reason").unwrap_or("");
+        assert!(
+            reason.starts_with("rule ") && reason.contains("matched (priority "),
+            "{reason}"
+        );
     }
+    let r = c
+        .send(req("p.test", "/exact").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.header("x-routed-to"),
+        Some(format!("router=path; service=s; server={}", up.addr).as_str())
+    );
+    assert_eq!(
+        r.header("x-route-reason"),
+        Some("rule Host(`p.test`) && Path(`/exact`) matched (priority 32, index: host)")
+    );
     for (r, why) in [
         (
             req("h.test", "/").header("x-env", "prod"),
@@ -731,6 +748,81 @@ async fn access_log_has_one_json_line_per_request() {
     assert_eq!(
         (second["status"].as_u64(), second["router"].is_null()),
         (Some(404), true)
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream_through() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
+        up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    // 1 MiB request body with a content length
+    // printable ASCII, so that the test client's text view of the body is byte-exact
+    let body: Vec<u8> = (0..1 << 20).map(|i: u32| b'!' + (i % 94) as u8).collect();
+    let r = c
+        .send(
+            Request::post("/echo")
+                .header("host", "b.test")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(
+        r.body.as_bytes() == body.as_slice(),
+        "body changed in transit"
+    );
+    // 5 MiB response body
+    let r = c.get("b.test", "/bytes/5242880").await.unwrap();
+    assert_eq!(r.body.len(), 5 << 20);
+    assert!(r.body.starts_with("0123456789012"));
+    // the same connection keeps working afterwards (and the upstream one was pooled)
+    assert_eq!(c.get("b.test", "/").await.unwrap().status, 200);
+    // a chunked request body (no content length), over a raw socket
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("hello world"), "{text}");
+    // HEAD: headers only, and the pooled connection stays usable
+    let r = c
+        .send(
+            Request::head("/bytes/100")
+                .header("host", "b.test")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(
+        c.get("b.test", "/bytes/10").await.unwrap().body,
+        "0123456789"
+    );
+    let m = edge.admin_get("/metrics").await.body;
+    assert!(
+        m.contains(&format!(
+            "zeitwork_upstream_connections_opened_total{{backend=\"http://{}\"}} 1\n",
+            up.addr
+        )) || m.contains(&format!(
+            "zeitwork_upstream_connections_opened_total{{backend=\"http://{}\"}} 2\n",
+            up.addr
+        )),
+        "{m}"
     );
     edge.shutdown().await;
 }

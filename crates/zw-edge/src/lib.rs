@@ -239,7 +239,10 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(64 * 1024)
+        // an HTTP/2 client that stops answering PINGs is gone: free its connection
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 
@@ -250,6 +253,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(server_builder());
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -269,7 +273,7 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let conn_info = Arc::new(proxy::ConnInfo::new(peer));
+            let conn_info = Arc::new(proxy::ConnInfo::new(peer, local_port));
             let svc_shared = shared.clone();
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
                 let shared = svc_shared.clone();

@@ -38,6 +38,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_ROUTED_TO: HeaderName = HeaderName::from_static("x-routed-to");
 const X_ROUTE_REASON: HeaderName = HeaderName::from_static("x-route-reason");
@@ -104,10 +105,12 @@ pub(crate) struct ConnInfo {
     client_ip: IpAddr,
     /// `client_ip` as a header value, for `X-Forwarded-For` and `X-Real-IP`.
     client_ip_header: HeaderValue,
+    /// The entry point's port, for `X-Forwarded-Port`.
+    port_header: HeaderValue,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr) -> Self {
+    pub(crate) fn new(peer: SocketAddr, local_port: u16) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
         // want a.b.c.d.
         let client_ip = match peer.ip() {
@@ -119,6 +122,7 @@ impl ConnInfo {
         ConnInfo {
             client_ip,
             client_ip_header,
+            port_header: HeaderValue::from(local_port),
         }
     }
 }
@@ -465,6 +469,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
+    // `TE: trailers` says the client accepts trailers; gRPC needs it to reach the
+    // upstream (HTTP/2 allows no other TE value).
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     for name in [
         KEEP_ALIVE,
         PROXY_CONNECTION,
@@ -474,6 +486,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if !keep_upgrade {
         headers.remove(header::CONNECTION);
@@ -552,6 +567,9 @@ fn upstream_request(
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert(X_FORWARDED_PORT, conn.port_header.clone());
     if host_raw.is_empty() {
         parts.headers.remove(X_FORWARDED_HOST);
     } else {
@@ -681,6 +699,18 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers, deflate".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
     }
 
     #[test]

@@ -457,6 +457,7 @@ async fn forwarding_headers_and_hop_by_hop() {
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "fw.test");
+    assert_eq!(h["x-forwarded-port"], edge.addr.port().to_string());
     assert_eq!(h["host"], "fw.test", "passHostHeader defaults to true");
     assert_eq!(h["x-request-id"], "trace-123");
     assert!(

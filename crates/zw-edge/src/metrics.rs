@@ -49,10 +49,18 @@ impl Histogram {
     }
 }
 
-/// Requests handled by one router (and so one service), by status class, with latency.
+/// Status codes counted under their own `code` label (as Traefik's metrics do); any
+/// other status is counted under its class (`code="2xx"`). A fixed set keeps the counters
+/// a plain array per router: no map, no hashing, no allocation on the request path.
+const CODES: [u16; 15] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+
+/// Requests handled by one router (and so one service), by status, with latency.
 #[derive(Debug)]
 pub struct RouterMetrics {
     labels: String,
+    by_code: [AtomicU64; CODES.len()],
     by_class: [AtomicU64; 5],
     pub latency: Histogram,
 }
@@ -66,14 +74,17 @@ impl RouterMetrics {
                 esc(router),
                 esc(service)
             ),
+            by_code: Default::default(),
             by_class: Default::default(),
             latency: Histogram::default(),
         }
     }
 
     pub fn record(&self, status: u16, d: Duration) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].fetch_add(1, Relaxed);
+        match CODES.iter().position(|c| *c == status) {
+            Some(i) => self.by_code[i].fetch_add(1, Relaxed),
+            None => self.by_class[usize::from(status / 100).clamp(1, 5) - 1].fetch_add(1, Relaxed),
+        };
         self.latency.observe(d);
     }
 }
@@ -110,6 +121,16 @@ pub fn esc(v: &str) -> String {
 }
 
 pub(crate) fn render_router(out: &mut String, m: &RouterMetrics) {
+    for (i, code) in CODES.iter().enumerate() {
+        let n = m.by_code[i].load(Relaxed);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "zeitwork_requests_total{{{},code=\"{code}\"}} {n}",
+                m.labels
+            );
+        }
+    }
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
         let n = m.by_class[i].load(Relaxed);
         if n > 0 {
@@ -206,6 +227,21 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2\n"));
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"));
         assert!(out.contains("x_count{a=\"b\"} 3\n"));
+    }
+
+    #[test]
+    fn common_codes_have_their_own_label_and_the_rest_their_class() {
+        let m = RouterMetrics::new("web", "r", "s");
+        m.record(200, Duration::from_millis(1));
+        m.record(200, Duration::from_millis(1));
+        m.record(206, Duration::from_millis(1));
+        m.record(599, Duration::from_millis(1));
+        let mut out = String::new();
+        render_router(&mut out, &m);
+        assert!(out.contains("zeitwork_requests_total{entrypoint=\"web\",router=\"r\",service=\"s\",code=\"200\"} 2\n"), "{out}");
+        assert!(out.contains("code=\"2xx\"} 1\n"), "{out}");
+        assert!(out.contains("code=\"5xx\"} 1\n"), "{out}");
+        assert!(out.contains("zeitwork_request_duration_seconds_count{entrypoint=\"web\",router=\"r\",service=\"s\"} 4"), "{out}");
     }
 
     #[test]

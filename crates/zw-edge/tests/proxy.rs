@@ -827,3 +827,104 @@ async fn request_and_response_bodies_stream_through() {
     );
     edge.shutdown().await;
 }
+
+#[tokio::test]
+async fn weighted_services_split_traffic_and_skip_a_child_with_no_healthy_server() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let cfg = format!(
+        r#"
+http:
+  services:
+    blue: {{loadBalancer: {{servers: [{{url: "{}"}}], healthCheck: {{path: /health, interval: 50ms, timeout: 500ms}}}}}}
+    green: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
+    canary: {{weighted: {{services: [{{name: blue, weight: 3}}, {{name: green@file, weight: 1}}]}}}}
+  routers:
+    r: {{rule: "PathPrefix(`/`)", service: canary}}
+"#,
+        a.url(),
+        b.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    let mut seen = HashMap::new();
+    for _ in 0..400 {
+        *seen
+            .entry(c.get("w.test", "/").await.unwrap().upstream())
+            .or_insert(0) += 1;
+    }
+    assert_eq!((seen["a"], seen["b"]), (300, 100), "{seen:?}");
+    a.set_healthy(false);
+    let mut all_green = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut only_b = true;
+        for _ in 0..8 {
+            only_b &= c.get("w.test", "/").await.unwrap().upstream() == "b";
+        }
+        if only_b {
+            all_green = true;
+            break;
+        }
+    }
+    assert!(
+        all_green,
+        "with blue's only server down, green takes everything"
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test]
+async fn hrw_on_a_cookie_keeps_a_session_on_one_server() {
+    let ups = [
+        Upstream::start("s0").await,
+        Upstream::start("s1").await,
+        Upstream::start("s2").await,
+    ];
+    let cfg = format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {{cookie: session}}, servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
+        ups.iter().map(|u| format!("{{url: \"{}\"}}", u.url())).collect::<Vec<_>>().join(", ")
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    let mut servers = std::collections::HashSet::new();
+    for user in 0..30 {
+        let mut first = None;
+        for _ in 0..4 {
+            let r = c
+                .send(
+                    req("c.test", "/")
+                        .header("cookie", format!("theme=dark; session=s{user}"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let got = r.upstream();
+            assert_eq!(
+                first.get_or_insert_with(|| got.clone()),
+                &got,
+                "session s{user} moved"
+            );
+        }
+        servers.extend(first);
+    }
+    assert_eq!(servers.len(), 3, "30 sessions use all three servers");
+    edge.shutdown().await;
+}
+
+#[tokio::test]
+async fn routers_listen_only_on_their_entry_points() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    secure: {{rule: \"Host(`e.test`)\", service: s, entryPoints: [websecure]}}\n    plain: {{rule: \"Host(`e.test`) && Path(`/plain`)\", service: s, entryPoints: [web]}}\n",
+        up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    assert_eq!(
+        get(edge.addr, "e.test", "/").await.status,
+        404,
+        "websecure router is not on web"
+    );
+    assert_eq!(get(edge.addr, "e.test", "/plain").await.status, 200);
+    edge.shutdown().await;
+}

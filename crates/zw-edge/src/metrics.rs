@@ -121,8 +121,8 @@ pub fn esc(v: &str) -> String {
 }
 
 pub(crate) fn render_router(out: &mut String, m: &RouterMetrics) {
-    for (i, code) in CODES.iter().enumerate() {
-        let n = m.by_code[i].load(Relaxed);
+    let mut line = |code: &dyn std::fmt::Display, n: &AtomicU64| {
+        let n = n.load(Relaxed);
         if n > 0 {
             let _ = writeln!(
                 out,
@@ -130,16 +130,12 @@ pub(crate) fn render_router(out: &mut String, m: &RouterMetrics) {
                 m.labels
             );
         }
+    };
+    for (code, n) in CODES.iter().zip(&m.by_code) {
+        line(code, n);
     }
-    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-        let n = m.by_class[i].load(Relaxed);
-        if n > 0 {
-            let _ = writeln!(
-                out,
-                "zeitwork_requests_total{{{},code=\"{class}\"}} {n}",
-                m.labels
-            );
-        }
+    for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(&m.by_class) {
+        line(class, n);
     }
     m.latency
         .render(out, "zeitwork_request_duration_seconds", &m.labels);

@@ -224,29 +224,34 @@ async fn hrw_on_client_ip_sticks_to_one_server() {
     assert_eq!(seen.len(), 1, "one client IP, one server: {seen:?}");
 }
 
-#[tokio::test]
-async fn hrw_on_a_header_spreads_users_and_keeps_each_on_its_server() {
-    let (seen, _ups) = distribution("hrw", [1, 1, 1], 300, "hashKey: {header: X-User},").await;
-    assert_eq!(seen.len(), 3, "50 users over 3 servers: {seen:?}");
-    // each user id must always land on the same server: check with a second run
+/// Three upstreams behind an `hrw` service keyed by `hash_key` (YAML); each of `users`
+/// keys (the header value `value(user)`) is sent four times and must land on one server
+/// every time. Returns the servers the users ended up on.
+async fn hrw_stickiness(
+    hash_key: &str,
+    header: &str,
+    value: impl Fn(usize) -> String,
+    users: usize,
+) -> std::collections::HashSet<String> {
     let ups = [
         Upstream::start("s0").await,
         Upstream::start("s1").await,
         Upstream::start("s2").await,
     ];
     let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {{header: X-User}}, servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
+        "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {hash_key}, servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
         ups.iter().map(|u| format!("{{url: \"{}\"}}", u.url())).collect::<Vec<_>>().join(", ")
     );
     let edge = TestEdge::start(&cfg).await;
     let mut c = Client::h1(edge.addr).await.unwrap();
-    for user in 0..20 {
+    let mut servers = std::collections::HashSet::new();
+    for user in 0..users {
         let mut first = None;
-        for _ in 0..5 {
+        for _ in 0..4 {
             let r = c
                 .send(
                     req("lb.test", "/")
-                        .header("x-user", format!("u{user}"))
+                        .header(header, value(user))
                         .body(empty())
                         .unwrap(),
                 )
@@ -256,19 +261,29 @@ async fn hrw_on_a_header_spreads_users_and_keeps_each_on_its_server() {
             assert_eq!(
                 first.get_or_insert_with(|| got.clone()),
                 &got,
-                "user u{user} moved"
+                "key {} moved",
+                value(user)
             );
         }
+        servers.extend(first);
     }
     edge.shutdown().await;
+    servers
+}
+
+#[tokio::test]
+async fn hrw_on_a_header_spreads_users_and_keeps_each_on_its_server() {
+    let (seen, _ups) = distribution("hrw", [1, 1, 1], 300, "hashKey: {header: X-User},").await;
+    assert_eq!(seen.len(), 3, "50 users over 3 servers: {seen:?}");
+    let servers = hrw_stickiness("{header: X-User}", "x-user", |u| format!("u{u}"), 20).await;
+    assert_eq!(servers.len(), 3, "20 users use all three servers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_less_to_the_slow_server() {
     let (fast, slow) = (Upstream::start("fast").await, Upstream::start("slow").await);
-    // The slow server answers /slow/* only: route the same path to both, but a header
-    // middleware cannot change per-server paths, so use two services behind a weighted one?
-    // Simpler: the slow one is slow because it gets /slow/40 via preservePath.
+    // Both servers get the same requests; the second is slow because its URL path
+    // (`/slow/40`, kept by preservePath) makes it wait 40 ms before answering.
     let cfg = format!(
         "http:\n  services:\n    s: {{loadBalancer: {{strategy: p2c, servers: [{{url: \"{}\"}}, {{url: \"{}/slow/40\", preservePath: true}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
         fast.url(),
@@ -875,41 +890,14 @@ http:
 
 #[tokio::test]
 async fn hrw_on_a_cookie_keeps_a_session_on_one_server() {
-    let ups = [
-        Upstream::start("s0").await,
-        Upstream::start("s1").await,
-        Upstream::start("s2").await,
-    ];
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {{cookie: session}}, servers: [{}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
-        ups.iter().map(|u| format!("{{url: \"{}\"}}", u.url())).collect::<Vec<_>>().join(", ")
-    );
-    let edge = TestEdge::start(&cfg).await;
-    let mut c = Client::h1(edge.addr).await.unwrap();
-    let mut servers = std::collections::HashSet::new();
-    for user in 0..30 {
-        let mut first = None;
-        for _ in 0..4 {
-            let r = c
-                .send(
-                    req("c.test", "/")
-                        .header("cookie", format!("theme=dark; session=s{user}"))
-                        .body(empty())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let got = r.upstream();
-            assert_eq!(
-                first.get_or_insert_with(|| got.clone()),
-                &got,
-                "session s{user} moved"
-            );
-        }
-        servers.extend(first);
-    }
+    let servers = hrw_stickiness(
+        "{cookie: session}",
+        "cookie",
+        |u| format!("theme=dark; session=s{u}"),
+        30,
+    )
+    .await;
     assert_eq!(servers.len(), 3, "30 sessions use all three servers");
-    edge.shutdown().await;
 }
 
 #[tokio::test]

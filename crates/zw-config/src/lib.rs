@@ -21,7 +21,7 @@ mod validate;
 pub use duration::Dur;
 pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;
-pub use validate::{validate, UpstreamScheme, UpstreamUrl, ValidConfig};
+pub use validate::{ref_name, validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 
 use std::fmt;
 

@@ -77,6 +77,13 @@ pub struct Router {
     pub unknown: Unknown,
 }
 
+impl Router {
+    /// Whether the router takes requests on entry point `ep` (no `entryPoints` = all).
+    pub fn listens_on(&self, ep: &str) -> bool {
+        self.entry_points.is_empty() || self.entry_points.iter().any(|e| e == ep)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {

@@ -103,11 +103,16 @@ impl UpstreamUrl {
     }
 }
 
-/// Strips Traefik's `@file` provider suffix from a reference (`svc@file` → `svc`).
+/// The name a reference points to: Traefik's `@file` provider suffix stripped
+/// (`svc@file` → `svc`). In a validated configuration every reference resolves this way.
+pub fn ref_name(reference: &str) -> &str {
+    reference.strip_suffix("@file").unwrap_or(reference)
+}
+
+/// Checks a reference's provider suffix and returns the name it points to.
 pub(crate) fn resolve_ref(name: &str) -> Result<&str, String> {
     match name.rsplit_once('@') {
-        None => Ok(name),
-        Some((n, "file")) => Ok(n),
+        None | Some((_, "file")) => Ok(ref_name(name)),
         Some((_, provider)) => Err(format!(
             "provider `@{provider}` does not exist here (only `@file`, or no suffix)"
         )),

@@ -113,10 +113,7 @@ impl ConnInfo {
     pub(crate) fn new(peer: SocketAddr, local_port: u16) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
         // want a.b.c.d.
-        let client_ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
-            v4 => v4,
-        };
+        let client_ip = zw_rules::canonical_ip(peer.ip());
         let client_ip_header = HeaderValue::from_str(&client_ip.to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         ConnInfo {

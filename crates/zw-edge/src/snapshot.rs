@@ -85,7 +85,7 @@ pub struct Registry {
 fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
     let mut t = Transport::default();
     let Some(st) = name
-        .map(|n| n.trim_end_matches("@file"))
+        .map(zw_config::ref_name)
         .and_then(|n| valid.config.http.servers_transports.get(n))
     else {
         return t;
@@ -109,10 +109,6 @@ fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
         t.max_idle = n as usize;
     }
     t
-}
-
-fn strip_provider(name: &str) -> &str {
-    name.strip_suffix("@file").unwrap_or(name)
 }
 
 /// Builds a snapshot and brings the registry in line with it (new servers registered,
@@ -199,12 +195,14 @@ pub fn build(
             let mut children = Vec::with_capacity(w.services.len());
             let mut weights = Vec::with_capacity(w.services.len());
             for ws in &w.services {
-                let idx = service_index.get(strip_provider(&ws.name)).ok_or_else(|| {
-                    format!(
-                        "http.services.{name}.weighted: unknown service \"{}\"",
-                        ws.name
-                    )
-                })?;
+                let idx = service_index
+                    .get(zw_config::ref_name(&ws.name))
+                    .ok_or_else(|| {
+                        format!(
+                            "http.services.{name}.weighted: unknown service \"{}\"",
+                            ws.name
+                        )
+                    })?;
                 children.push(*idx);
                 weights.push(ws.weight.unwrap_or(1));
             }
@@ -235,7 +233,7 @@ pub fn build(
     let mut rules = valid.rules.clone();
     for (name, r) in &http.routers {
         let idx = routers.len() as u32;
-        let service_name = strip_provider(&r.service);
+        let service_name = zw_config::ref_name(&r.service);
         let service = *service_index
             .get(service_name)
             .ok_or_else(|| format!("http.routers.{name}.service: unknown service"))?;
@@ -244,7 +242,7 @@ pub fn build(
             .iter()
             .map(|m| {
                 middlewares
-                    .get(strip_provider(m))
+                    .get(zw_config::ref_name(m))
                     .cloned()
                     .ok_or_else(|| format!("http.routers.{name}: unknown middleware {m}"))
             })
@@ -252,7 +250,7 @@ pub fn build(
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);
         for (ep_idx, ep) in entry_points.iter().enumerate() {
-            if !r.entry_points.is_empty() && !r.entry_points.contains(ep) {
+            if !r.listens_on(ep) {
                 continue;
             }
             let m = reg

@@ -190,6 +190,14 @@ async fn answer(
         .unwrap_or_default())
 }
 
+/// The smallest useful configuration: router `r` with `rule`, to service `s`, whose only
+/// server is `url`.
+pub fn one_route(rule: &str, url: &str) -> String {
+    format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{url}\"}}]}}}}\n  routers:\n    r: {{rule: {rule:?}, service: s}}\n"
+    )
+}
+
 /// A response as a test sees it.
 #[derive(Debug)]
 pub struct Resp {

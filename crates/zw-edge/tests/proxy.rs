@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zw_edge::testkit::{get, Client, TestEdge, Upstream};
+use zw_edge::testkit::{get, one_route, Client, TestEdge, Upstream};
 
 fn req(host: &str, path: &str) -> http::request::Builder {
     Request::get(path).header("host", host)
@@ -444,10 +444,7 @@ http:
 #[tokio::test]
 async fn forwarding_headers_and_hop_by_hop() {
     let up = Upstream::start("u").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"Host(`fw.test`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("Host(`fw.test`)", &up.url());
     let edge = TestEdge::start(&cfg).await;
     let mut c = Client::h1(edge.addr).await.unwrap();
     let r = c
@@ -569,10 +566,7 @@ http:
 #[tokio::test]
 async fn upstream_connections_are_pooled() {
     let up = Upstream::start("u").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("PathPrefix(`/`)", &up.url());
     let edge = TestEdge::start(&cfg).await;
     for _ in 0..50 {
         // a new client connection each time: reuse must come from the upstream pool
@@ -599,10 +593,7 @@ async fn upstream_connections_are_pooled() {
 #[tokio::test]
 async fn websocket_upgrade_is_proxied() {
     let up = Upstream::start("ws").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"Path(`/ws`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("Path(`/ws`)", &up.url());
     let edge = TestEdge::start(&cfg).await;
     let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     s.write_all(
@@ -677,10 +668,7 @@ async fn http2_downstream_and_h2c_upstream() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests() {
     let up = Upstream::start("u").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("PathPrefix(`/`)", &up.url());
     let mut edge = TestEdge::start(&cfg).await;
     let addr = edge.addr;
     let slow = tokio::spawn(async move { get(addr, "x", "/slow/500").await });
@@ -701,10 +689,7 @@ async fn shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn access_log_has_one_json_line_per_request() {
     let up = Upstream::start("u").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"Host(`log.test`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("Host(`log.test`)", &up.url());
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
     let edge = zw_edge::testkit::TestEdge::start_with_access_log(&cfg, &log_path).await;
@@ -771,10 +756,7 @@ async fn access_log_has_one_json_line_per_request() {
 #[tokio::test]
 async fn request_and_response_bodies_stream_through() {
     let up = Upstream::start("u").await;
-    let cfg = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
-        up.url()
-    );
+    let cfg = one_route("PathPrefix(`/`)", &up.url());
     let edge = TestEdge::start(&cfg).await;
     let mut c = Client::h1(edge.addr).await.unwrap();
     // 1 MiB request body with a content length

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zw_edge::testkit::{get, Client, TestEdge, Upstream};
+use zw_edge::testkit::{get, one_route, Client, TestEdge, Upstream};
 
 const GENERATIONS: u64 = 100;
 
@@ -141,10 +141,7 @@ async fn hundred_rewrites_under_load_fail_nothing() {
 #[tokio::test]
 async fn an_invalid_change_is_rejected_whole_and_visible() {
     let up = Upstream::start("old").await;
-    let good = format!(
-        "http:\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s}}\n",
-        up.url()
-    );
+    let good = one_route("Host(`a.test`)", &up.url());
     let edge = TestEdge::start(&good).await;
     let before = edge.admin_get("/debug/config").await.json();
     assert_eq!(before["source"], "file");

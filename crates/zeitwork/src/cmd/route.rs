@@ -161,15 +161,11 @@ fn table(valid: zw_config::ValidConfig, entry_point: Option<&str>) -> RoutingTab
     let mut fallback = None;
     for (name, r) in valid.config.http.routers {
         if let Some(ep) = entry_point {
-            if !r.entry_points.is_empty() && !r.entry_points.iter().any(|e| e == ep) {
+            if !r.listens_on(ep) {
                 continue;
             }
         }
-        let service = r
-            .service
-            .strip_suffix("@file")
-            .unwrap_or(&r.service)
-            .to_string();
+        let service = zw_config::ref_name(&r.service).to_string();
         match rules.remove(&name) {
             Some(rule) => specs.push(RouterSpec {
                 name,

@@ -19,7 +19,7 @@ pub mod pool;
 mod provider;
 mod proxy;
 pub mod snapshot;
-mod time;
+use zw_proto::time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
 pub use provider::FileProvider;

@@ -78,7 +78,7 @@ impl Drop for Exchange {
         self.shared.metrics.in_flight.fetch_sub(1, Relaxed);
         if let (Some(log), Some(sink)) = (self.log.take(), &self.shared.access_log) {
             let line = serde_json::json!({
-                "time": crate::time::rfc3339_now(),
+                "time": zw_proto::time::rfc3339_now(),
                 "request_id": log.request_id.to_str().unwrap_or(""),
                 "client_ip": log.client_ip.to_string(),
                 "method": log.method.as_str(),

@@ -1,0 +1,568 @@
+//! The operator's REST resources (`/api/v1/...`): what it returns and what it accepts.
+//!
+//! Request bodies refuse unknown fields, so a typo is a 400 naming the field instead of a
+//! silently ignored setting. Regions, images, deployments and domains are named by their
+//! (unique) name; nodes, instances and edge proxies by an id.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::time::Timestamp;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The variant spelled `text`, as stored and as in query strings.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What a node does in the fleet.
+    NodeType { Worker = "worker", Edge = "edge" }
+);
+string_enum!(
+    /// Whether a node takes new work.
+    NodeState { Ready = "ready", Draining = "draining", Down = "down" }
+);
+string_enum!(
+    /// A deployment's lifecycle.
+    DeploymentStatus { Pending = "pending", Running = "running", Stopped = "stopped", Failed = "failed" }
+);
+string_enum!(
+    /// An instance's lifecycle; only `started` instances receive traffic.
+    InstanceState {
+        Created = "created",
+        Starting = "starting",
+        Started = "started",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+        Destroyed = "destroyed",
+    }
+);
+string_enum!(
+    /// Whether an edge proxy should get new connections from the balancers.
+    EdgeState { Active = "active", Draining = "draining" }
+);
+string_enum!(
+    /// What a join token admits.
+    TokenRole { Edge = "edge", Agent = "agent" }
+);
+
+/// A region: a set of nodes behind one L4 balancer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Region {
+    pub name: String,
+    /// `host:port` of the region's balancer; other regions' edges forward here when they
+    /// have no instance of an app (cross-region fallback).
+    pub balancer_address: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRegion {
+    pub name: String,
+    #[serde(default)]
+    pub balancer_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPatch {
+    /// An empty string removes the address.
+    pub balancer_address: Option<String>,
+}
+
+/// What a node offers (totals; the scheduler subtracts what runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub disk_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    /// Address other hosts reach the node at (an IP or host name, no port).
+    pub address: String,
+    pub region: String,
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    pub state: NodeState,
+    pub resources: Resources,
+    pub last_heartbeat_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    pub hostname: String,
+    pub address: String,
+    pub region: String,
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    #[serde(default)]
+    pub state: Option<NodeState>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    pub address: Option<String>,
+    pub state: Option<NodeState>,
+    pub resources: Option<Resources>,
+}
+
+/// A `process` image: the command an instance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewImage {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// How instances of a deployment are checked before they receive traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// HTTP path to GET; without one the check is a TCP connect.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Seconds between checks (default 5).
+    #[serde(default)]
+    pub interval_secs: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub name: String,
+    pub image: String,
+    pub replicas: u32,
+    pub regions: Vec<String>,
+    /// The port the app listens on inside its instance.
+    pub port: u16,
+    pub health_check: HealthCheckSpec,
+    pub status: DeploymentStatus,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeployment {
+    pub name: String,
+    pub image: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    pub regions: Vec<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentPatch {
+    pub image: Option<String>,
+    pub replicas: Option<u32>,
+    pub regions: Option<Vec<String>>,
+    pub port: Option<u16>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub status: Option<DeploymentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub id: String,
+    pub deployment: String,
+    pub node: String,
+    pub state: InstanceState,
+    /// Where edges reach the instance (set once it runs).
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewInstance {
+    pub deployment: String,
+    pub node: String,
+    #[serde(default)]
+    pub state: Option<InstanceState>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePatch {
+    pub state: Option<InstanceState>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// A host name routed to a deployment once verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Domain {
+    pub name: String,
+    pub deployment: String,
+    pub verified_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    pub name: String,
+    pub deployment: String,
+    /// Mark the domain verified at once (ownership checks are the caller's business).
+    #[serde(default)]
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPatch {
+    pub deployment: Option<String>,
+    pub verified: Option<bool>,
+}
+
+/// An edge proxy, as registered and as last heard from over its control connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EdgeProxy {
+    pub id: String,
+    pub region: String,
+    /// `host:port` balancers send traffic to.
+    pub address: String,
+    pub state: EdgeState,
+    pub connected: bool,
+    /// The snapshot version the edge last acknowledged (or reported running at hello).
+    pub applied_version: Option<u64>,
+    pub applied_hash: Option<String>,
+    pub last_ack_at: Option<Timestamp>,
+    pub last_nack_at: Option<Timestamp>,
+    /// Why the edge refused the last snapshot it refused.
+    pub last_nack_error: Option<String>,
+    pub last_seen_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEdgeProxy {
+    pub id: String,
+    pub region: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeProxyPatch {
+    pub address: Option<String>,
+    pub state: Option<EdgeState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    pub role: TokenRole,
+}
+
+/// A join token; `token` is shown only in the answer that creates it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    pub id: String,
+    pub role: TokenRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// One page of a listing. Pass `next` back as `?after=` for the following page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Every error answer: a stable code, a message for humans, and the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `zeitwork apply -f`: a deployment, its image and its domains, written in one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplySpec {
+    /// Created or replaced (by name) before the deployment.
+    #[serde(default)]
+    pub image: Option<NewImage>,
+    pub deployment: NewDeployment,
+    /// Domains routed to the deployment; created verified, or moved to it.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Applied {
+    pub deployment: Deployment,
+    pub domains: Vec<Domain>,
+    /// `created` or `updated`.
+    pub action: String,
+}
+
+/// A problem with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Names of regions, images and deployments: DNS-label style, 1–63 of `a-z 0-9 -`, not
+/// starting or ending with `-`. They end up in router and service names and in URLs.
+pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("`{}` is not a valid name: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'", shorten(name)),
+        ))
+    }
+}
+
+/// Ids of nodes, instances and edges: 1–128 of `A-Z a-z 0-9 - _ .`.
+pub fn check_id(field: &str, id: &str) -> Result<(), FieldError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "`{}` is not a valid id: use 1-128 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+                shorten(id)
+            ),
+        ))
+    }
+}
+
+/// A domain name as routed: lower case, dot-separated labels of `a-z 0-9 -`, at most 253
+/// characters, optionally with a leading `*.` wildcard label. Anything else could not
+/// appear in a `Host(...)` rule safely.
+pub fn check_domain(field: &str, domain: &str) -> Result<(), FieldError> {
+    let bare = domain.strip_prefix("*.").unwrap_or(domain);
+    let ok = !bare.is_empty()
+        && domain.len() <= 253
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "`{}` is not a valid domain name: use lower-case labels of a-z, 0-9 and '-', separated by dots (an optional leading `*.` makes a wildcard)",
+                shorten(domain)
+            ),
+        ))
+    }
+}
+
+/// `host:port` with a non-zero port, where host is an IP address or a host name.
+pub fn check_host_port(field: &str, addr: &str) -> Result<(), FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!(
+                "`{}` is not an address like 10.0.0.5:8000 or lb.example.com:80",
+                shorten(addr)
+            ),
+        )
+    };
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    check_host(field, host).map_err(|_| bad())
+}
+
+/// An IP address or a host name (no port).
+pub fn check_host(field: &str, host: &str) -> Result<(), FieldError> {
+    if host.parse::<std::net::IpAddr>().is_ok() || check_domain(field, host).is_ok() {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "`{}` is not an IP address or a host name",
+                shorten(host)
+            ),
+        ))
+    }
+}
+
+/// Error messages quote user input; a megabyte of it would be a log hazard.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("name", "web-1").is_ok());
+        for bad in ["", "-web", "web-", "Web", "web_1", "a.b", &"x".repeat(64)] {
+            assert!(check_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn domains() {
+        for ok in ["example.com", "a-b.example.com", "*.example.com", "localhost"] {
+            assert!(check_domain("name", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Example.com",
+            "a..b",
+            "a.b.",
+            "*",
+            "a.*.b",
+            "x`) || Host(`y",
+            "-a.com",
+            "é.com",
+        ] {
+            let e = check_domain("name", bad).unwrap_err();
+            assert_eq!(e.field, "name");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        for ok in ["127.0.0.1:80", "[::1]:8000", "lb.example.com:80"] {
+            assert!(check_host_port("a", ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1", "x:0", ":80", "a b:80", "lb:99999"] {
+            assert!(check_host_port("a", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_their_spelling() {
+        for s in InstanceState::ALL {
+            assert_eq!(InstanceState::parse(s.as_str()), Some(*s));
+            assert_eq!(
+                serde_json::to_string(s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(NodeType::parse("gpu"), None);
+    }
+
+    #[test]
+    fn long_input_is_shortened_in_messages() {
+        let e = check_name("name", &"X".repeat(10_000)).unwrap_err();
+        assert!(e.message.len() < 300);
+    }
+}

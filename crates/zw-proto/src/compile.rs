@@ -1,0 +1,282 @@
+//! The snapshot compiler: platform state → one routing configuration per region.
+//!
+//! A pure function of its input, so the operator, the edge's database provider and the
+//! tests all get the same answer for the same state. Every verified domain becomes a router
+//! `Host(`domain`)` (wildcards `HostRegexp`) to its deployment's service; the service's
+//! servers are the deployment's started instances in the region, or, when the region has
+//! none, the balancers of the regions that have some (cross-region fallback). A deployment
+//! with no started instance anywhere keeps its router and an empty server list, so clients
+//! get a 503 "no healthy server" rather than a 404 that would suggest the domain is unknown.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use zw_config::{Config, Dur, HealthCheck, LoadBalancer, Router, Server, Service};
+
+/// What the compiler reads: the routable part of the platform state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutingState {
+    /// Region name → balancer address (`host:port`), if the region has one.
+    pub regions: BTreeMap<String, Option<String>>,
+    pub deployments: BTreeMap<String, DeploymentRoute>,
+    /// Verified domains only.
+    pub domains: Vec<DomainRoute>,
+    /// Started instances only.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentRoute {
+    /// HTTP path the edge checks actively; `None` leaves health to the agent.
+    pub health_path: Option<String>,
+    pub health_interval_secs: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainRoute {
+    pub name: String,
+    pub deployment: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub deployment: String,
+    pub region: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// Router and service names the compiler owns; `base` must not use them.
+pub fn router_name(domain: &str) -> String {
+    format!("domain-{domain}")
+}
+
+pub fn service_name(deployment: &str) -> String {
+    format!("deployment-{deployment}")
+}
+
+/// The configuration for edges in `region`: `base` (the operator's static configuration)
+/// plus a router per verified domain. Fails when `base` already defines a name the
+/// compiler generates.
+pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Config, String> {
+    let mut out = base.clone();
+    let mut services_needed = BTreeSet::new();
+    for d in &state.domains {
+        if !state.deployments.contains_key(&d.deployment) {
+            continue;
+        }
+        let name = router_name(&d.name);
+        let rule = match d.name.strip_prefix("*.") {
+            // one label, as `*.x` means in TRAEFIK-RULES.md
+            Some(parent) => format!("HostRegexp(`^[a-z0-9-]+\\.{}$`)", parent.replace('.', "\\.")),
+            None => format!("Host(`{}`)", d.name),
+        };
+        let router = Router {
+            rule: Some(rule),
+            service: service_name(&d.deployment),
+            ..Router::default()
+        };
+        if out.http.routers.insert(name.clone(), router).is_some() {
+            return Err(format!(
+                "the static configuration defines router `{name}`, which the domain {} needs",
+                d.name
+            ));
+        }
+        services_needed.insert(d.deployment.as_str());
+    }
+    for deployment in services_needed {
+        let name = service_name(deployment);
+        let spec = &state.deployments[deployment];
+        let mut local: Vec<String> = state
+            .endpoints
+            .iter()
+            .filter(|e| e.deployment == deployment && e.region == region)
+            .map(|e| format!("http://{}", host_port(&e.address, e.port)))
+            .collect();
+        local.sort();
+        local.dedup();
+        let (urls, health) = if local.is_empty() {
+            let regions: BTreeSet<&str> = state
+                .endpoints
+                .iter()
+                .filter(|e| e.deployment == deployment)
+                .map(|e| e.region.as_str())
+                .collect();
+            let remote: Vec<String> = regions
+                .into_iter()
+                .filter_map(|r| state.regions.get(r).cloned().flatten())
+                .map(|addr| format!("http://{addr}"))
+                .collect();
+            // A remote balancer is checked by the edges over there, not from here.
+            (remote, None)
+        } else {
+            let health = spec.health_path.as_ref().map(|path| HealthCheck {
+                path: path.clone(),
+                interval: Some(Dur(std::time::Duration::from_secs(u64::from(
+                    spec.health_interval_secs.unwrap_or(5).max(1),
+                )))),
+                timeout: Some(Dur(std::time::Duration::from_secs(2))),
+                ..HealthCheck::default()
+            });
+            (local, health)
+        };
+        let service = Service {
+            load_balancer: Some(LoadBalancer {
+                servers: urls
+                    .into_iter()
+                    .map(|url| Server {
+                        url,
+                        ..Server::default()
+                    })
+                    .collect(),
+                health_check: health,
+                ..LoadBalancer::default()
+            }),
+            ..Service::default()
+        };
+        if out.http.services.insert(name.clone(), service).is_some() {
+            return Err(format!(
+                "the static configuration defines service `{name}`, which the deployment {deployment} needs"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RoutingState {
+        let mut s = RoutingState::default();
+        s.regions.insert("eu".into(), Some("10.0.0.1:80".into()));
+        s.regions.insert("us".into(), Some("10.1.0.1:80".into()));
+        s.regions.insert("ap".into(), None);
+        s.deployments.insert(
+            "web".into(),
+            DeploymentRoute {
+                health_path: Some("/healthz".into()),
+                health_interval_secs: None,
+            },
+        );
+        s.domains.push(DomainRoute {
+            name: "app.example.com".into(),
+            deployment: "web".into(),
+        });
+        s.endpoints.push(Endpoint {
+            deployment: "web".into(),
+            region: "eu".into(),
+            address: "10.0.0.7".into(),
+            port: 31000,
+        });
+        s.endpoints.push(Endpoint {
+            deployment: "web".into(),
+            region: "eu".into(),
+            address: "fd00::7".into(),
+            port: 31001,
+        });
+        s
+    }
+
+    fn servers(c: &Config, deployment: &str) -> Vec<String> {
+        c.http.services[&service_name(deployment)]
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .servers
+            .iter()
+            .map(|s| s.url.clone())
+            .collect()
+    }
+
+    #[test]
+    fn local_instances_are_the_servers() {
+        let c = compile(&state(), "eu", &Config::default()).unwrap();
+        let r = &c.http.routers["domain-app.example.com"];
+        assert_eq!(r.rule.as_deref(), Some("Host(`app.example.com`)"));
+        assert_eq!(
+            servers(&c, "web"),
+            ["http://10.0.0.7:31000", "http://[fd00::7]:31001"]
+        );
+        let lb = c.http.services["deployment-web"].load_balancer.as_ref().unwrap();
+        assert_eq!(lb.health_check.as_ref().unwrap().path, "/healthz");
+        zw_config::validate(c, &zw_config::Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn a_region_without_instances_forwards_to_a_region_with_some() {
+        let c = compile(&state(), "us", &Config::default()).unwrap();
+        assert_eq!(servers(&c, "web"), ["http://10.0.0.1:80"]);
+        let lb = c.http.services["deployment-web"].load_balancer.as_ref().unwrap();
+        assert!(lb.health_check.is_none());
+    }
+
+    #[test]
+    fn no_instance_anywhere_means_an_empty_service_not_a_missing_router() {
+        let mut s = state();
+        s.endpoints.clear();
+        let c = compile(&s, "eu", &Config::default()).unwrap();
+        assert!(c.http.routers.contains_key("domain-app.example.com"));
+        assert!(servers(&c, "web").is_empty());
+        zw_config::validate(c, &zw_config::Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn wildcard_domains_match_one_label() {
+        let mut s = state();
+        s.domains[0].name = "*.apps.example.com".into();
+        let c = compile(&s, "eu", &Config::default()).unwrap();
+        let valid = zw_config::validate(c, &zw_config::Limits::default()).unwrap();
+        let rule = &valid.rules["domain-*.apps.example.com"];
+        let headers = http::HeaderMap::new();
+        let matches = |host: &str| {
+            rule.matches(&zw_rules::RequestView {
+                method: "GET",
+                host,
+                path: "/",
+                query: "",
+                headers: &headers,
+                client_ip: None,
+            })
+        };
+        assert!(matches("a.apps.example.com"));
+        assert!(!matches("a.b.apps.example.com"));
+        assert!(!matches("apps.example.com"));
+    }
+
+    #[test]
+    fn static_config_merges_and_collisions_are_errors() {
+        let base: Config = serde_json::from_str(
+            r#"{"http":{"routers":{"status":{"rule":"Path(`/status`)","service":"s"}},
+                "services":{"s":{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]}}}}}"#,
+        )
+        .unwrap();
+        let c = compile(&state(), "eu", &base).unwrap();
+        assert!(c.http.routers.contains_key("status"));
+        assert!(c.http.routers.contains_key("domain-app.example.com"));
+
+        let mut clash = base.clone();
+        clash
+            .http
+            .routers
+            .insert("domain-app.example.com".into(), Router::default());
+        let e = compile(&state(), "eu", &clash).unwrap_err();
+        assert!(e.contains("router `domain-app.example.com`"), "{e}");
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let mut s = state();
+        let a = zw_config::validate(compile(&s, "eu", &Config::default()).unwrap(), &Default::default()).unwrap();
+        s.endpoints.reverse();
+        let b = zw_config::validate(compile(&s, "eu", &Config::default()).unwrap(), &Default::default()).unwrap();
+        assert_eq!(a.hash, b.hash);
+    }
+}

@@ -1,0 +1,182 @@
+//! Edge proxies: registered through the API or by their first hello, and updated as their
+//! control connections come and go, acknowledge and refuse snapshots.
+
+use sqlx::any::AnyRow;
+use zw_proto::api::*;
+use zw_proto::time::{unix_millis, Timestamp};
+
+use crate::entities::exists;
+use crate::{get, invalid, map_constraint, not_found, page, page_limit, Result, Store};
+
+/// An edge counts as connected while its operator saw it this recently (the operator
+/// pings every few seconds; an operator that died cannot clear the flag itself).
+pub const CONNECTED_WITHIN_MS: i64 = 45_000;
+
+fn edge(row: &AnyRow) -> Result<EdgeProxy> {
+    let connected: i64 = get(row, "connected")?;
+    let last_seen: Option<i64> = get(row, "last_seen_at")?;
+    let version: Option<i64> = get(row, "applied_version")?;
+    let state: String = get(row, "state")?;
+    Ok(EdgeProxy {
+        id: get(row, "id")?,
+        region: get(row, "region")?,
+        address: get(row, "address")?,
+        state: EdgeState::parse(&state).unwrap_or(EdgeState::Active),
+        connected: connected != 0 && last_seen.is_some_and(|t| unix_millis() - t < CONNECTED_WITHIN_MS),
+        applied_version: version.map(|v| v.max(0) as u64),
+        applied_hash: get(row, "applied_hash")?,
+        last_ack_at: get::<Option<i64>>(row, "last_ack_at")?.map(Timestamp),
+        last_nack_at: get::<Option<i64>>(row, "last_nack_at")?.map(Timestamp),
+        last_nack_error: get(row, "last_nack_error")?,
+        last_seen_at: last_seen.map(Timestamp),
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+impl Store {
+    pub async fn create_edge_proxy(&self, new: NewEdgeProxy) -> Result<EdgeProxy> {
+        check_id("id", &new.id).map_err(invalid)?;
+        check_name("region", &new.region).map_err(invalid)?;
+        check_host_port("address", &new.address).map_err(invalid)?;
+        let mut tx = self.pool.begin().await?;
+        if !exists(&mut tx, "regions", "name", &new.region).await? {
+            return Err(invalid(FieldError::new("region", format!("unknown region `{}`", new.region))));
+        }
+        let now = unix_millis();
+        sqlx::query("INSERT INTO edge_proxies (id, region, address, state, connected, created_at) VALUES ($1, $2, $3, 'active', 0, $4)")
+            .bind(&new.id)
+            .bind(&new.region)
+            .bind(&new.address)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_constraint(e, "id", &format!("edge proxy `{}`", new.id)))?;
+        tx.commit().await?;
+        self.edge_proxy(&new.id).await
+    }
+
+    pub async fn edge_proxy(&self, id: &str) -> Result<EdgeProxy> {
+        let row = sqlx::query("SELECT * FROM edge_proxies WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("edge proxy", id))?;
+        edge(&row)
+    }
+
+    pub async fn edge_proxies(&self, region: Option<&str>, after: Option<&str>, limit: Option<u32>) -> Result<Page<EdgeProxy>> {
+        let limit = page_limit(limit);
+        let rows = match region {
+            Some(r) => {
+                sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 AND region = $2 ORDER BY id LIMIT $3")
+                    .bind(after.unwrap_or(""))
+                    .bind(r)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let items = rows.iter().map(edge).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |e| &e.id))
+    }
+
+    pub async fn update_edge_proxy(&self, id: &str, patch: EdgeProxyPatch) -> Result<EdgeProxy> {
+        let mut e = self.edge_proxy(id).await?;
+        if let Some(a) = patch.address {
+            check_host_port("address", &a).map_err(invalid)?;
+            e.address = a;
+        }
+        if let Some(s) = patch.state {
+            e.state = s;
+        }
+        sqlx::query("UPDATE edge_proxies SET address = $1, state = $2 WHERE id = $3")
+            .bind(&e.address)
+            .bind(e.state.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(e)
+    }
+
+    pub async fn delete_edge_proxy(&self, id: &str) -> Result<()> {
+        self.delete("edge_proxies", "id", "edge proxy", id, false).await
+    }
+
+    /// An edge said hello: registers it (or updates where it is and what it runs).
+    pub async fn edge_hello(&self, id: &str, region: &str, address: &str, version: Option<u64>, hash: Option<&str>) -> Result<()> {
+        check_id("id", id).map_err(invalid)?;
+        check_name("region", region).map_err(invalid)?;
+        check_host_port("address", address).map_err(invalid)?;
+        let mut tx = self.pool.begin().await?;
+        if !exists(&mut tx, "regions", "name", region).await? {
+            return Err(invalid(FieldError::new("region", format!("unknown region `{region}`: create it first (POST /api/v1/regions)"))));
+        }
+        let now = unix_millis();
+        sqlx::query(
+            "INSERT INTO edge_proxies (id, region, address, state, connected, applied_version, applied_hash, last_seen_at, created_at) \
+             VALUES ($1, $2, $3, 'active', 1, $4, $5, $6, $6) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address, connected = 1, \
+             applied_version = excluded.applied_version, applied_hash = excluded.applied_hash, last_seen_at = excluded.last_seen_at",
+        )
+        .bind(id)
+        .bind(region)
+        .bind(address)
+        .bind(version.map(|v| v as i64))
+        .bind(hash.map(str::to_string))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The edge answered a ping.
+    pub async fn edge_seen(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE edge_proxies SET last_seen_at = $1, connected = 1 WHERE id = $2")
+            .bind(unix_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn edge_disconnected(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE edge_proxies SET connected = 0 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn edge_ack(&self, id: &str, version: u64, hash: &str) -> Result<()> {
+        let now = unix_millis();
+        sqlx::query("UPDATE edge_proxies SET applied_version = $1, applied_hash = $2, last_ack_at = $3, last_seen_at = $3 WHERE id = $4")
+            .bind(version as i64)
+            .bind(hash)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn edge_nack(&self, id: &str, version_in_use: Option<u64>, error: &str) -> Result<()> {
+        let now = unix_millis();
+        let error: String = error.chars().take(4096).collect();
+        sqlx::query("UPDATE edge_proxies SET applied_version = $1, last_nack_at = $2, last_nack_error = $3, last_seen_at = $2 WHERE id = $4")
+            .bind(version_in_use.map(|v| v as i64))
+            .bind(now)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,920 @@
+//! Regions, nodes, images, deployments, instances and domains.
+//!
+//! Every write validates its input first (each error names its field), checks references
+//! inside the same transaction so the message says which reference is unknown, and then
+//! writes; nothing is written when anything is wrong.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+use zw_proto::api::*;
+use zw_proto::time::{unix_millis, Timestamp};
+
+use crate::{get, invalid, map_constraint, not_found, page, page_limit, random_hex, Result, Store, StoreError};
+
+type Tx = Transaction<'static, Any>;
+
+const MAX_REPLICAS: u32 = 1000;
+const MAX_LIST: usize = 256;
+const MAX_TEXT: usize = 4096;
+
+/// Filters for `GET /api/v1/nodes`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    pub node_type: Option<NodeType>,
+    pub state: Option<NodeState>,
+    pub region: Option<String>,
+}
+
+/// Filters for `GET /api/v1/instances`.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub deployment: Option<String>,
+    pub node: Option<String>,
+    pub state: Option<InstanceState>,
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn enum_col<T>(row: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = get(row, col)?;
+    parse(&text).ok_or_else(|| StoreError::Other(format!("column {col} holds unknown value `{text}`")))
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let text: String = get(row, col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Other(format!("column {col}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn u64_col(row: &AnyRow, col: &str) -> Result<u64> {
+    Ok(get::<i64>(row, col)?.max(0) as u64)
+}
+
+pub(crate) async fn exists(tx: &mut Tx, table: &'static str, key: &'static str, value: &str) -> Result<bool> {
+    let sql = format!("SELECT COUNT(*) FROM {table} WHERE {key} = $1");
+    let n: i64 = sqlx::query_scalar(&sql).bind(value).fetch_one(&mut **tx).await?;
+    Ok(n > 0)
+}
+
+async fn require(tx: &mut Tx, table: &'static str, key: &'static str, field: &str, kind: &str, value: &str) -> Result<()> {
+    if exists(tx, table, key, value).await? {
+        Ok(())
+    } else {
+        Err(invalid(FieldError::new(field, format!("unknown {kind} `{value}`"))))
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_TEXT {
+        return Err(invalid(FieldError::new(field, format!("longer than {MAX_TEXT} bytes"))));
+    }
+    Ok(())
+}
+
+// ---------- regions ----------
+
+fn region(row: &AnyRow) -> Result<Region> {
+    Ok(Region {
+        name: get(row, "name")?,
+        balancer_address: get(row, "balancer_address")?,
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+fn check_region(r: &Region) -> Result<()> {
+    check_name("name", &r.name).map_err(invalid)?;
+    if let Some(a) = &r.balancer_address {
+        check_host_port("balancer_address", a).map_err(invalid)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_region(&self, new: NewRegion) -> Result<Region> {
+        let r = Region {
+            name: new.name,
+            balancer_address: new.balancer_address.filter(|a| !a.is_empty()),
+            created_at: Timestamp::now(),
+        };
+        check_region(&r)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO regions (name, balancer_address, created_at) VALUES ($1, $2, $3)")
+            .bind(&r.name)
+            .bind(r.balancer_address.clone())
+            .bind(r.created_at.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_constraint(e, "name", &format!("region `{}`", r.name)))?;
+        self.commit_routing(tx).await?;
+        Ok(r)
+    }
+
+    pub async fn region(&self, name: &str) -> Result<Region> {
+        let row = sqlx::query("SELECT * FROM regions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("region", name))?;
+        region(&row)
+    }
+
+    pub async fn regions(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Region>> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query("SELECT * FROM regions WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(region).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |r| &r.name))
+    }
+
+    pub async fn update_region(&self, name: &str, patch: RegionPatch) -> Result<Region> {
+        let mut r = self.region(name).await?;
+        if let Some(a) = patch.balancer_address {
+            r.balancer_address = Some(a).filter(|a| !a.is_empty());
+        }
+        check_region(&r)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE regions SET balancer_address = $1 WHERE name = $2")
+            .bind(r.balancer_address.clone())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_routing(tx).await?;
+        Ok(r)
+    }
+
+    pub async fn delete_region(&self, name: &str) -> Result<()> {
+        self.delete("regions", "name", "region", name, true).await
+    }
+
+    /// Deletes one row; a row still referenced is a conflict that says so.
+    pub(crate) async fn delete(&self, table: &'static str, key: &'static str, kind: &'static str, value: &str, routing: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("DELETE FROM {table} WHERE {key} = $1");
+        let done = sqlx::query(&sql)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_constraint(e, key, &format!("{kind} `{value}`")))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(kind, value));
+        }
+        if routing {
+            self.commit_routing(tx).await
+        } else {
+            Ok(tx.commit().await?)
+        }
+    }
+
+    /// Commits a write that can change routing and tells the compilers.
+    pub(crate) async fn commit_routing(&self, mut tx: Tx) -> Result<()> {
+        self.notify_in(&mut tx).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+}
+
+// ---------- nodes ----------
+
+fn node(row: &AnyRow) -> Result<Node> {
+    Ok(Node {
+        id: get(row, "id")?,
+        hostname: get(row, "hostname")?,
+        address: get(row, "address")?,
+        region: get(row, "region")?,
+        node_type: enum_col(row, "node_type", NodeType::parse)?,
+        state: enum_col(row, "state", NodeState::parse)?,
+        resources: Resources {
+            cpu_millis: u64_col(row, "cpu_millis")?,
+            memory_mb: u64_col(row, "memory_mb")?,
+            disk_mb: u64_col(row, "disk_mb")?,
+        },
+        last_heartbeat_at: ts(get(row, "last_heartbeat_at")?),
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+fn check_resources(r: &Resources) -> Result<()> {
+    // Values the database's BIGINT holds.
+    for (field, v) in [("resources.cpu_millis", r.cpu_millis), ("resources.memory_mb", r.memory_mb), ("resources.disk_mb", r.disk_mb)] {
+        if v > i64::MAX as u64 {
+            return Err(invalid(FieldError::new(field, "too large")));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_node(&self, new: NewNode) -> Result<Node> {
+        check_host("hostname", &new.hostname).map_err(invalid)?;
+        check_host("address", &new.address).map_err(invalid)?;
+        check_name("region", &new.region).map_err(invalid)?;
+        check_resources(&new.resources)?;
+        let n = Node {
+            id: format!("node-{}", random_hex(6)),
+            hostname: new.hostname,
+            address: new.address,
+            region: new.region,
+            node_type: new.node_type,
+            state: new.state.unwrap_or(NodeState::Ready),
+            resources: new.resources,
+            last_heartbeat_at: None,
+            created_at: Timestamp::now(),
+        };
+        let mut tx = self.pool.begin().await?;
+        require(&mut tx, "regions", "name", "region", "region", &n.region).await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)",
+        )
+        .bind(&n.id)
+        .bind(&n.hostname)
+        .bind(&n.address)
+        .bind(&n.region)
+        .bind(n.node_type.as_str())
+        .bind(n.state.as_str())
+        .bind(n.resources.cpu_millis as i64)
+        .bind(n.resources.memory_mb as i64)
+        .bind(n.resources.disk_mb as i64)
+        .bind(n.created_at.0)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_routing(tx).await?;
+        Ok(n)
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Node> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("node", id))?;
+        node(&row)
+    }
+
+    pub async fn nodes(&self, filter: &NodeFilter, after: Option<&str>, limit: Option<u32>) -> Result<Page<Node>> {
+        let limit = page_limit(limit);
+        let mut sql = String::from("SELECT * FROM nodes WHERE id > $1");
+        let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
+        for (col, v) in [
+            ("node_type", filter.node_type.map(|t| t.as_str().to_string())),
+            ("state", filter.state.map(|s| s.as_str().to_string())),
+            ("region", filter.region.clone()),
+        ] {
+            if let Some(v) = v {
+                binds.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let items = rows.iter().map(node).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |n| &n.id))
+    }
+
+    pub async fn update_node(&self, id: &str, patch: NodePatch) -> Result<Node> {
+        let mut n = self.node(id).await?;
+        if let Some(a) = patch.address {
+            check_host("address", &a).map_err(invalid)?;
+            n.address = a;
+        }
+        if let Some(s) = patch.state {
+            n.state = s;
+        }
+        if let Some(r) = patch.resources {
+            check_resources(&r)?;
+            n.resources = r;
+        }
+        self.put_node(&n).await?;
+        Ok(n)
+    }
+
+    /// Records a heartbeat (and the node's current resources, when sent).
+    pub async fn heartbeat(&self, id: &str, resources: Option<Resources>) -> Result<Node> {
+        let mut n = self.node(id).await?;
+        if let Some(r) = resources {
+            check_resources(&r)?;
+            n.resources = r;
+        }
+        n.last_heartbeat_at = Some(Timestamp::now());
+        self.put_node(&n).await?;
+        Ok(n)
+    }
+
+    async fn put_node(&self, n: &Node) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE nodes SET address = $1, state = $2, cpu_millis = $3, memory_mb = $4, disk_mb = $5, last_heartbeat_at = $6 WHERE id = $7")
+            .bind(&n.address)
+            .bind(n.state.as_str())
+            .bind(n.resources.cpu_millis as i64)
+            .bind(n.resources.memory_mb as i64)
+            .bind(n.resources.disk_mb as i64)
+            .bind(n.last_heartbeat_at.map(|t| t.0))
+            .bind(&n.id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_routing(tx).await
+    }
+
+    pub async fn delete_node(&self, id: &str) -> Result<()> {
+        self.delete("nodes", "id", "node", id, true).await
+    }
+}
+
+// ---------- images ----------
+
+fn image(row: &AnyRow) -> Result<Image> {
+    Ok(Image {
+        name: get(row, "name")?,
+        command: json_col(row, "command")?,
+        env: json_col(row, "env")?,
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+fn check_image(i: &NewImage) -> Result<()> {
+    check_name("name", &i.name).map_err(invalid)?;
+    if i.command.is_empty() || i.command[0].is_empty() {
+        return Err(invalid(FieldError::new("command", "must name the program to run")));
+    }
+    if i.command.len() > MAX_LIST || i.env.len() > MAX_LIST {
+        return Err(invalid(FieldError::new("command", format!("at most {MAX_LIST} arguments and {MAX_LIST} variables"))));
+    }
+    for (n, a) in i.command.iter().enumerate() {
+        check_text(&format!("command[{n}]"), a)?;
+    }
+    for (k, v) in &i.env {
+        let ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !k.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            return Err(invalid(FieldError::new(format!("env.{k}"), "variable names are letters, digits and '_', not starting with a digit")));
+        }
+        check_text(&format!("env.{k}"), v)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_image(&self, new: NewImage) -> Result<Image> {
+        check_image(&new)?;
+        let mut tx = self.pool.begin().await?;
+        let img = insert_image(&mut tx, new, false).await?;
+        tx.commit().await?;
+        Ok(img)
+    }
+
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        let row = sqlx::query("SELECT * FROM images WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("image", name))?;
+        image(&row)
+    }
+
+    pub async fn images(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Image>> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query("SELECT * FROM images WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(image).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |i| &i.name))
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<()> {
+        self.delete("images", "name", "image", name, false).await
+    }
+}
+
+async fn insert_image(tx: &mut Tx, new: NewImage, replace: bool) -> Result<Image> {
+    let img = Image {
+        name: new.name,
+        command: new.command,
+        env: new.env,
+        created_at: Timestamp::now(),
+    };
+    if replace && exists(tx, "images", "name", &img.name).await? {
+        sqlx::query("UPDATE images SET command = $1, env = $2 WHERE name = $3")
+            .bind(to_json(&img.command))
+            .bind(to_json(&img.env))
+            .bind(&img.name)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(img);
+    }
+    sqlx::query("INSERT INTO images (name, command, env, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&img.name)
+        .bind(to_json(&img.command))
+        .bind(to_json(&img.env))
+        .bind(img.created_at.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| map_constraint(e, "name", &format!("image `{}`", img.name)))?;
+    Ok(img)
+}
+
+// ---------- deployments ----------
+
+fn deployment(row: &AnyRow) -> Result<Deployment> {
+    Ok(Deployment {
+        name: get(row, "name")?,
+        image: get(row, "image")?,
+        replicas: u64_col(row, "replicas")?.min(u64::from(u32::MAX)) as u32,
+        regions: json_col(row, "regions")?,
+        port: u64_col(row, "port")?.min(u64::from(u16::MAX)) as u16,
+        health_check: json_col(row, "health_check")?,
+        status: enum_col(row, "status", DeploymentStatus::parse)?,
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+async fn check_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
+    check_name("name", &d.name).map_err(invalid)?;
+    check_name("image", &d.image).map_err(invalid)?;
+    if d.replicas > MAX_REPLICAS {
+        return Err(invalid(FieldError::new("replicas", format!("at most {MAX_REPLICAS}"))));
+    }
+    if d.port == 0 {
+        return Err(invalid(FieldError::new("port", "must be 1-65535")));
+    }
+    if d.regions.is_empty() {
+        return Err(invalid(FieldError::new("regions", "name at least one region")));
+    }
+    if d.regions.len() > MAX_LIST {
+        return Err(invalid(FieldError::new("regions", format!("at most {MAX_LIST}"))));
+    }
+    if let Some(p) = &d.health_check.path {
+        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) || p.len() > 1024 {
+            return Err(invalid(FieldError::new("health_check.path", "must be a path like /healthz")));
+        }
+    }
+    if let Some(0) = d.health_check.interval_secs {
+        return Err(invalid(FieldError::new("health_check.interval_secs", "must be at least 1")));
+    }
+    require(tx, "images", "name", "image", "image", &d.image).await?;
+    for (i, r) in d.regions.iter().enumerate() {
+        let field = format!("regions[{i}]");
+        check_name(&field, r).map_err(invalid)?;
+        require(tx, "regions", "name", &field, "region", r).await?;
+    }
+    Ok(())
+}
+
+async fn insert_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
+    sqlx::query("INSERT INTO deployments (name, image, replicas, regions, port, health_check, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(&d.name)
+        .bind(&d.image)
+        .bind(i64::from(d.replicas))
+        .bind(to_json(&d.regions))
+        .bind(i64::from(d.port))
+        .bind(to_json(&d.health_check))
+        .bind(d.status.as_str())
+        .bind(d.created_at.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| map_constraint(e, "name", &format!("deployment `{}`", d.name)))?;
+    Ok(())
+}
+
+async fn update_deployment_row(tx: &mut Tx, d: &Deployment) -> Result<()> {
+    sqlx::query("UPDATE deployments SET image = $1, replicas = $2, regions = $3, port = $4, health_check = $5, status = $6 WHERE name = $7")
+        .bind(&d.image)
+        .bind(i64::from(d.replicas))
+        .bind(to_json(&d.regions))
+        .bind(i64::from(d.port))
+        .bind(to_json(&d.health_check))
+        .bind(d.status.as_str())
+        .bind(&d.name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn new_deployment(new: NewDeployment) -> Deployment {
+    Deployment {
+        name: new.name,
+        image: new.image,
+        replicas: new.replicas,
+        regions: new.regions,
+        port: new.port,
+        health_check: new.health_check,
+        status: DeploymentStatus::Pending,
+        created_at: Timestamp::now(),
+    }
+}
+
+impl Store {
+    pub async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
+        let d = new_deployment(new);
+        let mut tx = self.pool.begin().await?;
+        check_deployment(&mut tx, &d).await?;
+        insert_deployment(&mut tx, &d).await?;
+        self.commit_routing(tx).await?;
+        Ok(d)
+    }
+
+    pub async fn deployment(&self, name: &str) -> Result<Deployment> {
+        let row = sqlx::query("SELECT * FROM deployments WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("deployment", name))?;
+        deployment(&row)
+    }
+
+    pub async fn deployments(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Deployment>> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query("SELECT * FROM deployments WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(deployment).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |d| &d.name))
+    }
+
+    pub async fn update_deployment(&self, name: &str, patch: DeploymentPatch) -> Result<Deployment> {
+        let mut d = self.deployment(name).await?;
+        if let Some(v) = patch.image {
+            d.image = v;
+        }
+        if let Some(v) = patch.replicas {
+            d.replicas = v;
+        }
+        if let Some(v) = patch.regions {
+            d.regions = v;
+        }
+        if let Some(v) = patch.port {
+            d.port = v;
+        }
+        if let Some(v) = patch.health_check {
+            d.health_check = v;
+        }
+        if let Some(v) = patch.status {
+            d.status = v;
+        }
+        let mut tx = self.pool.begin().await?;
+        check_deployment(&mut tx, &d).await?;
+        update_deployment_row(&mut tx, &d).await?;
+        self.commit_routing(tx).await?;
+        Ok(d)
+    }
+
+    /// Deletes a deployment with its instances and domains.
+    pub async fn delete_deployment(&self, name: &str) -> Result<()> {
+        // Explicit, not only ON DELETE CASCADE: SQLite connections opened by other tools may
+        // run without foreign keys enabled.
+        let mut tx = self.pool.begin().await?;
+        if !exists(&mut tx, "deployments", "name", name).await? {
+            return Err(not_found("deployment", name));
+        }
+        for sql in [
+            "DELETE FROM domains WHERE deployment = $1",
+            "DELETE FROM instances WHERE deployment = $1",
+            "DELETE FROM deployments WHERE name = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        }
+        self.commit_routing(tx).await
+    }
+
+    /// `zeitwork apply`: image, deployment and domains in one transaction.
+    pub async fn apply(&self, spec: ApplySpec) -> Result<Applied> {
+        if let Some(img) = &spec.image {
+            check_image(img).map_err(|e| prefix("image", e))?;
+            if img.name != spec.deployment.image {
+                return Err(invalid(FieldError::new("deployment.image", format!("`{}` differs from image.name `{}`", spec.deployment.image, img.name))));
+            }
+        }
+        if spec.domains.len() > MAX_LIST {
+            return Err(invalid(FieldError::new("domains", format!("at most {MAX_LIST}"))));
+        }
+        for (i, d) in spec.domains.iter().enumerate() {
+            check_domain(&format!("domains[{i}]"), d).map_err(invalid)?;
+        }
+        let mut tx = self.pool.begin().await?;
+        if let Some(img) = spec.image {
+            insert_image(&mut tx, img, true).await?;
+        }
+        let mut d = new_deployment(spec.deployment);
+        check_deployment(&mut tx, &d).await.map_err(|e| prefix("deployment", e))?;
+        let existing = sqlx::query("SELECT * FROM deployments WHERE name = $1")
+            .bind(&d.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let action = match existing {
+            Some(row) => {
+                let old = deployment(&row)?;
+                d.status = old.status;
+                d.created_at = old.created_at;
+                update_deployment_row(&mut tx, &d).await?;
+                "updated"
+            }
+            None => {
+                insert_deployment(&mut tx, &d).await?;
+                "created"
+            }
+        };
+        let now = unix_millis();
+        let mut domains = Vec::new();
+        for name in &spec.domains {
+            let row = sqlx::query("SELECT * FROM domains WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let dom = match row {
+                Some(row) => {
+                    let mut dom = domain(&row)?;
+                    dom.deployment = d.name.clone();
+                    dom.verified_at = dom.verified_at.or(Some(Timestamp(now)));
+                    put_domain(&mut tx, &dom).await?;
+                    dom
+                }
+                None => {
+                    let dom = Domain {
+                        name: name.clone(),
+                        deployment: d.name.clone(),
+                        verified_at: Some(Timestamp(now)),
+                        created_at: Timestamp(now),
+                    };
+                    insert_domain(&mut tx, &dom).await?;
+                    dom
+                }
+            };
+            domains.push(dom);
+        }
+        self.commit_routing(tx).await?;
+        Ok(Applied {
+            deployment: d,
+            domains,
+            action: action.to_string(),
+        })
+    }
+}
+
+fn prefix(p: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid(f) => invalid(FieldError::new(format!("{p}.{}", f.field), f.message)),
+        other => other,
+    }
+}
+
+// ---------- instances ----------
+
+fn instance(row: &AnyRow) -> Result<Instance> {
+    let port: Option<i64> = get(row, "port")?;
+    Ok(Instance {
+        id: get(row, "id")?,
+        deployment: get(row, "deployment")?,
+        node: get(row, "node")?,
+        state: enum_col(row, "state", InstanceState::parse)?,
+        address: get(row, "address")?,
+        port: port.and_then(|p| u16::try_from(p).ok()),
+        created_at: Timestamp(get(row, "created_at")?),
+        updated_at: Timestamp(get(row, "updated_at")?),
+    })
+}
+
+fn check_instance(i: &Instance) -> Result<()> {
+    if let Some(a) = &i.address {
+        check_host("address", a).map_err(invalid)?;
+    }
+    if i.port == Some(0) {
+        return Err(invalid(FieldError::new("port", "must be 1-65535")));
+    }
+    if i.state == InstanceState::Started && (i.address.is_none() || i.port.is_none()) {
+        return Err(invalid(FieldError::new("state", "a started instance needs an address and a port")));
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_instance(&self, new: NewInstance) -> Result<Instance> {
+        check_name("deployment", &new.deployment).map_err(invalid)?;
+        check_id("node", &new.node).map_err(invalid)?;
+        let now = Timestamp::now();
+        let i = Instance {
+            id: format!("inst-{}", random_hex(6)),
+            deployment: new.deployment,
+            node: new.node,
+            state: new.state.unwrap_or(InstanceState::Created),
+            address: new.address,
+            port: new.port,
+            created_at: now,
+            updated_at: now,
+        };
+        check_instance(&i)?;
+        let mut tx = self.pool.begin().await?;
+        require(&mut tx, "deployments", "name", "deployment", "deployment", &i.deployment).await?;
+        require(&mut tx, "nodes", "id", "node", "node", &i.node).await?;
+        sqlx::query("INSERT INTO instances (id, deployment, node, state, address, port, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&i.id)
+            .bind(&i.deployment)
+            .bind(&i.node)
+            .bind(i.state.as_str())
+            .bind(i.address.clone())
+            .bind(i.port.map(i64::from))
+            .bind(i.created_at.0)
+            .bind(i.updated_at.0)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_routing(tx).await?;
+        Ok(i)
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Instance> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("instance", id))?;
+        instance(&row)
+    }
+
+    pub async fn instances(&self, filter: &InstanceFilter, after: Option<&str>, limit: Option<u32>) -> Result<Page<Instance>> {
+        let limit = page_limit(limit);
+        let mut sql = String::from("SELECT * FROM instances WHERE id > $1");
+        let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
+        for (col, v) in [
+            ("deployment", filter.deployment.clone()),
+            ("node", filter.node.clone()),
+            ("state", filter.state.map(|s| s.as_str().to_string())),
+        ] {
+            if let Some(v) = v {
+                binds.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let items = rows.iter().map(instance).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |i| &i.id))
+    }
+
+    pub async fn update_instance(&self, id: &str, patch: InstancePatch) -> Result<Instance> {
+        let mut i = self.instance(id).await?;
+        if let Some(s) = patch.state {
+            i.state = s;
+        }
+        if let Some(a) = patch.address {
+            i.address = Some(a);
+        }
+        if let Some(p) = patch.port {
+            i.port = Some(p);
+        }
+        i.updated_at = Timestamp::now();
+        check_instance(&i)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE instances SET state = $1, address = $2, port = $3, updated_at = $4 WHERE id = $5")
+            .bind(i.state.as_str())
+            .bind(i.address.clone())
+            .bind(i.port.map(i64::from))
+            .bind(i.updated_at.0)
+            .bind(&i.id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_routing(tx).await?;
+        Ok(i)
+    }
+
+    pub async fn delete_instance(&self, id: &str) -> Result<()> {
+        self.delete("instances", "id", "instance", id, true).await
+    }
+}
+
+// ---------- domains ----------
+
+fn domain(row: &AnyRow) -> Result<Domain> {
+    Ok(Domain {
+        name: get(row, "name")?,
+        deployment: get(row, "deployment")?,
+        verified_at: ts(get(row, "verified_at")?),
+        created_at: Timestamp(get(row, "created_at")?),
+    })
+}
+
+async fn insert_domain(tx: &mut Tx, d: &Domain) -> Result<()> {
+    sqlx::query("INSERT INTO domains (name, deployment, verified_at, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&d.name)
+        .bind(&d.deployment)
+        .bind(d.verified_at.map(|t| t.0))
+        .bind(d.created_at.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| map_constraint(e, "name", &format!("domain `{}`", d.name)))?;
+    Ok(())
+}
+
+async fn put_domain(tx: &mut Tx, d: &Domain) -> Result<()> {
+    sqlx::query("UPDATE domains SET deployment = $1, verified_at = $2 WHERE name = $3")
+        .bind(&d.deployment)
+        .bind(d.verified_at.map(|t| t.0))
+        .bind(&d.name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn create_domain(&self, new: NewDomain) -> Result<Domain> {
+        check_domain("name", &new.name).map_err(invalid)?;
+        check_name("deployment", &new.deployment).map_err(invalid)?;
+        let now = Timestamp::now();
+        let d = Domain {
+            name: new.name,
+            deployment: new.deployment,
+            verified_at: new.verified.then_some(now),
+            created_at: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        require(&mut tx, "deployments", "name", "deployment", "deployment", &d.deployment).await?;
+        insert_domain(&mut tx, &d).await?;
+        self.commit_routing(tx).await?;
+        Ok(d)
+    }
+
+    pub async fn domain(&self, name: &str) -> Result<Domain> {
+        let row = sqlx::query("SELECT * FROM domains WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found("domain", name))?;
+        domain(&row)
+    }
+
+    pub async fn domains(&self, deployment: Option<&str>, after: Option<&str>, limit: Option<u32>) -> Result<Page<Domain>> {
+        let limit = page_limit(limit);
+        let rows = match deployment {
+            Some(dep) => {
+                sqlx::query("SELECT * FROM domains WHERE name > $1 AND deployment = $2 ORDER BY name LIMIT $3")
+                    .bind(after.unwrap_or(""))
+                    .bind(dep)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM domains WHERE name > $1 ORDER BY name LIMIT $2")
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let items = rows.iter().map(domain).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |d| &d.name))
+    }
+
+    pub async fn update_domain(&self, name: &str, patch: DomainPatch) -> Result<Domain> {
+        let mut d = self.domain(name).await?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(dep) = patch.deployment {
+            check_name("deployment", &dep).map_err(invalid)?;
+            require(&mut tx, "deployments", "name", "deployment", "deployment", &dep).await?;
+            d.deployment = dep;
+        }
+        match patch.verified {
+            Some(true) if d.verified_at.is_none() => d.verified_at = Some(Timestamp::now()),
+            Some(false) => d.verified_at = None,
+            _ => {}
+        }
+        put_domain(&mut tx, &d).await?;
+        self.commit_routing(tx).await?;
+        Ok(d)
+    }
+
+    pub async fn delete_domain(&self, name: &str) -> Result<()> {
+        self.delete("domains", "name", "domain", name, true).await
+    }
+}
+
+/// Count of rows per table, for tests and diagnostics.
+impl Store {
+    pub async fn counts(&self) -> Result<BTreeMap<&'static str, i64>> {
+        let mut out = BTreeMap::new();
+        for t in ["regions", "nodes", "images", "deployments", "instances", "domains", "edge_proxies", "tokens", "snapshots"] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&self.pool).await?;
+            out.insert(t, n);
+        }
+        Ok(out)
+    }
+}

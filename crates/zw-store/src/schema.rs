@@ -1,0 +1,136 @@
+//! Embedded migrations, applied in order at start. Each runs in its own transaction and is
+//! recorded in `schema_migrations`; on PostgreSQL an advisory lock keeps two operators that
+//! start together from migrating at once. The SQL is portable between SQLite and
+//! PostgreSQL: `TEXT` and `BIGINT` only, times in Unix milliseconds.
+
+use sqlx::AnyPool;
+
+use crate::{Backend, Result};
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE regions (
+    name TEXT PRIMARY KEY,
+    balancer_address TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    address TEXT NOT NULL,
+    region TEXT NOT NULL REFERENCES regions(name),
+    node_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cpu_millis BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    disk_mb BIGINT NOT NULL,
+    last_heartbeat_at BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX nodes_by_type_state ON nodes (node_type, state);
+CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    env TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE deployments (
+    name TEXT PRIMARY KEY,
+    image TEXT NOT NULL REFERENCES images(name),
+    replicas BIGINT NOT NULL,
+    regions TEXT NOT NULL,
+    port BIGINT NOT NULL,
+    health_check TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    node TEXT NOT NULL REFERENCES nodes(id),
+    state TEXT NOT NULL,
+    address TEXT,
+    port BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX instances_by_deployment ON instances (deployment);
+CREATE TABLE domains (
+    name TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    verified_at BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE edge_proxies (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL REFERENCES regions(name),
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    connected BIGINT NOT NULL,
+    applied_version BIGINT,
+    applied_hash TEXT,
+    last_ack_at BIGINT,
+    last_nack_at BIGINT,
+    last_nack_error TEXT,
+    last_seen_at BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE snapshots (
+    region TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (region, version)
+)
+"#,
+)];
+
+pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_lock(7245837)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = run(&mut conn).await;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock(7245837)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
+}
+
+async fn run(conn: &mut sqlx::AnyConnection) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut *conn)
+        .await?;
+    let applied = applied.unwrap_or(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(zw_proto::time::unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, "database migration applied");
+    }
+    Ok(())
+}

@@ -28,8 +28,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the L7 edge proxy from a Traefik-compatible dynamic configuration file.
+    /// Run the control plane: API, state store, snapshot distribution to edges.
+    Operator(cmd::operator::OperatorArgs),
+    /// Run the L7 edge proxy (configuration from a file, the operator, or its database).
     Edge(cmd::edge::EdgeArgs),
+    /// List nodes, instances, deployments, domains, edges, regions or images.
+    Get(cmd::client::GetArgs),
+    /// Create or update a deployment (with its image and domains) from a file.
+    Apply(cmd::client::ApplyArgs),
     /// Work with configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -41,7 +47,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Operator(args) => cmd::operator::run(args),
         Command::Edge(args) => cmd::edge::run(args),
+        Command::Get(args) => cmd::client::get(args),
+        Command::Apply(args) => cmd::client::apply(args),
         Command::Config(c) => cmd::config::run(c),
         Command::Route(c) => cmd::route::run(c),
     }

@@ -16,12 +16,18 @@ mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod pool;
+mod control_plane;
+mod database;
+mod lkg;
 mod provider;
 mod proxy;
 pub mod snapshot;
 use zw_proto::time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
+pub use control_plane::ControlPlane;
+pub use database::DatabaseProvider;
+pub use lkg::LastKnownGood;
 pub use provider::FileProvider;
 
 use std::convert::Infallible;
@@ -53,9 +59,12 @@ pub struct ConfigStatus {
     /// Applied configurations are numbered from 1 in each process.
     pub version: u64,
     pub hash: Option<String>,
-    /// `file` (later also `control_plane`, `last_known_good`).
+    /// The operator's version number of the running snapshot (control plane and
+    /// last-known-good only).
+    pub snapshot_version: Option<u64>,
+    /// `file`, `control_plane`, `last_known_good` or `database`.
     pub source: Option<String>,
-    /// The file or directory it came from.
+    /// The file, directory, operator URL or database it came from.
     pub origin: Option<String>,
     pub applied_at: Option<String>,
     pub routers: usize,
@@ -122,6 +131,17 @@ impl Edge {
     /// Builds a snapshot from a validated configuration and swaps it in atomically.
     /// Must run inside a Tokio runtime (health checks are tasks).
     pub fn apply(&self, valid: ValidConfig, source: &str, origin: &str) -> Result<u64, String> {
+        self.apply_snapshot(valid, source, origin, None)
+    }
+
+    /// [`Edge::apply`] for a snapshot the operator numbered `snapshot_version`.
+    pub fn apply_snapshot(
+        &self,
+        valid: ValidConfig,
+        source: &str,
+        origin: &str,
+        snapshot_version: Option<u64>,
+    ) -> Result<u64, String> {
         let s = &self.shared;
         let (routers, services, middlewares) = (
             valid.config.http.routers.len(),
@@ -144,6 +164,7 @@ impl Edge {
         *st = ConfigStatus {
             version,
             hash: Some(hash.clone()),
+            snapshot_version,
             source: Some(source.to_string()),
             origin: Some(origin.to_string()),
             applied_at: Some(time::rfc3339_now()),
@@ -154,7 +175,7 @@ impl Edge {
             last_error: None,
             last_error_at: None,
         };
-        tracing::info!(version, %hash, source, origin, routers, services, "configuration applied");
+        tracing::info!(version, ?snapshot_version, %hash, source, origin, routers, services, "configuration applied");
         Ok(version)
     }
 

@@ -8,21 +8,63 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use zw_config::Limits;
-use zw_edge::{AccessLog, AccessLogTarget, Edge, FileProvider};
+use zw_edge::{AccessLog, AccessLogTarget, ControlPlane, DatabaseProvider, Edge, FileProvider};
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n\n\
-The configuration is Traefik's file-provider format (TOML, YAML or JSON; a file or a\n\
-directory). It is watched: a valid change is applied atomically, an invalid one is logged\n\
-and shown at http://ADMIN/debug/config while the running configuration stays."
+    after_help = "Examples:\n  \
+zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n  \
+zeitwork edge --control-plane ws://127.0.0.1:7070 --token $JOIN_TOKEN --region eu --state-dir ./edge-state\n  \
+zeitwork edge --database-url postgres://zeitwork@db/zeitwork --region eu\n\n\
+One source of configuration, exactly:\n  \
+--config         Traefik's file-provider format (TOML, YAML or JSON; a file or a directory),\n                   \
+watched; a valid change is applied atomically.\n  \
+--control-plane  snapshots pushed by the operator; the last one applied is kept in\n                   \
+--state-dir and served at the next start if the operator is unreachable.\n  \
+--database-url   reads the operator's database every --update-interval (no operator needed).\n\
+An invalid configuration is refused whole and shown at http://ADMIN/debug/config while the\n\
+running one stays."
 )]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control_plane", "database_url"])))]
 pub struct EdgeArgs {
     /// Configuration file or directory (Traefik dynamic configuration).
     #[arg(long, short = 'c', value_name = "PATH")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// The operator to take snapshots from: ws://HOST:PORT.
+    #[arg(long, value_name = "URL", env = "ZEITWORK_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The operator's database (the seed's small-setup mode): postgres://… or sqlite://….
+    #[arg(long, value_name = "URL", env = "EDGEPROXY_DATABASE_URL")]
+    database_url: Option<String>,
+    /// This edge's region (with --control-plane or --database-url).
+    #[arg(long, value_name = "NAME", env = "EDGEPROXY_REGION_ID")]
+    region: Option<String>,
+    /// A join token with the edge role (with --control-plane).
+    #[arg(long, value_name = "TOKEN", env = "ZEITWORK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// This edge's id at the operator. Default: edge-HOSTNAME-PORT.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Where balancers reach this edge (host:port). Default: the --http address, with
+    /// 127.0.0.1 for an unspecified IP.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Directory for the last-known-good snapshot (with --control-plane).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// First reconnect delay ceiling; it doubles per failure up to --reconnect-max.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::duration)]
+    reconnect_min: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::duration)]
+    reconnect_max: Duration,
+    /// How often --database-url is read.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration, env = "EDGEPROXY_UPDATE_INTERVAL")]
+    update_interval: Duration,
+    /// Refuse configurations with more routers than this (protects small edges).
+    #[arg(long, value_name = "N")]
+    max_routers: Option<usize>,
     /// Address of the HTTP entry point, named `web` in routers' `entryPoints`.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "EDGEPROXY_HTTP_ADDR")]
     http: SocketAddr,
     /// More entry points, as NAME=ADDR (repeatable).
     #[arg(long = "entry-point", value_name = "NAME=ADDR")]
@@ -96,17 +138,12 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             Some(p) => Some(AccessLog::start(&AccessLogTarget::File(p.into())).with_context(|| format!("opening access log {p}"))?),
         };
         let edge = Edge::new(eps.iter().map(|(n, _)| n.clone()).collect(), access_log);
-        let limits = Limits::default();
-        // Refuse to start on a broken configuration: an edge that silently serves nothing
-        // is worse than one that says why it did not start.
-        let mut provider = FileProvider::new(args.config.clone(), limits);
-        let e2 = edge.clone();
-        let (provider, loaded) = tokio::task::spawn_blocking(move || {
-            let r = provider.load_into(&e2);
-            (provider, r)
-        })
-        .await?;
-        loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", args.config.display()))?;
+        let mut limits = Limits::default();
+        if let Some(n) = args.max_routers {
+            limits.max_routers = n;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let provider = start_provider(&args, &edge, limits, stop_rx).await?;
 
         let mut listeners = Vec::new();
         for (name, addr) in &eps {
@@ -117,26 +154,93 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("binding admin to {}", args.admin))?;
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
 
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(provider.watch(edge.clone(), args.watch_interval, stop_rx));
-        edge.serve(listeners, Some(admin), shutdown_signal(), args.drain_timeout).await;
+        let provider = tokio::spawn(provider);
+        edge.serve(listeners, Some(admin), super::shutdown_signal(), args.drain_timeout).await;
         let _ = stop_tx.send(true);
+        let _ = provider.await;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+type ProviderTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Loads the first configuration from the chosen source and returns the task that keeps
+/// it current.
+async fn start_provider(
+    args: &EdgeArgs,
+    edge: &Edge,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<ProviderTask> {
+    if let Some(path) = &args.config {
+        // Refuse to start on a broken configuration: an edge that silently serves nothing
+        // is worse than one that says why it did not start.
+        let mut provider = FileProvider::new(path.clone(), limits);
+        let e2 = edge.clone();
+        let (provider, loaded) = tokio::task::spawn_blocking(move || {
+            let r = provider.load_into(&e2);
+            (provider, r)
+        })
+        .await?;
+        loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", path.display()))?;
+        return Ok(Box::pin(provider.watch(edge.clone(), args.watch_interval, stop)));
     }
+    let region = args
+        .region
+        .clone()
+        .context("--region (or EDGEPROXY_REGION_ID) is required with --control-plane and --database-url")?;
+    if let Some(url) = &args.database_url {
+        let store = zw_store::Store::open(url)
+            .await
+            .with_context(|| format!("opening the database {}", zw_store::redact(url)))?;
+        let provider = DatabaseProvider {
+            store,
+            region,
+            interval: args.update_interval,
+            limits,
+            origin: zw_store::redact(url),
+        };
+        // The first read must work: the same rule as a broken file at startup.
+        provider
+            .poll(edge)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading routes from {}: {e}", provider.origin))?;
+        return Ok(Box::pin(provider.run(edge.clone(), stop)));
+    }
+    let url = args.control_plane.as_deref().context("no configuration source")?;
+    let token = args
+        .token
+        .clone()
+        .context("--token (or ZEITWORK_TOKEN) is required with --control-plane: create one with POST /api/v1/join-tokens {\"role\":\"edge\"}")?;
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None if args.http.ip().is_unspecified() => format!("127.0.0.1:{}", args.http.port()),
+        None => args.http.to_string(),
+    };
+    let id = args.id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host = if host.is_empty() { "local".to_string() } else { host };
+        format!("edge-{host}-{}", args.http.port())
+    });
+    let cp = ControlPlane {
+        url: ControlPlane::normalize_url(url).map_err(anyhow::Error::msg)?,
+        token,
+        id,
+        region,
+        address: advertise,
+        state_dir: args.state_dir.clone(),
+        backoff_base: args.reconnect_min,
+        backoff_max: args.reconnect_max,
+        limits,
+    };
+    if cp.state_dir.is_none() {
+        tracing::warn!("no --state-dir: no last-known-good is kept, so a restart while the operator is down serves nothing");
+    }
+    match cp.restore(edge) {
+        Ok(Some(version)) => tracing::info!(version, "serving the last-known-good snapshot until the operator answers"),
+        Ok(None) => tracing::info!("no last-known-good snapshot; not ready until the operator sends one"),
+        Err(e) => tracing::error!(error = %e, "last-known-good refused; not ready until the operator sends a snapshot"),
+    }
+    Ok(Box::pin(cp.run(edge.clone(), stop)))
 }

@@ -1,0 +1,252 @@
+//! `zeitwork get` and `zeitwork apply`: a small client of the operator's API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use serde::de::DeserializeOwned;
+use zw_proto::api::*;
+
+/// How to reach the operator.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The operator's API: http://HOST:PORT.
+    #[arg(long, value_name = "URL", env = "ZEITWORK_OPERATOR", default_value = "http://127.0.0.1:7070", global = true)]
+    operator: String,
+    /// API token. Default: DATA_DIR/admin-token.
+    #[arg(long, value_name = "TOKEN", env = "ZEITWORK_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Where the operator keeps its admin token file.
+    #[arg(long, value_name = "DIR", env = "ZEITWORK_DATA_DIR", default_value = "./zeitwork-data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Nodes,
+    Instances,
+    Deployments,
+    Domains,
+    Edges,
+    Regions,
+    Images,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  zeitwork get nodes\n  zeitwork get edges -o json")]
+pub struct GetArgs {
+    kind: Kind,
+    /// `table` for people, `json` for programs.
+    #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+#[command(after_help = "A deployment file (TOML, or JSON when named *.json):\n\n\
+  [image]                      # optional: created or replaced\n  \
+name = \"hello\"\n  \
+command = [\"/usr/local/bin/hello\", \"--port\", \"8080\"]\n\n  \
+[deployment]\n  \
+name = \"hello\"\n  \
+image = \"hello\"\n  \
+replicas = 2\n  \
+regions = [\"eu\"]\n  \
+port = 8080\n  \
+health_check = { path = \"/healthz\" }\n\n  \
+domains = [\"hello.example.com\"]   # top level, before the tables\n\n\
+Everything is written in one transaction: on any error nothing is.")]
+pub struct ApplyArgs {
+    /// The deployment file.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+struct Client {
+    authority: String,
+    token: String,
+}
+
+impl Client {
+    fn new(conn: &Conn) -> anyhow::Result<Client> {
+        let authority = conn
+            .operator
+            .strip_prefix("http://")
+            .map(|a| a.trim_end_matches('/'))
+            .with_context(|| format!("--operator {}: expected http://HOST:PORT", conn.operator))?
+            .to_string();
+        let token = match &conn.token {
+            Some(t) => t.clone(),
+            None => {
+                let file = super::operator::token_file(&conn.data_dir);
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("no --token given and {} is unreadable", file.display()))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        Ok(Client { authority, token })
+    }
+
+    async fn call(&self, method: http::Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Bytes> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("connecting to the operator at {}", self.authority))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => bail!("{} ({}): {}", status, e.code, e.message),
+                Err(_) => bail!("{}: {}", status, String::from_utf8_lossy(&bytes).trim()),
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Every item of a listing, following `next` cursors.
+    async fn list<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                None => format!("{path}?limit=500"),
+                Some(a) => format!("{path}?limit=500&after={}", form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()),
+            };
+            let page: Page<T> = serde_json::from_slice(&self.call(http::Method::GET, &url, None).await?)?;
+            items.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn finish(r: anyhow::Result<()>, what: &str) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zeitwork {what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn get(args: GetArgs) -> ExitCode {
+    finish(runtime().and_then(|rt| rt.block_on(get_inner(args))), "get")
+}
+
+fn when(t: &Option<zw_proto::time::Timestamp>) -> String {
+    t.map_or_else(|| "-".to_string(), |t| t.to_string())
+}
+
+async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.conn)?;
+    let json = args.output == "json";
+    macro_rules! show {
+        ($ty:ty, $path:literal, [$($h:literal),+], |$x:ident| [$($col:expr),+]) => {{
+            let items: Vec<$ty> = c.list($path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let rows: Vec<Vec<String>> = items.iter().map(|$x| vec![$($col),+]).collect();
+                print_table(&[$($h),+], &rows);
+            }
+        }};
+    }
+    match args.kind {
+        Kind::Nodes => show!(Node, "/api/v1/nodes", ["ID", "HOSTNAME", "ADDRESS", "REGION", "TYPE", "STATE", "LAST HEARTBEAT"], |n| [
+            n.id.clone(), n.hostname.clone(), n.address.clone(), n.region.clone(), n.node_type.to_string(), n.state.to_string(), when(&n.last_heartbeat_at)
+        ]),
+        Kind::Instances => show!(Instance, "/api/v1/instances", ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS"], |i| [
+            i.id.clone(), i.deployment.clone(), i.node.clone(), i.state.to_string(),
+            match (&i.address, i.port) { (Some(a), Some(p)) => format!("{a}:{p}"), _ => "-".into() }
+        ]),
+        Kind::Deployments => show!(Deployment, "/api/v1/deployments", ["NAME", "IMAGE", "REPLICAS", "REGIONS", "PORT", "STATUS"], |d| [
+            d.name.clone(), d.image.clone(), d.replicas.to_string(), d.regions.join(","), d.port.to_string(), d.status.to_string()
+        ]),
+        Kind::Domains => show!(Domain, "/api/v1/domains", ["NAME", "DEPLOYMENT", "VERIFIED"], |d| [
+            d.name.clone(), d.deployment.clone(), when(&d.verified_at)
+        ]),
+        Kind::Edges => show!(EdgeProxy, "/api/v1/edge-proxies", ["ID", "REGION", "ADDRESS", "STATE", "CONNECTED", "VERSION", "LAST ACK", "LAST NACK"], |e| [
+            e.id.clone(), e.region.clone(), e.address.clone(), e.state.to_string(), if e.connected { "yes".into() } else { "no".into() },
+            e.applied_version.map_or("-".into(), |v| v.to_string()), when(&e.last_ack_at),
+            e.last_nack_error.as_deref().map_or("-".into(), |m| format!("{}: {}", when(&e.last_nack_at), m.lines().next().unwrap_or("")))
+        ]),
+        Kind::Regions => show!(Region, "/api/v1/regions", ["NAME", "BALANCER"], |r| [
+            r.name.clone(), r.balancer_address.clone().unwrap_or_else(|| "-".into())
+        ]),
+        Kind::Images => show!(Image, "/api/v1/images", ["NAME", "COMMAND"], |i| [
+            i.name.clone(), i.command.join(" ")
+        ]),
+    }
+    Ok(())
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}   "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn apply(args: ApplyArgs) -> ExitCode {
+    finish(runtime().and_then(|rt| rt.block_on(apply_inner(args))), "apply")
+}
+
+async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    if text.len() > 1 << 20 {
+        bail!("{}: larger than 1 MiB", args.file.display());
+    }
+    let spec: ApplySpec = if args.file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}", args.file.display()))?
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
+    };
+    let c = Client::new(&args.conn)?;
+    let body = serde_json::to_vec(&spec)?;
+    let applied: Applied = serde_json::from_slice(&c.call(http::Method::POST, "/api/v1/apply", Some(body)).await?)?;
+    println!("deployment {} {}", applied.deployment.name, applied.action);
+    for d in &applied.domains {
+        println!("domain {} -> {}", d.name, d.deployment);
+    }
+    Ok(())
+}

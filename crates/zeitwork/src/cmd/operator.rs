@@ -1,0 +1,141 @@
+//! `zeitwork operator`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+zeitwork operator                                   # SQLite in ./zeitwork-data\n  \
+zeitwork operator --database-url postgres://zeitwork@db:5432/zeitwork\n\n\
+On first start an admin token is made, printed once and written to DATA_DIR/admin-token\n\
+(mode 0600); only its hash is stored. `zeitwork get` and `zeitwork apply` read it from there.\n\
+Edges connect to ws://LISTEN/api/v1/edge/connect with a join token:\n  \
+curl -H \"Authorization: Bearer $(cat zeitwork-data/admin-token)\" \\\n       \
+-d '{\"role\":\"edge\"}' http://127.0.0.1:7070/api/v1/join-tokens")]
+pub struct OperatorArgs {
+    /// Directory for the SQLite database and the admin token file.
+    #[arg(long, value_name = "DIR", default_value = "./zeitwork-data", env = "ZEITWORK_DATA_DIR")]
+    data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded SQLite: postgres://user@host:port/db.
+    #[arg(long, value_name = "URL", env = "ZEITWORK_DATABASE_URL")]
+    database_url: Option<String>,
+    /// API address (REST under /api/v1, edge connections, /health).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Dynamic configuration merged into every region's snapshot (same format as
+    /// `zeitwork edge --config`); read at start.
+    #[arg(long, value_name = "PATH")]
+    static_config: Option<PathBuf>,
+    /// How long the compiler waits after a change for more changes to arrive.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = super::duration)]
+    debounce: Duration,
+    /// Replace the admin token (the old one stops working) and write the new one to
+    /// DATA_DIR/admin-token.
+    #[arg(long)]
+    rotate_admin_token: bool,
+    /// Log format on stderr.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+pub fn run(args: OperatorArgs) -> ExitCode {
+    super::init_logging(args.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("zeitwork operator: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_inner(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("zeitwork operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the admin token is written.
+pub fn token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}/state.db", args.data_dir.display()),
+    };
+    let store = zw_store::Store::open(&url)
+        .await
+        .with_context(|| format!("opening the state store {}", zw_store::redact(&url)))?;
+    tracing::info!(store = %zw_store::redact(&url), "state store open, migrations applied");
+
+    let token = if args.rotate_admin_token {
+        Some(store.rotate_admin().await?)
+    } else {
+        store.bootstrap_admin().await?
+    };
+    let file = token_file(&args.data_dir);
+    match token {
+        Some(t) => {
+            write_secret(&file, &t).with_context(|| format!("writing {}", file.display()))?;
+            eprintln!("\nadmin token (shown once; also written to {}):\n  {t}\n", file.display());
+        }
+        None if !file.exists() => tracing::warn!(
+            "an admin token exists but {} does not; if it is lost, restart with --rotate-admin-token",
+            file.display()
+        ),
+        None => {}
+    }
+
+    let static_config = match &args.static_config {
+        None => zw_config::Config::default(),
+        Some(p) => {
+            let limits = zw_config::Limits::default();
+            let loaded = zw_config::load_path(p, &limits)
+                .and_then(|l| zw_config::validate(l.config, &limits))
+                .map_err(|e| anyhow::anyhow!("invalid static configuration in {}:\n{e}", p.display()))?;
+            loaded.config
+        }
+    };
+    let operator = zw_operator::Operator::start(
+        store,
+        zw_operator::Options {
+            static_config,
+            debounce: args.debounce,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "operator API listening (/api/v1, /api/v1/edge/connect, /health)");
+    operator.serve(listener, super::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -143,8 +143,6 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             limits.max_routers = n;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let provider = start_provider(&args, &edge, limits, stop_rx).await?;
-
         let mut listeners = Vec::new();
         for (name, addr) in &eps {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding entry point `{name}` to {addr}"))?;
@@ -153,6 +151,8 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         }
         let admin = tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("binding admin to {}", args.admin))?;
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
+        let web = listeners[0].local_addr()?;
+        let provider = start_provider(&args, &edge, limits, web, stop_rx).await?;
 
         let provider = tokio::spawn(provider);
         edge.serve(listeners, Some(admin), super::shutdown_signal(), args.drain_timeout).await;
@@ -171,6 +171,7 @@ async fn start_provider(
     args: &EdgeArgs,
     edge: &Edge,
     limits: Limits,
+    web: SocketAddr,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ProviderTask> {
     if let Some(path) = &args.config {
@@ -215,13 +216,13 @@ async fn start_provider(
         .context("--token (or ZEITWORK_TOKEN) is required with --control-plane: create one with POST /api/v1/join-tokens {\"role\":\"edge\"}")?;
     let advertise = match &args.advertise {
         Some(a) => a.clone(),
-        None if args.http.ip().is_unspecified() => format!("127.0.0.1:{}", args.http.port()),
-        None => args.http.to_string(),
+        None if web.ip().is_unspecified() => format!("127.0.0.1:{}", web.port()),
+        None => web.to_string(),
     };
     let id = args.id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let host = if host.is_empty() { "local".to_string() } else { host };
-        format!("edge-{host}-{}", args.http.port())
+        format!("edge-{host}-{}", web.port())
     });
     let cp = ControlPlane {
         url: ControlPlane::normalize_url(url).map_err(anyhow::Error::msg)?,
@@ -240,7 +241,10 @@ async fn start_provider(
     match cp.restore(edge) {
         Ok(Some(version)) => tracing::info!(version, "serving the last-known-good snapshot until the operator answers"),
         Ok(None) => tracing::info!("no last-known-good snapshot; not ready until the operator sends one"),
-        Err(e) => tracing::error!(error = %e, "last-known-good refused; not ready until the operator sends a snapshot"),
+        Err(e) => {
+            edge.reject(&e, "last_known_good");
+            tracing::error!(error = %e, "last-known-good refused; not ready until the operator sends a snapshot");
+        }
     }
     Ok(Box::pin(cp.run(edge.clone(), stop)))
 }

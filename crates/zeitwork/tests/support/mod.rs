@@ -1,0 +1,280 @@
+//! Helpers for the platform tests: `zeitwork` child processes with JSON logs, and a tiny
+//! blocking HTTP/1.1 client for the operator's API and the edges' admin endpoints.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
+
+/// A `zeitwork` child process whose JSON log lines are collected as they come.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[String]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn zeitwork");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+        }
+    }
+
+    /// The first log line (from the start) that satisfies `pred`, waiting up to `limit`.
+    pub fn wait_log(&self, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("{}: no such log line within {limit:?}; log:\n{}", self.name, self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn dump(&self) -> String {
+        self.logs().iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The `addr` of the first log line whose message starts with `prefix`.
+    pub fn addr(&self, prefix: &str) -> SocketAddr {
+        let v = self.wait_log(Duration::from_secs(15), |v| {
+            message(v).starts_with(prefix) && v["fields"]["addr"].is_string()
+        });
+        v["fields"]["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn message(v: &Value) -> &str {
+    v["fields"]["message"].as_str().unwrap_or("")
+}
+
+/// An operator on a fixed port (so a restart comes back at the same address).
+pub struct Operator {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub token: String,
+}
+
+impl Operator {
+    pub fn start(data_dir: &Path, port: u16, database_url: Option<&str>) -> Operator {
+        Self::spawn(data_dir, port, database_url, None)
+    }
+
+    /// A second operator on the same database: the admin token is the first one's.
+    pub fn start_replica(data_dir: &Path, port: u16, database_url: &str, token: &str) -> Operator {
+        Self::spawn(data_dir, port, Some(database_url), Some(token))
+    }
+
+    fn spawn(data_dir: &Path, port: u16, database_url: Option<&str>, token: Option<&str>) -> Operator {
+        let mut args: Vec<String> = vec![
+            "operator".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        if let Some(u) = database_url {
+            args.extend(["--database-url".into(), u.to_string()]);
+        }
+        let proc = Proc::spawn("operator", &args);
+        let addr = proc.addr("operator API listening");
+        let token = match token {
+            Some(t) => t.to_string(),
+            None => std::fs::read_to_string(data_dir.join("admin-token")).expect("admin token file").trim().to_string(),
+        };
+        Operator {
+            proc,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            token,
+        }
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (s, b) = http(self.addr, method, path, body.map(|b| b.to_string()), Some(&self.token), &[]);
+        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    }
+
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.api(method, path, body);
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    pub fn edges(&self) -> Vec<Value> {
+        self.ok("GET", "/api/v1/edge-proxies", None)["items"].as_array().unwrap().clone()
+    }
+
+    pub fn snapshot_version(&self, region: &str) -> Option<u64> {
+        let (s, v) = self.api("GET", &format!("/api/v1/snapshots/{region}"), None);
+        (s == 200).then(|| v["version"].as_u64()).flatten()
+    }
+}
+
+/// A port free now (bound then released), for processes that must keep theirs across a
+/// restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An edge proxy on the control plane, HTTP and admin on port 0.
+pub struct Edge {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Edge {
+    pub fn start(op: SocketAddr, token: &str, id: &str, state_dir: &Path, extra: &[&str]) -> Edge {
+        let mut args: Vec<String> = [
+            "edge", "--control-plane", &format!("ws://{op}"), "--token", token, "--region", "eu", "--id", id,
+            "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1",
+            "--reconnect-min", "500ms", "--reconnect-max", "8s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--state-dir".into());
+        args.push(state_dir.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(id, &args);
+        let http = proc.wait_log(Duration::from_secs(15), |v| v["fields"]["entry_point"] == "web");
+        let http = http["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        let admin = proc.addr("admin listening");
+        Edge { proc, http, admin }
+    }
+
+    pub fn status(&self) -> Value {
+        let (_, b) = http(self.admin, "GET", "/debug/config", None, None, &[]);
+        serde_json::from_str(&b).unwrap_or(Value::Null)
+    }
+
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        http(self.http, "GET", path, None, None, &[("host", host)])
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); status and body.
+/// A connection error is status 0.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<String>, token: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let body = body.unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("host: test\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else { return (0, text) };
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `f` every 5 ms until it returns `Some`, or panics after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A platform with one region `eu`, a worker node, an image, a deployment `web` with one
+/// started instance at `upstream`, and an edge join token.
+pub fn seed(op: &Operator, upstream: SocketAddr) -> String {
+    op.ok("POST", "/api/v1/regions", Some(serde_json::json!({"name": "eu"})));
+    let node = op.ok("POST", "/api/v1/nodes", Some(serde_json::json!({"hostname": "w1", "address": "127.0.0.1", "region": "eu", "type": "worker"})));
+    op.ok("POST", "/api/v1/images", Some(serde_json::json!({"name": "hello", "command": ["hello"]})));
+    op.ok("POST", "/api/v1/deployments", Some(serde_json::json!({"name": "web", "image": "hello", "regions": ["eu"], "port": upstream.port()})));
+    op.ok("POST", "/api/v1/instances", Some(serde_json::json!({
+        "deployment": "web", "node": node["id"], "state": "started", "address": upstream.ip().to_string(), "port": upstream.port()
+    })));
+    let t = op.ok("POST", "/api/v1/join-tokens", Some(serde_json::json!({"role": "edge"})));
+    t["token"].as_str().unwrap().to_string()
+}
+
+pub fn add_domain(op: &Operator, name: &str) {
+    op.ok("POST", "/api/v1/domains", Some(serde_json::json!({"name": name, "deployment": "web", "verified": true})));
+}

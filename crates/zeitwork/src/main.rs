@@ -31,7 +31,7 @@ enum Command {
     /// Run the control plane: API, state store, snapshot distribution to edges.
     Operator(cmd::operator::OperatorArgs),
     /// Run the L7 edge proxy (configuration from a file, the operator, or its database).
-    Edge(cmd::edge::EdgeArgs),
+    Edge(Box<cmd::edge::EdgeArgs>),
     /// List nodes, instances, deployments, domains, edges, regions or images.
     Get(cmd::client::GetArgs),
     /// Create or update a deployment (with its image and domains) from a file.
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Operator(args) => cmd::operator::run(args),
-        Command::Edge(args) => cmd::edge::run(args),
+        Command::Edge(args) => cmd::edge::run(*args),
         Command::Get(args) => cmd::client::get(args),
         Command::Apply(args) => cmd::client::apply(args),
         Command::Config(c) => cmd::config::run(c),

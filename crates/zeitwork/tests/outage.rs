@@ -13,9 +13,17 @@ use zw_edge::testkit::Upstream;
 const OUTAGE: Duration = Duration::from_secs(60);
 
 fn h2load_available() -> bool {
-    let found = Command::new("h2load").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = Command::new("h2load")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "h2load is required in CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "h2load is required in CI (.ci/run installs it)"
+        );
         eprintln!("SKIPPED: h2load is not installed");
     }
     found
@@ -24,12 +32,27 @@ fn h2load_available() -> bool {
 /// `(done, succeeded, failed, errored, 2xx)` from h2load's summary.
 fn h2load_summary(out: &str) -> (u64, u64, u64, u64, u64) {
     let num = |line: &str, label: &str| -> u64 {
-        line.split(',').find(|p| p.trim().ends_with(label)).and_then(|p| p.trim().split(' ').next()?.parse().ok()).unwrap_or(u64::MAX)
+        line.split(',')
+            .find(|p| p.trim().ends_with(label))
+            .and_then(|p| p.trim().split(' ').next()?.parse().ok())
+            .unwrap_or(u64::MAX)
     };
-    let req = out.lines().find(|l| l.starts_with("requests:")).unwrap_or_else(|| panic!("no summary:\n{out}"));
-    let codes = out.lines().find(|l| l.starts_with("status codes:")).unwrap_or_else(|| panic!("no status codes:\n{out}"));
+    let req = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    let codes = out
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("no status codes:\n{out}"));
     let codes = codes.trim_start_matches("status codes:");
-    (num(req, "done"), num(req, "succeeded"), num(req, "failed"), num(req, "errored"), num(codes, "2xx"))
+    (
+        num(req, "done"),
+        num(req, "succeeded"),
+        num(req, "failed"),
+        num(req, "errored"),
+        num(codes, "2xx"),
+    )
 }
 
 #[test]
@@ -37,7 +60,11 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
     if !h2load_available() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let up = rt.block_on(Upstream::start("app"));
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -49,7 +76,9 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
         Edge::start(op.addr, &token, "edge-2", &dir.path().join("e2"), &[]),
     ];
     for e in &edges {
-        eventually(Duration::from_secs(20), "routed", || (e.get("app.example.com", "/").0 == 200).then_some(()));
+        eventually(Duration::from_secs(20), "routed", || {
+            (e.get("app.example.com", "/").0 == 200).then_some(())
+        });
     }
 
     // Paced load on both edges for the whole outage and a little more (bounded by -D).
@@ -57,7 +86,17 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
         .iter()
         .map(|e| {
             Command::new("h2load")
-                .args(["--h1", "-c", "2", "--rps", "100", "-D", &(OUTAGE.as_secs() + 10).to_string(), "-H", ":authority: app.example.com"])
+                .args([
+                    "--h1",
+                    "-c",
+                    "2",
+                    "--rps",
+                    "100",
+                    "-D",
+                    &(OUTAGE.as_secs() + 10).to_string(),
+                    "-H",
+                    ":authority: app.example.com",
+                ])
                 .arg(format!("http://{}/load", e.http))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -73,7 +112,11 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
     // converge: a change made after the restart reaches both edges
     add_domain(&op, "after.example.com");
     for e in &edges {
-        eventually(Duration::from_secs(30), "the post-outage change routed", || (e.get("after.example.com", "/").0 == 200).then_some(()));
+        eventually(
+            Duration::from_secs(30),
+            "the post-outage change routed",
+            || (e.get("after.example.com", "/").0 == 200).then_some(()),
+        );
     }
     for (e, child) in edges.iter().zip(load) {
         let out = child.wait_with_output().unwrap();
@@ -95,19 +138,51 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
             .filter(|l| message(l) == "reconnecting to the operator")
             .map(|l| {
                 let f = &l["fields"];
-                (f["attempt"].as_u64().unwrap(), f["delay_ms"].as_u64().unwrap(), f["ceiling_ms"].as_u64().unwrap())
+                (
+                    f["attempt"].as_u64().unwrap(),
+                    f["delay_ms"].as_u64().unwrap(),
+                    f["ceiling_ms"].as_u64().unwrap(),
+                )
             })
             .collect();
         assert!(retries.len() >= 8, "{}: {retries:?}", e.proc.name);
         for (i, &(attempt, delay, ceiling)) in retries.iter().enumerate() {
-            assert_eq!(attempt, i as u64 + 1, "{}: attempts count up from 1 during one outage: {retries:?}", e.proc.name);
-            assert_eq!(ceiling, (500u64 << i.min(4)).min(8000), "{}: {retries:?}", e.proc.name);
+            assert_eq!(
+                attempt,
+                i as u64 + 1,
+                "{}: attempts count up from 1 during one outage: {retries:?}",
+                e.proc.name
+            );
+            assert_eq!(
+                ceiling,
+                (500u64 << i.min(4)).min(8000),
+                "{}: {retries:?}",
+                e.proc.name
+            );
             assert!(delay <= ceiling);
         }
         let total: u64 = retries.iter().map(|r| r.1).sum();
-        println!("{}: {} reconnect attempts over the outage, delays summing to {:.1} s (full jitter)", e.proc.name, retries.len(), total as f64 / 1000.0);
-        assert!(total < OUTAGE.as_millis() as u64 + 8000, "{}: waited longer than the outage plus one ceiling", e.proc.name);
-        let connects = e.proc.logs().iter().filter(|l| message(l) == "connected to the operator").count();
-        assert_eq!(connects, 2, "{}: connected once before and once after", e.proc.name);
+        println!(
+            "{}: {} reconnect attempts over the outage, delays summing to {:.1} s (full jitter)",
+            e.proc.name,
+            retries.len(),
+            total as f64 / 1000.0
+        );
+        assert!(
+            total < OUTAGE.as_millis() as u64 + 8000,
+            "{}: waited longer than the outage plus one ceiling",
+            e.proc.name
+        );
+        let connects = e
+            .proc
+            .logs()
+            .iter()
+            .filter(|l| message(l) == "connected to the operator")
+            .count();
+        assert_eq!(
+            connects, 2,
+            "{}: connected once before and once after",
+            e.proc.name
+        );
     }
 }

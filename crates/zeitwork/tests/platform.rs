@@ -10,15 +10,24 @@ use support::*;
 use zw_edge::testkit::Upstream;
 
 fn upstream() -> (tokio::runtime::Runtime, Upstream) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let up = rt.block_on(Upstream::start("app"));
     (rt, up)
 }
 
 fn connected_and_current(op: &Operator, n: usize) -> bool {
-    let Some(v) = op.snapshot_version("eu") else { return false };
+    let Some(v) = op.snapshot_version("eu") else {
+        return false;
+    };
     let edges = op.edges();
-    edges.len() == n && edges.iter().all(|e| e["connected"] == true && e["applied_version"].as_u64() == Some(v))
+    edges.len() == n
+        && edges
+            .iter()
+            .all(|e| e["connected"] == true && e["applied_version"].as_u64() == Some(v))
 }
 
 /// Three edges; a new domain for a running instance is routed by all of them; then 100
@@ -34,7 +43,9 @@ fn three_edges_route_new_domains_and_converge() {
     let url = pg.as_ref().map(|d| d.url.clone());
     let op = Operator::start(&dir.path().join("a"), free_port(), url.as_deref());
     let token = seed(&op, up.addr);
-    let replica = url.as_deref().map(|u| Operator::start_replica(&dir.path().join("b"), free_port(), u, &op.token));
+    let replica = url
+        .as_deref()
+        .map(|u| Operator::start_replica(&dir.path().join("b"), free_port(), u, &op.token));
     let third_op = replica.as_ref().map_or(op.addr, |r| r.addr);
 
     let edges = [
@@ -42,7 +53,11 @@ fn three_edges_route_new_domains_and_converge() {
         Edge::start(op.addr, &token, "edge-2", &dir.path().join("e2"), &[]),
         Edge::start(third_op, &token, "edge-3", &dir.path().join("e3"), &[]),
     ];
-    eventually(Duration::from_secs(20), "three edges connected and current", || connected_and_current(&op, 3).then_some(()));
+    eventually(
+        Duration::from_secs(20),
+        "three edges connected and current",
+        || connected_and_current(&op, 3).then_some(()),
+    );
 
     add_domain(&op, "app.example.com");
     for e in &edges {
@@ -54,27 +69,36 @@ fn three_edges_route_new_domains_and_converge() {
         assert!(body.contains("\"upstream\":\"app\""), "{body}");
     }
 
-    let mut version = eventually(Duration::from_secs(10), "acks", || {
+    let first = eventually(Duration::from_secs(10), "acks", || {
         let v = op.snapshot_version("eu")?;
-        op.edges().iter().all(|e| e["applied_version"].as_u64() == Some(v)).then_some(v)
+        op.edges()
+            .iter()
+            .all(|e| e["applied_version"].as_u64() == Some(v))
+            .then_some(v)
     });
     let mut took = Vec::new();
-    for i in 0..100 {
+    for (i, version) in (first..first + 100).enumerate() {
         let start = Instant::now();
         add_domain(&op, &format!("d{i}.example.com"));
         // each write is one new version: wait until all three acknowledged it
         eventually(Duration::from_secs(10), "all edges acked", || {
-            op.edges().iter().all(|e| e["applied_version"].as_u64() > Some(version)).then_some(())
+            op.edges()
+                .iter()
+                .all(|e| e["applied_version"].as_u64() > Some(version))
+                .then_some(())
         });
         took.push(start.elapsed());
-        version += 1;
     }
     took.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "write -> all 3 edges acked over {} changes ({}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         took.len(),
-        if replica.is_some() { "PostgreSQL, two operator replicas" } else { "SQLite, one operator" },
+        if replica.is_some() {
+            "PostgreSQL, two operator replicas"
+        } else {
+            "SQLite, one operator"
+        },
         ms(took[took.len() / 2]),
         ms(took[took.len() * 99 / 100]),
         ms(took[took.len() - 1]),
@@ -85,10 +109,27 @@ fn three_edges_route_new_domains_and_converge() {
     }
     // never the same version twice: one "configuration applied" per version per edge
     for e in &edges {
-        let applied: Vec<u64> = e.proc.logs().iter().filter(|l| message(l) == "configuration applied").filter_map(|l| l["fields"]["snapshot_version"].as_str().and_then(|s| s.trim_start_matches("Some(").trim_end_matches(')').parse().ok())).collect();
+        let applied: Vec<u64> = e
+            .proc
+            .logs()
+            .iter()
+            .filter(|l| message(l) == "configuration applied")
+            .filter_map(|l| {
+                l["fields"]["snapshot_version"].as_str().and_then(|s| {
+                    s.trim_start_matches("Some(")
+                        .trim_end_matches(')')
+                        .parse()
+                        .ok()
+                })
+            })
+            .collect();
         let mut dedup = applied.clone();
         dedup.dedup();
-        assert_eq!(applied, dedup, "{}: a version was applied twice", e.proc.name);
+        assert_eq!(
+            applied, dedup,
+            "{}: a version was applied twice",
+            e.proc.name
+        );
     }
 }
 
@@ -103,8 +144,16 @@ fn a_refused_snapshot_is_nacked_and_the_previous_one_keeps_serving() {
     add_domain(&op, "a.example.com");
     add_domain(&op, "b.example.com");
     // this edge accepts at most two routers
-    let edge = Edge::start(op.addr, &token, "small-edge", &dir.path().join("e"), &["--max-routers", "2"]);
-    eventually(Duration::from_secs(20), "edge current", || connected_and_current(&op, 1).then_some(()));
+    let edge = Edge::start(
+        op.addr,
+        &token,
+        "small-edge",
+        &dir.path().join("e"),
+        &["--max-routers", "2"],
+    );
+    eventually(Duration::from_secs(20), "edge current", || {
+        connected_and_current(&op, 1).then_some(())
+    });
     let before = edge.status();
     assert_eq!(edge.get("a.example.com", "/").0, 200);
 
@@ -114,25 +163,44 @@ fn a_refused_snapshot_is_nacked_and_the_previous_one_keeps_serving() {
         e["last_nack_error"].is_string().then_some(e)
     });
     let error = record["last_nack_error"].as_str().unwrap();
-    assert!(error.contains("http.routers") && error.contains("2"), "{error}");
-    assert_eq!(record["applied_version"], before["snapshot_version"], "the API shows the version still in use");
+    assert!(
+        error.contains("http.routers") && error.contains("2"),
+        "{error}"
+    );
+    assert_eq!(
+        record["applied_version"], before["snapshot_version"],
+        "the API shows the version still in use"
+    );
 
     std::thread::sleep(Duration::from_millis(300));
     let after = edge.status();
-    assert_eq!(after["hash"], before["hash"], "the running configuration did not change");
+    assert_eq!(
+        after["hash"], before["hash"],
+        "the running configuration did not change"
+    );
     assert_eq!(after["snapshot_version"], before["snapshot_version"]);
     assert_eq!(after["version"], before["version"], "nothing was applied");
-    assert!(after["last_error"].as_str().unwrap().contains("http.routers"));
+    assert!(after["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("http.routers"));
     assert_eq!(edge.get("a.example.com", "/").0, 200);
     assert_eq!(edge.get("b.example.com", "/").0, 200);
     assert_eq!(edge.get("c.example.com", "/").0, 404);
-    let refusals = op.proc.logs().iter().filter(|l| message(l).starts_with("edge refused snapshot")).count();
+    let refusals = op
+        .proc
+        .logs()
+        .iter()
+        .filter(|l| message(l).starts_with("edge refused snapshot"))
+        .count();
     assert_eq!(refusals, 1, "the refused version is not pushed again");
 
     // a later change the edge can take is applied
     op.ok("DELETE", "/api/v1/domains/c.example.com", None);
     op.ok("DELETE", "/api/v1/domains/b.example.com", None);
-    eventually(Duration::from_secs(10), "the next version applied", || connected_and_current(&op, 1).then_some(()));
+    eventually(Duration::from_secs(10), "the next version applied", || {
+        connected_and_current(&op, 1).then_some(())
+    });
     assert_eq!(edge.get("b.example.com", "/").0, 404);
 }
 
@@ -148,16 +216,22 @@ fn an_edge_restarted_during_an_outage_serves_its_last_known_good() {
     add_domain(&op, "app.example.com");
     let state = dir.path().join("edge-state");
     let edge = Edge::start(op.addr, &token, "edge-1", &state, &[]);
-    eventually(Duration::from_secs(20), "edge current", || connected_and_current(&op, 1).then_some(()));
+    eventually(Duration::from_secs(20), "edge current", || {
+        connected_and_current(&op, 1).then_some(())
+    });
     let served = edge.status();
 
     op.proc.kill();
     drop(edge);
     let edge = Edge::start(op.addr, &token, "edge-1", &state, &[]);
-    let (s, body) = eventually(Duration::from_secs(10), "served from the last-known-good", || {
-        let r = edge.get("app.example.com", "/x");
-        (r.0 == 200).then_some(r)
-    });
+    let (s, body) = eventually(
+        Duration::from_secs(10),
+        "served from the last-known-good",
+        || {
+            let r = edge.get("app.example.com", "/x");
+            (r.0 == 200).then_some(r)
+        },
+    );
     assert_eq!(s, 200, "{body}");
     let st = edge.status();
     assert_eq!(st["source"], "last_known_good");
@@ -173,10 +247,19 @@ fn an_edge_restarted_during_an_outage_serves_its_last_known_good() {
     bytes[mid] ^= 0x20;
     std::fs::write(&file, bytes).unwrap();
     let edge = Edge::start(op.addr, &token, "edge-1", &state, &[]);
-    edge.proc.wait_log(Duration::from_secs(10), |l| message(l).starts_with("last-known-good refused"));
-    assert_eq!(http(edge.admin, "GET", "/ready", None, None, &[]).0, 503, "a corrupt last-known-good leaves the edge not ready");
+    edge.proc.wait_log(Duration::from_secs(10), |l| {
+        message(l).starts_with("last-known-good refused")
+    });
+    assert_eq!(
+        http(edge.admin, "GET", "/ready", None, None, &[]).0,
+        503,
+        "a corrupt last-known-good leaves the edge not ready"
+    );
     assert_eq!(edge.get("app.example.com", "/").0, 503);
-    assert!(edge.status()["last_error"].as_str().unwrap().contains("checksum mismatch"));
+    assert!(edge.status()["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("checksum mismatch"));
 
     // the operator returns: the edge converges and is ready
     op = Operator::start(&dir.path().join("op"), port, None);
@@ -198,26 +281,75 @@ fn an_edge_can_read_routes_from_the_operator_database() {
     seed(&op, up.addr);
     add_domain(&op, "app.example.com");
     let db = format!("sqlite://{}/state.db", op_dir.display());
-    let args: Vec<String> = ["edge", "--database-url", &db, "--region", "eu", "--update-interval", "100ms", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "edge",
+        "--database-url",
+        &db,
+        "--region",
+        "eu",
+        "--update-interval",
+        "100ms",
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let proc = Proc::spawn("db-edge", &args);
-    let web = proc.wait_log(Duration::from_secs(15), |v| v["fields"]["entry_point"] == "web")["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    let web = proc.wait_log(Duration::from_secs(15), |v| {
+        v["fields"]["entry_point"] == "web"
+    })["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let admin = proc.addr("admin listening");
-    assert_eq!(http(web, "GET", "/", None, None, &[("host", "app.example.com")]).0, 200);
-    op.ok("POST", "/api/v1/domains", Some(json!({"name": "new.example.com", "deployment": "web", "verified": true})));
-    eventually(Duration::from_secs(10), "the new domain read from the database", || {
-        (http(web, "GET", "/", None, None, &[("host", "new.example.com")]).0 == 200).then_some(())
-    });
+    assert_eq!(
+        http(web, "GET", "/", None, None, &[("host", "app.example.com")]).0,
+        200
+    );
+    op.ok(
+        "POST",
+        "/api/v1/domains",
+        Some(json!({"name": "new.example.com", "deployment": "web", "verified": true})),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the new domain read from the database",
+        || {
+            (http(web, "GET", "/", None, None, &[("host", "new.example.com")]).0 == 200)
+                .then_some(())
+        },
+    );
     let (_, st) = http(admin, "GET", "/debug/config", None, None, &[]);
     let st: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st["source"], "database");
     assert!(!st["origin"].as_str().unwrap().is_empty());
 
     // a bad region is refused at start, with the reason
-    let bad: Vec<String> = ["edge", "--database-url", &db, "--region", "mars", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
+    let bad: Vec<String> = [
+        "edge",
+        "--database-url",
+        &db,
+        "--region",
+        "mars",
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let out = std::process::Command::new(BIN).args(&bad).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("region `mars` does not exist"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("region `mars` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

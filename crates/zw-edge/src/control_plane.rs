@@ -56,10 +56,15 @@ enum End {
 impl ControlPlane {
     /// `ws://host:port`, `http://host:port` or a full `ws://…/api/v1/edge/connect`.
     pub fn normalize_url(url: &str) -> Result<String, String> {
-        let rest = if let Some(r) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")) {
+        let rest = if let Some(r) = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("http://"))
+        {
             r
         } else if url.starts_with("wss://") || url.starts_with("https://") {
-            return Err(format!("{url}: TLS to the operator is not supported yet; use ws://"));
+            return Err(format!(
+                "{url}: TLS to the operator is not supported yet; use ws://"
+            ));
         } else {
             return Err(format!("{url}: expected ws://host:port"));
         };
@@ -67,7 +72,11 @@ impl ControlPlane {
         if authority.is_empty() {
             return Err(format!("{url}: no host"));
         }
-        let path = if path.is_empty() { "api/v1/edge/connect" } else { path };
+        let path = if path.is_empty() {
+            "api/v1/edge/connect"
+        } else {
+            path
+        };
         Ok(format!("ws://{authority}/{path}"))
     }
 
@@ -78,10 +87,24 @@ impl ControlPlane {
     /// Applies the last-known-good snapshot, if there is one. `Ok(None)`: no file.
     /// `Err`: the file exists but is unusable (the edge stays without configuration).
     pub fn restore(&self, edge: &Edge) -> Result<Option<u64>, String> {
-        let Some(lkg) = self.lkg() else { return Ok(None) };
-        let Some(restored) = lkg.load(&self.limits)? else { return Ok(None) };
-        let origin = format!("{} (version {} from {})", lkg.path().display(), restored.version, restored.origin);
-        edge.apply_snapshot(restored.config, "last_known_good", &origin, Some(restored.version))?;
+        let Some(lkg) = self.lkg() else {
+            return Ok(None);
+        };
+        let Some(restored) = lkg.load(&self.limits)? else {
+            return Ok(None);
+        };
+        let origin = format!(
+            "{} (version {} from {})",
+            lkg.path().display(),
+            restored.version,
+            restored.origin
+        );
+        edge.apply_snapshot(
+            restored.config,
+            "last_known_good",
+            &origin,
+            Some(restored.version),
+        )?;
         Ok(Some(restored.version))
     }
 
@@ -102,7 +125,9 @@ impl ControlPlane {
                     tracing::warn!(url = %self.url, error = %e, "control connection lost; the running configuration stays");
                     backoff.reset();
                 }
-                End::Failed(e) => tracing::warn!(url = %self.url, error = %e, "cannot reach the operator; the running configuration stays"),
+                End::Failed(e) => {
+                    tracing::warn!(url = %self.url, error = %e, "cannot reach the operator; the running configuration stays")
+                }
             }
             let ceiling = backoff.ceiling();
             let delay = backoff.next_delay(fastrand::f64());
@@ -137,8 +162,16 @@ impl ControlPlane {
         let mut ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                return End::Failed(format!("operator answered {}: {}", resp.status(), body.trim()));
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return End::Failed(format!(
+                    "operator answered {}: {}",
+                    resp.status(),
+                    body.trim()
+                ));
             }
             Ok(Err(e)) => return End::Failed(e.to_string()),
             Err(_) => return End::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
@@ -179,7 +212,9 @@ impl ControlPlane {
                         return End::Lost(format!("sending {}: {e}", kind(&answer)));
                     }
                 }
-                Ok(OperatorMessage::Error { message }) => return End::Failed(format!("operator refused this edge: {message}")),
+                Ok(OperatorMessage::Error { message }) => {
+                    return End::Failed(format!("operator refused this edge: {message}"))
+                }
                 Err(e) => return End::Lost(format!("unreadable message from the operator: {e}")),
             }
         }
@@ -187,8 +222,13 @@ impl ControlPlane {
 
     /// Validates, applies and saves one snapshot; the answer to send.
     async fn receive(&self, edge: &Edge, snap: ConfigSnapshot) -> EdgeMessage {
-        let ConfigSnapshot { version, nonce, hash, snapshot } = snap;
-        let (e, limits, lkg, origin) = (edge.clone(), self.limits.clone(), self.lkg(), self.url.clone());
+        let ConfigSnapshot {
+            version,
+            nonce,
+            hash,
+            snapshot,
+        } = snap;
+        let (e, limits, lkg, origin) = (edge.clone(), self.limits, self.lkg(), self.url.clone());
         // Parsing and building a big snapshot takes a while: keep it off the request threads.
         let result = tokio::task::spawn_blocking(move || {
             let valid = zw_config::parse_str(snapshot.get(), zw_config::Format::Json)
@@ -241,10 +281,21 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(ControlPlane::normalize_url("ws://127.0.0.1:7070").unwrap(), "ws://127.0.0.1:7070/api/v1/edge/connect");
-        assert_eq!(ControlPlane::normalize_url("http://op:7070/").unwrap(), "ws://op:7070/api/v1/edge/connect");
-        assert_eq!(ControlPlane::normalize_url("ws://op/x/y").unwrap(), "ws://op/x/y");
-        assert!(ControlPlane::normalize_url("wss://op").unwrap_err().contains("not supported"));
+        assert_eq!(
+            ControlPlane::normalize_url("ws://127.0.0.1:7070").unwrap(),
+            "ws://127.0.0.1:7070/api/v1/edge/connect"
+        );
+        assert_eq!(
+            ControlPlane::normalize_url("http://op:7070/").unwrap(),
+            "ws://op:7070/api/v1/edge/connect"
+        );
+        assert_eq!(
+            ControlPlane::normalize_url("ws://op/x/y").unwrap(),
+            "ws://op/x/y"
+        );
+        assert!(ControlPlane::normalize_url("wss://op")
+            .unwrap_err()
+            .contains("not supported"));
         assert!(ControlPlane::normalize_url("op:7070").is_err());
     }
 }

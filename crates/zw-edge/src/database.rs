@@ -25,9 +25,16 @@ pub struct DatabaseProvider {
 impl DatabaseProvider {
     /// Reads and applies once. `Ok(None)` when nothing changed.
     pub async fn poll(&self, edge: &Edge) -> Result<Option<u64>, String> {
-        let state = self.store.routing_state().await.map_err(|e| e.to_string())?;
+        let state = self
+            .store
+            .routing_state()
+            .await
+            .map_err(|e| e.to_string())?;
         if !state.regions.contains_key(&self.region) {
-            return Err(format!("region `{}` does not exist in the database", self.region));
+            return Err(format!(
+                "region `{}` does not exist in the database",
+                self.region
+            ));
         }
         let config = zw_proto::compile::compile(&state, &self.region, &Config::default())?;
         let valid = zw_config::validate(config, &self.limits).map_err(|e| e.to_string())?;
@@ -40,7 +47,9 @@ impl DatabaseProvider {
     pub async fn run(self, edge: Edge, mut stop: watch::Receiver<bool>) {
         loop {
             match self.poll(&edge).await {
-                Ok(Some(version)) => tracing::info!(version, region = %self.region, "configuration from the database applied"),
+                Ok(Some(version)) => {
+                    tracing::info!(version, region = %self.region, "configuration from the database applied")
+                }
                 Ok(None) => {}
                 Err(e) => {
                     edge.reject(&e, "database");

@@ -33,6 +33,7 @@ struct Body<'a> {
 }
 
 /// A snapshot read back from disk.
+#[derive(Debug)]
 pub struct Restored {
     pub version: u64,
     pub origin: String,
@@ -51,7 +52,13 @@ impl LastKnownGood {
     }
 
     /// Atomically replaces the file with this snapshot.
-    pub fn save(&self, version: u64, hash: &str, origin: &str, snapshot: &serde_json::value::RawValue) -> std::io::Result<()> {
+    pub fn save(
+        &self,
+        version: u64,
+        hash: &str,
+        origin: &str,
+        snapshot: &serde_json::value::RawValue,
+    ) -> std::io::Result<()> {
         let body = serde_json::to_string(&Body {
             version,
             hash,
@@ -62,7 +69,8 @@ impl LastKnownGood {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile_in(dir)?;
-        tmp.1.write_all(format!("{MAGIC} sha256:{digest}\n").as_bytes())?;
+        tmp.1
+            .write_all(format!("{MAGIC} sha256:{digest}\n").as_bytes())?;
         tmp.1.write_all(body.as_bytes())?;
         tmp.1.sync_all()?;
         drop(tmp.1);
@@ -77,7 +85,12 @@ impl LastKnownGood {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
-        let bad = |why: &str| format!("{} is not a usable last-known-good file: {why}", self.path.display());
+        let bad = |why: &str| {
+            format!(
+                "{} is not a usable last-known-good file: {why}",
+                self.path.display()
+            )
+        };
         if text.len() as u64 > limits.max_total_bytes {
             return Err(bad("larger than the configuration size limit"));
         }
@@ -106,7 +119,11 @@ impl LastKnownGood {
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     for _ in 0..16 {
         let p = dir.join(format!(".{FILE}.{}.tmp", fastrand::u64(..)));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -130,7 +147,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lkg = LastKnownGood::in_dir(dir.path());
         let limits = Limits::default();
-        assert!(lkg.load(&limits).unwrap().is_none(), "no file is not an error");
+        assert!(
+            lkg.load(&limits).unwrap().is_none(),
+            "no file is not an error"
+        );
 
         lkg.save(7, "sha256:x", "ws://op", &raw(SNAP)).unwrap();
         let r = lkg.load(&limits).unwrap().unwrap();
@@ -151,7 +171,10 @@ mod tests {
         assert!(lkg.load(&limits).is_err());
 
         // no temp files left behind
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -159,7 +182,13 @@ mod tests {
     fn a_checksummed_but_invalid_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let lkg = LastKnownGood::in_dir(dir.path());
-        lkg.save(1, "sha256:x", "ws://op", &raw(r#"{"http":{"routers":{"r":{"rule":"Host(","service":"s"}}}}"#)).unwrap();
+        lkg.save(
+            1,
+            "sha256:x",
+            "ws://op",
+            &raw(r#"{"http":{"routers":{"r":{"rule":"Host(","service":"s"}}}}"#),
+        )
+        .unwrap();
         let e = lkg.load(&Limits::default()).unwrap_err();
         assert!(e.contains("http.routers.r"), "{e}");
     }

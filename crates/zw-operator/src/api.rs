@@ -93,20 +93,45 @@ pub struct SnapshotInfo {
 pub fn router(app: App) -> Router {
     let api = Router::new()
         .route("/regions", get(list_regions).post(create_region))
-        .route("/regions/{name}", get(get_region).patch(update_region).delete(delete_region))
+        .route(
+            "/regions/{name}",
+            get(get_region).patch(update_region).delete(delete_region),
+        )
         .route("/nodes", get(list_nodes).post(create_node))
-        .route("/nodes/{id}", get(get_node).patch(update_node).delete(delete_node))
+        .route(
+            "/nodes/{id}",
+            get(get_node).patch(update_node).delete(delete_node),
+        )
         .route("/nodes/{id}/heartbeat", post(heartbeat))
         .route("/images", get(list_images).post(create_image))
         .route("/images/{name}", get(get_image).delete(delete_image))
-        .route("/deployments", get(list_deployments).post(create_deployment))
-        .route("/deployments/{name}", get(get_deployment).patch(update_deployment).delete(delete_deployment))
+        .route(
+            "/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/deployments/{name}",
+            get(get_deployment)
+                .patch(update_deployment)
+                .delete(delete_deployment),
+        )
         .route("/instances", get(list_instances).post(create_instance))
-        .route("/instances/{id}", get(get_instance).patch(update_instance).delete(delete_instance))
+        .route(
+            "/instances/{id}",
+            get(get_instance)
+                .patch(update_instance)
+                .delete(delete_instance),
+        )
         .route("/domains", get(list_domains).post(create_domain))
-        .route("/domains/{name}", get(get_domain).patch(update_domain).delete(delete_domain))
+        .route(
+            "/domains/{name}",
+            get(get_domain).patch(update_domain).delete(delete_domain),
+        )
         .route("/edge-proxies", get(list_edges).post(create_edge))
-        .route("/edge-proxies/{id}", get(get_edge).patch(update_edge).delete(delete_edge))
+        .route(
+            "/edge-proxies/{id}",
+            get(get_edge).patch(update_edge).delete(delete_edge),
+        )
         .route("/join-tokens", get(list_tokens).post(create_token))
         .route("/join-tokens/{id}", axum::routing::delete(delete_token))
         .route("/apply", post(apply))
@@ -114,7 +139,10 @@ pub fn router(app: App) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/edge/connect", get(edge_ws::connect))
         .fallback(|| async { Error::not_found("endpoint") })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
@@ -124,7 +152,11 @@ pub fn router(app: App) -> Router {
 
 /// Every `/api/v1` request needs a token. Join tokens for edges may open the control
 /// connection and read the edge list (what balancers need); everything else is the admin's.
-async fn authenticate(State(app): State<App>, mut req: axum::extract::Request, next: Next) -> Response {
+async fn authenticate(
+    State(app): State<App>,
+    mut req: axum::extract::Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -145,7 +177,8 @@ async fn authenticate(State(app): State<App>, mut req: axum::extract::Request, n
     let allowed = match principal {
         Principal::Admin => true,
         Principal::Join(TokenRole::Edge) => {
-            req.method() == http::Method::GET && (path.ends_with("/edge/connect") || path.ends_with("/edge-proxies"))
+            req.method() == http::Method::GET
+                && (path.ends_with("/edge/connect") || path.ends_with("/edge-proxies"))
         }
         Principal::Join(TokenRole::Agent) => false,
     };
@@ -164,25 +197,40 @@ fn store(app: &App) -> &Store {
 
 #[utoipa::path(get, path = "/api/v1/regions", tag = "regions", params(ListParams),
     responses((status = 200, body = Page<Region>), (status = 401, body = ApiError)))]
-async fn list_regions(State(app): State<App>, Query(p): Query<ListParams>) -> ApiResult<axum::Json<Page<Region>>> {
-    Ok(axum::Json(store(&app).regions(p.after.as_deref(), p.limit).await?))
+async fn list_regions(
+    State(app): State<App>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Region>>> {
+    Ok(axum::Json(
+        store(&app).regions(p.after.as_deref(), p.limit).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/regions", tag = "regions", request_body = NewRegion,
     responses((status = 201, body = Region), (status = 400, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-async fn create_region(State(app): State<App>, Json(new): Json<NewRegion>) -> ApiResult<Created<Region>> {
+async fn create_region(
+    State(app): State<App>,
+    Json(new): Json<NewRegion>,
+) -> ApiResult<Created<Region>> {
     Ok(created(store(&app).create_region(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/regions/{name}", tag = "regions",
     responses((status = 200, body = Region), (status = 404, body = ApiError)))]
-async fn get_region(State(app): State<App>, Path(name): Path<String>) -> ApiResult<axum::Json<Region>> {
+async fn get_region(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Region>> {
     Ok(axum::Json(store(&app).region(&name).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/regions/{name}", tag = "regions", request_body = RegionPatch,
     responses((status = 200, body = Region), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
-async fn update_region(State(app): State<App>, Path(name): Path<String>, Json(p): Json<RegionPatch>) -> ApiResult<axum::Json<Region>> {
+async fn update_region(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(p): Json<RegionPatch>,
+) -> ApiResult<axum::Json<Region>> {
     Ok(axum::Json(store(&app).update_region(&name, p).await?))
 }
 
@@ -197,13 +245,20 @@ async fn delete_region(State(app): State<App>, Path(name): Path<String>) -> ApiR
 
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(NodeParams),
     responses((status = 200, body = Page<Node>)))]
-async fn list_nodes(State(app): State<App>, Query(p): Query<NodeParams>) -> ApiResult<axum::Json<Page<Node>>> {
+async fn list_nodes(
+    State(app): State<App>,
+    Query(p): Query<NodeParams>,
+) -> ApiResult<axum::Json<Page<Node>>> {
     let filter = NodeFilter {
         node_type: p.node_type,
         state: p.state,
         region: p.region,
     };
-    Ok(axum::Json(store(&app).nodes(&filter, p.after.as_deref(), p.limit).await?))
+    Ok(axum::Json(
+        store(&app)
+            .nodes(&filter, p.after.as_deref(), p.limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = NewNode,
@@ -220,13 +275,21 @@ async fn get_node(State(app): State<App>, Path(id): Path<String>) -> ApiResult<a
 
 #[utoipa::path(patch, path = "/api/v1/nodes/{id}", tag = "nodes", request_body = NodePatch,
     responses((status = 200, body = Node), (status = 404, body = ApiError)))]
-async fn update_node(State(app): State<App>, Path(id): Path<String>, Json(p): Json<NodePatch>) -> ApiResult<axum::Json<Node>> {
+async fn update_node(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(p): Json<NodePatch>,
+) -> ApiResult<axum::Json<Node>> {
     Ok(axum::Json(store(&app).update_node(&id, p).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "nodes", request_body = Heartbeat,
     responses((status = 200, body = Node), (status = 404, body = ApiError)))]
-async fn heartbeat(State(app): State<App>, Path(id): Path<String>, Json(h): Json<Heartbeat>) -> ApiResult<axum::Json<Node>> {
+async fn heartbeat(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(h): Json<Heartbeat>,
+) -> ApiResult<axum::Json<Node>> {
     Ok(axum::Json(store(&app).heartbeat(&id, h.resources).await?))
 }
 
@@ -241,19 +304,30 @@ async fn delete_node(State(app): State<App>, Path(id): Path<String>) -> ApiResul
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", params(ListParams),
     responses((status = 200, body = Page<Image>)))]
-async fn list_images(State(app): State<App>, Query(p): Query<ListParams>) -> ApiResult<axum::Json<Page<Image>>> {
-    Ok(axum::Json(store(&app).images(p.after.as_deref(), p.limit).await?))
+async fn list_images(
+    State(app): State<App>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Image>>> {
+    Ok(axum::Json(
+        store(&app).images(p.after.as_deref(), p.limit).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/images", tag = "images", request_body = NewImage,
     responses((status = 201, body = Image), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-async fn create_image(State(app): State<App>, Json(new): Json<NewImage>) -> ApiResult<Created<Image>> {
+async fn create_image(
+    State(app): State<App>,
+    Json(new): Json<NewImage>,
+) -> ApiResult<Created<Image>> {
     Ok(created(store(&app).create_image(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{name}", tag = "images",
     responses((status = 200, body = Image), (status = 404, body = ApiError)))]
-async fn get_image(State(app): State<App>, Path(name): Path<String>) -> ApiResult<axum::Json<Image>> {
+async fn get_image(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Image>> {
     Ok(axum::Json(store(&app).image(&name).await?))
 }
 
@@ -268,38 +342,59 @@ async fn delete_image(State(app): State<App>, Path(name): Path<String>) -> ApiRe
 
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(ListParams),
     responses((status = 200, body = Page<Deployment>)))]
-async fn list_deployments(State(app): State<App>, Query(p): Query<ListParams>) -> ApiResult<axum::Json<Page<Deployment>>> {
-    Ok(axum::Json(store(&app).deployments(p.after.as_deref(), p.limit).await?))
+async fn list_deployments(
+    State(app): State<App>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Deployment>>> {
+    Ok(axum::Json(
+        store(&app).deployments(p.after.as_deref(), p.limit).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = NewDeployment,
     responses((status = 201, body = Deployment), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-async fn create_deployment(State(app): State<App>, Json(new): Json<NewDeployment>) -> ApiResult<Created<Deployment>> {
+async fn create_deployment(
+    State(app): State<App>,
+    Json(new): Json<NewDeployment>,
+) -> ApiResult<Created<Deployment>> {
     Ok(created(store(&app).create_deployment(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}", tag = "deployments",
     responses((status = 200, body = Deployment), (status = 404, body = ApiError)))]
-async fn get_deployment(State(app): State<App>, Path(name): Path<String>) -> ApiResult<axum::Json<Deployment>> {
+async fn get_deployment(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Deployment>> {
     Ok(axum::Json(store(&app).deployment(&name).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/deployments/{name}", tag = "deployments", request_body = DeploymentPatch,
     responses((status = 200, body = Deployment), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
-async fn update_deployment(State(app): State<App>, Path(name): Path<String>, Json(p): Json<DeploymentPatch>) -> ApiResult<axum::Json<Deployment>> {
+async fn update_deployment(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(p): Json<DeploymentPatch>,
+) -> ApiResult<axum::Json<Deployment>> {
     Ok(axum::Json(store(&app).update_deployment(&name, p).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "deployments",
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn delete_deployment(State(app): State<App>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_deployment(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     store(&app).delete_deployment(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/apply", tag = "deployments", request_body = ApplySpec,
     responses((status = 200, body = Applied), (status = 400, body = ApiError), (status = 422, body = ApiError)))]
-async fn apply(State(app): State<App>, Json(spec): Json<ApplySpec>) -> ApiResult<axum::Json<Applied>> {
+async fn apply(
+    State(app): State<App>,
+    Json(spec): Json<ApplySpec>,
+) -> ApiResult<axum::Json<Applied>> {
     Ok(axum::Json(store(&app).apply(spec).await?))
 }
 
@@ -307,30 +402,47 @@ async fn apply(State(app): State<App>, Json(spec): Json<ApplySpec>) -> ApiResult
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(InstanceParams),
     responses((status = 200, body = Page<Instance>)))]
-async fn list_instances(State(app): State<App>, Query(p): Query<InstanceParams>) -> ApiResult<axum::Json<Page<Instance>>> {
+async fn list_instances(
+    State(app): State<App>,
+    Query(p): Query<InstanceParams>,
+) -> ApiResult<axum::Json<Page<Instance>>> {
     let filter = InstanceFilter {
         deployment: p.deployment,
         node: p.node,
         state: p.state,
     };
-    Ok(axum::Json(store(&app).instances(&filter, p.after.as_deref(), p.limit).await?))
+    Ok(axum::Json(
+        store(&app)
+            .instances(&filter, p.after.as_deref(), p.limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = NewInstance,
     responses((status = 201, body = Instance), (status = 422, body = ApiError)))]
-async fn create_instance(State(app): State<App>, Json(new): Json<NewInstance>) -> ApiResult<Created<Instance>> {
+async fn create_instance(
+    State(app): State<App>,
+    Json(new): Json<NewInstance>,
+) -> ApiResult<Created<Instance>> {
     Ok(created(store(&app).create_instance(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances",
     responses((status = 200, body = Instance), (status = 404, body = ApiError)))]
-async fn get_instance(State(app): State<App>, Path(id): Path<String>) -> ApiResult<axum::Json<Instance>> {
+async fn get_instance(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Instance>> {
     Ok(axum::Json(store(&app).instance(&id).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/instances/{id}", tag = "instances", request_body = InstancePatch,
     responses((status = 200, body = Instance), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
-async fn update_instance(State(app): State<App>, Path(id): Path<String>, Json(p): Json<InstancePatch>) -> ApiResult<axum::Json<Instance>> {
+async fn update_instance(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(p): Json<InstancePatch>,
+) -> ApiResult<axum::Json<Instance>> {
     Ok(axum::Json(store(&app).update_instance(&id, p).await?))
 }
 
@@ -345,25 +457,42 @@ async fn delete_instance(State(app): State<App>, Path(id): Path<String>) -> ApiR
 
 #[utoipa::path(get, path = "/api/v1/domains", tag = "domains", params(DomainParams),
     responses((status = 200, body = Page<Domain>)))]
-async fn list_domains(State(app): State<App>, Query(p): Query<DomainParams>) -> ApiResult<axum::Json<Page<Domain>>> {
-    Ok(axum::Json(store(&app).domains(p.deployment.as_deref(), p.after.as_deref(), p.limit).await?))
+async fn list_domains(
+    State(app): State<App>,
+    Query(p): Query<DomainParams>,
+) -> ApiResult<axum::Json<Page<Domain>>> {
+    Ok(axum::Json(
+        store(&app)
+            .domains(p.deployment.as_deref(), p.after.as_deref(), p.limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/domains", tag = "domains", request_body = NewDomain,
     responses((status = 201, body = Domain), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-async fn create_domain(State(app): State<App>, Json(new): Json<NewDomain>) -> ApiResult<Created<Domain>> {
+async fn create_domain(
+    State(app): State<App>,
+    Json(new): Json<NewDomain>,
+) -> ApiResult<Created<Domain>> {
     Ok(created(store(&app).create_domain(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/domains/{name}", tag = "domains",
     responses((status = 200, body = Domain), (status = 404, body = ApiError)))]
-async fn get_domain(State(app): State<App>, Path(name): Path<String>) -> ApiResult<axum::Json<Domain>> {
+async fn get_domain(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Domain>> {
     Ok(axum::Json(store(&app).domain(&name).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/domains/{name}", tag = "domains", request_body = DomainPatch,
     responses((status = 200, body = Domain), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
-async fn update_domain(State(app): State<App>, Path(name): Path<String>, Json(p): Json<DomainPatch>) -> ApiResult<axum::Json<Domain>> {
+async fn update_domain(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(p): Json<DomainPatch>,
+) -> ApiResult<axum::Json<Domain>> {
     Ok(axum::Json(store(&app).update_domain(&name, p).await?))
 }
 
@@ -378,25 +507,42 @@ async fn delete_domain(State(app): State<App>, Path(name): Path<String>) -> ApiR
 
 #[utoipa::path(get, path = "/api/v1/edge-proxies", tag = "edge-proxies", params(EdgeParams),
     responses((status = 200, body = Page<EdgeProxy>)))]
-async fn list_edges(State(app): State<App>, Query(p): Query<EdgeParams>) -> ApiResult<axum::Json<Page<EdgeProxy>>> {
-    Ok(axum::Json(store(&app).edge_proxies(p.region.as_deref(), p.after.as_deref(), p.limit).await?))
+async fn list_edges(
+    State(app): State<App>,
+    Query(p): Query<EdgeParams>,
+) -> ApiResult<axum::Json<Page<EdgeProxy>>> {
+    Ok(axum::Json(
+        store(&app)
+            .edge_proxies(p.region.as_deref(), p.after.as_deref(), p.limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/edge-proxies", tag = "edge-proxies", request_body = NewEdgeProxy,
     responses((status = 201, body = EdgeProxy), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-async fn create_edge(State(app): State<App>, Json(new): Json<NewEdgeProxy>) -> ApiResult<Created<EdgeProxy>> {
+async fn create_edge(
+    State(app): State<App>,
+    Json(new): Json<NewEdgeProxy>,
+) -> ApiResult<Created<EdgeProxy>> {
     Ok(created(store(&app).create_edge_proxy(new).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/edge-proxies/{id}", tag = "edge-proxies",
     responses((status = 200, body = EdgeProxy), (status = 404, body = ApiError)))]
-async fn get_edge(State(app): State<App>, Path(id): Path<String>) -> ApiResult<axum::Json<EdgeProxy>> {
+async fn get_edge(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EdgeProxy>> {
     Ok(axum::Json(store(&app).edge_proxy(&id).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/edge-proxies/{id}", tag = "edge-proxies", request_body = EdgeProxyPatch,
     responses((status = 200, body = EdgeProxy), (status = 404, body = ApiError)))]
-async fn update_edge(State(app): State<App>, Path(id): Path<String>, Json(p): Json<EdgeProxyPatch>) -> ApiResult<axum::Json<EdgeProxy>> {
+async fn update_edge(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(p): Json<EdgeProxyPatch>,
+) -> ApiResult<axum::Json<EdgeProxy>> {
     Ok(axum::Json(store(&app).update_edge_proxy(&id, p).await?))
 }
 
@@ -411,13 +557,21 @@ async fn delete_edge(State(app): State<App>, Path(id): Path<String>) -> ApiResul
 
 #[utoipa::path(get, path = "/api/v1/join-tokens", tag = "join-tokens", params(ListParams),
     responses((status = 200, body = Page<JoinToken>)))]
-async fn list_tokens(State(app): State<App>, Query(p): Query<ListParams>) -> ApiResult<axum::Json<Page<JoinToken>>> {
-    Ok(axum::Json(store(&app).join_tokens(p.after.as_deref(), p.limit).await?))
+async fn list_tokens(
+    State(app): State<App>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<JoinToken>>> {
+    Ok(axum::Json(
+        store(&app).join_tokens(p.after.as_deref(), p.limit).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/join-tokens", tag = "join-tokens", request_body = NewJoinToken,
     responses((status = 201, body = JoinToken, description = "the token is shown in this answer only")))]
-async fn create_token(State(app): State<App>, Json(new): Json<NewJoinToken>) -> ApiResult<Created<JoinToken>> {
+async fn create_token(
+    State(app): State<App>,
+    Json(new): Json<NewJoinToken>,
+) -> ApiResult<Created<JoinToken>> {
     Ok(created(store(&app).create_join_token(new.role).await?))
 }
 
@@ -432,10 +586,21 @@ async fn delete_token(State(app): State<App>, Path(id): Path<String>) -> ApiResu
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{region}", tag = "snapshots",
     responses((status = 200, body = SnapshotInfo), (status = 404, body = ApiError)))]
-async fn get_snapshot(State(app): State<App>, Path(region): Path<String>) -> ApiResult<axum::Json<SnapshotInfo>> {
-    let s = store(&app).latest_snapshot(&region).await?.ok_or_else(|| Error::not_found(&format!("a snapshot for region `{region}`")))?;
-    let snapshot = serde_json::value::RawValue::from_string(s.body)
-        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored snapshot is not JSON: {e}")))?;
+async fn get_snapshot(
+    State(app): State<App>,
+    Path(region): Path<String>,
+) -> ApiResult<axum::Json<SnapshotInfo>> {
+    let s = store(&app)
+        .latest_snapshot(&region)
+        .await?
+        .ok_or_else(|| Error::not_found(&format!("a snapshot for region `{region}`")))?;
+    let snapshot = serde_json::value::RawValue::from_string(s.body).map_err(|e| {
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("stored snapshot is not JSON: {e}"),
+        )
+    })?;
     Ok(axum::Json(SnapshotInfo {
         region: s.region,
         version: s.version,
@@ -454,7 +619,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 

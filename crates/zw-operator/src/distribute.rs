@@ -66,7 +66,10 @@ pub(crate) async fn compile_loop(
     }
 }
 
-async fn compile_once(store: &Store, base: &Config) -> Result<BTreeMap<String, Arc<Published>>, String> {
+async fn compile_once(
+    store: &Store,
+    base: &Config,
+) -> Result<BTreeMap<String, Arc<Published>>, String> {
     let state = store.routing_state().await.map_err(|e| e.to_string())?;
     let limits = Limits::default();
     let mut out = BTreeMap::new();
@@ -86,7 +89,10 @@ async fn compile_once(store: &Store, base: &Config) -> Result<BTreeMap<String, A
             }
         };
         let body = serde_json::to_string(&valid.config).map_err(|e| e.to_string())?;
-        let stored = store.record_snapshot(region, &valid.hash, &body).await.map_err(|e| e.to_string())?;
+        let stored = store
+            .record_snapshot(region, &valid.hash, &body)
+            .await
+            .map_err(|e| e.to_string())?;
         out.insert(
             region.clone(),
             Arc::new(Published {

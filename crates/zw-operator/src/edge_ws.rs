@@ -34,17 +34,29 @@ async fn refuse(mut socket: WebSocket, message: String) {
 
 async fn session(app: App, mut socket: WebSocket) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
-        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<EdgeMessage>(&t).map_err(|e| e.to_string()),
+        Ok(Some(Ok(Message::Text(t)))) => {
+            serde_json::from_str::<EdgeMessage>(&t).map_err(|e| e.to_string())
+        }
         Ok(Some(Ok(_))) => Err("the first message must be a JSON hello".to_string()),
         Ok(_) => return,
         Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
     };
     let (id, region, address, version, hash) = match hello {
-        Ok(EdgeMessage::Hello { id, region, address, version, hash }) => (id, region, address, version, hash),
+        Ok(EdgeMessage::Hello {
+            id,
+            region,
+            address,
+            version,
+            hash,
+        }) => (id, region, address, version, hash),
         Ok(_) => return refuse(socket, "the first message must be a hello".into()).await,
         Err(e) => return refuse(socket, format!("bad hello: {e}")).await,
     };
-    if let Err(e) = app.store.edge_hello(&id, &region, &address, version, hash.as_deref()).await {
+    if let Err(e) = app
+        .store
+        .edge_hello(&id, &region, &address, version, hash.as_deref())
+        .await
+    {
         return refuse(socket, e.to_string()).await;
     }
     tracing::info!(edge = %id, %region, %address, ?version, "edge connected");
@@ -60,7 +72,9 @@ async fn session(app: App, mut socket: WebSocket) {
     let reason = loop {
         let current = published.borrow_and_update().get(&region).cloned();
         if let Some(snap) = current {
-            let runs_it = running.as_ref().is_some_and(|(v, h)| *v == snap.version && *h == snap.hash);
+            let runs_it = running
+                .as_ref()
+                .is_some_and(|(v, h)| *v == snap.version && *h == snap.hash);
             if !runs_it && last_sent != Some(snap.version) {
                 let nonce = zw_store::random_hex(8);
                 let raw = match serde_json::value::RawValue::from_string(snap.body.to_string()) {

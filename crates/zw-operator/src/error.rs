@@ -55,20 +55,35 @@ impl Error {
     }
 
     pub fn not_found(what: &str) -> Error {
-        Error::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Error::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
-            StoreError::NotFound { .. } => Error::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            StoreError::Conflict(f) => Error::new(StatusCode::CONFLICT, "conflict", f.to_string()).field(f.field),
-            StoreError::Invalid(f) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", f.to_string()).field(f.field),
+            StoreError::NotFound { .. } => {
+                Error::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            StoreError::Conflict(f) => {
+                Error::new(StatusCode::CONFLICT, "conflict", f.to_string()).field(f.field)
+            }
+            StoreError::Invalid(f) => {
+                Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", f.to_string())
+                    .field(f.field)
+            }
             StoreError::Db(_) | StoreError::Other(_) => {
                 // The details are for the operator's log, not for API clients.
                 tracing::error!(error = %e, "store error");
-                Error::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the state store failed; see the operator's log")
+                Error::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the state store failed; see the operator's log",
+                )
             }
         }
     }
@@ -116,8 +131,13 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         };
         Error::new(StatusCode::BAD_REQUEST, "bad_request", message).field(field)
     })?;
-    de.end()
-        .map_err(|e| Error::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))?;
+    de.end().map_err(|e| {
+        Error::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
     Ok(value)
 }
 
@@ -130,11 +150,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
-        serde_path_to_error::deserialize(de).map(Query).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let field = if path == "." { String::new() } else { path };
-            Error::new(StatusCode::BAD_REQUEST, "bad_request", format!("query parameter {field}: {message}")).field(field)
-        })
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let field = if path == "." { String::new() } else { path };
+                Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("query parameter {field}: {message}"),
+                )
+                .field(field)
+            })
     }
 }

@@ -62,7 +62,11 @@ impl Operator {
             stop_rx,
         ));
         Operator {
-            app: App { store, published, stop },
+            app: App {
+                store,
+                published,
+                stop,
+            },
             compiler,
         }
     }
@@ -78,7 +82,11 @@ impl Operator {
     }
 
     /// Serves the API until `shutdown` completes, then closes edge sessions and stops.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let stop = self.app.stop.clone();
         let router = self.router();
         let result = axum::serve(listener, router)

@@ -24,21 +24,42 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(op.serve(listener, std::future::pending()));
-        Api { addr, token, store, _db: db }
+        Api {
+            addr,
+            token,
+            store,
+            _db: db,
+        }
     }
 
-    async fn raw(&self, method: &str, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
-        let mut req = http::Request::builder().method(method).uri(path).header("host", "op");
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "op");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = send.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+        let resp = send
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, v)
     }
 
@@ -64,55 +85,183 @@ async fn every_endpoint_works() {
         assert_eq!((s, body), (200, Value::String("ok\n".into())));
 
         // regions
-        let r = api.ok("POST", "/api/v1/regions", Some(json!({"name": "eu", "balancer_address": "127.0.0.1:8000"}))).await;
+        let r = api
+            .ok(
+                "POST",
+                "/api/v1/regions",
+                Some(json!({"name": "eu", "balancer_address": "127.0.0.1:8000"})),
+            )
+            .await;
         assert_eq!(r["name"], "eu");
-        api.ok("POST", "/api/v1/regions", Some(json!({"name": "us"}))).await;
-        assert_eq!(api.ok("GET", "/api/v1/regions/eu", None).await["balancer_address"], "127.0.0.1:8000");
-        let r = api.ok("PATCH", "/api/v1/regions/us", Some(json!({"balancer_address": "127.0.0.2:8000"}))).await;
+        api.ok("POST", "/api/v1/regions", Some(json!({"name": "us"})))
+            .await;
+        assert_eq!(
+            api.ok("GET", "/api/v1/regions/eu", None).await["balancer_address"],
+            "127.0.0.1:8000"
+        );
+        let r = api
+            .ok(
+                "PATCH",
+                "/api/v1/regions/us",
+                Some(json!({"balancer_address": "127.0.0.2:8000"})),
+            )
+            .await;
         assert_eq!(r["balancer_address"], "127.0.0.2:8000");
-        assert_eq!(api.ok("GET", "/api/v1/regions", None).await["items"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            api.ok("GET", "/api/v1/regions", None).await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
 
         // nodes, with the seeds' filters
         let w = api.ok("POST", "/api/v1/nodes", Some(json!({"hostname": "w1", "address": "127.0.0.1", "region": "eu", "type": "worker"}))).await;
         let node = w["id"].as_str().unwrap().to_string();
         api.ok("POST", "/api/v1/nodes", Some(json!({"hostname": "w2", "address": "127.0.0.1", "region": "eu", "type": "worker", "state": "draining"}))).await;
-        api.ok("POST", "/api/v1/nodes", Some(json!({"hostname": "e1", "address": "127.0.0.1", "region": "eu", "type": "edge"}))).await;
-        let ready = api.ok("GET", "/api/v1/nodes?type=worker&state=ready", None).await;
-        let ids: Vec<&str> = ready["items"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        api.ok(
+            "POST",
+            "/api/v1/nodes",
+            Some(json!({"hostname": "e1", "address": "127.0.0.1", "region": "eu", "type": "edge"})),
+        )
+        .await;
+        let ready = api
+            .ok("GET", "/api/v1/nodes?type=worker&state=ready", None)
+            .await;
+        let ids: Vec<&str> = ready["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, [node.as_str()], "{backend:?}");
-        let n = api.ok("PATCH", &format!("/api/v1/nodes/{node}"), Some(json!({"resources": {"cpu_millis": 4000, "memory_mb": 8192}}))).await;
+        let n = api
+            .ok(
+                "PATCH",
+                &format!("/api/v1/nodes/{node}"),
+                Some(json!({"resources": {"cpu_millis": 4000, "memory_mb": 8192}})),
+            )
+            .await;
         assert_eq!(n["resources"]["cpu_millis"], 4000);
-        let n = api.ok("POST", &format!("/api/v1/nodes/{node}/heartbeat"), Some(json!({}))).await;
+        let n = api
+            .ok(
+                "POST",
+                &format!("/api/v1/nodes/{node}/heartbeat"),
+                Some(json!({})),
+            )
+            .await;
         assert!(n["last_heartbeat_at"].is_string());
-        assert_eq!(api.ok("GET", &format!("/api/v1/nodes/{node}"), None).await["hostname"], "w1");
+        assert_eq!(
+            api.ok("GET", &format!("/api/v1/nodes/{node}"), None).await["hostname"],
+            "w1"
+        );
 
         // images and deployments
         api.ok("POST", "/api/v1/images", Some(json!({"name": "hello", "command": ["/bin/hello", "--port", "8080"], "env": {"MODE": "prod"}}))).await;
-        assert_eq!(api.ok("GET", "/api/v1/images/hello", None).await["env"]["MODE"], "prod");
-        api.ok("POST", "/api/v1/images", Some(json!({"name": "other", "command": ["/bin/other"]}))).await;
+        assert_eq!(
+            api.ok("GET", "/api/v1/images/hello", None).await["env"]["MODE"],
+            "prod"
+        );
+        api.ok(
+            "POST",
+            "/api/v1/images",
+            Some(json!({"name": "other", "command": ["/bin/other"]})),
+        )
+        .await;
         api.ok("DELETE", "/api/v1/images/other", None).await;
-        assert_eq!(api.ok("GET", "/api/v1/images", None).await["items"].as_array().unwrap().len(), 1);
-        let d = api.ok("POST", "/api/v1/deployments", Some(json!({"name": "web", "image": "hello", "regions": ["eu"], "port": 8080}))).await;
-        assert_eq!((d["replicas"].as_u64(), d["status"].as_str()), (Some(1), Some("pending")));
-        let d = api.ok("PATCH", "/api/v1/deployments/web", Some(json!({"replicas": 3, "status": "running"}))).await;
+        assert_eq!(
+            api.ok("GET", "/api/v1/images", None).await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let d = api
+            .ok(
+                "POST",
+                "/api/v1/deployments",
+                Some(json!({"name": "web", "image": "hello", "regions": ["eu"], "port": 8080})),
+            )
+            .await;
+        assert_eq!(
+            (d["replicas"].as_u64(), d["status"].as_str()),
+            (Some(1), Some("pending"))
+        );
+        let d = api
+            .ok(
+                "PATCH",
+                "/api/v1/deployments/web",
+                Some(json!({"replicas": 3, "status": "running"})),
+            )
+            .await;
         assert_eq!(d["replicas"], 3);
-        assert_eq!(api.ok("GET", "/api/v1/deployments", None).await["items"][0]["name"], "web");
+        assert_eq!(
+            api.ok("GET", "/api/v1/deployments", None).await["items"][0]["name"],
+            "web"
+        );
 
         // instances
-        let i = api.ok("POST", "/api/v1/instances", Some(json!({"deployment": "web", "node": node}))).await;
+        let i = api
+            .ok(
+                "POST",
+                "/api/v1/instances",
+                Some(json!({"deployment": "web", "node": node})),
+            )
+            .await;
         let inst = i["id"].as_str().unwrap().to_string();
         assert_eq!(i["state"], "created");
-        let i = api.ok("PATCH", &format!("/api/v1/instances/{inst}"), Some(json!({"state": "started", "address": "127.0.0.1", "port": 31000}))).await;
+        let i = api
+            .ok(
+                "PATCH",
+                &format!("/api/v1/instances/{inst}"),
+                Some(json!({"state": "started", "address": "127.0.0.1", "port": 31000})),
+            )
+            .await;
         assert_eq!(i["state"], "started");
-        assert_eq!(api.ok("GET", "/api/v1/instances?deployment=web&state=started", None).await["items"].as_array().unwrap().len(), 1);
-        assert_eq!(api.ok("GET", "/api/v1/instances?state=stopped", None).await["items"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            api.ok(
+                "GET",
+                "/api/v1/instances?deployment=web&state=started",
+                None
+            )
+            .await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            api.ok("GET", "/api/v1/instances?state=stopped", None).await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
 
         // domains
-        let dom = api.ok("POST", "/api/v1/domains", Some(json!({"name": "app.example.com", "deployment": "web"}))).await;
+        let dom = api
+            .ok(
+                "POST",
+                "/api/v1/domains",
+                Some(json!({"name": "app.example.com", "deployment": "web"})),
+            )
+            .await;
         assert!(dom["verified_at"].is_null());
-        let dom = api.ok("PATCH", "/api/v1/domains/app.example.com", Some(json!({"verified": true}))).await;
+        let dom = api
+            .ok(
+                "PATCH",
+                "/api/v1/domains/app.example.com",
+                Some(json!({"verified": true})),
+            )
+            .await;
         assert!(dom["verified_at"].is_string());
-        assert_eq!(api.ok("GET", "/api/v1/domains?deployment=web", None).await["items"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            api.ok("GET", "/api/v1/domains?deployment=web", None).await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
 
         // the snapshot follows (pushed by the compiler loop; give it a moment)
         let mut snap = Value::Null;
@@ -124,28 +273,81 @@ async fn every_endpoint_works() {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        assert_eq!(snap["snapshot"]["http"]["services"]["deployment-web"]["loadBalancer"]["servers"][0]["url"], "http://127.0.0.1:31000", "{backend:?}: {snap}");
+        assert_eq!(
+            snap["snapshot"]["http"]["services"]["deployment-web"]["loadBalancer"]["servers"][0]
+                ["url"],
+            "http://127.0.0.1:31000",
+            "{backend:?}: {snap}"
+        );
         // us has no instance: its edges forward to eu's balancer
         let us = api.ok("GET", "/api/v1/snapshots/us", None).await;
-        assert_eq!(us["snapshot"]["http"]["services"]["deployment-web"]["loadBalancer"]["servers"][0]["url"], "http://127.0.0.1:8000");
+        assert_eq!(
+            us["snapshot"]["http"]["services"]["deployment-web"]["loadBalancer"]["servers"][0]
+                ["url"],
+            "http://127.0.0.1:8000"
+        );
 
         // edge proxies and join tokens
-        let e = api.ok("POST", "/api/v1/edge-proxies", Some(json!({"id": "edge-a", "region": "eu", "address": "127.0.0.1:8080"}))).await;
-        assert_eq!((e["connected"].as_bool(), e["state"].as_str()), (Some(false), Some("active")));
-        let e = api.ok("PATCH", "/api/v1/edge-proxies/edge-a", Some(json!({"state": "draining"}))).await;
+        let e = api
+            .ok(
+                "POST",
+                "/api/v1/edge-proxies",
+                Some(json!({"id": "edge-a", "region": "eu", "address": "127.0.0.1:8080"})),
+            )
+            .await;
+        assert_eq!(
+            (e["connected"].as_bool(), e["state"].as_str()),
+            (Some(false), Some("active"))
+        );
+        let e = api
+            .ok(
+                "PATCH",
+                "/api/v1/edge-proxies/edge-a",
+                Some(json!({"state": "draining"})),
+            )
+            .await;
         assert_eq!(e["state"], "draining");
-        assert_eq!(api.ok("GET", "/api/v1/edge-proxies?region=eu", None).await["items"].as_array().unwrap().len(), 1);
-        assert_eq!(api.ok("GET", "/api/v1/edge-proxies/edge-a", None).await["id"], "edge-a");
-        let t = api.ok("POST", "/api/v1/join-tokens", Some(json!({"role": "edge"}))).await;
+        assert_eq!(
+            api.ok("GET", "/api/v1/edge-proxies?region=eu", None).await["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            api.ok("GET", "/api/v1/edge-proxies/edge-a", None).await["id"],
+            "edge-a"
+        );
+        let t = api
+            .ok("POST", "/api/v1/join-tokens", Some(json!({"role": "edge"})))
+            .await;
         let join = t["token"].as_str().unwrap().to_string();
         let listed = api.ok("GET", "/api/v1/join-tokens", None).await;
-        assert!(listed["items"][0].get("token").is_none(), "a token is shown once");
+        assert!(
+            listed["items"][0].get("token").is_none(),
+            "a token is shown once"
+        );
         // the edge token reads the edge list (the balancers' discovery) and nothing else
-        assert_eq!(api.raw("GET", "/api/v1/edge-proxies", vec![], Some(&join)).await.0, 200);
+        assert_eq!(
+            api.raw("GET", "/api/v1/edge-proxies", vec![], Some(&join))
+                .await
+                .0,
+            200
+        );
         let (s, v) = api.raw("GET", "/api/v1/nodes", vec![], Some(&join)).await;
         assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")));
-        api.ok("DELETE", &format!("/api/v1/join-tokens/{}", t["id"].as_str().unwrap()), None).await;
-        assert_eq!(api.raw("GET", "/api/v1/edge-proxies", vec![], Some(&join)).await.0, 401);
+        api.ok(
+            "DELETE",
+            &format!("/api/v1/join-tokens/{}", t["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(
+            api.raw("GET", "/api/v1/edge-proxies", vec![], Some(&join))
+                .await
+                .0,
+            401
+        );
 
         // apply: an update of the same deployment, with a second domain
         let applied = api.ok("POST", "/api/v1/apply", Some(json!({
@@ -157,17 +359,33 @@ async fn every_endpoint_works() {
 
         // the OpenAPI document describes the endpoints
         let doc = api.ok("GET", "/api/v1/openapi.json", None).await;
-        for p in ["/api/v1/regions", "/api/v1/nodes/{id}/heartbeat", "/api/v1/edge-proxies", "/api/v1/apply", "/api/v1/join-tokens"] {
-            assert!(doc["paths"][p].is_object(), "{p} missing from the OpenAPI document");
+        for p in [
+            "/api/v1/regions",
+            "/api/v1/nodes/{id}/heartbeat",
+            "/api/v1/edge-proxies",
+            "/api/v1/apply",
+            "/api/v1/join-tokens",
+        ] {
+            assert!(
+                doc["paths"][p].is_object(),
+                "{p} missing from the OpenAPI document"
+            );
         }
         assert!(doc["components"]["schemas"]["Deployment"].is_object());
 
         // deletes
-        api.ok("DELETE", "/api/v1/domains/www.example.com", None).await;
-        api.ok("DELETE", &format!("/api/v1/instances/{inst}"), None).await;
+        api.ok("DELETE", "/api/v1/domains/www.example.com", None)
+            .await;
+        api.ok("DELETE", &format!("/api/v1/instances/{inst}"), None)
+            .await;
         api.ok("DELETE", "/api/v1/edge-proxies/edge-a", None).await;
         api.ok("DELETE", "/api/v1/deployments/web", None).await;
-        let others: Vec<String> = api.ok("GET", "/api/v1/nodes", None).await["items"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+        let others: Vec<String> = api.ok("GET", "/api/v1/nodes", None).await["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect();
         for id in others {
             api.ok("DELETE", &format!("/api/v1/nodes/{id}"), None).await;
         }
@@ -178,13 +396,30 @@ async fn every_endpoint_works() {
     }
 }
 
+/// method, path, body, token ("admin" for the admin's), status, code, field
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<u8>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
 #[tokio::test]
 async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
     for db in TestDb::all().await {
         let backend = db.backend;
         let api = Api::start(db).await;
-        api.ok("POST", "/api/v1/regions", Some(json!({"name": "eu"}))).await;
-        api.ok("POST", "/api/v1/images", Some(json!({"name": "hello", "command": ["/bin/hello"]}))).await;
+        api.ok("POST", "/api/v1/regions", Some(json!({"name": "eu"})))
+            .await;
+        api.ok(
+            "POST",
+            "/api/v1/images",
+            Some(json!({"name": "hello", "command": ["/bin/hello"]})),
+        )
+        .await;
         // the compiler records eu's first snapshot on its own time; let it, before counting
         for _ in 0..200 {
             if api.call("GET", "/api/v1/snapshots/eu", None).await.0 == 200 {
@@ -194,7 +429,7 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
         }
         let before = api.store.counts().await.unwrap();
 
-        let cases: Vec<(&str, &str, Vec<u8>, Option<&str>, u16, &str, Option<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             // no token, a wrong token, a malformed header
             ("GET", "/api/v1/regions", vec![], None, 401, "unauthorized", None),
             ("POST", "/api/v1/regions", br#"{"name":"x"}"#.to_vec(), Some("zw_admin_wrong"), 401, "unauthorized", None),
@@ -240,7 +475,11 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
                 assert!(!v.to_string().contains("eu"), "a 401 leaks nothing: {v}");
             }
         }
-        assert_eq!(api.store.counts().await.unwrap(), before, "{backend:?}: nothing was written");
+        assert_eq!(
+            api.store.counts().await.unwrap(),
+            before,
+            "{backend:?}: nothing was written"
+        );
         api.store.close().await;
     }
 }
@@ -249,7 +488,12 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
 async fn lists_are_paginated() {
     let api = Api::start(TestDb::sqlite()).await;
     for i in 0..7 {
-        api.ok("POST", "/api/v1/regions", Some(json!({"name": format!("r{i}")}))).await;
+        api.ok(
+            "POST",
+            "/api/v1/regions",
+            Some(json!({"name": format!("r{i}")})),
+        )
+        .await;
     }
     let mut names = Vec::new();
     let mut path = "/api/v1/regions?limit=3".to_string();
@@ -257,7 +501,11 @@ async fn lists_are_paginated() {
         let page = api.ok("GET", &path, None).await;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 3);
-        names.extend(items.iter().map(|r| r["name"].as_str().unwrap().to_string()));
+        names.extend(
+            items
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string()),
+        );
         match page["next"].as_str() {
             Some(n) => path = format!("/api/v1/regions?limit=3&after={n}"),
             None => break,

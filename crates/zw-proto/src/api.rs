@@ -484,10 +484,7 @@ pub fn check_host(field: &str, host: &str) -> Result<(), FieldError> {
     } else {
         Err(FieldError::new(
             field,
-            format!(
-                "`{}` is not an IP address or a host name",
-                shorten(host)
-            ),
+            format!("`{}` is not an IP address or a host name", shorten(host)),
         ))
     }
 }
@@ -519,7 +516,12 @@ mod tests {
 
     #[test]
     fn domains() {
-        for ok in ["example.com", "a-b.example.com", "*.example.com", "localhost"] {
+        for ok in [
+            "example.com",
+            "a-b.example.com",
+            "*.example.com",
+            "localhost",
+        ] {
             assert!(check_domain("name", ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -67,7 +67,10 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
         let name = router_name(&d.name);
         let rule = match d.name.strip_prefix("*.") {
             // one label, as `*.x` means in TRAEFIK-RULES.md
-            Some(parent) => format!("HostRegexp(`^[a-z0-9-]+\\.{}$`)", parent.replace('.', "\\.")),
+            Some(parent) => format!(
+                "HostRegexp(`^[a-z0-9-]+\\.{}$`)",
+                parent.replace('.', "\\.")
+            ),
             None => format!("Host(`{}`)", d.name),
         };
         let router = Router {
@@ -205,7 +208,10 @@ mod tests {
             servers(&c, "web"),
             ["http://10.0.0.7:31000", "http://[fd00::7]:31001"]
         );
-        let lb = c.http.services["deployment-web"].load_balancer.as_ref().unwrap();
+        let lb = c.http.services["deployment-web"]
+            .load_balancer
+            .as_ref()
+            .unwrap();
         assert_eq!(lb.health_check.as_ref().unwrap().path, "/healthz");
         zw_config::validate(c, &zw_config::Limits::default()).unwrap();
     }
@@ -214,7 +220,10 @@ mod tests {
     fn a_region_without_instances_forwards_to_a_region_with_some() {
         let c = compile(&state(), "us", &Config::default()).unwrap();
         assert_eq!(servers(&c, "web"), ["http://10.0.0.1:80"]);
-        let lb = c.http.services["deployment-web"].load_balancer.as_ref().unwrap();
+        let lb = c.http.services["deployment-web"]
+            .load_balancer
+            .as_ref()
+            .unwrap();
         assert!(lb.health_check.is_none());
     }
 
@@ -274,9 +283,17 @@ mod tests {
     #[test]
     fn output_is_deterministic() {
         let mut s = state();
-        let a = zw_config::validate(compile(&s, "eu", &Config::default()).unwrap(), &Default::default()).unwrap();
+        let a = zw_config::validate(
+            compile(&s, "eu", &Config::default()).unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
         s.endpoints.reverse();
-        let b = zw_config::validate(compile(&s, "eu", &Config::default()).unwrap(), &Default::default()).unwrap();
+        let b = zw_config::validate(
+            compile(&s, "eu", &Config::default()).unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(a.hash, b.hash);
     }
 }

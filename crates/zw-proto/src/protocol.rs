@@ -44,7 +44,9 @@ pub enum EdgeMessage {
 pub enum OperatorMessage {
     ConfigSnapshot(ConfigSnapshot),
     /// The operator refuses the connection (bad hello, unknown region…); it closes next.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +138,10 @@ mod tests {
             hash: None,
         };
         let text = serde_json::to_string(&hello).unwrap();
-        assert!(text.starts_with(r#"{"type":"hello","id":"edge-1""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"hello","id":"edge-1""#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<EdgeMessage>(&text).unwrap(), hello);
 
         let text = r#"{"type":"config_snapshot","version":3,"nonce":"n","hash":"sha256:x","snapshot":{"http":{}}}"#;
@@ -150,7 +155,12 @@ mod tests {
         }
         assert_eq!(snap.to_json(), text);
         assert!(OperatorMessage::from_json(r#"{"type":"config_snapshot","version":3}"#).is_err());
-        assert!(OperatorMessage::from_json(r#"{"type":"delta"}"#).unwrap_err().contains("delta"));
-        assert!(serde_json::from_str::<EdgeMessage>(r#"{"type":"ack","nonce":"n","version":1,"x":1}"#).is_err());
+        assert!(OperatorMessage::from_json(r#"{"type":"delta"}"#)
+            .unwrap_err()
+            .contains("delta"));
+        assert!(serde_json::from_str::<EdgeMessage>(
+            r#"{"type":"ack","nonce":"n","version":1,"x":1}"#
+        )
+        .is_err());
     }
 }

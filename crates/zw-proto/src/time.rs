@@ -30,9 +30,11 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        parse_rfc3339(&text)
-            .map(Timestamp)
-            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a UTC time like 2026-11-23T19:07:00.042Z")))
+        parse_rfc3339(&text).map(Timestamp).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a UTC time like 2026-11-23T19:07:00.042Z"
+            ))
+        })
     }
 }
 
@@ -59,7 +61,14 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
             None
         }
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || *b.last()? != b'Z' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || *b.last()? != b'Z'
+    {
         return None;
     }
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -68,7 +77,8 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         "" => 0,
         frac => {
             let digits = frac.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit())
+            {
                 return None;
             }
             let padded = format!("{digits:0<3}");
@@ -147,7 +157,10 @@ mod tests {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(super::rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(super::rfc3339(1_795_460_820, 0), "2026-11-23T19:07:00.000Z");
-        assert_eq!(super::rfc3339_millis(1_795_460_820_042), "2026-11-23T19:07:00.042Z");
+        assert_eq!(
+            super::rfc3339_millis(1_795_460_820_042),
+            "2026-11-23T19:07:00.042Z"
+        );
         assert_eq!(super::rfc3339_millis(-5), "1970-01-01T00:00:00.000Z");
     }
 
@@ -156,8 +169,17 @@ mod tests {
         for ms in [0, 951_782_400_005, 1_795_460_820_042, 4_102_444_799_999] {
             assert_eq!(super::parse_rfc3339(&super::rfc3339_millis(ms)), Some(ms));
         }
-        assert_eq!(super::parse_rfc3339("2026-11-23T19:07:00Z"), Some(1_795_460_820_000));
-        for bad in ["", "2026-11-23", "2026-13-01T00:00:00Z", "2026-11-23T19:07:00+01:00", "2026-11-23T19:07:00.Z"] {
+        assert_eq!(
+            super::parse_rfc3339("2026-11-23T19:07:00Z"),
+            Some(1_795_460_820_000)
+        );
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T19:07:00+01:00",
+            "2026-11-23T19:07:00.Z",
+        ] {
             assert_eq!(super::parse_rfc3339(bad), None, "{bad}");
         }
     }

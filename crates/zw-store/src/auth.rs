@@ -36,12 +36,16 @@ impl Store {
     /// Replaces the admin token (the old one stops working at once).
     pub async fn rotate_admin(&self) -> Result<String> {
         let token = format!("zw_admin_{}", random_hex(24));
-        sqlx::query("DELETE FROM tokens WHERE id = 'admin'").execute(&self.pool).await?;
-        sqlx::query("INSERT INTO tokens (id, role, hash, created_at) VALUES ('admin', 'admin', $1, $2)")
-            .bind(digest(&token))
-            .bind(Timestamp::now().0)
+        sqlx::query("DELETE FROM tokens WHERE id = 'admin'")
             .execute(&self.pool)
             .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, role, hash, created_at) VALUES ('admin', 'admin', $1, $2)",
+        )
+        .bind(digest(&token))
+        .bind(Timestamp::now().0)
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 
@@ -63,7 +67,11 @@ impl Store {
         Ok(t)
     }
 
-    pub async fn join_tokens(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<JoinToken>> {
+    pub async fn join_tokens(
+        &self,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<JoinToken>> {
         let limit = page_limit(limit);
         let rows = sqlx::query("SELECT id, role, created_at FROM tokens WHERE role <> 'admin' AND id > $1 ORDER BY id LIMIT $2")
             .bind(after.unwrap_or(""))
@@ -73,7 +81,9 @@ impl Store {
         let mut items = Vec::new();
         for r in rows {
             let role: String = get(&r, "role")?;
-            let Some(role) = TokenRole::parse(&role) else { continue };
+            let Some(role) = TokenRole::parse(&role) else {
+                continue;
+            };
             items.push(JoinToken {
                 id: get(&r, "id")?,
                 role,

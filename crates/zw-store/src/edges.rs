@@ -22,7 +22,8 @@ fn edge(row: &AnyRow) -> Result<EdgeProxy> {
         region: get(row, "region")?,
         address: get(row, "address")?,
         state: EdgeState::parse(&state).unwrap_or(EdgeState::Active),
-        connected: connected != 0 && last_seen.is_some_and(|t| unix_millis() - t < CONNECTED_WITHIN_MS),
+        connected: connected != 0
+            && last_seen.is_some_and(|t| unix_millis() - t < CONNECTED_WITHIN_MS),
         applied_version: version.map(|v| v.max(0) as u64),
         applied_hash: get(row, "applied_hash")?,
         last_ack_at: get::<Option<i64>>(row, "last_ack_at")?.map(Timestamp),
@@ -40,7 +41,10 @@ impl Store {
         check_host_port("address", &new.address).map_err(invalid)?;
         let mut tx = self.pool.begin().await?;
         if !exists(&mut tx, "regions", "name", &new.region).await? {
-            return Err(invalid(FieldError::new("region", format!("unknown region `{}`", new.region))));
+            return Err(invalid(FieldError::new(
+                "region",
+                format!("unknown region `{}`", new.region),
+            )));
         }
         let now = unix_millis();
         sqlx::query("INSERT INTO edge_proxies (id, region, address, state, connected, created_at) VALUES ($1, $2, $3, 'active', 0, $4)")
@@ -64,25 +68,31 @@ impl Store {
         edge(&row)
     }
 
-    pub async fn edge_proxies(&self, region: Option<&str>, after: Option<&str>, limit: Option<u32>) -> Result<Page<EdgeProxy>> {
+    pub async fn edge_proxies(
+        &self,
+        region: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<EdgeProxy>> {
         let limit = page_limit(limit);
-        let rows = match region {
-            Some(r) => {
-                sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 AND region = $2 ORDER BY id LIMIT $3")
-                    .bind(after.unwrap_or(""))
-                    .bind(r)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 ORDER BY id LIMIT $2")
-                    .bind(after.unwrap_or(""))
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let rows =
+            match region {
+                Some(r) => sqlx::query(
+                    "SELECT * FROM edge_proxies WHERE id > $1 AND region = $2 ORDER BY id LIMIT $3",
+                )
+                .bind(after.unwrap_or(""))
+                .bind(r)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 ORDER BY id LIMIT $2")
+                        .bind(after.unwrap_or(""))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
         let items = rows.iter().map(edge).collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |e| &e.id))
     }
@@ -106,17 +116,28 @@ impl Store {
     }
 
     pub async fn delete_edge_proxy(&self, id: &str) -> Result<()> {
-        self.delete("edge_proxies", "id", "edge proxy", id, false).await
+        self.delete("edge_proxies", "id", "edge proxy", id, false)
+            .await
     }
 
     /// An edge said hello: registers it (or updates where it is and what it runs).
-    pub async fn edge_hello(&self, id: &str, region: &str, address: &str, version: Option<u64>, hash: Option<&str>) -> Result<()> {
+    pub async fn edge_hello(
+        &self,
+        id: &str,
+        region: &str,
+        address: &str,
+        version: Option<u64>,
+        hash: Option<&str>,
+    ) -> Result<()> {
         check_id("id", id).map_err(invalid)?;
         check_name("region", region).map_err(invalid)?;
         check_host_port("address", address).map_err(invalid)?;
         let mut tx = self.pool.begin().await?;
         if !exists(&mut tx, "regions", "name", region).await? {
-            return Err(invalid(FieldError::new("region", format!("unknown region `{region}`: create it first (POST /api/v1/regions)"))));
+            return Err(invalid(FieldError::new(
+                "region",
+                format!("unknown region `{region}`: create it first (POST /api/v1/regions)"),
+            )));
         }
         let now = unix_millis();
         sqlx::query(
@@ -167,7 +188,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn edge_nack(&self, id: &str, version_in_use: Option<u64>, error: &str) -> Result<()> {
+    pub async fn edge_nack(
+        &self,
+        id: &str,
+        version_in_use: Option<u64>,
+        error: &str,
+    ) -> Result<()> {
         let now = unix_millis();
         let error: String = error.chars().take(4096).collect();
         sqlx::query("UPDATE edge_proxies SET applied_version = $1, last_nack_at = $2, last_nack_error = $3, last_seen_at = $2 WHERE id = $4")

@@ -11,7 +11,10 @@ use sqlx::{Any, Transaction};
 use zw_proto::api::*;
 use zw_proto::time::{unix_millis, Timestamp};
 
-use crate::{get, invalid, map_constraint, not_found, page, page_limit, random_hex, Result, Store, StoreError};
+use crate::{
+    get, invalid, map_constraint, not_found, page, page_limit, random_hex, Result, Store,
+    StoreError,
+};
 
 type Tx = Transaction<'static, Any>;
 
@@ -41,7 +44,8 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 
 fn enum_col<T>(row: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     let text: String = get(row, col)?;
-    parse(&text).ok_or_else(|| StoreError::Other(format!("column {col} holds unknown value `{text}`")))
+    parse(&text)
+        .ok_or_else(|| StoreError::Other(format!("column {col} holds unknown value `{text}`")))
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
@@ -57,23 +61,44 @@ fn u64_col(row: &AnyRow, col: &str) -> Result<u64> {
     Ok(get::<i64>(row, col)?.max(0) as u64)
 }
 
-pub(crate) async fn exists(tx: &mut Tx, table: &'static str, key: &'static str, value: &str) -> Result<bool> {
+pub(crate) async fn exists(
+    tx: &mut Tx,
+    table: &'static str,
+    key: &'static str,
+    value: &str,
+) -> Result<bool> {
     let sql = format!("SELECT COUNT(*) FROM {table} WHERE {key} = $1");
-    let n: i64 = sqlx::query_scalar(&sql).bind(value).fetch_one(&mut **tx).await?;
+    let n: i64 = sqlx::query_scalar(&sql)
+        .bind(value)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(n > 0)
 }
 
-async fn require(tx: &mut Tx, table: &'static str, key: &'static str, field: &str, kind: &str, value: &str) -> Result<()> {
+async fn require(
+    tx: &mut Tx,
+    table: &'static str,
+    key: &'static str,
+    field: &str,
+    kind: &str,
+    value: &str,
+) -> Result<()> {
     if exists(tx, table, key, value).await? {
         Ok(())
     } else {
-        Err(invalid(FieldError::new(field, format!("unknown {kind} `{value}`"))))
+        Err(invalid(FieldError::new(
+            field,
+            format!("unknown {kind} `{value}`"),
+        )))
     }
 }
 
 fn check_text(field: &str, value: &str) -> Result<()> {
     if value.len() > MAX_TEXT {
-        return Err(invalid(FieldError::new(field, format!("longer than {MAX_TEXT} bytes"))));
+        return Err(invalid(FieldError::new(
+            field,
+            format!("longer than {MAX_TEXT} bytes"),
+        )));
     }
     Ok(())
 }
@@ -157,7 +182,14 @@ impl Store {
     }
 
     /// Deletes one row; a row still referenced is a conflict that says so.
-    pub(crate) async fn delete(&self, table: &'static str, key: &'static str, kind: &'static str, value: &str, routing: bool) -> Result<()> {
+    pub(crate) async fn delete(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        kind: &'static str,
+        value: &str,
+        routing: bool,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let sql = format!("DELETE FROM {table} WHERE {key} = $1");
         let done = sqlx::query(&sql)
@@ -206,7 +238,11 @@ fn node(row: &AnyRow) -> Result<Node> {
 
 fn check_resources(r: &Resources) -> Result<()> {
     // Values the database's BIGINT holds.
-    for (field, v) in [("resources.cpu_millis", r.cpu_millis), ("resources.memory_mb", r.memory_mb), ("resources.disk_mb", r.disk_mb)] {
+    for (field, v) in [
+        ("resources.cpu_millis", r.cpu_millis),
+        ("resources.memory_mb", r.memory_mb),
+        ("resources.disk_mb", r.disk_mb),
+    ] {
         if v > i64::MAX as u64 {
             return Err(invalid(FieldError::new(field, "too large")));
         }
@@ -262,12 +298,20 @@ impl Store {
         node(&row)
     }
 
-    pub async fn nodes(&self, filter: &NodeFilter, after: Option<&str>, limit: Option<u32>) -> Result<Page<Node>> {
+    pub async fn nodes(
+        &self,
+        filter: &NodeFilter,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Node>> {
         let limit = page_limit(limit);
         let mut sql = String::from("SELECT * FROM nodes WHERE id > $1");
         let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
         for (col, v) in [
-            ("node_type", filter.node_type.map(|t| t.as_str().to_string())),
+            (
+                "node_type",
+                filter.node_type.map(|t| t.as_str().to_string()),
+            ),
             ("state", filter.state.map(|s| s.as_str().to_string())),
             ("region", filter.region.clone()),
         ] {
@@ -349,18 +393,29 @@ fn image(row: &AnyRow) -> Result<Image> {
 fn check_image(i: &NewImage) -> Result<()> {
     check_name("name", &i.name).map_err(invalid)?;
     if i.command.is_empty() || i.command[0].is_empty() {
-        return Err(invalid(FieldError::new("command", "must name the program to run")));
+        return Err(invalid(FieldError::new(
+            "command",
+            "must name the program to run",
+        )));
     }
     if i.command.len() > MAX_LIST || i.env.len() > MAX_LIST {
-        return Err(invalid(FieldError::new("command", format!("at most {MAX_LIST} arguments and {MAX_LIST} variables"))));
+        return Err(invalid(FieldError::new(
+            "command",
+            format!("at most {MAX_LIST} arguments and {MAX_LIST} variables"),
+        )));
     }
     for (n, a) in i.command.iter().enumerate() {
         check_text(&format!("command[{n}]"), a)?;
     }
     for (k, v) in &i.env {
-        let ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !k.as_bytes()[0].is_ascii_digit();
+        let ok = !k.is_empty()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.as_bytes()[0].is_ascii_digit();
         if !ok {
-            return Err(invalid(FieldError::new(format!("env.{k}"), "variable names are letters, digits and '_', not starting with a digit")));
+            return Err(invalid(FieldError::new(
+                format!("env.{k}"),
+                "variable names are letters, digits and '_', not starting with a digit",
+            )));
         }
         check_text(&format!("env.{k}"), v)?;
     }
@@ -447,24 +502,39 @@ async fn check_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
     check_name("name", &d.name).map_err(invalid)?;
     check_name("image", &d.image).map_err(invalid)?;
     if d.replicas > MAX_REPLICAS {
-        return Err(invalid(FieldError::new("replicas", format!("at most {MAX_REPLICAS}"))));
+        return Err(invalid(FieldError::new(
+            "replicas",
+            format!("at most {MAX_REPLICAS}"),
+        )));
     }
     if d.port == 0 {
         return Err(invalid(FieldError::new("port", "must be 1-65535")));
     }
     if d.regions.is_empty() {
-        return Err(invalid(FieldError::new("regions", "name at least one region")));
+        return Err(invalid(FieldError::new(
+            "regions",
+            "name at least one region",
+        )));
     }
     if d.regions.len() > MAX_LIST {
-        return Err(invalid(FieldError::new("regions", format!("at most {MAX_LIST}"))));
+        return Err(invalid(FieldError::new(
+            "regions",
+            format!("at most {MAX_LIST}"),
+        )));
     }
     if let Some(p) = &d.health_check.path {
         if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) || p.len() > 1024 {
-            return Err(invalid(FieldError::new("health_check.path", "must be a path like /healthz")));
+            return Err(invalid(FieldError::new(
+                "health_check.path",
+                "must be a path like /healthz",
+            )));
         }
     }
     if let Some(0) = d.health_check.interval_secs {
-        return Err(invalid(FieldError::new("health_check.interval_secs", "must be at least 1")));
+        return Err(invalid(FieldError::new(
+            "health_check.interval_secs",
+            "must be at least 1",
+        )));
     }
     require(tx, "images", "name", "image", "image", &d.image).await?;
     for (i, r) in d.regions.iter().enumerate() {
@@ -537,7 +607,11 @@ impl Store {
         deployment(&row)
     }
 
-    pub async fn deployments(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Deployment>> {
+    pub async fn deployments(
+        &self,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Deployment>> {
         let limit = page_limit(limit);
         let rows = sqlx::query("SELECT * FROM deployments WHERE name > $1 ORDER BY name LIMIT $2")
             .bind(after.unwrap_or(""))
@@ -548,7 +622,11 @@ impl Store {
         Ok(page(items, limit, |d| &d.name))
     }
 
-    pub async fn update_deployment(&self, name: &str, patch: DeploymentPatch) -> Result<Deployment> {
+    pub async fn update_deployment(
+        &self,
+        name: &str,
+        patch: DeploymentPatch,
+    ) -> Result<Deployment> {
         let mut d = self.deployment(name).await?;
         if let Some(v) = patch.image {
             d.image = v;
@@ -598,11 +676,20 @@ impl Store {
         if let Some(img) = &spec.image {
             check_image(img).map_err(|e| prefix("image", e))?;
             if img.name != spec.deployment.image {
-                return Err(invalid(FieldError::new("deployment.image", format!("`{}` differs from image.name `{}`", spec.deployment.image, img.name))));
+                return Err(invalid(FieldError::new(
+                    "deployment.image",
+                    format!(
+                        "`{}` differs from image.name `{}`",
+                        spec.deployment.image, img.name
+                    ),
+                )));
             }
         }
         if spec.domains.len() > MAX_LIST {
-            return Err(invalid(FieldError::new("domains", format!("at most {MAX_LIST}"))));
+            return Err(invalid(FieldError::new(
+                "domains",
+                format!("at most {MAX_LIST}"),
+            )));
         }
         for (i, d) in spec.domains.iter().enumerate() {
             check_domain(&format!("domains[{i}]"), d).map_err(invalid)?;
@@ -612,7 +699,9 @@ impl Store {
             insert_image(&mut tx, img, true).await?;
         }
         let mut d = new_deployment(spec.deployment);
-        check_deployment(&mut tx, &d).await.map_err(|e| prefix("deployment", e))?;
+        check_deployment(&mut tx, &d)
+            .await
+            .map_err(|e| prefix("deployment", e))?;
         let existing = sqlx::query("SELECT * FROM deployments WHERE name = $1")
             .bind(&d.name)
             .fetch_optional(&mut *tx)
@@ -698,7 +787,10 @@ fn check_instance(i: &Instance) -> Result<()> {
         return Err(invalid(FieldError::new("port", "must be 1-65535")));
     }
     if i.state == InstanceState::Started && (i.address.is_none() || i.port.is_none()) {
-        return Err(invalid(FieldError::new("state", "a started instance needs an address and a port")));
+        return Err(invalid(FieldError::new(
+            "state",
+            "a started instance needs an address and a port",
+        )));
     }
     Ok(())
 }
@@ -720,7 +812,15 @@ impl Store {
         };
         check_instance(&i)?;
         let mut tx = self.pool.begin().await?;
-        require(&mut tx, "deployments", "name", "deployment", "deployment", &i.deployment).await?;
+        require(
+            &mut tx,
+            "deployments",
+            "name",
+            "deployment",
+            "deployment",
+            &i.deployment,
+        )
+        .await?;
         require(&mut tx, "nodes", "id", "node", "node", &i.node).await?;
         sqlx::query("INSERT INTO instances (id, deployment, node, state, address, port, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&i.id)
@@ -746,7 +846,12 @@ impl Store {
         instance(&row)
     }
 
-    pub async fn instances(&self, filter: &InstanceFilter, after: Option<&str>, limit: Option<u32>) -> Result<Page<Instance>> {
+    pub async fn instances(
+        &self,
+        filter: &InstanceFilter,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Instance>> {
         let limit = page_limit(limit);
         let mut sql = String::from("SELECT * FROM instances WHERE id > $1");
         let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
@@ -813,14 +918,16 @@ fn domain(row: &AnyRow) -> Result<Domain> {
 }
 
 async fn insert_domain(tx: &mut Tx, d: &Domain) -> Result<()> {
-    sqlx::query("INSERT INTO domains (name, deployment, verified_at, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&d.name)
-        .bind(&d.deployment)
-        .bind(d.verified_at.map(|t| t.0))
-        .bind(d.created_at.0)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| map_constraint(e, "name", &format!("domain `{}`", d.name)))?;
+    sqlx::query(
+        "INSERT INTO domains (name, deployment, verified_at, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&d.name)
+    .bind(&d.deployment)
+    .bind(d.verified_at.map(|t| t.0))
+    .bind(d.created_at.0)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| map_constraint(e, "name", &format!("domain `{}`", d.name)))?;
     Ok(())
 }
 
@@ -846,7 +953,15 @@ impl Store {
             created_at: now,
         };
         let mut tx = self.pool.begin().await?;
-        require(&mut tx, "deployments", "name", "deployment", "deployment", &d.deployment).await?;
+        require(
+            &mut tx,
+            "deployments",
+            "name",
+            "deployment",
+            "deployment",
+            &d.deployment,
+        )
+        .await?;
         insert_domain(&mut tx, &d).await?;
         self.commit_routing(tx).await?;
         Ok(d)
@@ -861,17 +976,22 @@ impl Store {
         domain(&row)
     }
 
-    pub async fn domains(&self, deployment: Option<&str>, after: Option<&str>, limit: Option<u32>) -> Result<Page<Domain>> {
+    pub async fn domains(
+        &self,
+        deployment: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Domain>> {
         let limit = page_limit(limit);
         let rows = match deployment {
-            Some(dep) => {
-                sqlx::query("SELECT * FROM domains WHERE name > $1 AND deployment = $2 ORDER BY name LIMIT $3")
-                    .bind(after.unwrap_or(""))
-                    .bind(dep)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+            Some(dep) => sqlx::query(
+                "SELECT * FROM domains WHERE name > $1 AND deployment = $2 ORDER BY name LIMIT $3",
+            )
+            .bind(after.unwrap_or(""))
+            .bind(dep)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
             None => {
                 sqlx::query("SELECT * FROM domains WHERE name > $1 ORDER BY name LIMIT $2")
                     .bind(after.unwrap_or(""))
@@ -889,7 +1009,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         if let Some(dep) = patch.deployment {
             check_name("deployment", &dep).map_err(invalid)?;
-            require(&mut tx, "deployments", "name", "deployment", "deployment", &dep).await?;
+            require(
+                &mut tx,
+                "deployments",
+                "name",
+                "deployment",
+                "deployment",
+                &dep,
+            )
+            .await?;
             d.deployment = dep;
         }
         match patch.verified {
@@ -911,8 +1039,20 @@ impl Store {
 impl Store {
     pub async fn counts(&self) -> Result<BTreeMap<&'static str, i64>> {
         let mut out = BTreeMap::new();
-        for t in ["regions", "nodes", "images", "deployments", "instances", "domains", "edge_proxies", "tokens", "snapshots"] {
-            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}")).fetch_one(&self.pool).await?;
+        for t in [
+            "regions",
+            "nodes",
+            "images",
+            "deployments",
+            "instances",
+            "domains",
+            "edge_proxies",
+            "tokens",
+            "snapshots",
+        ] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t}"))
+                .fetch_one(&self.pool)
+                .await?;
             out.insert(t, n);
         }
         Ok(out)

@@ -117,9 +117,15 @@ impl Store {
                     if backend == Backend::Sqlite {
                         // WAL lets readers (edges' database provider, the API) run beside the
                         // writer; busy_timeout makes writers queue instead of failing.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -228,7 +234,11 @@ pub(crate) fn page_limit(limit: Option<u32>) -> u32 {
     limit.unwrap_or(100).clamp(1, MAX_PAGE)
 }
 
-pub(crate) fn page<T>(items: Vec<T>, limit: u32, key: impl Fn(&T) -> &str) -> zw_proto::api::Page<T> {
+pub(crate) fn page<T>(
+    items: Vec<T>,
+    limit: u32,
+    key: impl Fn(&T) -> &str,
+) -> zw_proto::api::Page<T> {
     let next = if items.len() as u32 >= limit {
         items.last().map(|i| key(i).to_string())
     } else {
@@ -245,7 +255,12 @@ pub(crate) fn map_constraint(e: sqlx::Error, field: &str, what: &str) -> StoreEr
                 return conflict(field, format!("{what} already exists"))
             }
             sqlx::error::ErrorKind::ForeignKeyViolation => {
-                return conflict(field, format!("{what} is referenced by other records, or refers to one that does not exist"))
+                return conflict(
+                    field,
+                    format!(
+                    "{what} is referenced by other records, or refers to one that does not exist"
+                ),
+                )
             }
             _ => {}
         }

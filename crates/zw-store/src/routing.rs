@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use zw_proto::compile::{DeploymentRoute, DomainRoute, Endpoint, RoutingState};
 use zw_proto::api::HealthCheckSpec;
+use zw_proto::compile::{DeploymentRoute, DomainRoute, Endpoint, RoutingState};
 use zw_proto::time::unix_millis;
 
 use crate::{get, Result, Store, StoreError};
@@ -30,12 +30,21 @@ impl Store {
     pub async fn routing_state(&self) -> Result<RoutingState> {
         let mut state = RoutingState::default();
         let mut tx = self.pool.begin().await?;
-        for row in sqlx::query("SELECT name, balancer_address FROM regions").fetch_all(&mut *tx).await? {
-            state.regions.insert(get(&row, "name")?, get(&row, "balancer_address")?);
+        for row in sqlx::query("SELECT name, balancer_address FROM regions")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            state
+                .regions
+                .insert(get(&row, "name")?, get(&row, "balancer_address")?);
         }
-        for row in sqlx::query("SELECT name, health_check FROM deployments").fetch_all(&mut *tx).await? {
+        for row in sqlx::query("SELECT name, health_check FROM deployments")
+            .fetch_all(&mut *tx)
+            .await?
+        {
             let hc: String = get(&row, "health_check")?;
-            let hc: HealthCheckSpec = serde_json::from_str(&hc).map_err(|e| StoreError::Other(format!("deployments.health_check: {e}")))?;
+            let hc: HealthCheckSpec = serde_json::from_str(&hc)
+                .map_err(|e| StoreError::Other(format!("deployments.health_check: {e}")))?;
             state.deployments.insert(
                 get(&row, "name")?,
                 DeploymentRoute {
@@ -44,7 +53,12 @@ impl Store {
                 },
             );
         }
-        for row in sqlx::query("SELECT name, deployment FROM domains WHERE verified_at IS NOT NULL ORDER BY name").fetch_all(&mut *tx).await? {
+        for row in sqlx::query(
+            "SELECT name, deployment FROM domains WHERE verified_at IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
             state.domains.push(DomainRoute {
                 name: get(&row, "name")?,
                 deployment: get(&row, "deployment")?,
@@ -60,7 +74,9 @@ impl Store {
         .await?;
         for row in rows {
             let port: i64 = get(&row, "port")?;
-            let Ok(port) = u16::try_from(port) else { continue };
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
             state.endpoints.push(Endpoint {
                 deployment: get(&row, "deployment")?,
                 region: get(&row, "region")?,
@@ -89,12 +105,19 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| snapshot(r).map(|s| (s.region.clone(), s))).collect()
+        rows.iter()
+            .map(|r| snapshot(r).map(|s| (s.region.clone(), s)))
+            .collect()
     }
 
     /// Records `body` as the region's next version, unless the newest version already has
     /// this hash. Returns the region's newest snapshot either way.
-    pub async fn record_snapshot(&self, region: &str, hash: &str, body: &str) -> Result<StoredSnapshot> {
+    pub async fn record_snapshot(
+        &self,
+        region: &str,
+        hash: &str,
+        body: &str,
+    ) -> Result<StoredSnapshot> {
         for _ in 0..5 {
             let latest = self.latest_snapshot(region).await?;
             let version = match latest {
@@ -125,11 +148,18 @@ impl Store {
                     });
                 }
                 // Another operator replica took this version first: look again.
-                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
+                Err(e)
+                    if e.as_database_error()
+                        .is_some_and(|d| d.is_unique_violation()) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Other(format!("could not record a snapshot for region {region}: too many concurrent writers")))
+        Err(StoreError::Other(format!(
+            "could not record a snapshot for region {region}: too many concurrent writers"
+        )))
     }
 }
 

@@ -43,14 +43,22 @@ impl TestDb {
         let name = format!("zw_test_{}", crate::random_hex(6));
         let mut conn = sqlx::postgres::PgConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", crate::redact(&admin_url)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {} is unreachable: {e}",
+                    crate::redact(&admin_url)
+                )
+            });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
         let _ = conn.close().await;
         let base = admin_url.split('?').next().unwrap_or(&admin_url);
-        let cut = base.rfind('/').filter(|&i| i > base.find("://").map_or(0, |s| s + 2)).unwrap_or(base.len());
+        let cut = base
+            .rfind('/')
+            .filter(|&i| i > base.find("://").map_or(0, |s| s + 2))
+            .unwrap_or(base.len());
         let url = format!("{}/{name}", &base[..cut]);
         Some(TestDb {
             url,
@@ -71,14 +79,23 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(admin) = self.admin_url.clone() else { return };
+        let Some(admin) = self.admin_url.clone() else {
+            return;
+        };
         let name = self.name.clone();
         // Dropping runs inside or outside a runtime; a thread of its own works in both.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::postgres::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
                     let _ = conn.close().await;
                 }
             });

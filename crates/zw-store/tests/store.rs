@@ -67,7 +67,11 @@ async fn routing_state_follows_writes() {
         let store = Store::open(&db.url).await.unwrap();
         let mut changes = store.changes();
         let (_node, inst) = seeded(&store).await;
-        assert!(changes.has_changed().unwrap(), "{:?}: writes move the change counter", db.backend);
+        assert!(
+            changes.has_changed().unwrap(),
+            "{:?}: writes move the change counter",
+            db.backend
+        );
         changes.borrow_and_update();
 
         // an unverified domain does not route
@@ -86,7 +90,13 @@ async fn routing_state_follows_writes() {
         assert_eq!(s.regions["eu"].as_deref(), Some("127.0.0.1:8000"));
 
         store
-            .update_domain("app.example.com", DomainPatch { verified: Some(true), ..Default::default() })
+            .update_domain(
+                "app.example.com",
+                DomainPatch {
+                    verified: Some(true),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert!(changes.has_changed().unwrap());
@@ -95,7 +105,13 @@ async fn routing_state_follows_writes() {
 
         // a stopping instance takes no traffic
         store
-            .update_instance(&inst.id, InstancePatch { state: Some(InstanceState::Stopping), ..Default::default() })
+            .update_instance(
+                &inst.id,
+                InstancePatch {
+                    state: Some(InstanceState::Stopping),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert!(store.routing_state().await.unwrap().endpoints.is_empty());
@@ -103,7 +119,14 @@ async fn routing_state_follows_writes() {
         // deleting the deployment removes its domains and instances
         store.delete_deployment("web").await.unwrap();
         let counts = store.counts().await.unwrap();
-        assert_eq!((counts["domains"], counts["instances"], counts["deployments"]), (0, 0, 0));
+        assert_eq!(
+            (
+                counts["domains"],
+                counts["instances"],
+                counts["deployments"]
+            ),
+            (0, 0, 0)
+        );
         store.close().await;
     }
 }
@@ -116,10 +139,17 @@ async fn bad_writes_name_the_field_and_write_nothing() {
         let before = store.counts().await.unwrap();
 
         let e = store
-            .create_region(NewRegion { name: "eu".into(), balancer_address: None })
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Conflict(f) if f.field == "name"), "{:?}: {e}", db.backend);
+        assert!(
+            matches!(&e, StoreError::Conflict(f) if f.field == "name"),
+            "{:?}: {e}",
+            db.backend
+        );
 
         let e = store
             .create_deployment(NewDeployment {
@@ -132,7 +162,10 @@ async fn bad_writes_name_the_field_and_write_nothing() {
             })
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Invalid(f) if f.field == "image" && f.message.contains("unknown image `nope`")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Invalid(f) if f.field == "image" && f.message.contains("unknown image `nope`")),
+            "{e}"
+        );
 
         let e = store
             .create_deployment(NewDeployment {
@@ -145,10 +178,17 @@ async fn bad_writes_name_the_field_and_write_nothing() {
             })
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Invalid(f) if f.field == "regions[1]"), "{e}");
+        assert!(
+            matches!(&e, StoreError::Invalid(f) if f.field == "regions[1]"),
+            "{e}"
+        );
 
         let e = store.delete_region("eu").await.unwrap_err();
-        assert!(matches!(e, StoreError::Conflict(_)), "{:?}: a region in use cannot go: {e}", db.backend);
+        assert!(
+            matches!(e, StoreError::Conflict(_)),
+            "{:?}: a region in use cannot go: {e}",
+            db.backend
+        );
 
         let e = store
             .apply(ApplySpec {
@@ -165,10 +205,21 @@ async fn bad_writes_name_the_field_and_write_nothing() {
             })
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Invalid(f) if f.field == "domains[1]"), "{e}");
+        assert!(
+            matches!(&e, StoreError::Invalid(f) if f.field == "domains[1]"),
+            "{e}"
+        );
 
-        assert_eq!(store.counts().await.unwrap(), before, "{:?}: nothing written", db.backend);
-        assert!(matches!(store.node("node-nope").await.unwrap_err(), StoreError::NotFound { .. }));
+        assert_eq!(
+            store.counts().await.unwrap(),
+            before,
+            "{:?}: nothing written",
+            db.backend
+        );
+        assert!(matches!(
+            store.node("node-nope").await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
         store.close().await;
     }
 }
@@ -185,7 +236,11 @@ async fn lists_page_and_filter() {
                     address: "127.0.0.1".into(),
                     region: "eu".into(),
                     node_type: NodeType::Edge,
-                    state: Some(if i == 0 { NodeState::Draining } else { NodeState::Ready }),
+                    state: Some(if i == 0 {
+                        NodeState::Draining
+                    } else {
+                        NodeState::Ready
+                    }),
                     resources: Resources::default(),
                 })
                 .await
@@ -194,7 +249,10 @@ async fn lists_page_and_filter() {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let p = store.nodes(&NodeFilter::default(), after.as_deref(), Some(2)).await.unwrap();
+            let p = store
+                .nodes(&NodeFilter::default(), after.as_deref(), Some(2))
+                .await
+                .unwrap();
             assert!(p.items.len() <= 2);
             seen.extend(p.items.iter().map(|n| n.id.clone()));
             match p.next {
@@ -215,7 +273,10 @@ async fn lists_page_and_filter() {
         };
         let ready_edges = store.nodes(&filter, None, None).await.unwrap();
         assert_eq!(ready_edges.items.len(), 4);
-        assert!(ready_edges.items.iter().all(|n| n.node_type == NodeType::Edge && n.state == NodeState::Ready));
+        assert!(ready_edges
+            .items
+            .iter()
+            .all(|n| n.node_type == NodeType::Edge && n.state == NodeState::Ready));
         store.close().await;
     }
 }
@@ -224,22 +285,44 @@ async fn lists_page_and_filter() {
 async fn snapshot_versions_only_grow_and_never_repeat_content() {
     for db in TestDb::all().await {
         let store = Store::open(&db.url).await.unwrap();
-        store.create_region(NewRegion { name: "eu".into(), balancer_address: None }).await.unwrap();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
+            .await
+            .unwrap();
         let a = store.record_snapshot("eu", "sha256:a", "{}").await.unwrap();
         let again = store.record_snapshot("eu", "sha256:a", "{}").await.unwrap();
-        let b = store.record_snapshot("eu", "sha256:b", "{\"http\":{}}").await.unwrap();
+        let b = store
+            .record_snapshot("eu", "sha256:b", "{\"http\":{}}")
+            .await
+            .unwrap();
         assert_eq!((a.version, again.version, b.version), (1, 1, 2));
         for i in 0..30 {
-            store.record_snapshot("eu", &format!("sha256:{i}"), "{}").await.unwrap();
+            store
+                .record_snapshot("eu", &format!("sha256:{i}"), "{}")
+                .await
+                .unwrap();
         }
         let latest = store.latest_snapshots().await.unwrap();
         assert_eq!(latest["eu"].version, 32);
-        assert!(store.counts().await.unwrap()["snapshots"] <= 21, "old versions are pruned");
+        assert!(
+            store.counts().await.unwrap()["snapshots"] <= 21,
+            "old versions are pruned"
+        );
         store.close().await;
 
         // versions survive a restart
         let store = Store::open(&db.url).await.unwrap();
-        assert_eq!(store.record_snapshot("eu", "sha256:new", "{}").await.unwrap().version, 33);
+        assert_eq!(
+            store
+                .record_snapshot("eu", "sha256:new", "{}")
+                .await
+                .unwrap()
+                .version,
+            33
+        );
         store.close().await;
     }
 }
@@ -248,18 +331,34 @@ async fn snapshot_versions_only_grow_and_never_repeat_content() {
 async fn tokens_are_stored_hashed_and_shown_once() {
     for db in TestDb::all().await {
         let store = Store::open(&db.url).await.unwrap();
-        let admin = store.bootstrap_admin().await.unwrap().expect("first start makes a token");
-        assert!(store.bootstrap_admin().await.unwrap().is_none(), "a second start does not");
-        assert_eq!(store.authenticate(&admin).await.unwrap(), Some(Principal::Admin));
+        let admin = store
+            .bootstrap_admin()
+            .await
+            .unwrap()
+            .expect("first start makes a token");
+        assert!(
+            store.bootstrap_admin().await.unwrap().is_none(),
+            "a second start does not"
+        );
+        assert_eq!(
+            store.authenticate(&admin).await.unwrap(),
+            Some(Principal::Admin)
+        );
         assert_eq!(store.authenticate("zw_admin_wrong").await.unwrap(), None);
         assert_eq!(store.authenticate("").await.unwrap(), None);
 
         let join = store.create_join_token(TokenRole::Edge).await.unwrap();
         let secret = join.token.clone().unwrap();
-        assert_eq!(store.authenticate(&secret).await.unwrap(), Some(Principal::Join(TokenRole::Edge)));
+        assert_eq!(
+            store.authenticate(&secret).await.unwrap(),
+            Some(Principal::Join(TokenRole::Edge))
+        );
         let listed = store.join_tokens(None, None).await.unwrap();
         assert_eq!(listed.items.len(), 1);
-        assert!(listed.items[0].token.is_none(), "listing never shows the secret");
+        assert!(
+            listed.items[0].token.is_none(),
+            "listing never shows the secret"
+        );
         store.delete_join_token(&join.id).await.unwrap();
         assert_eq!(store.authenticate(&secret).await.unwrap(), None);
         store.close().await;
@@ -270,18 +369,36 @@ async fn tokens_are_stored_hashed_and_shown_once() {
 async fn edge_status_tracks_hello_ack_and_nack() {
     for db in TestDb::all().await {
         let store = Store::open(&db.url).await.unwrap();
-        store.create_region(NewRegion { name: "eu".into(), balancer_address: None }).await.unwrap();
-        let e = store.edge_hello("edge-1", "mars", "127.0.0.1:8080", None, None).await.unwrap_err();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
+            .await
+            .unwrap();
+        let e = store
+            .edge_hello("edge-1", "mars", "127.0.0.1:8080", None, None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("unknown region `mars`"), "{e}");
-        store.edge_hello("edge-1", "eu", "127.0.0.1:8080", Some(3), Some("sha256:x")).await.unwrap();
+        store
+            .edge_hello("edge-1", "eu", "127.0.0.1:8080", Some(3), Some("sha256:x"))
+            .await
+            .unwrap();
         let edge = store.edge_proxy("edge-1").await.unwrap();
         assert!(edge.connected);
         assert_eq!(edge.applied_version, Some(3));
         store.edge_ack("edge-1", 4, "sha256:y").await.unwrap();
-        store.edge_nack("edge-1", Some(4), "http.routers: too many").await.unwrap();
+        store
+            .edge_nack("edge-1", Some(4), "http.routers: too many")
+            .await
+            .unwrap();
         let edge = store.edge_proxy("edge-1").await.unwrap();
         assert_eq!(edge.applied_version, Some(4));
-        assert_eq!(edge.last_nack_error.as_deref(), Some("http.routers: too many"));
+        assert_eq!(
+            edge.last_nack_error.as_deref(),
+            Some("http.routers: too many")
+        );
         assert!(edge.last_ack_at.is_some() && edge.last_nack_at.is_some());
         store.edge_disconnected("edge-1").await.unwrap();
         assert!(!store.edge_proxy("edge-1").await.unwrap().connected);
@@ -291,13 +408,20 @@ async fn edge_status_tracks_hello_ack_and_nack() {
 
 #[tokio::test]
 async fn replicas_sharing_postgres_see_each_others_writes() {
-    let Some(db) = TestDb::postgres().await else { return };
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     assert_eq!(db.backend, Backend::Postgres);
     let a = Store::open(&db.url).await.unwrap();
     let b = Store::open(&db.url).await.unwrap();
     let mut b_changes = b.changes();
     b_changes.borrow_and_update();
-    a.create_region(NewRegion { name: "eu".into(), balancer_address: None }).await.unwrap();
+    a.create_region(NewRegion {
+        name: "eu".into(),
+        balancer_address: None,
+    })
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(10), b_changes.changed())
         .await
         .expect("replica b is notified of replica a's write")

@@ -14,13 +14,31 @@ use zw_proto::api::*;
 #[derive(Args, Clone)]
 pub struct Conn {
     /// The operator's API: http://HOST:PORT.
-    #[arg(long, value_name = "URL", env = "ZEITWORK_OPERATOR", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ZEITWORK_OPERATOR",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     operator: String,
     /// API token. Default: DATA_DIR/admin-token.
-    #[arg(long, value_name = "TOKEN", env = "ZEITWORK_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ZEITWORK_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// Where the operator keeps its admin token file.
-    #[arg(long, value_name = "DIR", env = "ZEITWORK_DATA_DIR", default_value = "./zeitwork-data", global = true)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ZEITWORK_DATA_DIR",
+        default_value = "./zeitwork-data",
+        global = true
+    )]
     data_dir: PathBuf,
 }
 
@@ -47,7 +65,8 @@ pub struct GetArgs {
 }
 
 #[derive(Args)]
-#[command(after_help = "A deployment file (TOML, or JSON when named *.json):\n\n\
+#[command(
+    after_help = "A deployment file (TOML, or JSON when named *.json):\n\n\
   [image]                      # optional: created or replaced\n  \
 name = \"hello\"\n  \
 command = [\"/usr/local/bin/hello\", \"--port\", \"8080\"]\n\n  \
@@ -59,7 +78,8 @@ regions = [\"eu\"]\n  \
 port = 8080\n  \
 health_check = { path = \"/healthz\" }\n\n  \
 domains = [\"hello.example.com\"]   # top level, before the tables\n\n\
-Everything is written in one transaction: on any error nothing is.")]
+Everything is written in one transaction: on any error nothing is."
+)]
 pub struct ApplyArgs {
     /// The deployment file.
     #[arg(long, short = 'f', value_name = "FILE")]
@@ -86,7 +106,9 @@ impl Client {
             None => {
                 let file = super::operator::token_file(&conn.data_dir);
                 std::fs::read_to_string(&file)
-                    .with_context(|| format!("no --token given and {} is unreadable", file.display()))?
+                    .with_context(|| {
+                        format!("no --token given and {} is unreadable", file.display())
+                    })?
                     .trim()
                     .to_string()
             }
@@ -94,17 +116,26 @@ impl Client {
         Ok(Client { authority, token })
     }
 
-    async fn call(&self, method: http::Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Bytes> {
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Bytes> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("connecting to the operator at {}", self.authority))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = http::Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, &self.authority)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = send.send_request(req).await?;
@@ -126,9 +157,13 @@ impl Client {
         loop {
             let url = match &after {
                 None => format!("{path}?limit=500"),
-                Some(a) => format!("{path}?limit=500&after={}", form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()),
+                Some(a) => format!(
+                    "{path}?limit=500&after={}",
+                    form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
+                ),
             };
-            let page: Page<T> = serde_json::from_slice(&self.call(http::Method::GET, &url, None).await?)?;
+            let page: Page<T> =
+                serde_json::from_slice(&self.call(http::Method::GET, &url, None).await?)?;
             items.extend(page.items);
             match page.next {
                 Some(n) => after = Some(n),
@@ -139,7 +174,9 @@ impl Client {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn finish(r: anyhow::Result<()>, what: &str) -> ExitCode {
@@ -175,29 +212,101 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
         }};
     }
     match args.kind {
-        Kind::Nodes => show!(Node, "/api/v1/nodes", ["ID", "HOSTNAME", "ADDRESS", "REGION", "TYPE", "STATE", "LAST HEARTBEAT"], |n| [
-            n.id.clone(), n.hostname.clone(), n.address.clone(), n.region.clone(), n.node_type.to_string(), n.state.to_string(), when(&n.last_heartbeat_at)
-        ]),
-        Kind::Instances => show!(Instance, "/api/v1/instances", ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS"], |i| [
-            i.id.clone(), i.deployment.clone(), i.node.clone(), i.state.to_string(),
-            match (&i.address, i.port) { (Some(a), Some(p)) => format!("{a}:{p}"), _ => "-".into() }
-        ]),
-        Kind::Deployments => show!(Deployment, "/api/v1/deployments", ["NAME", "IMAGE", "REPLICAS", "REGIONS", "PORT", "STATUS"], |d| [
-            d.name.clone(), d.image.clone(), d.replicas.to_string(), d.regions.join(","), d.port.to_string(), d.status.to_string()
-        ]),
-        Kind::Domains => show!(Domain, "/api/v1/domains", ["NAME", "DEPLOYMENT", "VERIFIED"], |d| [
-            d.name.clone(), d.deployment.clone(), when(&d.verified_at)
-        ]),
-        Kind::Edges => show!(EdgeProxy, "/api/v1/edge-proxies", ["ID", "REGION", "ADDRESS", "STATE", "CONNECTED", "VERSION", "LAST ACK", "LAST NACK"], |e| [
-            e.id.clone(), e.region.clone(), e.address.clone(), e.state.to_string(), if e.connected { "yes".into() } else { "no".into() },
-            e.applied_version.map_or("-".into(), |v| v.to_string()), when(&e.last_ack_at),
-            e.last_nack_error.as_deref().map_or("-".into(), |m| format!("{}: {}", when(&e.last_nack_at), m.lines().next().unwrap_or("")))
-        ]),
+        Kind::Nodes => show!(
+            Node,
+            "/api/v1/nodes",
+            [
+                "ID",
+                "HOSTNAME",
+                "ADDRESS",
+                "REGION",
+                "TYPE",
+                "STATE",
+                "LAST HEARTBEAT"
+            ],
+            |n| [
+                n.id.clone(),
+                n.hostname.clone(),
+                n.address.clone(),
+                n.region.clone(),
+                n.node_type.to_string(),
+                n.state.to_string(),
+                when(&n.last_heartbeat_at)
+            ]
+        ),
+        Kind::Instances => show!(
+            Instance,
+            "/api/v1/instances",
+            ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS"],
+            |i| [
+                i.id.clone(),
+                i.deployment.clone(),
+                i.node.clone(),
+                i.state.to_string(),
+                match (&i.address, i.port) {
+                    (Some(a), Some(p)) => format!("{a}:{p}"),
+                    _ => "-".into(),
+                }
+            ]
+        ),
+        Kind::Deployments => show!(
+            Deployment,
+            "/api/v1/deployments",
+            ["NAME", "IMAGE", "REPLICAS", "REGIONS", "PORT", "STATUS"],
+            |d| [
+                d.name.clone(),
+                d.image.clone(),
+                d.replicas.to_string(),
+                d.regions.join(","),
+                d.port.to_string(),
+                d.status.to_string()
+            ]
+        ),
+        Kind::Domains => show!(
+            Domain,
+            "/api/v1/domains",
+            ["NAME", "DEPLOYMENT", "VERIFIED"],
+            |d| [d.name.clone(), d.deployment.clone(), when(&d.verified_at)]
+        ),
+        Kind::Edges => show!(
+            EdgeProxy,
+            "/api/v1/edge-proxies",
+            [
+                "ID",
+                "REGION",
+                "ADDRESS",
+                "STATE",
+                "CONNECTED",
+                "VERSION",
+                "LAST ACK",
+                "LAST NACK"
+            ],
+            |e| [
+                e.id.clone(),
+                e.region.clone(),
+                e.address.clone(),
+                e.state.to_string(),
+                if e.connected {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                e.applied_version.map_or("-".into(), |v| v.to_string()),
+                when(&e.last_ack_at),
+                e.last_nack_error.as_deref().map_or("-".into(), |m| format!(
+                    "{}: {}",
+                    when(&e.last_nack_at),
+                    m.lines().next().unwrap_or("")
+                ))
+            ]
+        ),
         Kind::Regions => show!(Region, "/api/v1/regions", ["NAME", "BALANCER"], |r| [
-            r.name.clone(), r.balancer_address.clone().unwrap_or_else(|| "-".into())
+            r.name.clone(),
+            r.balancer_address.clone().unwrap_or_else(|| "-".into())
         ]),
         Kind::Images => show!(Image, "/api/v1/images", ["NAME", "COMMAND"], |i| [
-            i.name.clone(), i.command.join(" ")
+            i.name.clone(),
+            i.command.join(" ")
         ]),
     }
     Ok(())
@@ -228,11 +337,15 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn apply(args: ApplyArgs) -> ExitCode {
-    finish(runtime().and_then(|rt| rt.block_on(apply_inner(args))), "apply")
+    finish(
+        runtime().and_then(|rt| rt.block_on(apply_inner(args))),
+        "apply",
+    )
 }
 
 async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     if text.len() > 1 << 20 {
         bail!("{}: larger than 1 MiB", args.file.display());
     }
@@ -243,7 +356,10 @@ async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
     };
     let c = Client::new(&args.conn)?;
     let body = serde_json::to_vec(&spec)?;
-    let applied: Applied = serde_json::from_slice(&c.call(http::Method::POST, "/api/v1/apply", Some(body)).await?)?;
+    let applied: Applied = serde_json::from_slice(
+        &c.call(http::Method::POST, "/api/v1/apply", Some(body))
+            .await?,
+    )?;
     println!("deployment {} {}", applied.deployment.name, applied.action);
     for d in &applied.domains {
         println!("domain {} -> {}", d.name, d.deployment);

@@ -11,8 +11,7 @@ use zw_config::Limits;
 use zw_edge::{AccessLog, AccessLogTarget, ControlPlane, DatabaseProvider, Edge, FileProvider};
 
 #[derive(Args)]
-#[command(
-    after_help = "Examples:\n  \
+#[command(after_help = "Examples:\n  \
 zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n  \
 zeitwork edge --control-plane ws://127.0.0.1:7070 --token $JOIN_TOKEN --region eu --state-dir ./edge-state\n  \
 zeitwork edge --database-url postgres://zeitwork@db/zeitwork --region eu\n\n\
@@ -23,8 +22,7 @@ watched; a valid change is applied atomically.\n  \
 --state-dir and served at the next start if the operator is unreachable.\n  \
 --database-url   reads the operator's database every --update-interval (no operator needed).\n\
 An invalid configuration is refused whole and shown at http://ADMIN/debug/config while the\n\
-running one stays."
-)]
+running one stays.")]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control_plane", "database_url"])))]
 pub struct EdgeArgs {
     /// Configuration file or directory (Traefik dynamic configuration).
@@ -40,7 +38,12 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "NAME", env = "EDGEPROXY_REGION_ID")]
     region: Option<String>,
     /// A join token with the edge role (with --control-plane).
-    #[arg(long, value_name = "TOKEN", env = "ZEITWORK_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ZEITWORK_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// This edge's id at the operator. Default: edge-HOSTNAME-PORT.
     #[arg(long, value_name = "ID")]
@@ -64,7 +67,12 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "N")]
     max_routers: Option<usize>,
     /// Address of the HTTP entry point, named `web` in routers' `entryPoints`.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "EDGEPROXY_HTTP_ADDR")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "EDGEPROXY_HTTP_ADDR"
+    )]
     http: SocketAddr,
     /// More entry points, as NAME=ADDR (repeatable).
     #[arg(long = "entry-point", value_name = "NAME=ADDR")]
@@ -185,12 +193,15 @@ async fn start_provider(
         })
         .await?;
         loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", path.display()))?;
-        return Ok(Box::pin(provider.watch(edge.clone(), args.watch_interval, stop)));
+        return Ok(Box::pin(provider.watch(
+            edge.clone(),
+            args.watch_interval,
+            stop,
+        )));
     }
-    let region = args
-        .region
-        .clone()
-        .context("--region (or EDGEPROXY_REGION_ID) is required with --control-plane and --database-url")?;
+    let region = args.region.clone().context(
+        "--region (or EDGEPROXY_REGION_ID) is required with --control-plane and --database-url",
+    )?;
     if let Some(url) = &args.database_url {
         let store = zw_store::Store::open(url)
             .await
@@ -209,7 +220,10 @@ async fn start_provider(
             .map_err(|e| anyhow::anyhow!("reading routes from {}: {e}", provider.origin))?;
         return Ok(Box::pin(provider.run(edge.clone(), stop)));
     }
-    let url = args.control_plane.as_deref().context("no configuration source")?;
+    let url = args
+        .control_plane
+        .as_deref()
+        .context("no configuration source")?;
     let token = args
         .token
         .clone()
@@ -220,8 +234,14 @@ async fn start_provider(
         None => web.to_string(),
     };
     let id = args.id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        let host = if host.is_empty() { "local".to_string() } else { host };
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let host = if host.is_empty() {
+            "local".to_string()
+        } else {
+            host
+        };
         format!("edge-{host}-{}", web.port())
     });
     let cp = ControlPlane {
@@ -239,8 +259,13 @@ async fn start_provider(
         tracing::warn!("no --state-dir: no last-known-good is kept, so a restart while the operator is down serves nothing");
     }
     match cp.restore(edge) {
-        Ok(Some(version)) => tracing::info!(version, "serving the last-known-good snapshot until the operator answers"),
-        Ok(None) => tracing::info!("no last-known-good snapshot; not ready until the operator sends one"),
+        Ok(Some(version)) => tracing::info!(
+            version,
+            "serving the last-known-good snapshot until the operator answers"
+        ),
+        Ok(None) => {
+            tracing::info!("no last-known-good snapshot; not ready until the operator sends one")
+        }
         Err(e) => {
             edge.reject(&e, "last_known_good");
             tracing::error!(error = %e, "last-known-good refused; not ready until the operator sends a snapshot");

@@ -20,7 +20,12 @@ curl -H \"Authorization: Bearer $(cat zeitwork-data/admin-token)\" \\\n       \
 -d '{\"role\":\"edge\"}' http://127.0.0.1:7070/api/v1/join-tokens")]
 pub struct OperatorArgs {
     /// Directory for the SQLite database and the admin token file.
-    #[arg(long, value_name = "DIR", default_value = "./zeitwork-data", env = "ZEITWORK_DATA_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./zeitwork-data",
+        env = "ZEITWORK_DATA_DIR"
+    )]
     data_dir: PathBuf,
     /// PostgreSQL instead of the embedded SQLite: postgres://user@host:port/db.
     #[arg(long, value_name = "URL", env = "ZEITWORK_DATABASE_URL")]
@@ -46,7 +51,10 @@ pub struct OperatorArgs {
 
 pub fn run(args: OperatorArgs) -> ExitCode {
     super::init_logging(args.log_format == "json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("zeitwork operator: starting the runtime: {e}");
@@ -107,7 +115,9 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
             let limits = zw_config::Limits::default();
             let loaded = zw_config::load_path(p, &limits)
                 .and_then(|l| zw_config::validate(l.config, &limits))
-                .map_err(|e| anyhow::anyhow!("invalid static configuration in {}:\n{e}", p.display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("invalid static configuration in {}:\n{e}", p.display())
+                })?;
             loaded.config
         }
     };

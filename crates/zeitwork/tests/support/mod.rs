@@ -53,7 +53,11 @@ impl Proc {
                 return v.clone();
             }
             if Instant::now() > deadline {
-                panic!("{}: no such log line within {limit:?}; log:\n{}", self.name, self.dump());
+                panic!(
+                    "{}: no such log line within {limit:?}; log:\n{}",
+                    self.name,
+                    self.dump()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -64,7 +68,11 @@ impl Proc {
     }
 
     pub fn dump(&self) -> String {
-        self.logs().iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+        self.logs()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The `addr` of the first log line whose message starts with `prefix`.
@@ -113,7 +121,12 @@ impl Operator {
         Self::spawn(data_dir, port, Some(database_url), Some(token))
     }
 
-    fn spawn(data_dir: &Path, port: u16, database_url: Option<&str>, token: Option<&str>) -> Operator {
+    fn spawn(
+        data_dir: &Path,
+        port: u16,
+        database_url: Option<&str>,
+        token: Option<&str>,
+    ) -> Operator {
         let mut args: Vec<String> = vec![
             "operator".into(),
             "--listen".into(),
@@ -128,7 +141,10 @@ impl Operator {
         let addr = proc.addr("operator API listening");
         let token = match token {
             Some(t) => t.to_string(),
-            None => std::fs::read_to_string(data_dir.join("admin-token")).expect("admin token file").trim().to_string(),
+            None => std::fs::read_to_string(data_dir.join("admin-token"))
+                .expect("admin token file")
+                .trim()
+                .to_string(),
         };
         Operator {
             proc,
@@ -139,7 +155,14 @@ impl Operator {
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (s, b) = http(self.addr, method, path, body.map(|b| b.to_string()), Some(&self.token), &[]);
+        let (s, b) = http(
+            self.addr,
+            method,
+            path,
+            body.map(|b| b.to_string()),
+            Some(&self.token),
+            &[],
+        );
         (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
     }
 
@@ -150,7 +173,10 @@ impl Operator {
     }
 
     pub fn edges(&self) -> Vec<Value> {
-        self.ok("GET", "/api/v1/edge-proxies", None)["items"].as_array().unwrap().clone()
+        self.ok("GET", "/api/v1/edge-proxies", None)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub fn snapshot_version(&self, region: &str) -> Option<u64> {
@@ -162,7 +188,11 @@ impl Operator {
 /// A port free now (bound then released), for processes that must keep theirs across a
 /// restart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An edge proxy on the control plane, HTTP and admin on port 0.
@@ -175,9 +205,25 @@ pub struct Edge {
 impl Edge {
     pub fn start(op: SocketAddr, token: &str, id: &str, state_dir: &Path, extra: &[&str]) -> Edge {
         let mut args: Vec<String> = [
-            "edge", "--control-plane", &format!("ws://{op}"), "--token", token, "--region", "eu", "--id", id,
-            "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1",
-            "--reconnect-min", "500ms", "--reconnect-max", "8s",
+            "edge",
+            "--control-plane",
+            &format!("ws://{op}"),
+            "--token",
+            token,
+            "--region",
+            "eu",
+            "--id",
+            id,
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--reconnect-min",
+            "500ms",
+            "--reconnect-max",
+            "8s",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -186,7 +232,9 @@ impl Edge {
         args.push(state_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(id, &args);
-        let http = proc.wait_log(Duration::from_secs(15), |v| v["fields"]["entry_point"] == "web");
+        let http = proc.wait_log(Duration::from_secs(15), |v| {
+            v["fields"]["entry_point"] == "web"
+        });
         let http = http["fields"]["addr"].as_str().unwrap().parse().unwrap();
         let admin = proc.addr("admin listening");
         Edge { proc, http, admin }
@@ -204,13 +252,23 @@ impl Edge {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); status and body.
 /// A connection error is status 0.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<String>, token: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
         return (0, String::new());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
     let body = body.unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str("host: test\r\n");
     }
@@ -228,16 +286,31 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<String>, to
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).to_string();
-    let Some((head, rest)) = text.split_once("\r\n\r\n") else { return (0, text) };
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        return (0, text);
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -264,17 +337,33 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
 /// A platform with one region `eu`, a worker node, an image, a deployment `web` with one
 /// started instance at `upstream`, and an edge join token.
 pub fn seed(op: &Operator, upstream: SocketAddr) -> String {
-    op.ok("POST", "/api/v1/regions", Some(serde_json::json!({"name": "eu"})));
+    op.ok(
+        "POST",
+        "/api/v1/regions",
+        Some(serde_json::json!({"name": "eu"})),
+    );
     let node = op.ok("POST", "/api/v1/nodes", Some(serde_json::json!({"hostname": "w1", "address": "127.0.0.1", "region": "eu", "type": "worker"})));
-    op.ok("POST", "/api/v1/images", Some(serde_json::json!({"name": "hello", "command": ["hello"]})));
+    op.ok(
+        "POST",
+        "/api/v1/images",
+        Some(serde_json::json!({"name": "hello", "command": ["hello"]})),
+    );
     op.ok("POST", "/api/v1/deployments", Some(serde_json::json!({"name": "web", "image": "hello", "regions": ["eu"], "port": upstream.port()})));
     op.ok("POST", "/api/v1/instances", Some(serde_json::json!({
         "deployment": "web", "node": node["id"], "state": "started", "address": upstream.ip().to_string(), "port": upstream.port()
     })));
-    let t = op.ok("POST", "/api/v1/join-tokens", Some(serde_json::json!({"role": "edge"})));
+    let t = op.ok(
+        "POST",
+        "/api/v1/join-tokens",
+        Some(serde_json::json!({"role": "edge"})),
+    );
     t["token"].as_str().unwrap().to_string()
 }
 
 pub fn add_domain(op: &Operator, name: &str) {
-    op.ok("POST", "/api/v1/domains", Some(serde_json::json!({"name": name, "deployment": "web", "verified": true})));
+    op.ok(
+        "POST",
+        "/api/v1/domains",
+        Some(serde_json::json!({"name": name, "deployment": "web", "verified": true})),
+    );
 }

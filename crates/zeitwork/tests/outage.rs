@@ -145,7 +145,19 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
                 )
             })
             .collect();
-        assert!(retries.len() >= 8, "{}: {retries:?}", e.proc.name);
+        let story: Vec<String> = e
+            .proc
+            .logs()
+            .iter()
+            .filter(|l| {
+                l["target"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("control_plane"))
+            })
+            .map(|l| format!("{} {} {}", l["timestamp"], message(l), l["fields"]))
+            .collect();
+        let story = story.join("\n");
+        assert!(retries.len() >= 8, "{}: {retries:?}\n{story}", e.proc.name);
         for (i, &(attempt, delay, ceiling)) in retries.iter().enumerate() {
             assert_eq!(
                 attempt,

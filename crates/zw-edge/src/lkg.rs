@@ -179,6 +179,23 @@ mod tests {
     }
 
     #[test]
+    fn every_single_byte_corruption_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lkg = LastKnownGood::in_dir(dir.path());
+        lkg.save(3, "sha256:x", "ws://op", &raw(SNAP)).unwrap();
+        let good = std::fs::read(lkg.path()).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x04;
+            std::fs::write(lkg.path(), &bad).unwrap();
+            assert!(
+                lkg.load(&Limits::default()).is_err(),
+                "flipping byte {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
     fn a_checksummed_but_invalid_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let lkg = LastKnownGood::in_dir(dir.path());

@@ -151,6 +151,23 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
 }
 
 #[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn print_then_parse_is_identity(ms in 0i64..253_402_300_799_999) {
+            prop_assert_eq!(super::parse_rfc3339(&super::rfc3339_millis(ms)), Some(ms));
+        }
+
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,40}") {
+            let _ = super::parse_rfc3339(&s);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #[test]
     fn known_dates() {

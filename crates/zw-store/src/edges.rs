@@ -5,8 +5,8 @@ use sqlx::any::AnyRow;
 use zw_proto::api::*;
 use zw_proto::time::{unix_millis, Timestamp};
 
-use crate::entities::exists;
-use crate::{get, invalid, map_constraint, not_found, page, page_limit, Result, Store};
+use crate::entities::{exists, EDGE_PROXIES};
+use crate::{get, invalid, map_constraint, Result, Store};
 
 /// An edge counts as connected while its operator saw it this recently (the operator
 /// pings every few seconds; an operator that died cannot clear the flag itself).
@@ -39,7 +39,7 @@ impl Store {
         check_id("id", &new.id).map_err(invalid)?;
         check_name("region", &new.region).map_err(invalid)?;
         check_host_port("address", &new.address).map_err(invalid)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !exists(&mut tx, "regions", "name", &new.region).await? {
             return Err(invalid(FieldError::new(
                 "region",
@@ -60,12 +60,7 @@ impl Store {
     }
 
     pub async fn edge_proxy(&self, id: &str) -> Result<EdgeProxy> {
-        let row = sqlx::query("SELECT * FROM edge_proxies WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("edge proxy", id))?;
-        edge(&row)
+        self.fetch_one(&EDGE_PROXIES, id, edge).await
     }
 
     pub async fn edge_proxies(
@@ -74,27 +69,9 @@ impl Store {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<EdgeProxy>> {
-        let limit = page_limit(limit);
-        let rows =
-            match region {
-                Some(r) => sqlx::query(
-                    "SELECT * FROM edge_proxies WHERE id > $1 AND region = $2 ORDER BY id LIMIT $3",
-                )
-                .bind(after.unwrap_or(""))
-                .bind(r)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?,
-                None => {
-                    sqlx::query("SELECT * FROM edge_proxies WHERE id > $1 ORDER BY id LIMIT $2")
-                        .bind(after.unwrap_or(""))
-                        .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
-                        .await?
-                }
-            };
-        let items = rows.iter().map(edge).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |e| &e.id))
+        let filters = [("region", region.map(str::to_string))];
+        self.fetch_page(&EDGE_PROXIES, &filters, after, limit, edge, |e| &e.id)
+            .await
     }
 
     pub async fn update_edge_proxy(&self, id: &str, patch: EdgeProxyPatch) -> Result<EdgeProxy> {
@@ -116,8 +93,7 @@ impl Store {
     }
 
     pub async fn delete_edge_proxy(&self, id: &str) -> Result<()> {
-        self.delete("edge_proxies", "id", "edge proxy", id, false)
-            .await
+        self.delete(&EDGE_PROXIES, id, false).await
     }
 
     /// An edge said hello: registers it (or updates where it is and what it runs).
@@ -132,7 +108,7 @@ impl Store {
         check_id("id", id).map_err(invalid)?;
         check_name("region", region).map_err(invalid)?;
         check_host_port("address", address).map_err(invalid)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !exists(&mut tx, "regions", "name", region).await? {
             return Err(invalid(FieldError::new(
                 "region",

@@ -93,6 +93,100 @@ async fn require(
     }
 }
 
+/// A table, its key column, and what its rows are called in messages.
+#[derive(Clone, Copy)]
+pub(crate) struct Table {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub kind: &'static str,
+}
+
+pub(crate) const REGIONS: Table = Table {
+    name: "regions",
+    key: "name",
+    kind: "region",
+};
+pub(crate) const NODES: Table = Table {
+    name: "nodes",
+    key: "id",
+    kind: "node",
+};
+pub(crate) const IMAGES: Table = Table {
+    name: "images",
+    key: "name",
+    kind: "image",
+};
+pub(crate) const DEPLOYMENTS: Table = Table {
+    name: "deployments",
+    key: "name",
+    kind: "deployment",
+};
+pub(crate) const INSTANCES: Table = Table {
+    name: "instances",
+    key: "id",
+    kind: "instance",
+};
+pub(crate) const DOMAINS: Table = Table {
+    name: "domains",
+    key: "name",
+    kind: "domain",
+};
+pub(crate) const EDGE_PROXIES: Table = Table {
+    name: "edge_proxies",
+    key: "id",
+    kind: "edge proxy",
+};
+
+impl Store {
+    /// The row of `table` whose `key` is `value`, decoded.
+    pub(crate) async fn fetch_one<T>(
+        &self,
+        table: &Table,
+        value: &str,
+        decode: fn(&AnyRow) -> Result<T>,
+    ) -> Result<T> {
+        let Table { name, key, kind } = *table;
+        let sql = format!("SELECT * FROM {name} WHERE {key} = $1");
+        let row = sqlx::query(&sql)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_found(kind, value))?;
+        decode(&row)
+    }
+
+    /// A page of `table` in `key` order after `after`, keeping rows whose columns equal
+    /// the given filters (`None` filters nothing).
+    pub(crate) async fn fetch_page<T>(
+        &self,
+        table: &Table,
+        filters: &[(&'static str, Option<String>)],
+        after: Option<&str>,
+        limit: Option<u32>,
+        decode: fn(&AnyRow) -> Result<T>,
+        key_of: fn(&T) -> &str,
+    ) -> Result<Page<T>> {
+        let limit = page_limit(limit);
+        let Table { name, key, .. } = *table;
+        let mut sql = format!("SELECT * FROM {name} WHERE {key} > $1");
+        let mut binds: Vec<&str> = vec![after.unwrap_or("")];
+        for (col, v) in filters {
+            if let Some(v) = v {
+                binds.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY {key} LIMIT ${}", binds.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, key_of))
+    }
+}
+
 fn check_text(field: &str, value: &str) -> Result<()> {
     if value.len() > MAX_TEXT {
         return Err(invalid(FieldError::new(
@@ -129,7 +223,7 @@ impl Store {
             created_at: Timestamp::now(),
         };
         check_region(&r)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO regions (name, balancer_address, created_at) VALUES ($1, $2, $3)")
             .bind(&r.name)
             .bind(r.balancer_address.clone())
@@ -142,23 +236,12 @@ impl Store {
     }
 
     pub async fn region(&self, name: &str) -> Result<Region> {
-        let row = sqlx::query("SELECT * FROM regions WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("region", name))?;
-        region(&row)
+        self.fetch_one(&REGIONS, name, region).await
     }
 
     pub async fn regions(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Region>> {
-        let limit = page_limit(limit);
-        let rows = sqlx::query("SELECT * FROM regions WHERE name > $1 ORDER BY name LIMIT $2")
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(region).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |r| &r.name))
+        self.fetch_page(&REGIONS, &[], after, limit, region, |r| &r.name)
+            .await
     }
 
     pub async fn update_region(&self, name: &str, patch: RegionPatch) -> Result<Region> {
@@ -167,7 +250,7 @@ impl Store {
             r.balancer_address = Some(a).filter(|a| !a.is_empty());
         }
         check_region(&r)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE regions SET balancer_address = $1 WHERE name = $2")
             .bind(r.balancer_address.clone())
             .bind(name)
@@ -178,20 +261,14 @@ impl Store {
     }
 
     pub async fn delete_region(&self, name: &str) -> Result<()> {
-        self.delete("regions", "name", "region", name, true).await
+        self.delete(&REGIONS, name, true).await
     }
 
     /// Deletes one row; a row still referenced is a conflict that says so.
-    pub(crate) async fn delete(
-        &self,
-        table: &'static str,
-        key: &'static str,
-        kind: &'static str,
-        value: &str,
-        routing: bool,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let sql = format!("DELETE FROM {table} WHERE {key} = $1");
+    pub(crate) async fn delete(&self, table: &Table, value: &str, routing: bool) -> Result<()> {
+        let Table { name, key, kind } = *table;
+        let mut tx = self.begin_write().await?;
+        let sql = format!("DELETE FROM {name} WHERE {key} = $1");
         let done = sqlx::query(&sql)
             .bind(value)
             .execute(&mut *tx)
@@ -267,7 +344,7 @@ impl Store {
             last_heartbeat_at: None,
             created_at: Timestamp::now(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         require(&mut tx, "regions", "name", "region", "region", &n.region).await?;
         sqlx::query(
             "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at) \
@@ -290,12 +367,7 @@ impl Store {
     }
 
     pub async fn node(&self, id: &str) -> Result<Node> {
-        let row = sqlx::query("SELECT * FROM nodes WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("node", id))?;
-        node(&row)
+        self.fetch_one(&NODES, id, node).await
     }
 
     pub async fn nodes(
@@ -304,30 +376,16 @@ impl Store {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<Node>> {
-        let limit = page_limit(limit);
-        let mut sql = String::from("SELECT * FROM nodes WHERE id > $1");
-        let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
-        for (col, v) in [
+        let filters = [
             (
                 "node_type",
                 filter.node_type.map(|t| t.as_str().to_string()),
             ),
             ("state", filter.state.map(|s| s.as_str().to_string())),
             ("region", filter.region.clone()),
-        ] {
-            if let Some(v) = v {
-                binds.push(v);
-                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
-            }
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        let items = rows.iter().map(node).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |n| &n.id))
+        ];
+        self.fetch_page(&NODES, &filters, after, limit, node, |n| &n.id)
+            .await
     }
 
     pub async fn update_node(&self, id: &str, patch: NodePatch) -> Result<Node> {
@@ -360,7 +418,7 @@ impl Store {
     }
 
     async fn put_node(&self, n: &Node) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE nodes SET address = $1, state = $2, cpu_millis = $3, memory_mb = $4, disk_mb = $5, last_heartbeat_at = $6 WHERE id = $7")
             .bind(&n.address)
             .bind(n.state.as_str())
@@ -375,7 +433,7 @@ impl Store {
     }
 
     pub async fn delete_node(&self, id: &str) -> Result<()> {
-        self.delete("nodes", "id", "node", id, true).await
+        self.delete(&NODES, id, true).await
     }
 }
 
@@ -425,34 +483,23 @@ fn check_image(i: &NewImage) -> Result<()> {
 impl Store {
     pub async fn create_image(&self, new: NewImage) -> Result<Image> {
         check_image(&new)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let img = insert_image(&mut tx, new, false).await?;
         tx.commit().await?;
         Ok(img)
     }
 
     pub async fn image(&self, name: &str) -> Result<Image> {
-        let row = sqlx::query("SELECT * FROM images WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("image", name))?;
-        image(&row)
+        self.fetch_one(&IMAGES, name, image).await
     }
 
     pub async fn images(&self, after: Option<&str>, limit: Option<u32>) -> Result<Page<Image>> {
-        let limit = page_limit(limit);
-        let rows = sqlx::query("SELECT * FROM images WHERE name > $1 ORDER BY name LIMIT $2")
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(image).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |i| &i.name))
+        self.fetch_page(&IMAGES, &[], after, limit, image, |i| &i.name)
+            .await
     }
 
     pub async fn delete_image(&self, name: &str) -> Result<()> {
-        self.delete("images", "name", "image", name, false).await
+        self.delete(&IMAGES, name, false).await
     }
 }
 
@@ -591,7 +638,7 @@ fn new_deployment(new: NewDeployment) -> Deployment {
 impl Store {
     pub async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
         let d = new_deployment(new);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         check_deployment(&mut tx, &d).await?;
         insert_deployment(&mut tx, &d).await?;
         self.commit_routing(tx).await?;
@@ -599,12 +646,7 @@ impl Store {
     }
 
     pub async fn deployment(&self, name: &str) -> Result<Deployment> {
-        let row = sqlx::query("SELECT * FROM deployments WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("deployment", name))?;
-        deployment(&row)
+        self.fetch_one(&DEPLOYMENTS, name, deployment).await
     }
 
     pub async fn deployments(
@@ -612,14 +654,8 @@ impl Store {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<Deployment>> {
-        let limit = page_limit(limit);
-        let rows = sqlx::query("SELECT * FROM deployments WHERE name > $1 ORDER BY name LIMIT $2")
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(deployment).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |d| &d.name))
+        self.fetch_page(&DEPLOYMENTS, &[], after, limit, deployment, |d| &d.name)
+            .await
     }
 
     pub async fn update_deployment(
@@ -646,7 +682,7 @@ impl Store {
         if let Some(v) = patch.status {
             d.status = v;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         check_deployment(&mut tx, &d).await?;
         update_deployment_row(&mut tx, &d).await?;
         self.commit_routing(tx).await?;
@@ -657,7 +693,7 @@ impl Store {
     pub async fn delete_deployment(&self, name: &str) -> Result<()> {
         // Explicit, not only ON DELETE CASCADE: SQLite connections opened by other tools may
         // run without foreign keys enabled.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !exists(&mut tx, "deployments", "name", name).await? {
             return Err(not_found("deployment", name));
         }
@@ -694,7 +730,7 @@ impl Store {
         for (i, d) in spec.domains.iter().enumerate() {
             check_domain(&format!("domains[{i}]"), d).map_err(invalid)?;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(img) = spec.image {
             insert_image(&mut tx, img, true).await?;
         }
@@ -811,7 +847,7 @@ impl Store {
             updated_at: now,
         };
         check_instance(&i)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         require(
             &mut tx,
             "deployments",
@@ -838,12 +874,7 @@ impl Store {
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance> {
-        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("instance", id))?;
-        instance(&row)
+        self.fetch_one(&INSTANCES, id, instance).await
     }
 
     pub async fn instances(
@@ -852,27 +883,13 @@ impl Store {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<Instance>> {
-        let limit = page_limit(limit);
-        let mut sql = String::from("SELECT * FROM instances WHERE id > $1");
-        let mut binds: Vec<String> = vec![after.unwrap_or("").to_string()];
-        for (col, v) in [
+        let filters = [
             ("deployment", filter.deployment.clone()),
             ("node", filter.node.clone()),
             ("state", filter.state.map(|s| s.as_str().to_string())),
-        ] {
-            if let Some(v) = v {
-                binds.push(v);
-                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
-            }
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        let items = rows.iter().map(instance).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |i| &i.id))
+        ];
+        self.fetch_page(&INSTANCES, &filters, after, limit, instance, |i| &i.id)
+            .await
     }
 
     pub async fn update_instance(&self, id: &str, patch: InstancePatch) -> Result<Instance> {
@@ -888,7 +905,7 @@ impl Store {
         }
         i.updated_at = Timestamp::now();
         check_instance(&i)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE instances SET state = $1, address = $2, port = $3, updated_at = $4 WHERE id = $5")
             .bind(i.state.as_str())
             .bind(i.address.clone())
@@ -902,7 +919,7 @@ impl Store {
     }
 
     pub async fn delete_instance(&self, id: &str) -> Result<()> {
-        self.delete("instances", "id", "instance", id, true).await
+        self.delete(&INSTANCES, id, true).await
     }
 }
 
@@ -952,7 +969,7 @@ impl Store {
             verified_at: new.verified.then_some(now),
             created_at: now,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         require(
             &mut tx,
             "deployments",
@@ -968,12 +985,7 @@ impl Store {
     }
 
     pub async fn domain(&self, name: &str) -> Result<Domain> {
-        let row = sqlx::query("SELECT * FROM domains WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| not_found("domain", name))?;
-        domain(&row)
+        self.fetch_one(&DOMAINS, name, domain).await
     }
 
     pub async fn domains(
@@ -982,31 +994,14 @@ impl Store {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<Domain>> {
-        let limit = page_limit(limit);
-        let rows = match deployment {
-            Some(dep) => sqlx::query(
-                "SELECT * FROM domains WHERE name > $1 AND deployment = $2 ORDER BY name LIMIT $3",
-            )
-            .bind(after.unwrap_or(""))
-            .bind(dep)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?,
-            None => {
-                sqlx::query("SELECT * FROM domains WHERE name > $1 ORDER BY name LIMIT $2")
-                    .bind(after.unwrap_or(""))
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        let items = rows.iter().map(domain).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, |d| &d.name))
+        let filters = [("deployment", deployment.map(str::to_string))];
+        self.fetch_page(&DOMAINS, &filters, after, limit, domain, |d| &d.name)
+            .await
     }
 
     pub async fn update_domain(&self, name: &str, patch: DomainPatch) -> Result<Domain> {
         let mut d = self.domain(name).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(dep) = patch.deployment {
             check_name("deployment", &dep).map_err(invalid)?;
             require(
@@ -1031,7 +1026,7 @@ impl Store {
     }
 
     pub async fn delete_domain(&self, name: &str) -> Result<()> {
-        self.delete("domains", "name", "domain", name, true).await
+        self.delete(&DOMAINS, name, true).await
     }
 }
 

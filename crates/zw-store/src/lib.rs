@@ -180,6 +180,17 @@ impl Store {
         Ok(())
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a deferred transaction that read
+    /// first could not upgrade once another writer committed, and would fail at once with
+    /// "database is locked" instead of waiting its turn.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Call inside a routing-relevant write transaction, before commit.
     pub(crate) async fn notify_in(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
         if self.backend == Backend::Postgres {

@@ -111,55 +111,53 @@ impl Store {
     }
 
     /// Records `body` as the region's next version, unless the newest version already has
-    /// this hash. Returns the region's newest snapshot either way.
+    /// this hash. Returns the region's newest snapshot either way. Writers of one region
+    /// take turns (SQLite's write lock; a transaction-scoped advisory lock on PostgreSQL),
+    /// so operator replicas racing on the same change agree on one version.
     pub async fn record_snapshot(
         &self,
         region: &str,
         hash: &str,
         body: &str,
     ) -> Result<StoredSnapshot> {
-        for _ in 0..5 {
-            let latest = self.latest_snapshot(region).await?;
-            let version = match latest {
-                Some(l) if l.hash == hash => return Ok(l),
-                Some(l) => l.version + 1,
-                None => 1,
-            };
-            let inserted = sqlx::query("INSERT INTO snapshots (region, version, hash, body, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(region)
-                .bind(version as i64)
-                .bind(hash)
-                .bind(body)
-                .bind(unix_millis())
-                .execute(&self.pool)
-                .await;
-            match inserted {
-                Ok(_) => {
-                    sqlx::query("DELETE FROM snapshots WHERE region = $1 AND version <= $2")
-                        .bind(region)
-                        .bind(version as i64 - KEEP)
-                        .execute(&self.pool)
-                        .await?;
-                    return Ok(StoredSnapshot {
-                        region: region.to_string(),
-                        version,
-                        hash: hash.to_string(),
-                        body: body.to_string(),
-                    });
-                }
-                // Another operator replica took this version first: look again.
-                Err(e)
-                    if e.as_database_error()
-                        .is_some_and(|d| d.is_unique_violation()) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let mut tx = self.begin_write().await?;
+        if self.backend == crate::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(format!("zeitwork-snapshot-{region}"))
+                .execute(&mut *tx)
+                .await?;
         }
-        Err(StoreError::Other(format!(
-            "could not record a snapshot for region {region}: too many concurrent writers"
-        )))
+        let latest = sqlx::query("SELECT region, version, hash, body FROM snapshots WHERE region = $1 ORDER BY version DESC LIMIT 1")
+            .bind(region)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| snapshot(&r))
+            .transpose()?;
+        let version = match latest {
+            Some(l) if l.hash == hash => return Ok(l),
+            Some(l) => l.version + 1,
+            None => 1,
+        };
+        sqlx::query("INSERT INTO snapshots (region, version, hash, body, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(region)
+            .bind(version as i64)
+            .bind(hash)
+            .bind(body)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM snapshots WHERE region = $1 AND version <= $2")
+            .bind(region)
+            .bind(version as i64 - KEEP)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(StoredSnapshot {
+            region: region.to_string(),
+            version,
+            hash: hash.to_string(),
+            body: body.to_string(),
+        })
     }
 }
 

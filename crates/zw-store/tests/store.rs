@@ -429,3 +429,39 @@ async fn replicas_sharing_postgres_see_each_others_writes() {
     a.close().await;
     b.close().await;
 }
+
+/// Writers that read before they write (reference checks) must queue behind each other,
+/// not fail with "database is locked" when another write commits first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_all_succeed() {
+    for db in TestDb::all().await {
+        let store = Store::open(&db.url).await.unwrap();
+        seeded(&store).await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    s.create_domain(NewDomain {
+                        name: format!("d{i}.example.com"),
+                        deployment: "web".into(),
+                        verified: true,
+                    })
+                    .await
+                    .map(|_| ())
+                } else {
+                    s.record_snapshot("eu", &format!("sha256:{i}"), "{}")
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{:?}: {e}", db.backend));
+        }
+        assert_eq!(store.counts().await.unwrap()["domains"], 20);
+        store.close().await;
+    }
+}

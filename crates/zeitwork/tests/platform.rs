@@ -353,3 +353,109 @@ fn an_edge_can_read_routes_from_the_operator_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `zeitwork apply` and `zeitwork get` against a real operator.
+#[test]
+fn cli_apply_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("op");
+    let op = Operator::start(&data, free_port(), None);
+    op.ok("POST", "/api/v1/regions", Some(json!({"name": "eu"})));
+    let file = dir.path().join("hello.toml");
+    std::fs::write(
+        &file,
+        r#"
+domains = ["hello.example.com"]
+
+[image]
+name = "hello"
+command = ["/bin/hello", "--port", "8080"]
+
+[deployment]
+name = "hello"
+image = "hello"
+replicas = 2
+regions = ["eu"]
+port = 8080
+health_check = { path = "/healthz" }
+"#,
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .args(["--operator", &format!("http://{}", op.addr), "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("deployment hello created")
+            && stdout.contains("domain hello.example.com -> hello"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(stdout.contains("deployment hello updated"), "{stdout}");
+
+    let (ok, table, _) = cli(&["get", "deployments"]);
+    assert!(ok);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("REPLICAS"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("hello") && lines[1].contains(" 2 "),
+        "{table}"
+    );
+    let (ok, json_out, _) = cli(&["get", "domains", "-o", "json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v[0]["name"], "hello.example.com");
+
+    // a bad file: the field is named, nothing is written
+    std::fs::write(
+        &file,
+        "[deployment]\nname = \"x\"\nimage = \"hello\"\nregions = [\"mars\"]\nport = 80\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("deployment.regions[0]") && stderr.contains("unknown region `mars`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        op.ok("GET", "/api/v1/deployments", None)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // a wrong token
+    let out = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "nodes",
+            "--operator",
+            &format!("http://{}", op.addr),
+            "--token",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

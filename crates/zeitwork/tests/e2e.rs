@@ -8,26 +8,10 @@ use std::time::{Duration, Instant};
 
 use zw_edge::testkit::Upstream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
+mod support;
+use support::tool;
 
-/// A tool the end-to-end tests need. In CI a missing tool fails the test (CI installs it);
-/// elsewhere the test says what is missing and skips.
-fn tool(name: &str) -> bool {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is required in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: {name} is not installed");
-    }
-    found
-}
+use support::BIN;
 
 struct EdgeProcess {
     child: Child,

@@ -8,26 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-use zw_edge::testkit::Upstream;
 
 const OUTAGE: Duration = Duration::from_secs(60);
-
-fn h2load_available() -> bool {
-    let found = Command::new("h2load")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "h2load is required in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: h2load is not installed");
-    }
-    found
-}
 
 /// `(done, succeeded, failed, errored, 2xx)` from h2load's summary.
 fn h2load_summary(out: &str) -> (u64, u64, u64, u64, u64) {
@@ -57,15 +39,10 @@ fn h2load_summary(out: &str) -> (u64, u64, u64, u64, u64) {
 
 #[test]
 fn edges_serve_through_an_operator_outage_and_converge_after() {
-    if !h2load_available() {
+    if !tool("h2load") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let up = rt.block_on(Upstream::start("app"));
+    let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut op = Operator::start(&dir.path().join("op"), port, None);

@@ -7,17 +7,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-use zw_edge::testkit::Upstream;
-
-fn upstream() -> (tokio::runtime::Runtime, Upstream) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let up = rt.block_on(Upstream::start("app"));
-    (rt, up)
-}
 
 fn connected_and_current(op: &Operator, n: usize) -> bool {
     let Some(v) = op.snapshot_version("eu") else {
@@ -36,7 +25,7 @@ fn connected_and_current(op: &Operator, n: usize) -> bool {
 /// off the second replica, so its updates travel by LISTEN/NOTIFY.
 #[test]
 fn three_edges_route_new_domains_and_converge() {
-    let (_rt, up) = upstream();
+    let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pg = rt.block_on(zw_store::testkit::TestDb::postgres());
@@ -137,7 +126,7 @@ fn three_edges_route_new_domains_and_converge() {
 /// keeps its previous configuration exactly.
 #[test]
 fn a_refused_snapshot_is_nacked_and_the_previous_one_keeps_serving() {
-    let (_rt, up) = upstream();
+    let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
     let op = Operator::start(&dir.path().join("op"), free_port(), None);
     let token = seed(&op, up.addr);
@@ -208,7 +197,7 @@ fn a_refused_snapshot_is_nacked_and_the_previous_one_keeps_serving() {
 /// one is refused (not ready, nothing served) until the operator is back.
 #[test]
 fn an_edge_restarted_during_an_outage_serves_its_last_known_good() {
-    let (_rt, up) = upstream();
+    let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut op = Operator::start(&dir.path().join("op"), port, None);
@@ -274,40 +263,25 @@ fn an_edge_restarted_during_an_outage_serves_its_last_known_good() {
 /// The small-setup mode: an edge reading the operator's database directly.
 #[test]
 fn an_edge_can_read_routes_from_the_operator_database() {
-    let (_rt, up) = upstream();
+    let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
     let op_dir = dir.path().join("op");
     let op = Operator::start(&op_dir, free_port(), None);
     seed(&op, up.addr);
     add_domain(&op, "app.example.com");
     let db = format!("sqlite://{}/state.db", op_dir.display());
-    let args: Vec<String> = [
-        "edge",
-        "--database-url",
-        &db,
-        "--region",
-        "eu",
-        "--update-interval",
-        "100ms",
-        "--http",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let proc = Proc::spawn("db-edge", &args);
-    let web = proc.wait_log(Duration::from_secs(15), |v| {
-        v["fields"]["entry_point"] == "web"
-    })["fields"]["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let admin = proc.addr("admin listening");
+    let edge = Edge::spawn(
+        "db-edge",
+        &[
+            "--database-url",
+            &db,
+            "--region",
+            "eu",
+            "--update-interval",
+            "100ms",
+        ],
+    );
+    let (web, admin) = (edge.http, edge.admin);
     assert_eq!(
         http(web, "GET", "/", None, None, &[("host", "app.example.com")]).0,
         200

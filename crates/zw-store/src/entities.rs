@@ -101,41 +101,19 @@ pub(crate) struct Table {
     pub kind: &'static str,
 }
 
-pub(crate) const REGIONS: Table = Table {
-    name: "regions",
-    key: "name",
-    kind: "region",
-};
-pub(crate) const NODES: Table = Table {
-    name: "nodes",
-    key: "id",
-    kind: "node",
-};
-pub(crate) const IMAGES: Table = Table {
-    name: "images",
-    key: "name",
-    kind: "image",
-};
-pub(crate) const DEPLOYMENTS: Table = Table {
-    name: "deployments",
-    key: "name",
-    kind: "deployment",
-};
-pub(crate) const INSTANCES: Table = Table {
-    name: "instances",
-    key: "id",
-    kind: "instance",
-};
-pub(crate) const DOMAINS: Table = Table {
-    name: "domains",
-    key: "name",
-    kind: "domain",
-};
-pub(crate) const EDGE_PROXIES: Table = Table {
-    name: "edge_proxies",
-    key: "id",
-    kind: "edge proxy",
-};
+impl Table {
+    const fn new(name: &'static str, key: &'static str, kind: &'static str) -> Table {
+        Table { name, key, kind }
+    }
+}
+
+pub(crate) const REGIONS: Table = Table::new("regions", "name", "region");
+pub(crate) const NODES: Table = Table::new("nodes", "id", "node");
+pub(crate) const IMAGES: Table = Table::new("images", "name", "image");
+pub(crate) const DEPLOYMENTS: Table = Table::new("deployments", "name", "deployment");
+pub(crate) const INSTANCES: Table = Table::new("instances", "id", "instance");
+pub(crate) const DOMAINS: Table = Table::new("domains", "name", "domain");
+pub(crate) const EDGE_PROXIES: Table = Table::new("edge_proxies", "id", "edge proxy");
 
 impl Store {
     /// The row of `table` whose `key` is `value`, decoded.

@@ -13,6 +13,37 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
 
+/// A tool the end-to-end tests need. In CI a missing tool fails the test (CI installs it);
+/// elsewhere the test says what is missing and skips.
+pub fn tool(name: &str) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}
+
+/// An upstream HTTP server (see `zw_edge::testkit::Upstream`) on its own runtime, which
+/// must live as long as the server.
+pub fn upstream(name: &str) -> (tokio::runtime::Runtime, zw_edge::testkit::Upstream) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = rt.block_on(zw_edge::testkit::Upstream::start(name));
+    (rt, up)
+}
+
 /// A `zeitwork` child process whose JSON log lines are collected as they come.
 pub struct Proc {
     pub name: String,
@@ -203,35 +234,47 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// An edge on the operator at `op`, in region `eu`, keeping its last-known-good in
+    /// `state_dir`; reconnect backoff 0.5 s → 8 s.
     pub fn start(op: SocketAddr, token: &str, id: &str, state_dir: &Path, extra: &[&str]) -> Edge {
-        let mut args: Vec<String> = [
-            "edge",
+        let url = format!("ws://{op}");
+        let state = state_dir.display().to_string();
+        let mut args = vec![
             "--control-plane",
-            &format!("ws://{op}"),
+            &url,
             "--token",
             token,
             "--region",
             "eu",
             "--id",
             id,
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
+            "--state-dir",
+            &state,
             "--reconnect-min",
             "500ms",
             "--reconnect-max",
             "8s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push("--state-dir".into());
-        args.push(state_dir.display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(id, &args);
+        ];
+        args.extend_from_slice(extra);
+        Edge::spawn(id, &args)
+    }
+
+    /// `zeitwork edge` with these source arguments, HTTP and admin on port 0.
+    pub fn spawn(name: &str, source: &[&str]) -> Edge {
+        let mut args: Vec<String> = vec!["edge".into()];
+        args.extend(source.iter().map(|s| s.to_string()));
+        args.extend(
+            [
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+            ]
+            .map(String::from),
+        );
+        let proc = Proc::spawn(name, &args);
         let http = proc.wait_log(Duration::from_secs(15), |v| {
             v["fields"]["entry_point"] == "web"
         });

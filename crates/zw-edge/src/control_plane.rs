@@ -256,11 +256,24 @@ impl ControlPlane {
                 EdgeMessage::Nack {
                     nonce,
                     version_in_use: edge.status().snapshot_version,
-                    error,
+                    error: first_bytes(&error, 16 * 1024),
                 }
             }
         }
     }
+}
+
+/// The first `max` bytes of `s` (on a character boundary): a nack carries the reason, not
+/// every one of a hundred thousand errors.
+fn first_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n…", &s[..end])
 }
 
 fn text(m: &EdgeMessage) -> Message {

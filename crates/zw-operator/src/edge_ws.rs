@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use zw_proto::protocol::{ConfigSnapshot, EdgeMessage, OperatorMessage, MAX_MESSAGE_BYTES};
+use zw_proto::protocol::{ConfigSnapshot, EdgeMessage, OperatorMessage};
 
 use crate::App;
 
 pub const PING_EVERY: Duration = Duration::from_secs(5);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Edges send hellos, acks and nacks (a nack carries a configuration error list).
+const MAX_INBOUND_BYTES: usize = 1 << 20;
 
 pub(crate) async fn connect(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
+    ws.max_message_size(MAX_INBOUND_BYTES)
+        .max_frame_size(MAX_INBOUND_BYTES)
         .on_upgrade(move |socket| session(app, socket))
 }
 

@@ -263,17 +263,14 @@ impl ControlPlane {
     }
 }
 
-/// The first `max` bytes of `s` (on a character boundary): a nack carries the reason, not
-/// every one of a hundred thousand errors.
+/// A nack carries the reason, not every one of a hundred thousand errors.
 fn first_bytes(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+    let cut = zw_proto::truncate(s, max);
+    if cut.len() < s.len() {
+        format!("{cut}\n…")
+    } else {
+        s.to_string()
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n…", &s[..end])
 }
 
 fn text(m: &EdgeMessage) -> Message {

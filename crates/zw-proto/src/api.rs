@@ -492,14 +492,12 @@ pub fn check_host(field: &str, host: &str) -> Result<(), FieldError> {
 /// Error messages quote user input; a megabyte of it would be a log hazard.
 fn shorten(s: &str) -> String {
     const MAX: usize = 80;
-    if s.len() <= MAX {
-        return s.to_string();
+    let cut = crate::truncate(s, MAX);
+    if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        s.to_string()
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

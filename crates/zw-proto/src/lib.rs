@@ -12,3 +12,27 @@ pub mod backoff;
 pub mod compile;
 pub mod protocol;
 pub mod time;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary:
+/// for quoting untrusted or unbounded text in messages.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncate_respects_characters() {
+        assert_eq!(super::truncate("abc", 5), "abc");
+        assert_eq!(super::truncate("abc", 2), "ab");
+        assert_eq!(super::truncate("aé", 2), "a");
+        assert_eq!(super::truncate("", 0), "");
+    }
+}

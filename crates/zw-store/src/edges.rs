@@ -171,7 +171,7 @@ impl Store {
         error: &str,
     ) -> Result<()> {
         let now = unix_millis();
-        let error: String = error.chars().take(4096).collect();
+        let error = zw_proto::truncate(error, 4096);
         sqlx::query("UPDATE edge_proxies SET applied_version = $1, last_nack_at = $2, last_nack_error = $3, last_seen_at = $2 WHERE id = $4")
             .bind(version_in_use.map(|v| v as i64))
             .bind(now)

@@ -287,6 +287,35 @@ fn an_invalid_startup_configuration_is_refused_with_the_reason() {
 }
 
 #[test]
+fn bad_proxy_protocol_flags_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "ok.yaml", "http: {}\n");
+    for (flag, expected) in [
+        ("web=10.0.0.0/33", "`10.0.0.0/33`"),
+        ("api=10.0.0.0/8", "no entry point named `api`"),
+        ("web", "expected NAME=CIDR"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "edge",
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--proxy-protocol",
+                flag,
+                "--config",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{flag}: {err}");
+    }
+}
+
+#[test]
 fn config_validate_prints_ok_and_hash_or_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(

@@ -21,6 +21,7 @@ pub mod middleware;
 pub mod pool;
 mod provider;
 mod proxy;
+pub mod proxy_protocol;
 pub mod snapshot;
 use zw_proto::time;
 
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: EdgeMetrics,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) draining: AtomicBool,
+    /// Per entry point: the PROXY protocol senders it trusts, if it expects the protocol.
+    proxy_protocol: Mutex<Vec<Option<proxy_protocol::Trusted>>>,
     next_version: AtomicU64,
     connections: AtomicUsize,
     connections_done: Notify,
@@ -108,6 +111,7 @@ impl Edge {
     /// An edge with the given entry point names (routers' `entryPoints` refer to them) and
     /// no configuration yet (it answers 503 until one is applied).
     pub fn new(entry_points: Vec<String>, access_log: Option<AccessLog>) -> Edge {
+        let proxy_protocol = Mutex::new(vec![None; entry_points.len()]);
         let status = ConfigStatus {
             entry_points: entry_points.clone(),
             ..ConfigStatus::default()
@@ -121,6 +125,7 @@ impl Edge {
                 metrics: EdgeMetrics::default(),
                 access_log,
                 draining: AtomicBool::new(false),
+                proxy_protocol,
                 next_version: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 connections_done: Notify::new(),
@@ -177,6 +182,33 @@ impl Edge {
         };
         tracing::info!(version, ?snapshot_version, %hash, source, origin, routers, services, "configuration applied");
         Ok(version)
+    }
+
+    /// Makes `entry_point` expect a PROXY protocol (v1 or v2) header on every connection,
+    /// from the `trusted` networks only. Call before [`Edge::serve`].
+    pub fn set_proxy_protocol(
+        &self,
+        entry_point: &str,
+        trusted: Vec<zw_rules::IpNet>,
+    ) -> Result<(), String> {
+        let idx = self
+            .shared
+            .entry_points
+            .iter()
+            .position(|e| e == entry_point)
+            .ok_or_else(|| format!("no entry point named `{entry_point}`"))?;
+        if trusted.is_empty() {
+            return Err(format!("entry point `{entry_point}`: name the networks trusted to send PROXY protocol headers"));
+        }
+        let mut pp = self
+            .shared
+            .proxy_protocol
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = pp.get_mut(idx) {
+            *slot = Some(proxy_protocol::Trusted(trusted));
+        }
+        Ok(())
     }
 
     /// Records a rejected configuration (shown at `/debug/config`, counted in metrics).
@@ -275,6 +307,13 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(server_builder());
     let local_port = listener.local_addr().map_or(0, |a| a.port());
+    let trusted = shared
+        .proxy_protocol
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(ep)
+        .cloned()
+        .flatten();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -292,30 +331,81 @@ async fn accept_loop(
         shared.connections.fetch_add(1, Relaxed);
         let shared = shared.clone();
         let builder = builder.clone();
-        let mut stop = stop.clone();
+        let (stop, trusted) = (stop.clone(), trusted.clone());
         tokio::spawn(async move {
-            let conn_info = Arc::new(proxy::ConnInfo::new(peer, local_port));
-            let svc_shared = shared.clone();
-            let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let shared = svc_shared.clone();
-                CatchPanic {
-                    fut: proxy::handle(shared.clone(), ep, conn_info.clone(), req),
-                    shared,
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            let at = Accepted {
+                ep,
+                peer,
+                local_port,
+            };
+            serve_connection(&shared, &builder, stream, at, trusted.as_ref(), stop).await;
             if shared.connections.fetch_sub(1, Relaxed) == 1 {
                 shared.connections_done.notify_waiters();
             }
         });
+    }
+}
+
+/// Where a connection came in.
+struct Accepted {
+    ep: usize,
+    peer: SocketAddr,
+    local_port: u16,
+}
+
+/// One client connection: the PROXY protocol header where the entry point wants one, then
+/// HTTP until the client leaves or the edge stops.
+async fn serve_connection(
+    shared: &Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stream: tokio::net::TcpStream,
+    Accepted {
+        ep,
+        peer,
+        local_port,
+    }: Accepted,
+    trusted: Option<&proxy_protocol::Trusted>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (client, prefix) = match trusted {
+        None => (peer, bytes::Bytes::new()),
+        Some(t) => {
+            let header = if t.admits(peer) {
+                proxy_protocol::read_header(&mut stream, peer).await
+            } else {
+                Err("source is not a trusted PROXY protocol sender".to_string())
+            };
+            match header {
+                Ok(x) => x,
+                Err(reason) => {
+                    shared
+                        .metrics
+                        .proxy_protocol_rejections
+                        .fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, %reason, "connection closed");
+                    return;
+                }
+            }
+        }
+    };
+    let conn_info = Arc::new(proxy::ConnInfo::new(client, local_port));
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let shared = svc_shared.clone();
+        CatchPanic {
+            fut: proxy::handle(shared.clone(), ep, conn_info.clone(), req),
+            shared,
+        }
+    });
+    let io = proxy_protocol::Prefixed::new(prefix, stream);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

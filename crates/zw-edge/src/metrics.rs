@@ -111,6 +111,8 @@ pub struct EdgeMetrics {
     pub access_log_dropped: AtomicU64,
     pub in_flight: AtomicU64,
     pub panics: AtomicU64,
+    /// Connections closed for a missing, malformed or untrusted PROXY protocol header.
+    pub proxy_protocol_rejections: AtomicU64,
 }
 
 /// Escapes a Prometheus label value.
@@ -173,7 +175,7 @@ pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
-    let pairs: [(&str, &str, &AtomicU64); 10] = [
+    let pairs: [(&str, &str, &AtomicU64); 11] = [
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
@@ -200,6 +202,11 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
         ),
         ("zeitwork_requests_in_flight", "gauge", &m.in_flight),
         ("zeitwork_request_panics_total", "counter", &m.panics),
+        (
+            "zeitwork_proxy_protocol_rejections_total",
+            "counter",
+            &m.proxy_protocol_rejections,
+        ),
     ];
     for (name, kind, v) in pairs {
         let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));

@@ -304,25 +304,40 @@ impl TestEdge {
     }
 
     pub async fn start_with(config: &str, drain: Duration) -> TestEdge {
-        Self::start_full(config, drain, None).await
+        Self::start_full(config, drain, None, None).await
+    }
+
+    /// Starts an edge whose entry point expects PROXY protocol headers from `trusted`
+    /// (comma-separated CIDRs).
+    pub async fn start_behind_balancer(config: &str, trusted: &str) -> TestEdge {
+        let nets = trusted
+            .split(',')
+            .map(|n| n.parse().expect("CIDR"))
+            .collect();
+        Self::start_full(config, Duration::from_secs(5), None, Some(nets)).await
     }
 
     /// Starts an edge that writes its JSON access log to `access_log`.
     pub async fn start_with_access_log(config: &str, access_log: &std::path::Path) -> TestEdge {
         let log = crate::AccessLog::start(&crate::AccessLogTarget::File(access_log.to_path_buf()))
             .expect("open access log");
-        Self::start_full(config, Duration::from_secs(5), Some(log)).await
+        Self::start_full(config, Duration::from_secs(5), Some(log), None).await
     }
 
     async fn start_full(
         config: &str,
         drain: Duration,
         access_log: Option<crate::AccessLog>,
+        proxy_protocol: Option<Vec<zw_rules::IpNet>>,
     ) -> TestEdge {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("dynamic.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let edge = Edge::new(vec!["web".into()], access_log);
+        if let Some(nets) = proxy_protocol {
+            edge.set_proxy_protocol("web", nets)
+                .expect("entry point web");
+        }
         let limits = zw_config::Limits::default();
         let mut provider = crate::FileProvider::new(config_path.clone(), limits);
         if let Err(e) = provider.load_into(&edge) {

@@ -77,6 +77,11 @@ pub struct EdgeArgs {
     /// More entry points, as NAME=ADDR (repeatable).
     #[arg(long = "entry-point", value_name = "NAME=ADDR")]
     entry_points: Vec<String>,
+    /// Expect a PROXY protocol (v1 or v2) header on every connection to entry point NAME,
+    /// from these networks only (e.g. web=10.0.0.0/8,127.0.0.1/32); other connections are
+    /// closed. The header's address becomes the client's. Repeatable.
+    #[arg(long = "proxy-protocol", value_name = "NAME=CIDR[,CIDR…]")]
+    proxy_protocol: Vec<String>,
     /// Admin address: /health, /ready, /metrics, /debug/config.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9080")]
     admin: SocketAddr,
@@ -146,6 +151,17 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             Some(p) => Some(AccessLog::start(&AccessLogTarget::File(p.into())).with_context(|| format!("opening access log {p}"))?),
         };
         let edge = Edge::new(eps.iter().map(|(n, _)| n.clone()).collect(), access_log);
+        for spec in &args.proxy_protocol {
+            let (name, nets) = spec
+                .split_once('=')
+                .with_context(|| format!("--proxy-protocol {spec}: expected NAME=CIDR[,CIDR…]"))?;
+            let nets = nets
+                .split(',')
+                .map(|n| n.trim().parse::<zw_rules::IpNet>().map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: `{n}`: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            edge.set_proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
+            tracing::info!(entry_point = %name, "PROXY protocol required");
+        }
         let mut limits = Limits::default();
         if let Some(n) = args.max_routers {
             limits.max_routers = n;

@@ -32,6 +32,8 @@ enum Command {
     Operator(cmd::operator::OperatorArgs),
     /// Run the L7 edge proxy (configuration from a file, the operator, or its database).
     Edge(Box<cmd::edge::EdgeArgs>),
+    /// Run the L4 balancer: TCP to healthy edges, PROXY protocol, SNI routing, draining.
+    Balancer(Box<cmd::balancer::BalancerArgs>),
     /// List nodes, instances, deployments, domains, edges, regions or images.
     Get(cmd::client::GetArgs),
     /// Create or update a deployment (with its image and domains) from a file.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Operator(args) => cmd::operator::run(args),
         Command::Edge(args) => cmd::edge::run(*args),
+        Command::Balancer(args) => cmd::balancer::run(*args),
         Command::Get(args) => cmd::client::get(args),
         Command::Apply(args) => cmd::client::apply(args),
         Command::Config(c) => cmd::config::run(c),

@@ -128,21 +128,7 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         }
         eps.push((name.to_string(), addr));
     }
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
-    .context("starting the runtime")?;
+    let runtime = super::runtime(args.workers)?;
 
     runtime.block_on(async move {
         let access_log = match args.access_log.as_deref() {

@@ -1,3 +1,4 @@
+pub mod balancer;
 pub mod client;
 pub mod config;
 pub mod edge;
@@ -24,6 +25,26 @@ pub fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// A Tokio runtime with `workers` threads (default: one per CPU); 1 runs everything on
+/// the calling thread.
+pub fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    let workers = workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .context("starting the runtime")
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -1,0 +1,178 @@
+//! The admin listener: `/health`, `/metrics`, `/debug/backends`, and draining
+//! (`POST /backends/drain?pool=P&backend=ADDR`, `POST /backends/undrain?…`).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::Shared;
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", metrics(&shared)),
+        (&Method::GET, "/debug/backends") => {
+            let views: Vec<_> = shared.pools.iter().flat_map(|p| p.views()).collect();
+            (StatusCode::OK, "application/json", serde_json::to_string_pretty(&views).unwrap_or_default())
+        }
+        (&Method::POST, "/backends/drain") => drain(&shared, req.uri().query(), true),
+        (&Method::POST, "/backends/undrain") => drain(&shared, req.uri().query(), false),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /health, /metrics, /debug/backends, POST /backends/drain?pool=P&backend=ADDR\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    Ok(resp)
+}
+
+fn drain(shared: &Shared, query: Option<&str>, on: bool) -> (StatusCode, &'static str, String) {
+    let (mut pool, mut backend) = (None, None);
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("pool", v)) => pool = Some(v.to_string()),
+            Some(("backend", v)) => {
+                backend = v
+                    .replace("%3A", ":")
+                    .replace("%3a", ":")
+                    .parse::<SocketAddr>()
+                    .ok()
+            }
+            _ => {}
+        }
+    }
+    let Some(addr) = backend else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "give backend=IP:PORT (and pool=NAME to pick one pool)\n".into(),
+        );
+    };
+    let mut found = 0;
+    for p in shared
+        .pools
+        .iter()
+        .filter(|p| pool.as_deref().is_none_or(|n| n == p.name))
+    {
+        if p.set_draining(addr, on) {
+            found += 1;
+        }
+    }
+    if found == 0 {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no backend {addr} in that pool\n"),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            "text/plain",
+            format!(
+                "{} {addr} in {found} pool(s)\n",
+                if on { "draining" } else { "undrained" }
+            ),
+        )
+    }
+}
+
+fn metrics(shared: &Shared) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let per_listener = |f: &dyn Fn(&crate::conn::Listener) -> u64| -> Vec<(String, u64)> {
+        shared
+            .listeners
+            .iter()
+            .map(|l| (format!("listener=\"{}\"", l.config.name), f(l)))
+            .collect()
+    };
+    family(
+        "zeitwork_l4_connections_active",
+        "gauge",
+        per_listener(&|l| l.active.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_connections_total",
+        "counter",
+        per_listener(&|l| l.total.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_connections_refused_total",
+        "counter",
+        per_listener(&|l| l.refused.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_connections_no_backend_total",
+        "counter",
+        per_listener(&|l| l.no_backend.load(Relaxed)),
+    );
+    let per_backend = |f: &dyn Fn(&crate::pool::Backend) -> u64| -> Vec<(String, u64)> {
+        shared
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.backends()
+                    .iter()
+                    .map(|b| (format!("pool=\"{}\",backend=\"{}\"", p.name, b.addr), f(b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    family(
+        "zeitwork_l4_backend_up",
+        "gauge",
+        per_backend(&|b| u64::from(b.healthy())),
+    );
+    family(
+        "zeitwork_l4_backend_draining",
+        "gauge",
+        per_backend(&|b| u64::from(b.draining())),
+    );
+    family(
+        "zeitwork_l4_backend_connections_active",
+        "gauge",
+        per_backend(&|b| b.active.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_backend_connections_total",
+        "counter",
+        per_backend(&|b| b.total.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_backend_connect_errors_total",
+        "counter",
+        per_backend(&|b| b.connect_errors.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_backend_bytes_sent_total",
+        "counter",
+        per_backend(&|b| b.bytes_to.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_backend_bytes_received_total",
+        "counter",
+        per_backend(&|b| b.bytes_from.load(Relaxed)),
+    );
+    out
+}

@@ -1,0 +1,95 @@
+//! Backends from the operator: `GET /api/v1/edge-proxies` (with a join token), polled
+//! every interval. An edge marked draining there is drained here; an edge that left the
+//! list is drained, not cut. A failed poll keeps the current set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use zw_proto::api::{EdgeProxy, EdgeState, Page};
+
+use crate::config::Discover;
+use crate::pool::Pool;
+
+pub(crate) async fn run(
+    pool: Arc<Pool>,
+    d: Discover,
+    token: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        match fetch(&d, &token).await {
+            Ok(list) => {
+                if failing {
+                    tracing::info!(pool = %pool.name, "discovery works again");
+                    failing = false;
+                }
+                pool.set_backends(&list);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(pool = %pool.name, error = %e, "discovery failed; keeping the current backends");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d.interval.0) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The edges to balance over: (address, draining).
+pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<(SocketAddr, bool)>, String> {
+    let authority = d
+        .operator
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let auth = format!("Bearer {token}");
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut path = String::from("/api/v1/edge-proxies?limit=500");
+        if let Some(r) = &d.region {
+            path.push_str(&format!("&region={r}"));
+        }
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let (status, body) = crate::http::get(
+            authority,
+            &path,
+            &[("authorization", &auth)],
+            std::time::Duration::from_secs(5),
+            8 << 20,
+        )
+        .await?;
+        if status != 200 {
+            return Err(format!(
+                "operator answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        let page: Page<EdgeProxy> =
+            serde_json::from_slice(&body).map_err(|e| format!("unreadable edge list: {e}"))?;
+        for e in &page.items {
+            match tokio::net::lookup_host(&e.address)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+            {
+                Some(addr) => out.push((addr, e.state == EdgeState::Draining)),
+                None => {
+                    tracing::warn!(edge = %e.id, address = %e.address, "edge address does not resolve; skipped")
+                }
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+    Err("edge list longer than 50000 entries".into())
+}

@@ -276,7 +276,7 @@ impl Edge {
         );
         let proc = Proc::spawn(name, &args);
         let http = proc.wait_log(Duration::from_secs(15), |v| {
-            v["fields"]["entry_point"] == "web"
+            v["fields"]["entry_point"] == "web" && v["fields"]["addr"].is_string()
         });
         let http = http["fields"]["addr"].as_str().unwrap().parse().unwrap();
         let admin = proc.addr("admin listening");
@@ -409,4 +409,56 @@ pub fn add_domain(op: &Operator, name: &str) {
         "/api/v1/domains",
         Some(serde_json::json!({"name": name, "deployment": "web", "verified": true})),
     );
+}
+
+/// `zeitwork balancer` with these arguments, admin on port 0; its first listener's address
+/// and its admin address.
+pub struct Balancer {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Balancer {
+    pub fn start(args: &[&str]) -> Balancer {
+        let mut all: Vec<String> = vec!["balancer".into(), "--admin".into(), "127.0.0.1:0".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("balancer", &all);
+        let addr = proc.wait_log(Duration::from_secs(15), |v| {
+            message(v) == "listening" && v["fields"]["listener"].is_string()
+        });
+        let addr = addr["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        let admin = proc.addr("admin listening");
+        Balancer { proc, addr, admin }
+    }
+
+    pub fn backends(&self) -> Value {
+        let (_, b) = http(self.admin, "GET", "/debug/backends", None, None, &[]);
+        serde_json::from_str(&b).unwrap_or(Value::Null)
+    }
+}
+
+/// An edge on a file configuration routing everything to `upstream`, behind a balancer
+/// on 127.0.0.1 (PROXY protocol required).
+pub fn proxied_edge(name: &str, dir: &Path, upstream: SocketAddr) -> Edge {
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!("http:\n  routers:\n    all: {{rule: \"PathPrefix(`/`)\", service: app}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"http://{upstream}\"}}]}}}}\n"),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    Edge::spawn(
+        name,
+        &["--config", &cfg, "--proxy-protocol", "web=127.0.0.1/32"],
+    )
+}
+
+/// The edge's count of requests answered, from its metrics.
+pub fn edge_requests(e: &Edge) -> u64 {
+    let (_, text) = http(e.admin, "GET", "/metrics", None, None, &[]);
+    text.lines()
+        .filter(|l| l.starts_with("zeitwork_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -370,7 +370,7 @@ fn sigterm_drains_the_balancer() {
     let mut held = std::net::TcpStream::connect(b.addr).unwrap();
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     use std::io::{Read, Write};
-    let mut ask = |s: &mut std::net::TcpStream| {
+    let ask = |s: &mut std::net::TcpStream| {
         s.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").unwrap();
         let mut buf = vec![0u8; 16384];
         let n = s.read(&mut buf).unwrap();

@@ -151,8 +151,9 @@ async fn read_hello(
     }
 }
 
-/// Copies both ways. Each direction ends with a half-close of the other side, so a
-/// client that finished sending still gets the whole answer.
+/// Copies both ways — with splice(2) on Linux, through buffers where that is not
+/// available. Each direction ends with a half-close of the other side, so a client that
+/// finished sending still gets the whole answer.
 async fn pump(
     client: TcpStream,
     upstream: TcpStream,
@@ -163,14 +164,6 @@ async fn pump(
 ) {
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
-    let both = async {
-        tokio::join!(
-            copy(&mut cr, &mut uw, &last, start, &backend.bytes_to),
-            copy(&mut ur, &mut cw, &last, start, &backend.bytes_from),
-        )
-    };
     let tick = idle.min(Duration::from_secs(1));
     let watchdog = async {
         loop {
@@ -185,6 +178,22 @@ async fn pump(
                 return "backend drain deadline passed";
             }
         }
+    };
+    let both = async {
+        #[cfg(target_os = "linux")]
+        if let (Ok(p1), Ok(p2)) = (crate::splice::pipes(), crate::splice::pipes()) {
+            tokio::join!(
+                crate::splice::copy(&client, &upstream, p1, &last, start, &backend.bytes_to),
+                crate::splice::copy(&upstream, &client, p2, &last, start, &backend.bytes_from),
+            );
+            return;
+        }
+        let (mut cr, mut cw) = client.into_split();
+        let (mut ur, mut uw) = upstream.into_split();
+        tokio::join!(
+            copy(&mut cr, &mut uw, &last, start, &backend.bytes_to),
+            copy(&mut ur, &mut cw, &last, start, &backend.bytes_from),
+        );
     };
     tokio::select! {
         _ = both => {}

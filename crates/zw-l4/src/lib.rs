@@ -13,6 +13,8 @@ pub mod health;
 mod http;
 pub mod maglev;
 pub mod pool;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

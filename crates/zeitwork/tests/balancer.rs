@@ -496,3 +496,49 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
         "no new connections to a draining edge"
     );
 }
+
+/// `--max-connections` closes connections beyond the limit at accept; `--idle-timeout`
+/// closes quiet ones.
+#[test]
+fn connection_limits_and_idle_timeout() {
+    use std::io::{Read, Write};
+    let (_rt, up) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = proxied_edge("edge-1", dir.path(), up.addr);
+    let b = Balancer::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &e1.http.to_string(),
+        "--max-connections",
+        "1",
+        "--idle-timeout",
+        "1s",
+    ]);
+    let mut first = std::net::TcpStream::connect(b.addr).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 16384];
+    assert!(first.read(&mut buf).unwrap() > 0);
+    // the second connection is over the limit
+    let (s, _) = http(b.addr, "GET", "/", None, None, &[]);
+    assert_eq!(s, 0, "refused at the limit");
+    let (_, metrics) = http(b.admin, "GET", "/metrics", None, None, &[]);
+    assert!(
+        metrics.contains("zeitwork_l4_connections_refused_total{listener=\"default\"} 1"),
+        "{metrics}"
+    );
+    // quiet for longer than the idle timeout: closed by the balancer
+    let started = Instant::now();
+    let n = first.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // and the slot is free again
+    eventually(Duration::from_secs(5), "a new connection served", || {
+        (http(b.addr, "GET", "/", None, None, &[]).0 == 200).then_some(())
+    });
+}

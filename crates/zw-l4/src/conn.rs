@@ -95,11 +95,15 @@ pub(crate) async fn handle(
     };
     let _ = upstream.set_nodelay(true);
     let using = Using::new(backend.clone());
-    tracing::debug!(%peer, backend = %backend.addr, server_name = server_name.as_deref().unwrap_or("-"), "connected");
-    let local = client.local_addr().unwrap_or(peer);
+    if l.config.log_sni {
+        tracing::info!(%peer, backend = %backend.addr, server_name = server_name.as_deref().unwrap_or("-"), "connected");
+    } else {
+        tracing::debug!(%peer, backend = %backend.addr, server_name = server_name.as_deref().unwrap_or("-"), "connected");
+    }
+    let local = || client.local_addr().unwrap_or(peer);
     let mut first = match l.config.proxy_protocol {
-        ProxyProtocol::V2 => zw_proxy_protocol::encode_v2(peer, local),
-        ProxyProtocol::V1 => zw_proxy_protocol::encode_v1(peer, local).into_bytes(),
+        ProxyProtocol::V2 => zw_proxy_protocol::encode_v2(peer, local()),
+        ProxyProtocol::V1 => zw_proxy_protocol::encode_v1(peer, local()).into_bytes(),
         ProxyProtocol::Off => Vec::new(),
     };
     first.extend_from_slice(&initial);

@@ -67,8 +67,15 @@ pub struct BalancerArgs {
     /// Read the TLS ClientHello and log the server name.
     #[arg(long)]
     log_sni: bool,
+    /// Connections open at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value = "10000")]
     max_connections: usize,
+    /// Close a connection after this long without a byte either way.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = super::duration)]
+    idle_timeout: Duration,
+    /// Give up connecting to a backend after this long (then try another).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = super::duration)]
+    connect_timeout: Duration,
     /// Admin address: /health, /metrics, /debug/backends, POST /backends/drain.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
@@ -139,8 +146,8 @@ fn config_from_flags(args: &BalancerArgs) -> anyhow::Result<Config> {
             _ => ProxyProtocol::V2,
         },
         max_connections: args.max_connections,
-        connect_timeout: dur(Duration::from_secs(3)),
-        idle_timeout: dur(Duration::from_secs(300)),
+        connect_timeout: dur(args.connect_timeout),
+        idle_timeout: dur(args.idle_timeout),
         sni_timeout: dur(Duration::from_secs(5)),
     };
     Ok(Config {

@@ -17,22 +17,8 @@ fn the_upstream_sees_the_real_client_address_through_both_edges() {
     }
     let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
-    let (e1, e2) = (
-        proxied_edge("edge-1", dir.path(), up.addr),
-        proxied_edge("edge-2", dir.path(), up.addr),
-    );
-    let b = Balancer::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &e1.http.to_string(),
-        "--backend",
-        &e2.http.to_string(),
-        "--algorithm",
-        "round_robin",
-        "--health-interval",
-        "200ms",
-    ]);
+    let (e1, e2, b) =
+        two_edges_behind_a_balancer(dir.path(), up.addr, &["--algorithm", "round_robin"]);
     for _ in 0..6 {
         let out = Command::new("curl")
             .args([
@@ -70,24 +56,11 @@ fn killing_an_edge_under_load_sends_new_connections_to_the_other() {
     }
     let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
-    let (mut e1, e2) = (
-        proxied_edge("edge-1", dir.path(), up.addr),
-        proxied_edge("edge-2", dir.path(), up.addr),
+    let (mut e1, e2, b) = two_edges_behind_a_balancer(
+        dir.path(),
+        up.addr,
+        &["--algorithm", "least_conn", "--fall", "1"],
     );
-    let b = Balancer::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &e1.http.to_string(),
-        "--backend",
-        &e2.http.to_string(),
-        "--algorithm",
-        "least_conn",
-        "--health-interval",
-        "200ms",
-        "--fall",
-        "1",
-    ]);
     let load = Command::new("h2load")
         .args([
             "--h1",
@@ -138,22 +111,8 @@ fn killing_an_edge_under_load_sends_new_connections_to_the_other() {
 fn draining_an_edge_under_load_fails_nothing() {
     let (_rt, up) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
-    let (e1, e2) = (
-        proxied_edge("edge-1", dir.path(), up.addr),
-        proxied_edge("edge-2", dir.path(), up.addr),
-    );
-    let b = Balancer::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &e1.http.to_string(),
-        "--backend",
-        &e2.http.to_string(),
-        "--algorithm",
-        "round_robin",
-        "--health-interval",
-        "200ms",
-    ]);
+    let (e1, _e2, b) =
+        two_edges_behind_a_balancer(dir.path(), up.addr, &["--algorithm", "round_robin"]);
     // a keep-alive connection that lands on edge-1 (round robin: the first one)
     let mut held = std::net::TcpStream::connect(b.addr).unwrap();
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

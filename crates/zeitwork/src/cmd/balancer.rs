@@ -90,15 +90,8 @@ pub struct BalancerArgs {
 }
 
 pub fn run(args: BalancerArgs) -> ExitCode {
-    super::init_logging(args.log_format == "json");
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("zeitwork balancer: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let json = args.log_format == "json";
+    super::service("balancer", json, || run_inner(args))
 }
 
 fn config_from_flags(args: &BalancerArgs) -> anyhow::Result<Config> {

@@ -103,15 +103,8 @@ pub struct EdgeArgs {
 }
 
 pub fn run(args: EdgeArgs) -> ExitCode {
-    super::init_logging(args.log_format == "json");
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("zeitwork edge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let json = args.log_format == "json";
+    super::service("edge", json, || run_inner(args))
 }
 
 fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {

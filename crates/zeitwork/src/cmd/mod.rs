@@ -27,6 +27,24 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// Runs a service: logging set up first, then `body`; an error is logged and printed as
+/// `zeitwork NAME: …` with exit status 1.
+pub fn service(
+    name: &str,
+    json_logs: bool,
+    body: impl FnOnce() -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    init_logging(json_logs);
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("zeitwork {name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// A Tokio runtime with `workers` threads (default: one per CPU); 1 runs everything on
 /// the calling thread.
 pub fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -50,25 +50,10 @@ pub struct OperatorArgs {
 }
 
 pub fn run(args: OperatorArgs) -> ExitCode {
-    super::init_logging(args.log_format == "json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("zeitwork operator: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run_inner(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("zeitwork operator: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let json = args.log_format == "json";
+    super::service("operator", json, || {
+        super::runtime(None)?.block_on(run_inner(args))
+    })
 }
 
 /// Where the admin token is written.

@@ -462,3 +462,30 @@ pub fn edge_requests(e: &Edge) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Two proxied edges in front of `upstream` and a balancer over them, with these extra
+/// balancer arguments.
+pub fn two_edges_behind_a_balancer(
+    dir: &Path,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> (Edge, Edge, Balancer) {
+    let (e1, e2) = (
+        proxied_edge("edge-1", dir, upstream),
+        proxied_edge("edge-2", dir, upstream),
+    );
+    let (a1, a2) = (e1.http.to_string(), e2.http.to_string());
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &a1,
+        "--backend",
+        &a2,
+        "--health-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    let b = Balancer::start(&args);
+    (e1, e2, b)
+}

@@ -90,6 +90,17 @@ impl Store {
     /// replicas' changes. `url` is `sqlite:///path/to/file.db` (created when missing) or
     /// `postgres://user@host:port/db`.
     pub async fn open(url: &str) -> Result<Store> {
+        Self::connect(url, true).await
+    }
+
+    /// Connects to a database the operator owns, for reading (the edge's database
+    /// provider): no migrations are applied, and a schema other than this binary's is an
+    /// error that says which side to upgrade.
+    pub async fn open_reader(url: &str) -> Result<Store> {
+        Self::connect(url, false).await
+    }
+
+    async fn connect(url: &str, owner: bool) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -132,14 +143,18 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        schema::migrate(&pool, backend).await?;
+        if owner {
+            schema::migrate(&pool, backend).await?;
+        } else {
+            schema::check(&pool).await?;
+        }
         let (changes, _) = watch::channel(0u64);
         let store = Store {
             pool,
             backend,
             changes,
         };
-        if backend == Backend::Postgres {
+        if owner && backend == Backend::Postgres {
             store.listen(&url).await?;
         }
         Ok(store)

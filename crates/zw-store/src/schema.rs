@@ -93,6 +93,33 @@ CREATE TABLE snapshots (
 "#,
 )];
 
+/// The schema version this binary writes and reads.
+pub fn current() -> i64 {
+    MIGRATIONS.iter().map(|(v, _)| *v).max().unwrap_or(0)
+}
+
+/// For readers: the database must be at exactly this binary's schema version.
+pub(crate) async fn check(pool: &AnyPool) -> Result<()> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(pool)
+        .await
+        .map_err(|_| {
+            crate::StoreError::Other(
+                "the database has no Zeitwork schema: start the operator on it first".into(),
+            )
+        })?;
+    let (found, want) = (found.unwrap_or(0), current());
+    match found.cmp(&want) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(crate::StoreError::Other(format!(
+            "the database has schema version {found}, this binary needs {want}: upgrade the operator first (it migrates the database)"
+        ))),
+        std::cmp::Ordering::Greater => Err(crate::StoreError::Other(format!(
+            "the database has schema version {found}, newer than this binary's {want}: upgrade this binary"
+        ))),
+    }
+}
+
 pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
     let mut conn = pool.acquire().await?;
     if backend == Backend::Postgres {

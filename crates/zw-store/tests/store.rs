@@ -465,3 +465,17 @@ async fn concurrent_writers_all_succeed() {
         store.close().await;
     }
 }
+
+/// The edge's database provider reads the operator's schema but never migrates it.
+#[tokio::test]
+async fn readers_do_not_migrate() {
+    let db = TestDb::sqlite();
+    let e = match Store::open_reader(&db.url).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a reader opened an empty database"),
+    };
+    assert!(e.contains("start the operator on it first"), "{e}");
+    Store::open(&db.url).await.unwrap().close().await;
+    let reader = Store::open_reader(&db.url).await.unwrap();
+    assert!(reader.routing_state().await.unwrap().regions.is_empty());
+}

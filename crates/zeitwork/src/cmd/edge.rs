@@ -198,7 +198,7 @@ async fn start_provider(
         "--region (or EDGEPROXY_REGION_ID) is required with --control-plane and --database-url",
     )?;
     if let Some(url) = &args.database_url {
-        let store = zw_store::Store::open(url)
+        let store = zw_store::Store::open_reader(url)
             .await
             .with_context(|| format!("opening the database {}", zw_store::redact(url)))?;
         let provider = DatabaseProvider {

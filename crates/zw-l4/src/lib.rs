@@ -125,6 +125,11 @@ impl Balancer {
             tokio::spawn(admin_loop(self.shared.clone(), admin, stop_rx.clone()));
         }
         shutdown.await;
+        // Listeners close when their accept loops end: only then is "no new connections" true.
+        let _ = stop_tx.send(true);
+        for a in accepts {
+            let _ = a.await;
+        }
         let open: u64 = self
             .shared
             .listeners
@@ -132,10 +137,6 @@ impl Balancer {
             .map(|l| l.active.load(Relaxed))
             .sum();
         tracing::info!(open_connections = open, drain_timeout = ?drain, "shutting down: no new connections; open ones may finish");
-        let _ = stop_tx.send(true);
-        for a in accepts {
-            let _ = a.await;
-        }
         let deadline = tokio::time::Instant::now() + drain;
         while self
             .shared

@@ -355,7 +355,8 @@ fn sigterm_drains_the_balancer() {
         .wait_log(Duration::from_secs(5), |l| message(l) == "stopped");
 }
 
-/// Backends discovered from the operator's edge list; an edge marked draining there stops
+/// Backends discovered from the operator's edge list, health-checked at each edge's own
+/// admin `/ready` (the address the edge reported); an edge marked draining there stops
 /// getting new connections.
 #[test]
 fn backends_come_from_the_operator_and_follow_its_drain_state() {
@@ -376,6 +377,8 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
         "eu",
         "--token",
         &token,
+        "--health",
+        "http",
         "--algorithm",
         "round_robin",
         "--health-interval",
@@ -417,6 +420,16 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
         );
     }
     assert!(edge_requests(&e1) > 0 && edge_requests(&e2) > 0);
+    // the operator lists each edge's admin address, which the health checks used
+    let listed = op.edges();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["admin_address"] == e1.admin.to_string()),
+        "{listed:?}"
+    );
+    let (_, ready_checks) = http(e1.admin, "GET", "/metrics", None, None, &[]);
+    assert!(ready_checks.contains("zeitwork_proxy_protocol_rejections_total 0"));
 
     op.ok(
         "PATCH",

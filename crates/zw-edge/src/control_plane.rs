@@ -36,6 +36,8 @@ pub struct ControlPlane {
     pub region: String,
     /// Where balancers reach this edge (`host:port`).
     pub address: String,
+    /// Where balancers reach its admin endpoint for `/ready` checks.
+    pub admin_address: Option<String>,
     /// Where the last-known-good snapshot is kept; `None` keeps none.
     pub state_dir: Option<PathBuf>,
     pub backoff_base: Duration,
@@ -185,6 +187,7 @@ impl ControlPlane {
             id: self.id.clone(),
             region: self.region.clone(),
             address: self.address.clone(),
+            admin_address: self.admin_address.clone(),
             version,
             hash,
         };

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use zw_proto::api::{EdgeProxy, EdgeState, Page};
 
 use crate::config::Discover;
-use crate::pool::Pool;
+use crate::pool::{Pool, Wanted};
 
 pub(crate) async fn run(
     pool: Arc<Pool>,
@@ -41,8 +41,8 @@ pub(crate) async fn run(
     }
 }
 
-/// The edges to balance over: (address, draining).
-pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<(SocketAddr, bool)>, String> {
+/// The edges to balance over.
+pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<Wanted>, String> {
     let authority = d
         .operator
         .trim_start_matches("http://")
@@ -75,12 +75,15 @@ pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<(SocketAddr, bool)>,
         let page: Page<EdgeProxy> =
             serde_json::from_slice(&body).map_err(|e| format!("unreadable edge list: {e}"))?;
         for e in &page.items {
-            match tokio::net::lookup_host(&e.address)
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-            {
-                Some(addr) => out.push((addr, e.state == EdgeState::Draining)),
+            match resolve(&e.address).await {
+                Some(addr) => out.push(Wanted {
+                    addr,
+                    draining: e.state == EdgeState::Draining,
+                    health_addr: match &e.admin_address {
+                        Some(a) => resolve(a).await,
+                        None => None,
+                    },
+                }),
                 None => {
                     tracing::warn!(edge = %e.id, address = %e.address, "edge address does not resolve; skipped")
                 }
@@ -92,4 +95,11 @@ pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<(SocketAddr, bool)>,
         }
     }
     Err("edge list longer than 50000 entries".into())
+}
+
+async fn resolve(hostport: &str) -> Option<SocketAddr> {
+    tokio::net::lookup_host(hostport)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
 }

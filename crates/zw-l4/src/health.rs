@@ -19,7 +19,7 @@ pub(crate) async fn run(pool: Arc<Pool>, mut stop: watch::Receiver<bool>) {
                 .speaks_proxy_protocol
                 .load(std::sync::atomic::Ordering::Relaxed);
             checks.spawn(async move {
-                let ok = check(b.addr, &h, local).await;
+                let ok = check(b.addr, b.health_addr(), &h, local).await;
                 (b, ok)
             });
         }
@@ -51,8 +51,20 @@ pub(crate) async fn run(pool: Arc<Pool>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One check of one backend; `proxy_local` opens TCP checks with a PROXY v2 `LOCAL` header.
-pub async fn check(addr: SocketAddr, h: &HealthConfig, proxy_local: bool) -> bool {
-    let target = SocketAddr::new(addr.ip(), h.port.unwrap_or(addr.port()));
+///
+/// HTTP checks go to the pool's `port` on the backend's IP, else to the address the
+/// backend reported for them (a discovered edge's admin address), else to the backend.
+pub async fn check(
+    addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
+    h: &HealthConfig,
+    proxy_local: bool,
+) -> bool {
+    let target = match (h.port, health_addr, h.kind) {
+        (Some(port), _, _) => SocketAddr::new(addr.ip(), port),
+        (None, Some(a), HealthKind::Http) => a,
+        _ => addr,
+    };
     match h.kind {
         HealthKind::Tcp => {
             let probe = async {

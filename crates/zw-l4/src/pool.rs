@@ -32,6 +32,17 @@ pub struct Backend {
     /// When draining began (Unix ms), 0 when not draining: open connections are cut
     /// once the drain timeout has passed since.
     drain_started: AtomicU64,
+    /// Where HTTP health checks go when the pool names no port (a discovered edge's
+    /// admin address).
+    health_addr: Mutex<Option<SocketAddr>>,
+}
+
+/// A backend as discovery wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub addr: SocketAddr,
+    pub draining: bool,
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl Backend {
@@ -49,7 +60,12 @@ impl Backend {
             bytes_from: AtomicU64::new(0),
             streak: Mutex::new((0, 0)),
             drain_started: AtomicU64::new(0),
+            health_addr: Mutex::new(None),
         }
+    }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        *self.health_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn mark_draining(&self, draining: bool) -> bool {
@@ -203,12 +219,13 @@ impl Pool {
     /// Replaces the backend set with `wanted` (addresses and whether each is draining).
     /// Backends that left are drained, not cut: they stay listed (removed) until their
     /// connections end.
-    pub fn set_backends(&self, wanted: &[(SocketAddr, bool)]) {
+    pub fn set_backends(&self, wanted: &[Wanted]) {
         {
             let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.all.load_full();
             let mut next: Vec<Arc<Backend>> = Vec::new();
-            for (addr, draining) in wanted {
+            for w in wanted {
+                let (addr, draining) = (&w.addr, &w.draining);
                 let b = current
                     .iter()
                     .find(|b| b.addr == *addr)
@@ -218,13 +235,14 @@ impl Pool {
                         Arc::new(Backend::new(*addr))
                     });
                 b.removed.store(false, Relaxed);
+                *b.health_addr.lock().unwrap_or_else(|p| p.into_inner()) = w.health_addr;
                 if b.mark_draining(*draining) {
                     tracing::info!(pool = %self.name, backend = %addr, draining, "backend drain state changed by discovery");
                 }
                 next.push(b);
             }
             for b in current.iter() {
-                if wanted.iter().any(|(a, _)| *a == b.addr) {
+                if wanted.iter().any(|w| w.addr == b.addr) {
                     continue;
                 }
                 if !b.removed.swap(true, Relaxed) {
@@ -350,7 +368,11 @@ mod tests {
         let p = pool(Algorithm::RoundRobin, 2);
         let bs = p.backends();
         bs[1].active.store(1, Relaxed);
-        p.set_backends(&[(bs[0].addr, false)]);
+        p.set_backends(&[Wanted {
+            addr: bs[0].addr,
+            draining: false,
+            health_addr: None,
+        }]);
         let views = p.views();
         assert_eq!(
             views.len(),
@@ -360,7 +382,11 @@ mod tests {
         assert!(views[1].removed && views[1].draining);
         assert!((0..5).all(|_| p.pick(ip(1), &[]).unwrap().addr == bs[0].addr));
         bs[1].active.store(0, Relaxed);
-        p.set_backends(&[(bs[0].addr, false)]);
+        p.set_backends(&[Wanted {
+            addr: bs[0].addr,
+            draining: false,
+            health_addr: None,
+        }]);
         assert_eq!(p.views().len(), 1);
         assert!(p.pick(ip(1), &[bs[0].addr]).is_none());
     }

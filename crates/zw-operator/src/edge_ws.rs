@@ -47,22 +47,30 @@ async fn session(app: App, mut socket: WebSocket) {
         Ok(_) => return,
         Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
     };
-    let (id, region, address, version, hash) = match hello {
-        Ok(EdgeMessage::Hello {
-            id,
-            region,
-            address,
-            version,
-            hash,
-        }) => (id, region, address, version, hash),
-        Ok(_) => return refuse(socket, "the first message must be a hello".into()).await,
-        Err(e) => return refuse(socket, format!("bad hello: {e}")).await,
+    let Ok(EdgeMessage::Hello {
+        id,
+        region,
+        address,
+        admin_address,
+        version,
+        hash,
+    }) = hello
+    else {
+        let why = match hello {
+            Err(e) => format!("bad hello: {e}"),
+            Ok(_) => "the first message must be a hello".into(),
+        };
+        return refuse(socket, why).await;
     };
-    if let Err(e) = app
-        .store
-        .edge_hello(&id, &region, &address, version, hash.as_deref())
-        .await
-    {
+    let said = zw_store::EdgeHello {
+        id: &id,
+        region: &region,
+        address: &address,
+        admin_address: admin_address.as_deref(),
+        version,
+        hash: hash.as_deref(),
+    };
+    if let Err(e) = app.store.edge_hello(&said).await {
         return refuse(socket, e.to_string()).await;
     }
     tracing::info!(edge = %id, %region, %address, ?version, "edge connected");

@@ -284,6 +284,8 @@ pub struct EdgeProxy {
     pub region: String,
     /// `host:port` balancers send traffic to.
     pub address: String,
+    /// `host:port` of its admin endpoint (`/ready`), as the edge reported it.
+    pub admin_address: Option<String>,
     pub state: EdgeState,
     pub connected: bool,
     /// The snapshot version the edge last acknowledged (or reported running at hello).

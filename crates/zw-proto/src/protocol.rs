@@ -22,6 +22,9 @@ pub enum EdgeMessage {
         region: String,
         /// Where balancers reach this edge's HTTP entry point (`host:port`).
         address: String,
+        /// Where its admin endpoint (`/ready`) answers, for balancers' health checks.
+        #[serde(default)]
+        admin_address: Option<String>,
         /// The snapshot version it runs (from the operator or its last-known-good).
         version: Option<u64>,
         hash: Option<String>,
@@ -134,6 +137,7 @@ mod tests {
             id: "edge-1".into(),
             region: "eu".into(),
             address: "127.0.0.1:8080".into(),
+            admin_address: None,
             version: None,
             hash: None,
         };

@@ -8,6 +8,17 @@ use zw_proto::time::{unix_millis, Timestamp};
 use crate::entities::{exists, EDGE_PROXIES};
 use crate::{get, invalid, map_constraint, Result, Store};
 
+/// What an edge says about itself when its control connection opens.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeHello<'a> {
+    pub id: &'a str,
+    pub region: &'a str,
+    pub address: &'a str,
+    pub admin_address: Option<&'a str>,
+    pub version: Option<u64>,
+    pub hash: Option<&'a str>,
+}
+
 /// An edge counts as connected while its operator saw it this recently (the operator
 /// pings every few seconds; an operator that died cannot clear the flag itself).
 pub const CONNECTED_WITHIN_MS: i64 = 45_000;
@@ -21,6 +32,7 @@ fn edge(row: &AnyRow) -> Result<EdgeProxy> {
         id: get(row, "id")?,
         region: get(row, "region")?,
         address: get(row, "address")?,
+        admin_address: get(row, "admin_address")?,
         state: EdgeState::parse(&state).unwrap_or(EdgeState::Active),
         connected: connected != 0
             && last_seen.is_some_and(|t| unix_millis() - t < CONNECTED_WITHIN_MS),
@@ -97,36 +109,36 @@ impl Store {
     }
 
     /// An edge said hello: registers it (or updates where it is and what it runs).
-    pub async fn edge_hello(
-        &self,
-        id: &str,
-        region: &str,
-        address: &str,
-        version: Option<u64>,
-        hash: Option<&str>,
-    ) -> Result<()> {
-        check_id("id", id).map_err(invalid)?;
-        check_name("region", region).map_err(invalid)?;
-        check_host_port("address", address).map_err(invalid)?;
+    pub async fn edge_hello(&self, h: &EdgeHello<'_>) -> Result<()> {
+        check_id("id", h.id).map_err(invalid)?;
+        check_name("region", h.region).map_err(invalid)?;
+        check_host_port("address", h.address).map_err(invalid)?;
+        if let Some(a) = h.admin_address {
+            check_host_port("admin_address", a).map_err(invalid)?;
+        }
         let mut tx = self.begin_write().await?;
-        if !exists(&mut tx, "regions", "name", region).await? {
+        if !exists(&mut tx, "regions", "name", h.region).await? {
             return Err(invalid(FieldError::new(
                 "region",
-                format!("unknown region `{region}`: create it first (POST /api/v1/regions)"),
+                format!(
+                    "unknown region `{}`: create it first (POST /api/v1/regions)",
+                    h.region
+                ),
             )));
         }
         let now = unix_millis();
         sqlx::query(
-            "INSERT INTO edge_proxies (id, region, address, state, connected, applied_version, applied_hash, last_seen_at, created_at) \
-             VALUES ($1, $2, $3, 'active', 1, $4, $5, $6, $6) \
-             ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address, connected = 1, \
-             applied_version = excluded.applied_version, applied_hash = excluded.applied_hash, last_seen_at = excluded.last_seen_at",
+            "INSERT INTO edge_proxies (id, region, address, admin_address, state, connected, applied_version, applied_hash, last_seen_at, created_at) \
+             VALUES ($1, $2, $3, $4, 'active', 1, $5, $6, $7, $7) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address, admin_address = excluded.admin_address, \
+             connected = 1, applied_version = excluded.applied_version, applied_hash = excluded.applied_hash, last_seen_at = excluded.last_seen_at",
         )
-        .bind(id)
-        .bind(region)
-        .bind(address)
-        .bind(version.map(|v| v as i64))
-        .bind(hash.map(str::to_string))
+        .bind(h.id)
+        .bind(h.region)
+        .bind(h.address)
+        .bind(h.admin_address.map(str::to_string))
+        .bind(h.version.map(|v| v as i64))
+        .bind(h.hash.map(str::to_string))
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -20,7 +20,7 @@ mod schema;
 pub mod testkit;
 
 pub use auth::Principal;
-pub use edges::CONNECTED_WITHIN_MS;
+pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};
 pub use routing::StoredSnapshot;
 

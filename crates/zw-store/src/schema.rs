@@ -7,9 +7,10 @@ use sqlx::AnyPool;
 
 use crate::{Backend, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE regions (
     name TEXT PRIMARY KEY,
     balancer_address TEXT,
@@ -91,7 +92,9 @@ CREATE TABLE snapshots (
     PRIMARY KEY (region, version)
 )
 "#,
-)];
+    ),
+    (2, "ALTER TABLE edge_proxies ADD COLUMN admin_address TEXT"),
+];
 
 /// The schema version this binary writes and reads.
 pub fn current() -> i64 {

@@ -365,6 +365,17 @@ async fn tokens_are_stored_hashed_and_shown_once() {
     }
 }
 
+fn hello(region: &str, version: Option<u64>) -> zw_store::EdgeHello<'_> {
+    zw_store::EdgeHello {
+        id: "edge-1",
+        region,
+        address: "127.0.0.1:8080",
+        admin_address: Some("127.0.0.1:9080"),
+        version,
+        hash: version.map(|_| "sha256:x"),
+    }
+}
+
 #[tokio::test]
 async fn edge_status_tracks_hello_ack_and_nack() {
     for db in TestDb::all().await {
@@ -376,18 +387,13 @@ async fn edge_status_tracks_hello_ack_and_nack() {
             })
             .await
             .unwrap();
-        let e = store
-            .edge_hello("edge-1", "mars", "127.0.0.1:8080", None, None)
-            .await
-            .unwrap_err();
+        let e = store.edge_hello(&hello("mars", None)).await.unwrap_err();
         assert!(e.to_string().contains("unknown region `mars`"), "{e}");
-        store
-            .edge_hello("edge-1", "eu", "127.0.0.1:8080", Some(3), Some("sha256:x"))
-            .await
-            .unwrap();
+        store.edge_hello(&hello("eu", Some(3))).await.unwrap();
         let edge = store.edge_proxy("edge-1").await.unwrap();
         assert!(edge.connected);
         assert_eq!(edge.applied_version, Some(3));
+        assert_eq!(edge.admin_address.as_deref(), Some("127.0.0.1:9080"));
         store.edge_ack("edge-1", 4, "sha256:y").await.unwrap();
         store
             .edge_nack("edge-1", Some(4), "http.routers: too many")

@@ -52,6 +52,10 @@ pub struct EdgeArgs {
     /// 127.0.0.1 for an unspecified IP.
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
+    /// Where balancers reach the admin endpoint for `/ready` checks (host:port). Default:
+    /// the --admin address, with 127.0.0.1 for an unspecified IP.
+    #[arg(long, value_name = "ADDR")]
+    advertise_admin: Option<String>,
     /// Directory for the last-known-good snapshot (with --control-plane).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -155,7 +159,8 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("binding admin to {}", args.admin))?;
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
         let web = listeners[0].local_addr()?;
-        let provider = start_provider(&args, &edge, limits, web, stop_rx).await?;
+        let admin_addr = admin.local_addr()?;
+        let provider = start_provider(&args, &edge, limits, (web, admin_addr), stop_rx).await?;
 
         let provider = tokio::spawn(provider);
         edge.serve(listeners, Some(admin), super::shutdown_signal(), args.drain_timeout).await;
@@ -174,7 +179,7 @@ async fn start_provider(
     args: &EdgeArgs,
     edge: &Edge,
     limits: Limits,
-    web: SocketAddr,
+    (web, admin): (SocketAddr, SocketAddr),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ProviderTask> {
     if let Some(path) = &args.config {
@@ -223,11 +228,18 @@ async fn start_provider(
         .token
         .clone()
         .context("--token (or ZEITWORK_TOKEN) is required with --control-plane: create one with POST /api/v1/join-tokens {\"role\":\"edge\"}")?;
-    let advertise = match &args.advertise {
-        Some(a) => a.clone(),
-        None if web.ip().is_unspecified() => format!("127.0.0.1:{}", web.port()),
-        None => web.to_string(),
+    let reachable = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("127.0.0.1:{}", a.port())
+        } else {
+            a.to_string()
+        }
     };
+    let advertise = args.advertise.clone().unwrap_or_else(|| reachable(web));
+    let advertise_admin = args
+        .advertise_admin
+        .clone()
+        .unwrap_or_else(|| reachable(admin));
     let id = args.id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
@@ -245,6 +257,7 @@ async fn start_provider(
         id,
         region,
         address: advertise,
+        admin_address: Some(advertise_admin),
         state_dir: args.state_dir.clone(),
         backoff_base: args.reconnect_min,
         backoff_max: args.reconnect_max,

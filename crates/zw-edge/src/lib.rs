@@ -252,12 +252,13 @@ impl Edge {
         }
         shutdown.await;
         self.shared.draining.store(true, Relaxed);
-        let open = self.shared.connections.load(Relaxed);
-        tracing::info!(open_connections = open, drain_timeout = ?drain, "shutting down: no new connections; finishing in-flight requests");
+        // Listeners close when their accept loops end: only then is "no new connections" true.
         let _ = stop_tx.send(true);
         for t in tasks {
             let _ = t.await;
         }
+        let open = self.shared.connections.load(Relaxed);
+        tracing::info!(open_connections = open, drain_timeout = ?drain, "shutting down: no new connections; finishing in-flight requests");
         let wait = async {
             loop {
                 let notified = self.shared.connections_done.notified();

@@ -384,6 +384,17 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
         "--health-interval",
         "200ms",
     ]);
+    let get_app = || {
+        http(
+            b.addr,
+            "GET",
+            "/",
+            None,
+            None,
+            &[("host", "app.example.com")],
+        )
+        .0
+    };
     eventually(Duration::from_secs(15), "both edges discovered", || {
         (b.backends()
             .as_array()?
@@ -406,18 +417,7 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
             .then_some(())
     });
     for _ in 0..10 {
-        assert_eq!(
-            http(
-                b.addr,
-                "GET",
-                "/",
-                None,
-                None,
-                &[("host", "app.example.com")]
-            )
-            .0,
-            200
-        );
+        assert_eq!(get_app(), 200);
     }
     assert!(edge_requests(&e1) > 0 && edge_requests(&e2) > 0);
     // the operator lists each edge's admin address, which the health checks used
@@ -449,18 +449,7 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
     );
     let before = edge_requests(&e1);
     for _ in 0..10 {
-        assert_eq!(
-            http(
-                b.addr,
-                "GET",
-                "/",
-                None,
-                None,
-                &[("host", "app.example.com")]
-            )
-            .0,
-            200
-        );
+        assert_eq!(get_app(), 200);
     }
     assert_eq!(
         edge_requests(&e1),

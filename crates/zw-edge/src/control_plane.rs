@@ -259,20 +259,11 @@ impl ControlPlane {
                 EdgeMessage::Nack {
                     nonce,
                     version_in_use: edge.status().snapshot_version,
-                    error: first_bytes(&error, 16 * 1024),
+                    // a nack carries the reason, not every one of a hundred thousand errors
+                    error: zw_proto::abbreviate(&error, 16 * 1024),
                 }
             }
         }
-    }
-}
-
-/// A nack carries the reason, not every one of a hundred thousand errors.
-fn first_bytes(s: &str, max: usize) -> String {
-    let cut = zw_proto::truncate(s, max);
-    if cut.len() < s.len() {
-        format!("{cut}\n…")
-    } else {
-        s.to_string()
     }
 }
 

@@ -493,13 +493,7 @@ pub fn check_host(field: &str, host: &str) -> Result<(), FieldError> {
 
 /// Error messages quote user input; a megabyte of it would be a log hazard.
 fn shorten(s: &str) -> String {
-    const MAX: usize = 80;
-    let cut = crate::truncate(s, MAX);
-    if cut.len() < s.len() {
-        format!("{cut}…")
-    } else {
-        s.to_string()
-    }
+    crate::abbreviate(s, 80)
 }
 
 #[cfg(test)]

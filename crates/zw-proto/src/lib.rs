@@ -26,6 +26,16 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `s` cut to at most `max` bytes, with `…` added when something was cut.
+pub fn abbreviate(s: &str, max: usize) -> String {
+    let cut = truncate(s, max);
+    if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -34,5 +44,7 @@ mod tests {
         assert_eq!(super::truncate("abc", 2), "ab");
         assert_eq!(super::truncate("aé", 2), "a");
         assert_eq!(super::truncate("", 0), "");
+        assert_eq!(super::abbreviate("abcdef", 3), "abc…");
+        assert_eq!(super::abbreviate("abc", 3), "abc");
     }
 }

@@ -34,6 +34,18 @@ enum Command {
     Edge(Box<cmd::edge::EdgeArgs>),
     /// Run the L4 balancer: TCP to healthy edges, PROXY protocol, SNI routing, draining.
     Balancer(Box<cmd::balancer::BalancerArgs>),
+    /// Run the whole platform on this machine: operator, agent, edge and balancer.
+    Up(Box<cmd::up::UpArgs>),
+    /// Run a node agent: instances, health, worker ingress.
+    Agent(Box<cmd::agent::AgentArgs>),
+    /// Deploy an app: image, deployment and domains, then wait until it is routed.
+    Deploy(Box<cmd::deploy::DeployArgs>),
+    /// Show what an app's instances write (on this machine's node).
+    Logs(cmd::deploy::LogsArgs),
+    /// Change an app's number of replicas.
+    Scale(cmd::deploy::ScaleArgs),
+    /// Remove an app: its instances stop, its domains stop routing.
+    Destroy(cmd::deploy::DestroyArgs),
     /// List nodes, instances, deployments, domains, edges, regions or images.
     Get(cmd::client::GetArgs),
     /// Create or update a deployment (with its image and domains) from a file.
@@ -56,5 +68,11 @@ fn main() -> ExitCode {
         Command::Apply(args) => cmd::client::apply(args),
         Command::Config(c) => cmd::config::run(c),
         Command::Route(c) => cmd::route::run(c),
+        Command::Up(args) => cmd::up::run(*args),
+        Command::Agent(args) => cmd::agent::run(*args),
+        Command::Deploy(args) => cmd::deploy::deploy(*args),
+        Command::Logs(args) => cmd::deploy::logs(args),
+        Command::Scale(args) => cmd::deploy::scale(args),
+        Command::Destroy(args) => cmd::deploy::destroy(args),
     }
 }

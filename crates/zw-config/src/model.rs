@@ -162,6 +162,10 @@ pub struct Server {
     /// Prepend the URL's path to the request path.
     #[serde(default)]
     pub preserve_path: bool,
+    /// *Zeitwork addition*: the instance a worker ingress (an `https://` server) forwards
+    /// to, sent as the `Zeitwork-Instance` request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -25,6 +25,9 @@ pub enum UpstreamScheme {
     Http,
     /// HTTP/2 with prior knowledge, no TLS (Traefik's `h2c://` URLs).
     H2c,
+    /// HTTP/1.1 over mutual TLS with the edge's platform certificate, to a worker node's
+    /// ingress: the server must hold a node certificate from the platform CA.
+    Https,
 }
 
 /// A parsed server URL.
@@ -47,8 +50,12 @@ impl UpstreamUrl {
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => UpstreamScheme::Http,
             "h2c" => UpstreamScheme::H2c,
-            "https" => return Err("https:// upstreams are not supported yet (TLS to upstreams comes with the mTLS worker ingress); use http:// or h2c://".into()),
-            other => return Err(format!("unsupported scheme `{other}` (use http:// or h2c://)")),
+            "https" => UpstreamScheme::Https,
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}` (use http://, h2c:// or https://)"
+                ))
+            }
         };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -75,6 +82,7 @@ impl UpstreamUrl {
             return Err(format!("`{url}` has no host"));
         }
         let port = match port {
+            None if scheme == UpstreamScheme::Https => 443,
             None => 80,
             Some(p) => p
                 .parse::<u16>()
@@ -429,8 +437,21 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
             for (i, srv) in lb.servers.iter().enumerate() {
                 let sp = format!("{p}.servers[{i}]");
                 c.unknown(&sp, &srv.unknown);
-                if let Err(e) = UpstreamUrl::parse(&srv.url) {
-                    c.err(format!("{sp}.url"), e);
+                match UpstreamUrl::parse(&srv.url) {
+                    Err(e) => c.err(format!("{sp}.url"), e),
+                    Ok(u) => {
+                        if let Some(inst) = &srv.instance {
+                            if u.scheme != UpstreamScheme::Https {
+                                c.err(
+                                    format!("{sp}.instance"),
+                                    "only an https:// server (a worker ingress) names an instance",
+                                );
+                            }
+                            if http::HeaderValue::from_str(inst).is_err() || inst.is_empty() {
+                                c.err(format!("{sp}.instance"), "not a valid instance id");
+                            }
+                        }
+                    }
                 }
             }
             match (&lb.hash_key, lb.strategy) {

@@ -347,9 +347,11 @@ fn upstream_urls() {
         (UpstreamScheme::H2c, "[::1]:9000", 9000)
     );
     assert_eq!(UpstreamUrl::parse("http://backend").unwrap().port, 80);
-    assert!(UpstreamUrl::parse("https://x")
+    let tls = UpstreamUrl::parse("https://10.0.0.5").unwrap();
+    assert_eq!((tls.scheme, tls.port), (UpstreamScheme::Https, 443));
+    assert!(UpstreamUrl::parse("ftp://x")
         .unwrap_err()
-        .contains("not supported yet"));
+        .contains("unsupported scheme"));
     assert!(UpstreamUrl::parse("http://:80").is_err());
     assert!(UpstreamUrl::parse("http://x:99999").is_err());
     assert!(UpstreamUrl::parse("localhost:80").is_err());

@@ -146,7 +146,44 @@ impl ControlPlane {
         }
     }
 
+    /// Gets the edge its platform certificate (kept in the state directory and reused
+    /// while valid), for mutual TLS to worker ingresses.
+    async fn enroll(&self, edge: &Edge) {
+        let authority = self
+            .url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let enrollment = zw_http::Enrollment {
+            operator: authority,
+            token: &self.token,
+            role: zw_proto::api::TokenRole::Edge,
+            name: &self.id,
+            names: &[],
+        };
+        let dir = self.state_dir.as_ref().map(|d| d.join("tls"));
+        match zw_http::enroll(&enrollment, dir.as_deref()).await {
+            Ok(id) => match id.client_config() {
+                Ok(c) => {
+                    edge.set_platform_tls(c);
+                    tracing::info!(
+                        expires_unix = id.not_after(),
+                        "platform certificate ready (mutual TLS to worker ingresses)"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "platform certificate unusable"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no platform certificate yet: https:// servers (worker ingresses) cannot be reached until there is one")
+            }
+        }
+    }
+
     async fn session(&self, edge: &Edge) -> End {
+        if !edge.has_platform_tls() {
+            self.enroll(edge).await;
+        }
         let mut request = match self.url.as_str().into_client_request() {
             Ok(r) => r,
             Err(e) => return End::Failed(format!("bad operator URL: {e}")),

@@ -140,13 +140,23 @@ async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
 async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String> {
     let port = spec.port.unwrap_or(state.url.port);
     let host = &state.url.host;
-    let stream = if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        TcpStream::connect((ip, port)).await
+    let stream = if state.url.scheme == zw_config::UpstreamScheme::Https {
+        // A worker ingress: the same mutual TLS as requests (its own port only).
+        state
+            .backend
+            .connect(spec.timeout)
+            .await
+            .map_err(|e| e.to_string())?
     } else {
-        TcpStream::connect((host.as_str(), port)).await
-    }
-    .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+        let tcp = if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            TcpStream::connect((ip, port)).await
+        } else {
+            TcpStream::connect((host.as_str(), port)).await
+        }
+        .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        crate::pool::Stream::Tcp(tcp)
+    };
     let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -161,6 +171,9 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String
         .method(spec.method.clone())
         .uri(spec.path.as_str())
         .header(http::header::HOST, host_header);
+    if let Some(instance) = &state.instance {
+        req = req.header(crate::proxy::ZEITWORK_INSTANCE, instance.clone());
+    }
     for (k, v) in &spec.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),

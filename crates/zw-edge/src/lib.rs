@@ -219,6 +219,27 @@ impl Edge {
         st.last_error_at = Some(time::rfc3339_now());
     }
 
+    /// The platform certificate this edge presents to worker ingresses (`https://`
+    /// servers). Replaces the previous one; connections made before keep theirs.
+    pub fn set_platform_tls(&self, config: Arc<rustls::ClientConfig>) {
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        reg.tls.store(Some(config));
+    }
+
+    /// Whether the edge holds a platform certificate.
+    pub fn has_platform_tls(&self) -> bool {
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        reg.tls.load().is_some()
+    }
+
     pub fn status(&self) -> ConfigStatus {
         self.shared.status()
     }

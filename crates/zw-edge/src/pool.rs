@@ -19,6 +19,7 @@ use crossbeam_queue::SegQueue;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use zw_config::{UpstreamScheme, UpstreamUrl};
 
@@ -53,6 +54,8 @@ pub enum UpstreamError {
     ConnectTimeout(String),
     #[error("connect to {0}: {1}")]
     Connect(String, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, String),
     #[error("HTTP handshake with {0}: {1}")]
     Handshake(String, hyper::Error),
     #[error("upstream {0}: {1}")]
@@ -80,11 +83,69 @@ enum Addr {
     Name(String),
 }
 
+/// The edge's platform TLS client configuration (its certificate from the operator's CA),
+/// shared by every `https://` backend; swapped when the certificate is renewed.
+pub type PlatformTls = Arc<ArcSwapOption<rustls::ClientConfig>>;
+
+/// A connection to an upstream: plain TCP, or TLS to a worker ingress.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One upstream address (`scheme://host:port`) and its connections.
 pub struct Backend {
     pub label: String,
     pub scheme: UpstreamScheme,
     pub authority: String,
+    host: String,
+    tls: PlatformTls,
     addr: Addr,
     idle: SegQueue<Idle>,
     idle_len: AtomicUsize,
@@ -112,7 +173,7 @@ pub enum Conn {
 }
 
 impl Backend {
-    pub fn new(url: &UpstreamUrl, max_idle: usize) -> Backend {
+    pub fn new(url: &UpstreamUrl, max_idle: usize, tls: PlatformTls) -> Backend {
         let addr = match url.host.parse::<std::net::IpAddr>() {
             Ok(ip) => Addr::Ip(SocketAddr::new(ip, url.port)),
             Err(_) => Addr::Name(url.authority.clone()),
@@ -120,11 +181,14 @@ impl Backend {
         let scheme = match url.scheme {
             UpstreamScheme::Http => "http",
             UpstreamScheme::H2c => "h2c",
+            UpstreamScheme::Https => "https",
         };
         Backend {
             label: format!("{scheme}://{}", url.authority),
             scheme: url.scheme,
             authority: url.authority.clone(),
+            host: url.host.clone(),
+            tls,
             addr,
             idle: SegQueue::new(),
             idle_len: AtomicUsize::new(0),
@@ -165,6 +229,31 @@ impl Backend {
         Ok(stream)
     }
 
+    /// A connection to this backend: TCP, with TLS on top for `https://` (mutual TLS
+    /// with the edge's platform certificate, the server checked against the platform CA).
+    pub(crate) async fn connect(&self, dial_timeout: Duration) -> Result<Stream, UpstreamError> {
+        let tcp = self.connect_tcp(dial_timeout).await?;
+        if self.scheme != UpstreamScheme::Https {
+            return Ok(Stream::Tcp(tcp));
+        }
+        let tls_err = |e: String| {
+            self.metrics.connect_errors.fetch_add(1, Relaxed);
+            UpstreamError::Tls(self.authority.clone(), e)
+        };
+        let Some(config) = self.tls.load_full() else {
+            return Err(tls_err(
+                "this edge has no platform certificate (it gets one from the operator with --control-plane and a join token)".into(),
+            ));
+        };
+        let name = zw_pki::server_name(&self.host).map_err(|e| tls_err(e.to_string()))?;
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(dial_timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(tls_err(e.to_string())),
+            Err(_) => Err(tls_err(format!("no handshake within {dial_timeout:?}"))),
+        }
+    }
+
     /// A fresh HTTP/1 connection, outside the pool. `upgrades` keeps the connection usable
     /// for a protocol switch (WebSocket).
     pub(crate) async fn connect_h1(
@@ -172,7 +261,7 @@ impl Backend {
         t: &Transport,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let stream = self.connect_tcp(t.dial_timeout).await?;
+        let stream = self.connect(t.dial_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -194,7 +283,7 @@ impl Backend {
     pub async fn checkout(&self, t: &Transport) -> Result<Conn, UpstreamError> {
         match self.scheme {
             UpstreamScheme::H2c => self.checkout_h2(t).await.map(Conn::H2),
-            UpstreamScheme::Http => {
+            UpstreamScheme::Http | UpstreamScheme::Https => {
                 while let Some(mut idle) = self.idle.pop() {
                     self.idle_len.fetch_sub(1, Relaxed);
                     if idle.tx.is_closed() || idle.since.elapsed() > t.idle_timeout {
@@ -244,7 +333,7 @@ impl Backend {
                 }
             }
         }
-        let stream = self.connect_tcp(t.dial_timeout).await?;
+        let stream = self.connect(t.dial_timeout).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await

@@ -35,6 +35,8 @@ use crate::snapshot::{LbService, RouterRt, ServiceKind, Snapshot};
 use crate::Shared;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Names the instance behind a worker ingress (see `zw_config::Server::instance`).
+pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -528,8 +530,13 @@ fn upstream_request(
     };
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(path_and_query);
+    // Only the edge names the instance a worker ingress forwards to; never the client.
+    match &server.state.instance {
+        Some(instance) => parts.headers.insert(ZEITWORK_INSTANCE, instance.clone()),
+        None => parts.headers.remove(ZEITWORK_INSTANCE),
+    };
     match url.scheme {
-        UpstreamScheme::Http => {
+        UpstreamScheme::Http | UpstreamScheme::Https => {
             parts.version = Version::HTTP_11;
             if lb.pass_host_header
                 && parts

@@ -80,6 +80,8 @@ pub struct Registry {
     pub backends: HashMap<(String, usize), Arc<Backend>>,
     pub routers: BTreeMap<(String, String, String), Arc<RouterMetrics>>,
     pub health: Supervisor,
+    /// The platform client certificate for `https://` servers, once the edge has one.
+    pub tls: crate::pool::PlatformTls,
 }
 
 fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
@@ -138,7 +140,17 @@ pub fn build(
             for s in &lb.servers {
                 let url =
                     UpstreamUrl::parse(&s.url).map_err(|e| format!("http.services.{name}: {e}"))?;
-                let key = (name.clone(), s.url.clone());
+                let instance = s
+                    .instance
+                    .as_deref()
+                    .map(http::HeaderValue::from_str)
+                    .transpose()
+                    .map_err(|e| format!("http.services.{name}: instance: {e}"))?;
+                // Instances behind one ingress share its URL; the instance tells them apart.
+                let key = match &s.instance {
+                    Some(i) => (name.clone(), format!("{}#{i}", s.url)),
+                    None => (name.clone(), s.url.clone()),
+                };
                 let bkey = (
                     format!("{:?}://{}", url.scheme, url.authority),
                     transport.max_idle,
@@ -147,11 +159,18 @@ pub fn build(
                     .get(&bkey)
                     .or_else(|| reg.backends.get(&bkey))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(&url, transport.max_idle)));
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend::new(&url, transport.max_idle, reg.tls.clone()))
+                    });
                 used_backends.insert(bkey, backend.clone());
                 let state = match reg.servers.get(&key) {
                     Some(st) if st.url == url && Arc::ptr_eq(&st.backend, &backend) => st.clone(),
-                    _ => Arc::new(ServerState::new(url.clone(), s.url.clone(), backend)),
+                    _ => Arc::new(ServerState::new(
+                        url.clone(),
+                        s.url.clone(),
+                        instance,
+                        backend,
+                    )),
                 };
                 if let Some(hc) = &lb.health_check {
                     health_desired.push((key.clone(), state.clone(), HealthSpec::from_config(hc)));

@@ -58,7 +58,7 @@ pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<Wanted>, String> {
         if let Some(a) = &after {
             path.push_str(&format!("&after={a}"));
         }
-        let (status, body) = crate::http::get(
+        let (status, body) = zw_http::get(
             authority,
             &path,
             &[("authorization", &auth)],

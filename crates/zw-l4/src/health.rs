@@ -78,7 +78,7 @@ pub async fn check(
             matches!(tokio::time::timeout(h.timeout.0, probe).await, Ok(Ok(())))
         }
         HealthKind::Http => {
-            let r = crate::http::get(
+            let r = zw_http::get(
                 &target.to_string(),
                 &h.path,
                 &[("user-agent", "zeitwork-balancer-health")],

@@ -10,7 +10,6 @@ pub mod config;
 mod conn;
 pub mod discovery;
 pub mod health;
-mod http;
 pub mod maglev;
 pub mod pool;
 #[cfg(target_os = "linux")]

@@ -138,6 +138,8 @@ pub fn router(app: App) -> Router {
         .route("/snapshots/{region}", get(get_snapshot))
         .route("/openapi.json", get(openapi))
         .route("/edge/connect", get(edge_ws::connect))
+        .route("/agent/connect", get(crate::agent_ws::connect))
+        .route("/certificates", post(crate::ca::issue))
         .fallback(|| async { Error::not_found("endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -176,11 +178,14 @@ async fn authenticate(
     let path = req.uri().path();
     let allowed = match principal {
         Principal::Admin => true,
+        _ if req.method() == http::Method::POST && path.ends_with("/certificates") => true,
         Principal::Join(TokenRole::Edge) => {
             req.method() == http::Method::GET
                 && (path.ends_with("/edge/connect") || path.ends_with("/edge-proxies"))
         }
-        Principal::Join(TokenRole::Agent) => false,
+        Principal::Join(TokenRole::Agent) => {
+            req.method() == http::Method::GET && path.ends_with("/agent/connect")
+        }
     };
     if !allowed {
         return Error::forbidden().into_response();
@@ -641,6 +646,7 @@ impl utoipa::Modify for BearerAuth {
         list_edges, create_edge, get_edge, update_edge, delete_edge,
         list_tokens, create_token, delete_token,
         get_snapshot,
+        crate::ca::issue,
     )
 )]
 pub struct ApiDoc;

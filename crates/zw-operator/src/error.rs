@@ -38,6 +38,11 @@ impl Error {
         self
     }
 
+    /// 422 naming the offending field.
+    pub fn invalid(e: zw_proto::api::FieldError) -> Error {
+        Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.message).field(e.field)
+    }
+
     pub fn unauthorized() -> Error {
         Error::new(
             StatusCode::UNAUTHORIZED,

@@ -1,12 +1,16 @@
 //! Zeitwork's control plane: the REST API over the state store ([`api`]), the compiler loop
-//! that turns state into one routing snapshot per region ([`distribute`]), and the edge
-//! sessions that push those snapshots ([`edge_ws`]).
+//! that turns state into one routing snapshot per region ([`distribute`]), the edge
+//! sessions that push those snapshots ([`edge_ws`]), the agent sessions that push each
+//! node its instances ([`agent_ws`]), the scheduler, and the platform CA.
 #![forbid(unsafe_code)]
 
+pub mod agent_ws;
 pub mod api;
+pub(crate) mod ca;
 pub mod distribute;
 pub mod edge_ws;
 pub mod error;
+pub(crate) mod schedule;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +29,11 @@ pub struct Options {
     pub static_config: zw_config::Config,
     /// How long the compiler waits after a change for more to arrive.
     pub debounce: Duration,
+    /// A worker node whose agent has not heartbeated for this long is suspect (still
+    /// routed, no new instances)…
+    pub suspect_after: Duration,
+    /// …and for this long lost: its instances are placed elsewhere.
+    pub lost_after: Duration,
 }
 
 impl Default for Options {
@@ -32,6 +41,8 @@ impl Default for Options {
         Options {
             static_config: zw_config::Config::default(),
             debounce: Duration::from_millis(10),
+            suspect_after: Duration::from_secs(10),
+            lost_after: Duration::from_secs(30),
         }
     }
 }
@@ -42,12 +53,14 @@ pub struct App {
     pub(crate) store: Store,
     pub(crate) published: watch::Sender<PublishedMap>,
     pub(crate) stop: watch::Sender<bool>,
+    pub(crate) ca: std::sync::Arc<tokio::sync::OnceCell<std::sync::Arc<zw_pki::Ca>>>,
 }
 
 /// A running control plane (compiler loop started; serve it with [`Operator::serve`]).
 pub struct Operator {
     app: App,
     compiler: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
 }
 
 impl Operator {
@@ -59,15 +72,32 @@ impl Operator {
             options.static_config,
             options.debounce,
             published.clone(),
+            stop_rx.clone(),
+        ));
+        let scheduler = tokio::spawn(schedule::run(
+            store.clone(),
+            options.suspect_after,
+            options.lost_after,
             stop_rx,
         ));
+        let app = App {
+            store,
+            published,
+            stop,
+            ca: Default::default(),
+        };
+        // Make (or load) the CA now, so the first start creates it and a broken stored
+        // CA is reported at start rather than at the first enrollment.
+        let early = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ca::ca(&early).await {
+                tracing::error!(error = %e.body.message, "the platform CA is unusable; agents and edges cannot get certificates");
+            }
+        });
         Operator {
-            app: App {
-                store,
-                published,
-                stop,
-            },
+            app,
             compiler,
+            scheduler,
         }
     }
 
@@ -98,6 +128,7 @@ impl Operator {
             .await;
         let _ = self.app.stop.send(true);
         let _ = self.compiler.await;
+        let _ = self.scheduler.await;
         result
     }
 }

@@ -45,7 +45,9 @@ string_enum!(
 );
 string_enum!(
     /// Whether a node takes new work.
-    NodeState { Ready = "ready", Draining = "draining", Down = "down" }
+    /// `suspect` and `lost` are set by the operator when heartbeats stop; only a lost
+    /// node's instances are placed elsewhere.
+    NodeState { Ready = "ready", Draining = "draining", Down = "down", Suspect = "suspect", Lost = "lost" }
 );
 string_enum!(
     /// A deployment's lifecycle.
@@ -66,6 +68,10 @@ string_enum!(
 string_enum!(
     /// Whether an edge proxy should get new connections from the balancers.
     EdgeState { Active = "active", Draining = "draining" }
+);
+string_enum!(
+    /// How a node runs an image's instances.
+    Runtime { Process = "process", Qemu = "qemu", Firecracker = "firecracker" }
 );
 string_enum!(
     /// What a join token admits.
@@ -120,8 +126,24 @@ pub struct Node {
     pub node_type: NodeType,
     pub state: NodeState,
     pub resources: Resources,
+    /// Where edges reach the node's worker ingress (`host:port`); set by its agent.
+    #[serde(default)]
+    pub ingress_address: Option<String>,
+    /// The runtime drivers its agent found, and why the others do not work there.
+    #[serde(default)]
+    pub drivers: Vec<DriverStatus>,
     pub last_heartbeat_at: Option<Timestamp>,
     pub created_at: Timestamp,
+}
+
+/// Whether a runtime driver works on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriverStatus {
+    pub runtime: Runtime,
+    pub available: bool,
+    /// What was found (e.g. `cgroup v2`, `KVM`), or why the driver cannot run.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -146,12 +168,15 @@ pub struct NodePatch {
     pub resources: Option<Resources>,
 }
 
-/// A `process` image: the command an instance runs.
+/// What an instance runs: a command, with its environment, on a runtime, optionally
+/// inside a root filesystem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     pub name: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    pub runtime: Runtime,
+    pub rootfs: Option<RootFs>,
     pub created_at: Timestamp,
 }
 
@@ -162,6 +187,24 @@ pub struct NewImage {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default = "process")]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub rootfs: Option<RootFs>,
+}
+
+fn process() -> Runtime {
+    Runtime::Process
+}
+
+/// A root filesystem on the worker nodes' disks (no registry is involved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RootFs {
+    /// A directory holding the tree.
+    Dir(String),
+    /// An OCI image layout, as a directory or a tar archive.
+    Oci(String),
 }
 
 /// How instances of a deployment are checked before they receive traffic.
@@ -223,6 +266,9 @@ pub struct Instance {
     pub deployment: String,
     pub node: String,
     pub state: InstanceState,
+    /// Why it failed or was restarted, as its agent said.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Where edges reach the instance (set once it runs).
     pub address: Option<String>,
     pub port: Option<u16>,
@@ -561,4 +607,29 @@ mod tests {
         let e = check_name("name", &"X".repeat(10_000)).unwrap_err();
         assert!(e.message.len() < 300);
     }
+}
+
+/// `POST /api/v1/certificates`: a CSR for a platform certificate. The role comes from the
+/// join token (an edge token gets an edge certificate, an agent token a node one); the
+/// admin token must say which.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// PEM `CERTIFICATE REQUEST`; only its public key is used.
+    pub csr: String,
+    /// The subject's name (the edge or node id).
+    pub name: String,
+    /// DNS names or IP addresses the certificate is for (a node's ingress addresses).
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub role: Option<TokenRole>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCertificate {
+    /// PEM certificate signed by the platform CA.
+    pub certificate: String,
+    /// PEM certificate of the platform CA.
+    pub ca: String,
 }

@@ -43,6 +43,9 @@ pub struct Endpoint {
     pub region: String,
     pub address: String,
     pub port: u16,
+    /// Set for an instance behind a worker ingress: `address:port` is the ingress, reached
+    /// over mutual TLS, and this names the instance there.
+    pub instance: Option<String>,
 }
 
 /// Router and service names the compiler owns; `base` must not use them.
@@ -89,11 +92,21 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
     for deployment in services_needed {
         let name = service_name(deployment);
         let spec = &state.deployments[deployment];
-        let mut local: Vec<String> = state
+        let mut local: Vec<(String, Option<String>)> = state
             .endpoints
             .iter()
             .filter(|e| e.deployment == deployment && e.region == region)
-            .map(|e| format!("http://{}", host_port(&e.address, e.port)))
+            .map(|e| {
+                let scheme = if e.instance.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                (
+                    format!("{scheme}://{}", host_port(&e.address, e.port)),
+                    e.instance.clone(),
+                )
+            })
             .collect();
         local.sort();
         local.dedup();
@@ -104,10 +117,10 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
                 .filter(|e| e.deployment == deployment)
                 .map(|e| e.region.as_str())
                 .collect();
-            let remote: Vec<String> = regions
+            let remote: Vec<(String, Option<String>)> = regions
                 .into_iter()
                 .filter_map(|r| state.regions.get(r).cloned().flatten())
-                .map(|addr| format!("http://{addr}"))
+                .map(|addr| (format!("http://{addr}"), None))
                 .collect();
             // A remote balancer is checked by the edges over there, not from here.
             (remote, None)
@@ -126,8 +139,9 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
             load_balancer: Some(LoadBalancer {
                 servers: urls
                     .into_iter()
-                    .map(|url| Server {
+                    .map(|(url, instance)| Server {
                         url,
+                        instance,
                         ..Server::default()
                     })
                     .collect(),
@@ -178,12 +192,14 @@ mod tests {
             region: "eu".into(),
             address: "10.0.0.7".into(),
             port: 31000,
+            instance: None,
         });
         s.endpoints.push(Endpoint {
             deployment: "web".into(),
             region: "eu".into(),
             address: "fd00::7".into(),
             port: 31001,
+            instance: None,
         });
         s
     }

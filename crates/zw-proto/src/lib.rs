@@ -1,5 +1,5 @@
 //! Zeitwork's shared vocabulary: the operator's API resources ([`api`]), the operator–edge
-//! control protocol ([`protocol`]), the snapshot compiler that turns platform state into
+//! control protocol ([`protocol`]) and the operator–agent one ([`agent`]), the snapshot compiler that turns platform state into
 //! routing configuration ([`compile`]), the reconnect schedule ([`backoff`]) and RFC 3339
 //! times ([`time`]).
 //!
@@ -7,6 +7,7 @@
 //! compiler is tested without a database.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod compile;

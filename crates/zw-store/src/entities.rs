@@ -75,7 +75,7 @@ pub(crate) async fn exists(
     Ok(n > 0)
 }
 
-async fn require(
+pub(crate) async fn require(
     tx: &mut Tx,
     table: &'static str,
     key: &'static str,
@@ -286,6 +286,10 @@ fn node(row: &AnyRow) -> Result<Node> {
             memory_mb: u64_col(row, "memory_mb")?,
             disk_mb: u64_col(row, "disk_mb")?,
         },
+        ingress_address: get(row, "ingress_address")?,
+        drivers: get::<Option<String>>(row, "drivers")?
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or_default(),
         last_heartbeat_at: ts(get(row, "last_heartbeat_at")?),
         created_at: Timestamp(get(row, "created_at")?),
     })
@@ -319,6 +323,8 @@ impl Store {
             node_type: new.node_type,
             state: new.state.unwrap_or(NodeState::Ready),
             resources: new.resources,
+            ingress_address: None,
+            drivers: Vec::new(),
             last_heartbeat_at: None,
             created_at: Timestamp::now(),
         };
@@ -422,6 +428,11 @@ fn image(row: &AnyRow) -> Result<Image> {
         name: get(row, "name")?,
         command: json_col(row, "command")?,
         env: json_col(row, "env")?,
+        runtime: enum_col(row, "runtime", Runtime::parse)?,
+        rootfs: get::<Option<String>>(row, "rootfs")?
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Other(format!("column rootfs: {e}")))?,
         created_at: Timestamp(get(row, "created_at")?),
     })
 }
@@ -455,6 +466,15 @@ fn check_image(i: &NewImage) -> Result<()> {
         }
         check_text(&format!("env.{k}"), v)?;
     }
+    if let Some(RootFs::Dir(path) | RootFs::Oci(path)) = &i.rootfs {
+        check_text("rootfs", path)?;
+        if !path.starts_with('/') {
+            return Err(invalid(FieldError::new(
+                "rootfs",
+                "must be an absolute path on the worker nodes",
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -486,21 +506,30 @@ async fn insert_image(tx: &mut Tx, new: NewImage, replace: bool) -> Result<Image
         name: new.name,
         command: new.command,
         env: new.env,
+        runtime: new.runtime,
+        rootfs: new.rootfs,
         created_at: Timestamp::now(),
     };
+    let rootfs = img.rootfs.as_ref().map(to_json);
     if replace && exists(tx, "images", "name", &img.name).await? {
-        sqlx::query("UPDATE images SET command = $1, env = $2 WHERE name = $3")
-            .bind(to_json(&img.command))
-            .bind(to_json(&img.env))
-            .bind(&img.name)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE images SET command = $1, env = $2, runtime = $3, rootfs = $4 WHERE name = $5",
+        )
+        .bind(to_json(&img.command))
+        .bind(to_json(&img.env))
+        .bind(img.runtime.as_str())
+        .bind(rootfs)
+        .bind(&img.name)
+        .execute(&mut **tx)
+        .await?;
         return Ok(img);
     }
-    sqlx::query("INSERT INTO images (name, command, env, created_at) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO images (name, command, env, runtime, rootfs, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(&img.name)
         .bind(to_json(&img.command))
         .bind(to_json(&img.env))
+        .bind(img.runtime.as_str())
+        .bind(rootfs)
         .bind(img.created_at.0)
         .execute(&mut **tx)
         .await
@@ -786,6 +815,7 @@ fn instance(row: &AnyRow) -> Result<Instance> {
         deployment: get(row, "deployment")?,
         node: get(row, "node")?,
         state: enum_col(row, "state", InstanceState::parse)?,
+        reason: get(row, "reason")?,
         address: get(row, "address")?,
         port: port.and_then(|p| u16::try_from(p).ok()),
         created_at: Timestamp(get(row, "created_at")?),
@@ -819,6 +849,7 @@ impl Store {
             deployment: new.deployment,
             node: new.node,
             state: new.state.unwrap_or(InstanceState::Created),
+            reason: None,
             address: new.address,
             port: new.port,
             created_at: now,

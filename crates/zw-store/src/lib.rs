@@ -11,6 +11,7 @@
 //! database learns of every other replica's writes without polling.
 #![forbid(unsafe_code)]
 
+mod agents;
 mod auth;
 mod edges;
 mod entities;
@@ -19,6 +20,7 @@ mod schema;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use agents::{AgentHello, Scheduled, INSTANCE_MEMORY_MB};
 pub use auth::Principal;
 pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};

@@ -65,23 +65,47 @@ impl Store {
             });
         }
         let rows = sqlx::query(
-            "SELECT i.deployment AS deployment, n.region AS region, i.address AS address, i.port AS port \
+            "SELECT i.id AS id, i.deployment AS deployment, n.region AS region, i.address AS address, i.port AS port, n.ingress_address AS ingress \
              FROM instances i JOIN nodes n ON n.id = i.node \
-             WHERE i.state = 'started' AND n.state <> 'down' AND i.address IS NOT NULL AND i.port IS NOT NULL \
+             WHERE i.state = 'started' AND n.state NOT IN ('down', 'lost') \
              ORDER BY i.id",
         )
         .fetch_all(&mut *tx)
         .await?;
         for row in rows {
-            let port: i64 = get(&row, "port")?;
-            let Ok(port) = u16::try_from(port) else {
+            let ingress: Option<String> = get(&row, "ingress")?;
+            // An agent's instance is reached through its node's ingress; one made by hand
+            // through the API at its own address.
+            let (address, port, instance) = match ingress {
+                Some(ingress) => {
+                    let Some((host, port)) = ingress.rsplit_once(':') else {
+                        continue;
+                    };
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    (
+                        host.to_string(),
+                        port.parse::<i64>().ok(),
+                        Some(get(&row, "id")?),
+                    )
+                }
+                None => (
+                    match get::<Option<String>>(&row, "address")? {
+                        Some(a) => a,
+                        None => continue,
+                    },
+                    get(&row, "port")?,
+                    None,
+                ),
+            };
+            let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
                 continue;
             };
             state.endpoints.push(Endpoint {
                 deployment: get(&row, "deployment")?,
                 region: get(&row, "region")?,
-                address: get(&row, "address")?,
+                address,
                 port,
+                instance,
             });
         }
         tx.commit().await?;

@@ -94,6 +94,21 @@ CREATE TABLE snapshots (
 "#,
     ),
     (2, "ALTER TABLE edge_proxies ADD COLUMN admin_address TEXT"),
+    (
+        3,
+        r#"
+ALTER TABLE images ADD COLUMN runtime TEXT NOT NULL DEFAULT 'process';
+ALTER TABLE images ADD COLUMN rootfs TEXT;
+ALTER TABLE nodes ADD COLUMN ingress_address TEXT;
+ALTER TABLE nodes ADD COLUMN drivers TEXT;
+ALTER TABLE instances ADD COLUMN reason TEXT;
+CREATE INDEX instances_by_node ON instances (node);
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

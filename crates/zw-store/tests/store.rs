@@ -34,6 +34,8 @@ async fn seeded(store: &Store) -> (Node, Instance) {
             name: "hello".into(),
             command: vec!["/bin/hello".into()],
             env: Default::default(),
+            runtime: Runtime::Process,
+            rootfs: None,
         })
         .await
         .unwrap();

@@ -21,7 +21,7 @@ pub struct Conn {
         default_value = "http://127.0.0.1:7070",
         global = true
     )]
-    operator: String,
+    pub(crate) operator: String,
     /// API token. Default: DATA_DIR/admin-token.
     #[arg(
         long,
@@ -30,7 +30,7 @@ pub struct Conn {
         hide_env_values = true,
         global = true
     )]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Where the operator keeps its admin token file.
     #[arg(
         long,
@@ -39,7 +39,7 @@ pub struct Conn {
         default_value = "./zeitwork-data",
         global = true
     )]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,13 +88,13 @@ pub struct ApplyArgs {
     conn: Conn,
 }
 
-struct Client {
+pub(crate) struct Client {
     authority: String,
     token: String,
 }
 
 impl Client {
-    fn new(conn: &Conn) -> anyhow::Result<Client> {
+    pub(crate) fn new(conn: &Conn) -> anyhow::Result<Client> {
         let authority = conn
             .operator
             .strip_prefix("http://")
@@ -116,7 +116,7 @@ impl Client {
         Ok(Client { authority, token })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: http::Method,
         path: &str,
@@ -151,14 +151,15 @@ impl Client {
     }
 
     /// Every item of a listing, following `next` cursors.
-    async fn list<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Vec<T>> {
+    pub(crate) async fn list<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Vec<T>> {
         let mut items = Vec::new();
         let mut after: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
         loop {
             let url = match &after {
-                None => format!("{path}?limit=500"),
+                None => format!("{path}{sep}limit=500"),
                 Some(a) => format!(
-                    "{path}?limit=500&after={}",
+                    "{path}{sep}limit=500&after={}",
                     form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
                 ),
             };
@@ -173,13 +174,13 @@ impl Client {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn finish(r: anyhow::Result<()>, what: &str) -> ExitCode {
+pub(crate) fn finish(r: anyhow::Result<()>, what: &str) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

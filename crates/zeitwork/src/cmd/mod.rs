@@ -1,9 +1,12 @@
+pub mod agent;
 pub mod balancer;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod edge;
 pub mod operator;
 pub mod route;
+pub mod up;
 
 use std::time::Duration;
 

@@ -40,6 +40,12 @@ pub struct OperatorArgs {
     /// How long the compiler waits after a change for more changes to arrive.
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = super::duration)]
     debounce: Duration,
+    /// A worker node silent this long is suspect (no new instances)…
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
+    node_suspect_after: Duration,
+    /// …and this long lost: its instances are placed on other nodes.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
+    node_lost_after: Duration,
     /// Replace the admin token (the old one stops working) and write the new one to
     /// DATA_DIR/admin-token.
     #[arg(long)]
@@ -76,22 +82,17 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the state store {}", zw_store::redact(&url)))?;
     tracing::info!(store = %zw_store::redact(&url), "state store open, migrations applied");
 
-    let token = if args.rotate_admin_token {
-        Some(store.rotate_admin().await?)
-    } else {
-        store.bootstrap_admin().await?
-    };
-    let file = token_file(&args.data_dir);
-    match token {
-        Some(t) => {
-            write_secret(&file, &t).with_context(|| format!("writing {}", file.display()))?;
-            eprintln!("\nadmin token (shown once; also written to {}):\n  {t}\n", file.display());
-        }
-        None if !file.exists() => tracing::warn!(
+    if args.rotate_admin_token {
+        let t = store.rotate_admin().await?;
+        show_token(&args.data_dir, &t)?;
+    } else if let Some(t) = store.bootstrap_admin().await? {
+        show_token(&args.data_dir, &t)?;
+    } else if !token_file(&args.data_dir).exists() {
+        // Not replaced here: a replica with its own data directory shares the token.
+        tracing::warn!(
             "an admin token exists but {} does not; if it is lost, restart with --rotate-admin-token",
-            file.display()
-        ),
-        None => {}
+            token_file(&args.data_dir).display()
+        );
     }
 
     let static_config = match &args.static_config {
@@ -111,6 +112,8 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
         zw_operator::Options {
             static_config,
             debounce: args.debounce,
+            suspect_after: args.node_suspect_after,
+            lost_after: args.node_lost_after,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -120,6 +123,39 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
     operator.serve(listener, super::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn show_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
+    let file = token_file(data_dir);
+    write_secret(&file, token).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!(
+        "\nadmin token (shown once; also written to {}):\n  {token}\n",
+        file.display()
+    );
+    Ok(())
+}
+
+/// For `zeitwork up`: the admin token, made (and written to DATA_DIR/admin-token) on first
+/// start, read from that file afterwards, and replaced when the file is gone (only its hash
+/// is stored, and nothing else shares this store).
+pub(crate) async fn admin_token(
+    store: &zw_store::Store,
+    data_dir: &Path,
+) -> anyhow::Result<String> {
+    if let Some(t) = store.bootstrap_admin().await? {
+        show_token(data_dir, &t)?;
+        return Ok(t);
+    }
+    let file = token_file(data_dir);
+    match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            tracing::warn!(file = %file.display(), "the admin token file is gone; making a new admin token (the old one stops working)");
+            let t = store.rotate_admin().await?;
+            show_token(data_dir, &t)?;
+            Ok(t)
+        }
+    }
 }
 
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {

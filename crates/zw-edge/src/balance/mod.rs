@@ -30,16 +30,24 @@ use crate::pool::Backend;
 pub struct ServerState {
     pub url: UpstreamUrl,
     pub raw_url: String,
+    /// For a worker ingress: the instance it forwards to (`Zeitwork-Instance`).
+    pub instance: Option<http::HeaderValue>,
     healthy: AtomicBool,
     in_flight: AtomicU32,
     pub backend: Arc<Backend>,
 }
 
 impl ServerState {
-    pub fn new(url: UpstreamUrl, raw_url: String, backend: Arc<Backend>) -> Self {
+    pub fn new(
+        url: UpstreamUrl,
+        raw_url: String,
+        instance: Option<http::HeaderValue>,
+        backend: Arc<Backend>,
+    ) -> Self {
         ServerState {
             url,
             raw_url,
+            instance,
             healthy: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
             backend,

@@ -1,0 +1,137 @@
+//! `zeitwork agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+zeitwork agent --operator 10.0.0.2:7070 --token $JOIN_TOKEN --region eu --address 10.0.0.7\n\n\
+The agent makes a key, sends the operator a certificate signing request with the join token\n\
+(role `agent`: POST /api/v1/join-tokens {\"role\":\"agent\"}) and keeps the node certificate in\n\
+STATE_DIR/tls. Its worker ingress (--ingress) admits only edges with a platform certificate.\n\
+Instances keep running when the agent stops; the next agent adopts them. Run as root to isolate\n\
+process instances (namespaces, pivot_root, cgroup limits).")]
+pub struct AgentArgs {
+    /// The operator's API (`host:port`, or http://host:port).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "ZEITWORK_OPERATOR",
+        default_value = "127.0.0.1:7070"
+    )]
+    operator: String,
+    /// A join token with the `agent` role.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ZEITWORK_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+    /// The node's region (must exist at the operator).
+    #[arg(long, value_name = "NAME")]
+    region: String,
+    /// The address edges reach this node at (its certificate names it).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    address: String,
+    /// Where the worker ingress (mutual TLS) listens.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
+    ingress: SocketAddr,
+    /// Instance records, logs, work directories and the node certificate.
+    #[arg(long, value_name = "DIR", default_value = "./zeitwork-agent")]
+    state_dir: PathBuf,
+    /// How often the agent heartbeats.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = super::duration)]
+    heartbeat: Duration,
+    /// Time an instance gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
+    stop_grace: Duration,
+    /// Memory limit per isolated instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    instance_memory: u64,
+    /// CPU limit per isolated instance, in thousandths of a CPU.
+    #[arg(long, value_name = "MILLIS", default_value_t = 1000)]
+    instance_cpu: u64,
+    /// Run process instances without namespaces even as root.
+    #[arg(long)]
+    no_isolation: bool,
+    /// Stop the instances when the agent stops (default: leave them for the next agent).
+    #[arg(long)]
+    stop_instances_on_exit: bool,
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+impl AgentArgs {
+    pub(crate) fn config(&self) -> anyhow::Result<zw_agent::Config> {
+        Ok(zw_agent::Config {
+            operator: self
+                .operator
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            token: self.token.clone(),
+            region: self.region.clone(),
+            hostname: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+            address: self.address.clone(),
+            ingress_listen: self.ingress,
+            state_dir: self.state_dir.clone(),
+            heartbeat: self.heartbeat,
+            init: if self.no_isolation {
+                None
+            } else {
+                isolation_program()?
+            },
+            timing: zw_agent::supervise::Timing {
+                grace: self.stop_grace,
+                ..Default::default()
+            },
+            instance_memory_mb: self.instance_memory,
+            instance_cpu_millis: self.instance_cpu,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+        })
+    }
+}
+
+/// `zeitwork-init`, installed beside this binary, when the agent may isolate instances
+/// (it is root); else `None`.
+pub(crate) fn isolation_program() -> anyhow::Result<Option<PathBuf>> {
+    if !nix::unistd::geteuid().is_root() {
+        tracing::info!("not root: process instances run without isolation");
+        return Ok(None);
+    }
+    let me = std::env::current_exe().context("finding this binary")?;
+    let init = me.with_file_name("zeitwork-init");
+    if !init.is_file() {
+        anyhow::bail!(
+            "{} is missing (it is built and installed with zeitwork); without it, use --no-isolation",
+            init.display()
+        );
+    }
+    Ok(Some(init))
+}
+
+pub fn run(args: AgentArgs) -> ExitCode {
+    let json = args.log_format == "json";
+    super::service("agent", json, || {
+        let config = args.config()?;
+        super::runtime(None)?.block_on(async move {
+            let agent = zw_agent::Agent::start(config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("node {} ingress {}", agent.node_id, agent.ingress_address);
+            super::shutdown_signal().await;
+            agent.shutdown(args.stop_instances_on_exit).await;
+            tracing::info!("stopped");
+            Ok(())
+        })
+    })
+}

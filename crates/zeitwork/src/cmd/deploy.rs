@@ -1,0 +1,390 @@
+//! `zeitwork deploy`, `logs`, `scale` and `destroy`: the app lifecycle from the command
+//! line, over the operator's API.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use zw_proto::api::*;
+
+use super::client::{finish, runtime, Client, Conn};
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n  \
+zeitwork deploy web --domain web.localhost --replicas 3 --health-path /healthz -- ./web --port '$PORT'\n  \
+zeitwork deploy site --domain site.localhost --oci ./site-oci.tar -- /bin/server\n\n\
+The app must listen on the port in $PORT (on 127.0.0.1). Progress is shown as the\n\
+instances are placed, started, found healthy and routed; the command ends with the URL.")]
+pub struct DeployArgs {
+    /// The app's name (the image and the deployment get it).
+    name: String,
+    /// A host name routed to the app (repeatable).
+    #[arg(long = "domain", value_name = "HOST", required = true)]
+    domains: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    region: String,
+    /// The port the app listens on inside an isolated root filesystem or VM; a plain
+    /// process gets its port in $PORT instead.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// HTTP path whose 2xx/3xx answer means healthy; without it a TCP connect does.
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// Environment for the app (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A root filesystem directory on the nodes to run the command in.
+    #[arg(long, value_name = "DIR", conflicts_with = "oci")]
+    rootfs: Option<PathBuf>,
+    /// An OCI image layout (directory or tar) on the nodes to run the command in.
+    #[arg(long, value_name = "PATH")]
+    oci: Option<PathBuf>,
+    #[arg(long, value_name = "RUNTIME", default_value = "process", value_parser = ["process", "qemu", "firecracker"])]
+    runtime: String,
+    /// Give up waiting for the app to be routed after this long.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::duration)]
+    timeout: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    name: String,
+    /// Keep printing what the instances write.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Lines to show per instance first.
+    #[arg(long, default_value_t = 50)]
+    tail: usize,
+    /// The local agent's state directory (logs live on the node running the instance).
+    #[arg(long, value_name = "DIR")]
+    agent_state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    name: String,
+    replicas: u32,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+pub struct DestroyArgs {
+    name: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("{}", p.display()))?;
+    abs.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8", abs.display()))
+}
+
+pub fn deploy(args: DeployArgs) -> ExitCode {
+    finish(
+        runtime().and_then(|rt| rt.block_on(deploy_inner(args))),
+        "deploy",
+    )
+}
+
+/// One line of progress: rewritten in place on a terminal, one line per change otherwise.
+struct Progress {
+    tty: bool,
+    last: String,
+    start: Instant,
+}
+
+impl Progress {
+    fn show(&mut self, line: String) {
+        if line == self.last {
+            return;
+        }
+        let t = self.start.elapsed().as_secs_f64();
+        if self.tty {
+            eprint!("\r\x1b[2K[{t:6.2}s] {line}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("[{t:6.2}s] {line}");
+        }
+        self.last = line;
+    }
+
+    fn done(&mut self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let rootfs = match (&args.rootfs, &args.oci) {
+        (Some(d), _) => Some(RootFs::Dir(absolute(d)?)),
+        (_, Some(o)) => Some(RootFs::Oci(absolute(o)?)),
+        _ => None,
+    };
+    let runtime = Runtime::parse(&args.runtime).context("unknown runtime")?;
+    let spec = ApplySpec {
+        image: Some(NewImage {
+            name: args.name.clone(),
+            command: args.command.clone(),
+            env,
+            runtime,
+            rootfs,
+        }),
+        deployment: NewDeployment {
+            name: args.name.clone(),
+            image: args.name.clone(),
+            replicas: args.replicas,
+            regions: vec![args.region.clone()],
+            port: args.port,
+            health_check: HealthCheckSpec {
+                path: args.health_path.clone(),
+                interval_secs: None,
+            },
+        },
+        domains: args.domains.clone(),
+    };
+    let start = Instant::now();
+    client
+        .call(
+            http::Method::POST,
+            "/api/v1/apply",
+            Some(serde_json::to_vec(&spec)?),
+        )
+        .await?;
+    let region: Region = serde_json::from_slice(
+        &client
+            .call(
+                http::Method::GET,
+                &format!("/api/v1/regions/{}", args.region),
+                None,
+            )
+            .await?,
+    )?;
+    let balancer = region.balancer_address.with_context(|| {
+        format!(
+            "deployed, but region {} has no balancer address to check the route through",
+            args.region
+        )
+    })?;
+    let domain = args.domains[0].clone();
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        last: String::new(),
+        start,
+    };
+    let want = args.replicas as usize;
+    let (mut placed_at, mut healthy_at) = (None, None);
+    let deadline = start + args.timeout;
+    let routed_at = loop {
+        if Instant::now() > deadline {
+            progress.done();
+            bail!(
+                "not routed within {:?}; last state: {} (see `zeitwork get instances` and `zeitwork logs {}`)",
+                args.timeout,
+                progress.last,
+                args.name
+            );
+        }
+        let instances: Vec<Instance> = client
+            .list(&format!("/api/v1/instances?deployment={}", args.name))
+            .await?;
+        let started = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Started)
+            .count();
+        if instances.len() >= want && placed_at.is_none() {
+            placed_at = Some(start.elapsed());
+        }
+        if started >= 1 && healthy_at.is_none() {
+            healthy_at = Some(start.elapsed());
+        }
+        let failed: Vec<String> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Failed)
+            .map(|i| format!("{}: {}", i.id, i.reason.as_deref().unwrap_or("failed")))
+            .collect();
+        let line = if instances.len() < want {
+            format!("placing: {}/{want} instances placed", instances.len())
+        } else if started == 0 {
+            let mut l = format!("starting: 0/{want} healthy");
+            if let Some(f) = failed.first() {
+                l.push_str(&format!(" (last failure: {f})"));
+            }
+            l
+        } else {
+            format!("healthy: {started}/{want}; waiting for the route through {balancer}")
+        };
+        progress.show(line);
+        if started >= 1 {
+            let probe = zw_http::get(
+                &balancer,
+                "/",
+                &[("host", domain.as_str())],
+                Duration::from_secs(2),
+                1 << 20,
+            )
+            .await;
+            if let Ok((status, _)) = probe {
+                if !matches!(status, 404 | 502 | 503 | 504) {
+                    break start.elapsed();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    progress.show(format!("routed: {want} replicas"));
+    progress.done();
+    let port = balancer.rsplit(':').next().unwrap_or("80");
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
+    println!(
+        "deployed {}: placed {}, healthy {}, routed {}",
+        args.name,
+        ms(placed_at),
+        ms(healthy_at),
+        ms(Some(routed_at))
+    );
+    for d in &args.domains {
+        println!("  http://{d}:{port}/");
+    }
+    if !domain.ends_with(".localhost") {
+        println!("  (without DNS: curl -H 'Host: {domain}' http://{balancer}/)");
+    }
+    Ok(())
+}
+
+pub fn logs(args: LogsArgs) -> ExitCode {
+    finish(
+        runtime().and_then(|rt| rt.block_on(logs_inner(args))),
+        "logs",
+    )
+}
+
+async fn logs_inner(args: LogsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let state = args
+        .agent_state_dir
+        .clone()
+        .unwrap_or_else(|| args.conn.data_dir.join("agent"));
+    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let instances: Vec<Instance> = client
+            .list(&format!("/api/v1/instances?deployment={}", args.name))
+            .await?;
+        if instances.is_empty() && first {
+            bail!("deployment {} has no instances", args.name);
+        }
+        for i in &instances {
+            let file = state.join("logs").join(format!("{}.log", i.id));
+            let Ok(text) = std::fs::read(&file) else {
+                if first {
+                    println!(
+                        "[{}] on node {}: its log is on that node ({})",
+                        i.id,
+                        i.node,
+                        file.display()
+                    );
+                }
+                continue;
+            };
+            let from = offsets.get(&i.id).copied().unwrap_or(0) as usize;
+            let new = text.get(from..).unwrap_or_default();
+            let text = String::from_utf8_lossy(new);
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = if first {
+                lines.len().saturating_sub(args.tail)
+            } else {
+                0
+            };
+            for l in &lines[skip..] {
+                println!("[{}] {l}", i.id);
+            }
+            offsets.insert(i.id.clone(), (from + new.len()) as u64);
+        }
+        first = false;
+        if !args.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn scale(args: ScaleArgs) -> ExitCode {
+    finish(
+        runtime().and_then(|rt| {
+            rt.block_on(async {
+                let client = Client::new(&args.conn)?;
+                let patch = serde_json::json!({ "replicas": args.replicas });
+                client
+                    .call(
+                        http::Method::PATCH,
+                        &format!("/api/v1/deployments/{}", args.name),
+                        Some(serde_json::to_vec(&patch)?),
+                    )
+                    .await?;
+                println!("{} scaled to {} replicas", args.name, args.replicas);
+                Ok(())
+            })
+        }),
+        "scale",
+    )
+}
+
+pub fn destroy(args: DestroyArgs) -> ExitCode {
+    finish(
+        runtime().and_then(|rt| {
+            rt.block_on(async {
+                let client = Client::new(&args.conn)?;
+                client
+                    .call(
+                        http::Method::DELETE,
+                        &format!("/api/v1/deployments/{}", args.name),
+                        None,
+                    )
+                    .await?;
+                // The image `deploy` made under the same name, unless something else uses it.
+                if let Err(e) = client
+                    .call(
+                        http::Method::DELETE,
+                        &format!("/api/v1/images/{}", args.name),
+                        None,
+                    )
+                    .await
+                {
+                    tracing::debug!(error = %e, "image kept");
+                }
+                println!(
+                    "{} destroyed: its instances are stopping and its domains are gone",
+                    args.name
+                );
+                Ok(())
+            })
+        }),
+        "destroy",
+    )
+}

@@ -1,0 +1,220 @@
+//! `zeitwork up`: the whole platform in one process — operator (SQLite in the data
+//! directory), one agent, one edge and one balancer — for a first run and for development.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zw_edge::{ControlPlane, Edge};
+
+#[derive(Args)]
+#[command(after_help = "Then, in another terminal:\n  \
+zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n  \
+curl http://hello.localhost:8000/\n\n\
+Ctrl-C stops everything, the instances included. State (the SQLite database, the admin token,\n\
+the platform CA, the edge's last-known-good, the agent's records and logs) stays in --data-dir.")]
+pub struct UpArgs {
+    /// Where everything is kept.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./zeitwork-data",
+        env = "ZEITWORK_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    /// The region this machine is.
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    region: String,
+    /// The operator's API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// The balancer: where clients connect.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    http: SocketAddr,
+    /// The edge's HTTP entry point (behind the balancer, PROXY protocol).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    edge: SocketAddr,
+    /// The edge's admin endpoint (/ready, /metrics, /debug/config).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9080")]
+    edge_admin: SocketAddr,
+    /// The agent's worker ingress (mutual TLS).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    ingress: SocketAddr,
+    /// A node silent this long is suspect…
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
+    node_suspect_after: Duration,
+    /// …and this long lost (its instances are placed elsewhere).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
+    node_lost_after: Duration,
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+pub fn run(args: UpArgs) -> ExitCode {
+    let json = args.log_format == "json";
+    super::service("up", json, || super::runtime(None)?.block_on(up(args)))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the {what} to {addr} (in use? choose another with its flag)")
+    })
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let url = format!("sqlite://{}/state.db", data.display());
+    let store = zw_store::Store::open(&url)
+        .await
+        .with_context(|| format!("opening the state store {url}"))?;
+    let token = super::operator::admin_token(&store, data).await?;
+
+    let api = bind(args.api, "operator API").await?;
+    let balancer_l = bind(args.http, "balancer").await?;
+    let edge_l = bind(args.edge, "edge").await?;
+    let edge_admin = bind(args.edge_admin, "edge admin").await?;
+    let (api_addr, lb_addr, edge_addr, edge_admin_addr) = (
+        api.local_addr()?,
+        balancer_l.local_addr()?,
+        edge_l.local_addr()?,
+        edge_admin.local_addr()?,
+    );
+
+    // The region, with this balancer as its cross-region entry point.
+    let lb = lb_addr.to_string();
+    match store.region(&args.region).await {
+        Ok(r) if r.balancer_address.as_deref() == Some(lb.as_str()) => {}
+        Ok(_) => {
+            store
+                .update_region(
+                    &args.region,
+                    zw_proto::api::RegionPatch {
+                        balancer_address: Some(lb.clone()),
+                    },
+                )
+                .await?;
+        }
+        Err(zw_store::StoreError::NotFound { .. }) => {
+            store
+                .create_region(zw_proto::api::NewRegion {
+                    name: args.region.clone(),
+                    balancer_address: Some(lb.clone()),
+                })
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let operator = zw_operator::Operator::start(
+        store,
+        zw_operator::Options {
+            suspect_after: args.node_suspect_after,
+            lost_after: args.node_lost_after,
+            ..Default::default()
+        },
+    );
+    let operator = tokio::spawn(operator.serve(api, stopped(stop_rx.clone())));
+
+    // The edge: snapshots from the operator, PROXY protocol from the balancer only.
+    let edge = Edge::new(vec!["web".into()], None);
+    let loopback = ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse::<zw_rules::IpNet>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    edge.set_proxy_protocol("web", loopback)
+        .map_err(anyhow::Error::msg)?;
+    let cp = ControlPlane {
+        url: format!("ws://{api_addr}/api/v1/edge/connect"),
+        token: token.clone(),
+        id: "edge-local".into(),
+        region: args.region.clone(),
+        address: edge_addr.to_string(),
+        admin_address: Some(edge_admin_addr.to_string()),
+        state_dir: Some(data.join("edge")),
+        backoff_base: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(5),
+        limits: zw_config::Limits::default(),
+    };
+    if let Err(e) = cp.restore(&edge) {
+        tracing::warn!(error = %e, "edge last-known-good refused");
+    }
+    let cp_task = tokio::spawn(cp.run(edge.clone(), stop_rx.clone()));
+    let edge_task = tokio::spawn({
+        let edge = edge.clone();
+        let stop = stopped(stop_rx.clone());
+        async move {
+            edge.serve(vec![edge_l], Some(edge_admin), stop, Duration::from_secs(5))
+                .await
+        }
+    });
+
+    // The balancer: edges discovered from the operator, checked at their /ready.
+    let lb_config = format!(
+        "drain_timeout = \"5s\"\n\
+         [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\n\
+         [[pool]]\nname = \"edges\"\nalgorithm = \"least_conn\"\n\
+         discover = {{ operator = \"http://{api_addr}\", region = \"{}\", token = \"{token}\", interval = \"1s\" }}\n\
+         health = {{ kind = \"http\", path = \"/ready\", interval = \"1s\", rise = 1, fall = 2 }}\n",
+        args.region
+    );
+    let config = zw_l4::Config::parse(&lb_config).map_err(anyhow::Error::msg)?;
+    let balancer = zw_l4::Balancer::new(config).map_err(anyhow::Error::msg)?;
+    let lb_task = tokio::spawn(balancer.run(vec![balancer_l], None, stopped(stop_rx.clone())));
+
+    let agent = zw_agent::Agent::start(zw_agent::Config {
+        operator: api_addr.to_string(),
+        token: token.clone(),
+        region: args.region.clone(),
+        hostname: "localhost".into(),
+        address: args.ingress.ip().to_string(),
+        ingress_listen: args.ingress,
+        state_dir: data.join("agent"),
+        heartbeat: Duration::from_secs(2),
+        init: super::agent::isolation_program()?,
+        timing: Default::default(),
+        instance_memory_mb: 512,
+        instance_cpu_millis: 1000,
+        reconnect_min: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(5),
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    println!(
+        "Zeitwork is up.\n  \
+         apps (balancer)   http://{lb_addr}\n  \
+         edge              http://{edge_addr} (admin http://{edge_admin_addr})\n  \
+         operator API      http://{api_addr} (admin token: {})\n  \
+         worker ingress    {} (mutual TLS), node {}\n\
+         Deploy an app:    zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n\
+         Stop:             Ctrl-C",
+        super::operator::token_file(data).display(),
+        agent.ingress_address,
+        agent.node_id,
+    );
+
+    super::shutdown_signal().await;
+    eprintln!("stopping: instances first, then the balancer, the edge and the operator");
+    agent.shutdown(true).await;
+    let _ = stop.send(true);
+    let _ = lb_task.await;
+    let _ = edge_task.await;
+    let _ = cp_task.await;
+    if let Ok(Err(e)) = operator.await {
+        tracing::warn!(error = %e, "operator stopped with an error");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

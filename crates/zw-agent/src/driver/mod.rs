@@ -1,0 +1,167 @@
+//! Runtime drivers: how an instance is started, watched, adopted after an agent restart,
+//! and stopped. One trait; the supervisor does not know which driver it talks to.
+
+pub mod firecracker;
+pub mod process;
+pub mod qemu;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use zw_proto::api::{DriverStatus, Runtime};
+
+use crate::records::Record;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a driver needs besides the record.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub record: Record,
+    /// Where the instance's output goes (appended).
+    pub log_file: PathBuf,
+    /// The instance's private working space on the node.
+    pub work_dir: PathBuf,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit(pub String);
+
+/// A started instance: its process, owned (a child of this agent) or adopted (found
+/// running after a restart).
+pub struct Running {
+    pub pid: u32,
+    pub start_ticks: Option<u64>,
+    child: Option<tokio::process::Child>,
+    /// A driver's own state for stopping (e.g. a VM's monitor socket).
+    pub control: Option<PathBuf>,
+}
+
+impl Running {
+    pub fn owned(child: tokio::process::Child) -> Result<Running, String> {
+        let pid = child
+            .id()
+            .ok_or("the process exited before it could be watched")?;
+        Ok(Running {
+            pid,
+            start_ticks: start_ticks(pid),
+            child: Some(child),
+            control: None,
+        })
+    }
+
+    /// A process found running that this agent did not start (it cannot `wait` for it).
+    pub fn adopted(pid: u32, start_ticks: Option<u64>) -> Running {
+        Running {
+            pid,
+            start_ticks,
+            child: None,
+            control: None,
+        }
+    }
+
+    /// Resolves when the process has exited, with how.
+    pub async fn wait(&mut self) -> Exit {
+        match &mut self.child {
+            Some(child) => match child.wait().await {
+                Ok(status) => Exit(describe(status)),
+                Err(e) => Exit(format!("waiting for it failed: {e}")),
+            },
+            None => {
+                // Not our child: no exit status, only "gone". Polled; adoption is rare.
+                while alive(self.pid, self.start_ticks) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Exit("exited (adopted process; status unknown)".into())
+            }
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        alive(self.pid, self.start_ticks)
+    }
+
+    /// Signals the instance's whole process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::killpg(pgid, sig);
+    }
+
+    /// SIGTERM to the group, then SIGKILL once `grace` has passed.
+    pub async fn terminate(&mut self, grace: Duration) -> Exit {
+        use nix::sys::signal::Signal;
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    ?grace,
+                    "instance ignored SIGTERM; killing it"
+                );
+                self.signal(Signal::SIGKILL);
+                self.wait().await
+            }
+        }
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+            Ok(sig) => format!("killed by {sig}"),
+            Err(_) => format!("killed by signal {s}"),
+        },
+        _ => "exited".into(),
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let state = fields.first()?;
+    if *state == "Z" || *state == "X" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is running and is the same process as when it was recorded.
+pub fn alive(pid: u32, ticks: Option<u64>) -> bool {
+    match (start_ticks(pid), ticks) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// A runtime driver.
+pub trait Driver: Send + Sync {
+    fn runtime(&self) -> Runtime;
+
+    /// Whether it works on this node, and why not.
+    fn status(&self) -> DriverStatus;
+
+    /// Starts the instance.
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>>;
+
+    /// The instance of `record` if it still runs.
+    fn adopt(&self, record: &Record) -> Option<Running> {
+        let pid = record.pid?;
+        alive(pid, record.start_ticks).then(|| Running::adopted(pid, record.start_ticks))
+    }
+
+    /// Stops it: politely, then by force after `grace`.
+    fn stop<'a>(&'a self, running: &'a mut Running, grace: Duration) -> BoxFuture<'a, Exit> {
+        Box::pin(running.terminate(grace))
+    }
+}

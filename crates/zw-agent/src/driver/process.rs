@@ -1,0 +1,132 @@
+//! The `process` driver: the app as a child process in its own process group, with `PORT`
+//! and the deployment's environment (nothing inherited from the agent), output appended
+//! to a log file, stopped with SIGTERM then SIGKILL.
+//!
+//! When the agent runs as root it isolates the instance: `zeitwork-init` ([`crate::init`])
+//! is started in the app's place; it joins the instance's cgroups, unshares the
+//! mount, PID, UTS and IPC namespaces, and becomes PID 1 there — `pivot_root` into the
+//! image's root filesystem if it has one, signals forwarded, orphans reaped — before it
+//! starts the app.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use zw_proto::api::{DriverStatus, RootFs, Runtime};
+
+use super::{BoxFuture, Driver, Launch, Running};
+use crate::cgroup::Cgroups;
+
+/// The `PATH` an instance gets.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone)]
+pub struct ProcessDriver {
+    /// `zeitwork-init`, for isolated instances; `None` runs apps without isolation.
+    pub init: Option<PathBuf>,
+    pub cgroups: Option<Cgroups>,
+    /// Per-instance limits, applied through `cgroups`.
+    pub memory_limit_mb: u64,
+    pub cpu_limit_millis: u64,
+}
+
+impl ProcessDriver {
+    fn isolation(&self) -> String {
+        match (&self.init, &self.cgroups) {
+            (None, _) => "no isolation (the agent is not root)".into(),
+            (Some(_), None) => "namespaces; no usable cgroup hierarchy for limits".into(),
+            (Some(_), Some(c)) => format!("namespaces, {} limits", c.version()),
+        }
+    }
+
+    async fn launch(&self, launch: &Launch) -> Result<Running, String> {
+        let r = &launch.record;
+        let a = &r.assignment;
+        let (program, args) = a.command.split_first().ok_or("the image has no command")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log_file)
+            .map_err(|e| format!("opening {}: {e}", launch.log_file.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let rootfs = match &a.rootfs {
+            None => None,
+            Some(RootFs::Dir(dir)) => Some(PathBuf::from(dir)),
+            Some(RootFs::Oci(layout)) => Some(
+                crate::oci::unpacked(std::path::Path::new(layout), &launch.work_dir)
+                    .await
+                    .map_err(|e| format!("unpacking the OCI image {layout}: {e}"))?,
+            ),
+        };
+        let mut cmd = match &self.init {
+            Some(init) => {
+                let mut c = tokio::process::Command::new(init);
+                c.arg("--hostname").arg(&a.id);
+                if let Some(root) = &rootfs {
+                    c.arg("--rootfs").arg(root);
+                }
+                if let Some(cg) = &self.cgroups {
+                    for procs in cg
+                        .create(&a.id, self.memory_limit_mb, self.cpu_limit_millis)
+                        .map_err(|e| format!("creating the instance's cgroups: {e}"))?
+                    {
+                        c.arg("--cgroup-procs").arg(procs);
+                    }
+                }
+                c.arg("--").arg(program).args(args);
+                c
+            }
+            None => {
+                if rootfs.is_some() {
+                    return Err(
+                        "images with a root filesystem need the agent to run as root (for namespaces and pivot_root)"
+                            .into(),
+                    );
+                }
+                let mut c = tokio::process::Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("PORT", r.port.to_string())
+            .env("ZEITWORK_INSTANCE", &a.id)
+            .env("ZEITWORK_DEPLOYMENT", &a.deployment)
+            .envs(&a.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .current_dir(if rootfs.is_some() {
+                "/"
+            } else {
+                launch.work_dir.to_str().unwrap_or("/")
+            })
+            // Its own group: stopping it reaches its children; Ctrl-C at the agent's
+            // terminal does not reach it.
+            .process_group(0)
+            // It must outlive an agent restart: that is what adoption is for.
+            .kill_on_drop(false);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting `{program}`: {e}"))?;
+        Running::owned(child)
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn runtime(&self) -> Runtime {
+        Runtime::Process
+    }
+
+    fn status(&self) -> DriverStatus {
+        DriverStatus {
+            runtime: Runtime::Process,
+            available: true,
+            detail: self.isolation(),
+        }
+    }
+
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>> {
+        Box::pin(self.launch(launch))
+    }
+}

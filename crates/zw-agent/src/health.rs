@@ -1,0 +1,28 @@
+//! An instance's health check, from the node: a TCP connect to its port, or an HTTP GET
+//! of the deployment's path answered with 2xx or 3xx. Only an instance that passes counts
+//! as started (routable).
+
+use std::time::Duration;
+
+use zw_proto::api::HealthCheckSpec;
+
+pub async fn check(port: u16, spec: &HealthCheckSpec, timeout: Duration) -> Result<(), String> {
+    let addr = format!("127.0.0.1:{port}");
+    match &spec.path {
+        None => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
+            Err(_) => Err(format!("connect to {addr}: no answer within {timeout:?}")),
+        },
+        Some(path) => {
+            let (status, _) = zw_http::get(&addr, path, &[], timeout, 64 << 10)
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            if (200..400).contains(&status) {
+                Ok(())
+            } else {
+                Err(format!("GET {path}: status {status}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The worker ingress: a TLS listener that admits only clients presenting an edge
+//! certificate from the platform CA (mutual TLS, checked by rustls during the handshake),
+//! and forwards each request to the local instance named by its `Zeitwork-Instance`
+//! header.
+//!
+//! An instance that is not started (not in the route table) gets a 503 with
+//! `Zeitwork-Unavailable: instance`, so the edge can tell "this instance is down" from an
+//! answer of the app.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::supervise::Routes;
+
+pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
+pub const ZEITWORK_UNAVAILABLE: HeaderName = HeaderName::from_static("zeitwork-unavailable");
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn plain(status: StatusCode, text: &str, unavailable: bool) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    if unavailable {
+        resp.headers_mut()
+            .insert(ZEITWORK_UNAVAILABLE, HeaderValue::from_static("instance"));
+    }
+    resp
+}
+
+/// Serves the ingress on `listener` until `stop` fires. The TLS configuration can be
+/// swapped (certificate renewal) through `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<arc_swap::ArcSwap<zw_pki::rustls::ServerConfig>>,
+    routes: Routes,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "ingress refused a client (no platform edge certificate)");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let routes = routes.clone();
+                async move { Ok::<_, Infallible>(forward(req, &routes, peer).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) -> Response<Body> {
+    let Some(id) = req
+        .headers_mut()
+        .remove(ZEITWORK_INSTANCE)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+    else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "no Zeitwork-Instance header: the ingress does not know which instance you want",
+            false,
+        );
+    };
+    let Some(port) = routes.load().get(&id).copied() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "instance {} is not running on this node",
+                zw_proto::abbreviate(&id, 64)
+            ),
+            true,
+        );
+    };
+    // One loopback connection per request: cheap next to the TLS hop before it.
+    let upstream = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(instance = %id, port, error = %e, "instance refused the connection");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("instance {id} does not accept connections"),
+                true,
+            );
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("instance {id}: {e}"),
+                false,
+            )
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    tracing::trace!(instance = %id, port, %peer, "forwarding");
+    match send.send_request(req).await {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err(e) => plain(
+            StatusCode::BAD_GATEWAY,
+            &format!("instance {id}: {e}"),
+            false,
+        ),
+    }
+}

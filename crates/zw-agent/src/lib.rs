@@ -1,0 +1,411 @@
+//! Zeitwork's node agent (`zeitwork agent`): it registers its node with the operator (a
+//! join token buys a node certificate from the platform CA for a CSR made here), keeps a
+//! WebSocket to the operator open (dialled out: the node needs no inbound connection
+//! from it), heartbeats, reconciles the instances assigned to the node through runtime
+//! drivers ([`driver`]), reports every instance state change at once, and serves the
+//! worker ingress ([`ingress`]) that admits only edges with a platform certificate.
+//!
+//! Instance records are kept on the node ([`records`]) so that an agent restart adopts
+//! what still runs instead of starting duplicates.
+
+pub mod cgroup;
+pub mod driver;
+pub mod health;
+pub mod ingress;
+pub mod init;
+pub mod oci;
+pub mod records;
+pub mod supervise;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use zw_proto::agent::{AgentMessage, ControlMessage, InstanceReport, MAX_MESSAGE_BYTES};
+use zw_proto::api::{Resources, TokenRole};
+use zw_proto::backoff::Backoff;
+
+use crate::driver::Driver;
+use crate::supervise::{Supervisor, Timing};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The operator's API, `host:port`.
+    pub operator: String,
+    /// A join token with the `agent` role (or the admin token).
+    pub token: String,
+    pub region: String,
+    pub hostname: String,
+    /// The host edges reach this node at (its ingress certificate is for this name).
+    pub address: String,
+    pub ingress_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// `zeitwork-init`, for isolated instances (when the agent is root); `None` runs
+    /// processes without isolation.
+    pub init: Option<PathBuf>,
+    pub timing: Timing,
+    pub instance_memory_mb: u64,
+    pub instance_cpu_millis: u64,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node_id: String,
+    pub ingress_address: SocketAddr,
+    supervisor: Supervisor,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn node_id(state_dir: &std::path::Path) -> std::io::Result<String> {
+    let file = state_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        let id = id.trim();
+        if zw_proto::api::check_id("node-id", id).is_ok() {
+            return Ok(id.to_string());
+        }
+    }
+    let mut buf = [0u8; 6];
+    for b in &mut buf {
+        *b = fastrand::u8(..);
+    }
+    let id = format!("node-{}", hex_lower(&buf));
+    std::fs::write(&file, format!("{id}\n"))?;
+    Ok(id)
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What this node offers.
+pub fn resources(state_dir: &std::path::Path) -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    let disk_mb = nix::sys::statvfs::statvfs(state_dir)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20))
+        .unwrap_or(0);
+    Resources {
+        cpu_millis: cpus * 1000,
+        memory_mb,
+        disk_mb,
+    }
+}
+
+/// The drivers of this node, each with whether it works here.
+pub fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<Arc<dyn Driver>> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    vec![
+        Arc::new(driver::process::ProcessDriver {
+            init: config.init.clone(),
+            cgroups,
+            memory_limit_mb: config.instance_memory_mb,
+            cpu_limit_millis: config.instance_cpu_millis,
+        }),
+        Arc::new(driver::qemu::QemuDriver {
+            detail: match on_path("qemu-system-x86_64") {
+                None => "qemu-system-x86_64 is not installed (Debian: qemu-system-x86)".into(),
+                Some(p) => format!(
+                    "{} found, but this agent does not drive it yet",
+                    p.display()
+                ),
+            },
+        }),
+        Arc::new(driver::firecracker::FirecrackerDriver {
+            detail: match on_path("firecracker") {
+                None => "no firecracker binary on PATH".into(),
+                Some(p) => format!(
+                    "{} found, but this agent does not drive it yet",
+                    p.display()
+                ),
+            },
+        }),
+    ]
+}
+
+impl Agent {
+    /// Binds the ingress, gets the node certificate (the stored one while it is valid),
+    /// adopts surviving instances, and starts the session with the operator.
+    pub async fn start(config: Config) -> Result<Agent, String> {
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
+        let node_id = node_id(&config.state_dir)
+            .map_err(|e| format!("keeping the node id in {}: {e}", config.state_dir.display()))?;
+        let listener = TcpListener::bind(config.ingress_listen)
+            .await
+            .map_err(|e| format!("binding the ingress to {}: {e}", config.ingress_listen))?;
+        let ingress_address = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stop_rx) = watch::channel(false);
+
+        let identity = enroll_until_done(&config, &node_id, stop_rx.clone()).await?;
+        let server_tls = identity
+            .server_config()
+            .map_err(|e| format!("the node certificate is unusable: {e}"))?;
+        let tls = Arc::new(arc_swap::ArcSwap::new(server_tls));
+
+        let cgroups = if config.init.is_some() {
+            cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"))
+        } else {
+            None
+        };
+        let drivers = drivers(&config, cgroups.clone());
+        for d in &drivers {
+            let s = d.status();
+            tracing::info!(runtime = %s.runtime, available = s.available, detail = %s.detail, "runtime driver");
+        }
+        let (supervisor, events) = Supervisor::new(
+            drivers.clone(),
+            config.state_dir.clone(),
+            config.timing.clone(),
+            cgroups,
+        )
+        .map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
+        let adopted = supervisor.adopt();
+        tracing::info!(node = %node_id, ingress = %ingress_address, adopted, "agent started");
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(ingress::serve(
+            listener,
+            tls.clone(),
+            supervisor.routes(),
+            stop_rx.clone(),
+        )));
+        let session = Session {
+            config: config.clone(),
+            node_id: node_id.clone(),
+            ingress_address: format!("{}:{}", bracket(&config.address), ingress_address.port()),
+            supervisor: supervisor.clone(),
+            drivers,
+        };
+        tasks.push(tokio::spawn(session.run(events, stop_rx)));
+        Ok(Agent {
+            node_id,
+            ingress_address,
+            supervisor,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Stops the agent. With `stop_instances` its instances are stopped too (the
+    /// one-process platform); without, they keep running for the next agent to adopt.
+    pub async fn shutdown(self, stop_instances: bool) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if stop_instances {
+            self.supervisor.stop_all().await;
+        } else {
+            self.supervisor.detach_all();
+        }
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn enroll_until_done(
+    config: &Config,
+    node_id: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<zw_pki::Identity, String> {
+    let names = vec![config.address.clone()];
+    let enrollment = zw_http::Enrollment {
+        operator: &config.operator,
+        token: &config.token,
+        role: TokenRole::Agent,
+        name: node_id,
+        names: &names,
+    };
+    let dir = config.state_dir.join("tls");
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    loop {
+        match zw_http::enroll(&enrollment, Some(&dir)).await {
+            Ok(id) => return Ok(id),
+            // A refusal is not going to change by retrying; say so and stop.
+            Err(e) if e.contains("refused a certificate") => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay(fastrand::f64());
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no node certificate yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::stopped(&mut stop) => return Err("stopped before enrolling".into()),
+                }
+            }
+        }
+    }
+}
+
+struct Session {
+    config: Config,
+    node_id: String,
+    ingress_address: String,
+    supervisor: Supervisor,
+    drivers: Vec<Arc<dyn Driver>>,
+}
+
+/// The operator says nothing for this long (it pings every 5 s): the connection is dead.
+const SILENCE: Duration = Duration::from_secs(30);
+
+impl Session {
+    async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<InstanceReport>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        loop {
+            let end = tokio::select! {
+                end = self.session(&mut events) => end,
+                _ = crate::stopped(&mut stop) => return,
+            };
+            match end {
+                Ok(()) => backoff.reset(),
+                Err((connected, e)) => {
+                    if connected {
+                        backoff.reset();
+                    }
+                    tracing::warn!(operator = %self.config.operator, error = %e, "operator connection ended; instances keep running");
+                }
+            }
+            let delay = backoff.next_delay(fastrand::f64());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = crate::stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// One connection. `Err((connected, why))`.
+    async fn session(
+        &self,
+        events: &mut mpsc::UnboundedReceiver<InstanceReport>,
+    ) -> Result<(), (bool, String)> {
+        let url = format!("ws://{}/api/v1/agent/connect", self.config.operator);
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| (false, format!("bad operator address: {e}")))?;
+        let auth = http::HeaderValue::from_str(&format!("Bearer {}", self.config.token)).map_err(
+            |_| {
+                (
+                    false,
+                    "the join token is not a valid header value".to_string(),
+                )
+            },
+        )?;
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, auth);
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return Err((false, e.to_string())),
+            Err(_) => return Err((false, "no connection within 10s".into())),
+        };
+        // The hello carries every instance's current state: queued events are older.
+        while events.try_recv().is_ok() {}
+        let hello = AgentMessage::Hello {
+            node_id: self.node_id.clone(),
+            hostname: self.config.hostname.clone(),
+            region: self.config.region.clone(),
+            address: self.config.address.clone(),
+            ingress_address: self.ingress_address.clone(),
+            resources: resources(&self.config.state_dir),
+            drivers: self.drivers.iter().map(|d| d.status()).collect(),
+            instances: self.supervisor.reports(),
+        };
+        send(&mut ws, &hello).await.map_err(|e| (false, e))?;
+        tracing::info!(operator = %self.config.operator, node = %self.node_id, "connected to the operator");
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let hb = AgentMessage::Heartbeat {
+                        resources: resources(&self.config.state_dir),
+                        instances: self.supervisor.len() as u32,
+                    };
+                    send(&mut ws, &hb).await.map_err(|e| (true, e))?;
+                }
+                Some(report) = events.recv() => {
+                    send(&mut ws, &AgentMessage::Instance(report)).await.map_err(|e| (true, e))?;
+                }
+                msg = tokio::time::timeout(SILENCE, ws.next()) => {
+                    let msg = match msg {
+                        Err(_) => return Err((true, format!("operator silent for {SILENCE:?}"))),
+                        Ok(None) => return Err((true, "operator closed the connection".into())),
+                        Ok(Some(Err(e))) => return Err((true, e.to_string())),
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    match msg {
+                        Message::Text(t) => match serde_json::from_str::<ControlMessage>(&t) {
+                            Ok(ControlMessage::Assignments { version, instances }) => {
+                                tracing::info!(version, instances = instances.len(), "assignments received");
+                                self.supervisor.reconcile(instances);
+                            }
+                            Ok(ControlMessage::Error { message }) => {
+                                return Err((false, format!("the operator refused this node: {message}")));
+                            }
+                            Err(e) => return Err((true, format!("unreadable message from the operator: {e}"))),
+                        },
+                        Message::Close(_) => return Ok(()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send<S>(ws: &mut S, msg: &AgentMessage) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}

@@ -1,0 +1,502 @@
+//! The reconcile loop's working half: one task per instance that starts it through its
+//! driver, waits for its health check, reports every state change, restarts it with
+//! backoff when it crashes or fails its checks, and stops it when it is no longer wanted.
+//!
+//! States reported: starting → started (health check passed: routable) → stopping →
+//! stopped → destroyed, or failed with a reason (then starting again after a backoff).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use zw_proto::agent::{Assignment, InstanceReport};
+use zw_proto::api::{InstanceState, Runtime};
+use zw_proto::backoff::Backoff;
+
+use crate::driver::{Driver, Launch, Running};
+use crate::records::{Record, Records};
+
+/// Instance id → loopback port, for the ingress: replaced whole on change, read without
+/// a lock on the request path.
+pub type Routes = Arc<ArcSwap<HashMap<String, u16>>>;
+
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// A starting instance must pass its health check within this.
+    pub startup_timeout: Duration,
+    /// Restart delays: full-jitter exponential backoff between these.
+    pub restart_min: Duration,
+    pub restart_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            grace: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(60),
+            restart_min: Duration::from_millis(200),
+            restart_max: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Slot {
+    assignment: Assignment,
+    state: InstanceState,
+    reason: Option<String>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    drivers: Vec<Arc<dyn Driver>>,
+    records: Records,
+    state_dir: PathBuf,
+    events: mpsc::UnboundedSender<InstanceReport>,
+    routes: Routes,
+    slots: Mutex<HashMap<String, Slot>>,
+    timing: Timing,
+    cgroups: Option<crate::cgroup::Cgroups>,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    pub fn new(
+        drivers: Vec<Arc<dyn Driver>>,
+        state_dir: PathBuf,
+        timing: Timing,
+        cgroups: Option<crate::cgroup::Cgroups>,
+    ) -> std::io::Result<(Supervisor, mpsc::UnboundedReceiver<InstanceReport>)> {
+        let records = Records::open(&state_dir)?;
+        std::fs::create_dir_all(state_dir.join("logs"))?;
+        std::fs::create_dir_all(state_dir.join("work"))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        Ok((
+            Supervisor {
+                inner: Arc::new(Inner {
+                    drivers,
+                    records,
+                    state_dir,
+                    events,
+                    routes: Routes::default(),
+                    slots: Mutex::new(HashMap::new()),
+                    timing,
+                    cgroups,
+                }),
+            },
+            rx,
+        ))
+    }
+
+    pub fn routes(&self) -> Routes {
+        self.inner.routes.clone()
+    }
+
+    pub fn log_file(&self, id: &str) -> PathBuf {
+        self.inner.state_dir.join("logs").join(format!("{id}.log"))
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adopts the instances of the records whose process still runs; they are kept until
+    /// the first assignments say whether they are still wanted.
+    pub fn adopt(&self) -> usize {
+        let mut n = 0;
+        for record in self.inner.records.load_all() {
+            let driver = self.inner.driver(record.assignment.runtime);
+            match driver.and_then(|d| d.adopt(&record)) {
+                Some(running) => {
+                    tracing::info!(instance = %record.id(), pid = running.pid, "adopted a running instance");
+                    self.spawn(record, Some(running));
+                    n += 1;
+                }
+                None => {
+                    tracing::info!(instance = %record.id(), "recorded instance is not running; it starts again if still assigned")
+                }
+            }
+        }
+        n
+    }
+
+    /// Every instance this node holds, as the hello reports them.
+    pub fn reports(&self) -> Vec<InstanceReport> {
+        let mut out: Vec<InstanceReport> = self
+            .slots()
+            .iter()
+            .map(|(id, s)| InstanceReport {
+                id: id.clone(),
+                state: s.state,
+                reason: s.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Brings the node in line with `desired`: starts what is missing, stops what is no
+    /// longer listed, restarts what changed.
+    pub fn reconcile(&self, desired: Vec<Assignment>) {
+        let wanted: HashMap<String, Assignment> =
+            desired.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let mut slots = self.slots();
+        for (id, slot) in slots.iter() {
+            if wanted.get(id) != Some(&slot.assignment) {
+                let _ = slot.stop.send(true);
+            }
+        }
+        // Records left by instances that are gone and no longer wanted.
+        for record in self.inner.records.load_all() {
+            if !wanted.contains_key(record.id()) && !slots.contains_key(record.id()) {
+                let _ = self.inner.records.remove(record.id());
+            }
+        }
+        let known_ports: Vec<u16> = self
+            .inner
+            .records
+            .load_all()
+            .iter()
+            .map(|r| r.port)
+            .collect();
+        let mut to_start = Vec::new();
+        for (id, a) in wanted {
+            match slots.get(&id) {
+                Some(s) if s.assignment == a => continue,
+                Some(_) => {
+                    // Changed: the old task stops (signalled above); start anew after it.
+                    tracing::info!(instance = %id, "assignment changed; restarting the instance");
+                    if let Some(old) = slots.remove(&id) {
+                        to_start.push((a, Some(old.task)));
+                    }
+                }
+                None => to_start.push((a, None)),
+            }
+        }
+        drop(slots);
+        for (a, previous) in to_start {
+            let port = self
+                .inner
+                .records
+                .load_all()
+                .into_iter()
+                .find(|r| r.id() == a.id)
+                .map(|r| r.port)
+                .or_else(|| free_port(&known_ports));
+            let Some(port) = port else {
+                tracing::error!(instance = %a.id, "no free port for the instance");
+                continue;
+            };
+            let record = Record {
+                assignment: a,
+                port,
+                pid: None,
+                start_ticks: None,
+            };
+            match previous {
+                None => self.spawn(record, None),
+                Some(task) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = task.await;
+                        me.spawn(record, None);
+                    });
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, record: Record, running: Option<Running>) {
+        let (stop, stop_rx) = watch::channel(false);
+        let id = record.id().to_string();
+        let assignment = record.assignment.clone();
+        let inner = self.inner.clone();
+        // Hold the lock across the spawn so the task's first report finds its slot.
+        let mut slots = self.slots();
+        let task = tokio::spawn(run(inner, record, running, stop_rx));
+        slots.insert(
+            id,
+            Slot {
+                assignment,
+                state: InstanceState::Created,
+                reason: None,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops every instance and waits for them (`zeitwork up` on Ctrl-C).
+    pub async fn stop_all(&self) {
+        let tasks: Vec<_> = {
+            let mut slots = self.slots();
+            slots
+                .drain()
+                .map(|(_, s)| {
+                    let _ = s.stop.send(true);
+                    s.task
+                })
+                .collect()
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Leaves instances running for the next agent to adopt (`zeitwork agent` stopping).
+    pub fn detach_all(&self) {
+        for (_, s) in self.slots().drain() {
+            s.task.abort();
+        }
+        self.inner.routes.store(Arc::new(HashMap::new()));
+    }
+}
+
+fn free_port(avoid: &[u16]) -> Option<u16> {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        if !avoid.contains(&port) {
+            return Some(port);
+        }
+    }
+    None
+}
+
+impl Inner {
+    fn driver(&self, runtime: Runtime) -> Option<Arc<dyn Driver>> {
+        self.drivers
+            .iter()
+            .find(|d| d.runtime() == runtime)
+            .cloned()
+    }
+
+    fn report(&self, id: &str, state: InstanceState, reason: Option<String>) {
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            slot.state = state;
+            slot.reason = reason.clone();
+        }
+        match &reason {
+            Some(r) if state == InstanceState::Failed => {
+                tracing::warn!(instance = id, %state, reason = %r, "instance state")
+            }
+            _ => tracing::info!(instance = id, %state, "instance state"),
+        }
+        let _ = self.events.send(InstanceReport {
+            id: id.to_string(),
+            state,
+            reason,
+        });
+    }
+
+    fn route(&self, id: &str, port: Option<u16>) {
+        self.routes.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            match port {
+                Some(p) => m.insert(id.to_string(), p),
+                None => m.remove(id),
+            };
+            m
+        });
+    }
+
+    fn save(&self, record: &Record) {
+        if let Err(e) = self.records.save(record) {
+            tracing::error!(instance = %record.id(), error = %e, "writing the instance record failed");
+        }
+    }
+}
+
+/// Waits for `d` unless a stop comes first; true when stopped.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+enum Outcome {
+    Stop,
+    /// Failed: restart after the backoff.
+    Failed(String),
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    mut record: Record,
+    mut running: Option<Running>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = record.id().to_string();
+    let t = inner.timing.clone();
+    let mut backoff = Backoff::new(t.restart_min, t.restart_max);
+    let driver = inner.driver(record.assignment.runtime);
+    let launch_base = Launch {
+        record: record.clone(),
+        log_file: inner.state_dir.join("logs").join(format!("{id}.log")),
+        work_dir: inner.state_dir.join("work").join(&id),
+    };
+    loop {
+        let Some(driver) = driver.as_ref().filter(|d| d.status().available) else {
+            let why = match &driver {
+                Some(d) => format!(
+                    "the {} runtime does not work on this node: {}",
+                    record.assignment.runtime,
+                    d.status().detail
+                ),
+                None => format!("this node has no {} runtime", record.assignment.runtime),
+            };
+            inner.report(&id, InstanceState::Failed, Some(why));
+            crate::stopped(&mut stop).await;
+            break;
+        };
+        if running.is_none() {
+            inner.report(&id, InstanceState::Starting, None);
+            record.pid = None;
+            record.start_ticks = None;
+            inner.save(&record);
+            let _ = std::fs::create_dir_all(&launch_base.work_dir);
+            let launch = Launch {
+                record: record.clone(),
+                ..launch_base.clone()
+            };
+            match driver.start(&launch).await {
+                Ok(r) => {
+                    record.pid = Some(r.pid);
+                    record.start_ticks = r.start_ticks;
+                    inner.save(&record);
+                    running = Some(r);
+                }
+                Err(e) => {
+                    inner.report(&id, InstanceState::Failed, Some(e));
+                    if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(r) = running.as_mut() else { continue };
+        let outcome = serve(&inner, &id, &record, r, &mut stop, &mut backoff).await;
+        inner.route(&id, None);
+        match outcome {
+            Outcome::Stop => break,
+            Outcome::Failed(why) => {
+                inner.report(&id, InstanceState::Failed, Some(why));
+                if let Some(mut r) = running.take() {
+                    if r.is_alive() {
+                        driver.stop(&mut r, t.grace).await;
+                    }
+                }
+                if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
+                    break;
+                }
+            }
+        }
+    }
+    inner.route(&id, None);
+    inner.report(&id, InstanceState::Stopping, None);
+    if let (Some(mut r), Some(d)) = (running.take(), driver.as_ref()) {
+        let exit = d.stop(&mut r, t.grace).await;
+        tracing::info!(instance = %id, how = %exit.0, "instance process ended");
+    }
+    inner.report(&id, InstanceState::Stopped, None);
+    if let Some(cg) = &inner.cgroups {
+        cg.remove(&id);
+    }
+    let _ = inner.records.remove(&id);
+    let _ = std::fs::remove_dir_all(&launch_base.work_dir);
+    inner.report(&id, InstanceState::Destroyed, None);
+    inner
+        .slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+}
+
+/// One life of a started process: health-checked into service, then watched until it
+/// exits, fails its checks, or is told to stop.
+async fn serve(
+    inner: &Inner,
+    id: &str,
+    record: &Record,
+    r: &mut Running,
+    stop: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Outcome {
+    let spec = &record.assignment.health_check;
+    let deadline = tokio::time::Instant::now() + inner.timing.startup_timeout;
+    let mut last_error = String::from("no check ran yet");
+    // Starting: check often, so the instance is routable as soon as it answers.
+    loop {
+        if tokio::time::Instant::now() > deadline {
+            return Outcome::Failed(format!(
+                "not healthy within {:?}: {last_error}",
+                inner.timing.startup_timeout
+            ));
+        }
+        tokio::select! {
+            _ = crate::stopped(stop) => return Outcome::Stop,
+            exit = r.wait() => return Outcome::Failed(format!("{} before it was healthy", exit.0)),
+            res = async {
+                let res = crate::health::check(record.port, spec, Duration::from_secs(2)).await;
+                if res.is_err() {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                res
+            } => match res {
+                Ok(()) => break,
+                Err(e) => last_error = e,
+            },
+        }
+    }
+    inner.route(id, Some(record.port));
+    inner.report(id, InstanceState::Started, None);
+    backoff.reset();
+    let every = Duration::from_secs(u64::from(spec.interval_secs.unwrap_or(5).max(1)));
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = crate::stopped(stop) => return Outcome::Stop,
+            exit = r.wait() => return Outcome::Failed(exit.0),
+            _ = tokio::time::sleep(every) => {
+                match crate::health::check(record.port, spec, Duration::from_secs(2)).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= 3 {
+                            return Outcome::Failed(format!("health check failed 3 times: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

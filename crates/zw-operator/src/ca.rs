@@ -1,0 +1,111 @@
+//! The platform CA, made on the operator's first start and kept in the store (so every
+//! replica of the operator signs with the same CA), and `POST /api/v1/certificates`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Extension;
+use serde::{Deserialize, Serialize};
+use zw_pki::{Ca, Role};
+use zw_proto::api::{
+    check_host, ApiError, CertificateRequest, FieldError, IssuedCertificate, TokenRole,
+};
+use zw_store::{Principal, Store};
+
+use crate::error::{ApiResult, Error, Json};
+use crate::App;
+
+const SETTING: &str = "platform_ca";
+
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    cert: String,
+    key: String,
+}
+
+/// The CA, loaded from the store or made there on first use.
+pub(crate) async fn load_or_create(store: &Store) -> Result<Ca, String> {
+    let stored = match store.setting(SETTING).await.map_err(|e| e.to_string())? {
+        Some(s) => s,
+        None => {
+            let ca = Ca::generate().map_err(|e| e.to_string())?;
+            let fresh = serde_json::to_string(&StoredCa {
+                cert: ca.cert_pem().to_string(),
+                key: ca.key_pem().to_string(),
+            })
+            .map_err(|e| e.to_string())?;
+            // Another replica may have won the race; its CA is the one.
+            let stored = store
+                .init_setting(SETTING, &fresh)
+                .await
+                .map_err(|e| e.to_string())?;
+            if stored == fresh {
+                tracing::info!("platform CA created");
+            }
+            stored
+        }
+    };
+    let s: StoredCa =
+        serde_json::from_str(&stored).map_err(|e| format!("stored platform CA: {e}"))?;
+    Ca::from_pem(&s.cert, &s.key).map_err(|e| format!("stored platform CA: {e}"))
+}
+
+pub(crate) async fn ca(app: &App) -> Result<Arc<Ca>, Error> {
+    app.ca
+        .get_or_try_init(|| async { load_or_create(&app.store).await.map(Arc::new) })
+        .await
+        .cloned()
+        .map_err(|e| Error::new(http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
+}
+
+#[utoipa::path(post, path = "/api/v1/certificates", tag = "certificates", request_body = CertificateRequest,
+    responses((status = 200, body = IssuedCertificate), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn issue(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Json(req): Json<CertificateRequest>,
+) -> ApiResult<axum::Json<IssuedCertificate>> {
+    let role = match (principal, req.role) {
+        (Principal::Join(token), None) => token,
+        (Principal::Join(token), Some(asked)) if token == asked => token,
+        (Principal::Join(token), Some(asked)) => {
+            return Err(Error::invalid(FieldError::new(
+                "role",
+                format!("a {token} join token cannot get a {asked} certificate"),
+            )))
+        }
+        (Principal::Admin, Some(asked)) => asked,
+        (Principal::Admin, None) => {
+            return Err(Error::invalid(FieldError::new(
+                "role",
+                "say which certificate: `edge` or `agent`",
+            )))
+        }
+    };
+    zw_proto::api::check_id("name", &req.name).map_err(Error::invalid)?;
+    if req.names.len() > 16 {
+        return Err(Error::invalid(FieldError::new("names", "at most 16 names")));
+    }
+    for (i, n) in req.names.iter().enumerate() {
+        check_host(&format!("names[{i}]"), n).map_err(Error::invalid)?;
+    }
+    let ca = ca(&app).await?;
+    let role = match role {
+        TokenRole::Edge => Role::Edge,
+        TokenRole::Agent => Role::Node,
+    };
+    let certificate = ca
+        .sign(
+            &req.csr,
+            role,
+            &req.name,
+            &req.names,
+            zw_http::CERT_VALIDITY,
+        )
+        .map_err(|e| Error::invalid(FieldError::new("csr", e.to_string())))?;
+    tracing::info!(name = %req.name, ?role, names = ?req.names, "platform certificate issued");
+    Ok(axum::Json(IssuedCertificate {
+        certificate,
+        ca: ca.cert_pem().to_string(),
+    }))
+}

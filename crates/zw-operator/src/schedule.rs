@@ -1,0 +1,58 @@
+//! The scheduler loop: after every store change, and every second for liveness, it marks
+//! silent agent nodes suspect then lost, and runs one scheduling pass
+//! ([`zw_store::Store::schedule`]): replicas placed, scaled down, and moved off lost nodes.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use zw_store::Store;
+
+pub(crate) async fn run(
+    store: Store,
+    suspect_after: Duration,
+    lost_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = store.changes();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unplaced_logged = std::collections::BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = tick.tick() => {
+                match store
+                    .mark_silent_nodes(suspect_after.as_millis() as i64, lost_after.as_millis() as i64)
+                    .await
+                {
+                    Ok(changed) => {
+                        for (node, state) in changed {
+                            tracing::warn!(%node, %state, "node stopped heartbeating");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "checking node heartbeats failed"),
+                }
+            }
+        }
+        changes.borrow_and_update();
+        match store.schedule().await {
+            Ok(s) => {
+                for (instance, node) in &s.placed {
+                    tracing::info!(%instance, %node, "instance placed");
+                }
+                for instance in &s.removed {
+                    tracing::info!(%instance, "instance removed");
+                }
+                // Say it once per new reason, not every second.
+                for (deployment, why) in &s.unplaced {
+                    if unplaced_logged.get(deployment) != Some(why) {
+                        tracing::warn!(%deployment, reason = %why, "replicas not placed");
+                    }
+                }
+                unplaced_logged = s.unplaced;
+            }
+            Err(e) => tracing::error!(error = %e, "scheduling failed"),
+        }
+    }
+}

@@ -19,9 +19,16 @@ use zw_proto::backoff::Backoff;
 use crate::driver::{Driver, Launch, Running};
 use crate::records::{Record, Records};
 
-/// Instance id → loopback port, for the ingress: replaced whole on change, read without
-/// a lock on the request path.
-pub type Routes = Arc<ArcSwap<HashMap<String, u16>>>;
+/// Instance id → where it is served, for the ingress: replaced whole on change, read
+/// without a lock on the request path. Every instance the node holds has an entry; `port`
+/// is set only while it is started.
+pub type Routes = Arc<ArcSwap<HashMap<String, Route>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub deployment: Arc<str>,
+    pub port: Option<u16>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -228,6 +235,14 @@ impl Supervisor {
         let id = record.id().to_string();
         let assignment = record.assignment.clone();
         let inner = self.inner.clone();
+        // An adopted instance was serving when the last agent left: it stays routable
+        // while its first health check here confirms it (or fails it).
+        let state = if running.is_some() {
+            inner.route(&id, &assignment.deployment, Some(record.port), false);
+            InstanceState::Started
+        } else {
+            InstanceState::Created
+        };
         // Hold the lock across the spawn so the task's first report finds its slot.
         let mut slots = self.slots();
         let task = tokio::spawn(run(inner, record, running, stop_rx));
@@ -235,7 +250,7 @@ impl Supervisor {
             id,
             Slot {
                 assignment,
-                state: InstanceState::Created,
+                state,
                 reason: None,
                 stop,
                 task,
@@ -313,13 +328,21 @@ impl Inner {
         });
     }
 
-    fn route(&self, id: &str, port: Option<u16>) {
+    /// `Some(port)`: serving there; `None`: held but not serving; `forget`: gone.
+    fn route(&self, id: &str, deployment: &str, port: Option<u16>, forget: bool) {
         self.routes.rcu(|m| {
             let mut m = HashMap::clone(m);
-            match port {
-                Some(p) => m.insert(id.to_string(), p),
-                None => m.remove(id),
-            };
+            if forget {
+                m.remove(id);
+            } else {
+                m.insert(
+                    id.to_string(),
+                    Route {
+                        deployment: Arc::from(deployment),
+                        port,
+                    },
+                );
+            }
             m
         });
     }
@@ -405,7 +428,7 @@ async fn run(
         }
         let Some(r) = running.as_mut() else { continue };
         let outcome = serve(&inner, &id, &record, r, &mut stop, &mut backoff).await;
-        inner.route(&id, None);
+        inner.route(&id, &record.assignment.deployment, None, false);
         match outcome {
             Outcome::Stop => break,
             Outcome::Failed(why) => {
@@ -421,7 +444,7 @@ async fn run(
             }
         }
     }
-    inner.route(&id, None);
+    inner.route(&id, &record.assignment.deployment, None, true);
     inner.report(&id, InstanceState::Stopping, None);
     if let (Some(mut r), Some(d)) = (running.take(), driver.as_ref()) {
         let exit = d.stop(&mut r, t.grace).await;
@@ -477,7 +500,7 @@ async fn serve(
             },
         }
     }
-    inner.route(id, Some(record.port));
+    inner.route(id, &record.assignment.deployment, Some(record.port), false);
     inner.report(id, InstanceState::Started, None);
     backoff.reset();
     let every = Duration::from_secs(u64::from(spec.interval_secs.unwrap_or(5).max(1)));

@@ -81,6 +81,13 @@ async fn session(app: App, mut socket: WebSocket) {
             tracing::warn!(node = %node, instance = %r.id, error = %e, "recording an instance report failed");
         }
     }
+    match app.store.agent_unreported(&node, &instances).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(node = %node, instances = n, "instances not running on the node reset to created")
+        }
+        Err(e) => tracing::warn!(node = %node, error = %e, "resetting unreported instances failed"),
+    }
 
     let mut changes = app.store.changes();
     let mut stop = app.stop.subscribe();

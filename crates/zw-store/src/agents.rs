@@ -155,6 +155,41 @@ impl Store {
         Ok(done > 0)
     }
 
+    /// After a hello: the node's instances its agent did not report are not running there
+    /// (the agent restarted without them, or they were stopped while it was away); they go
+    /// back to `created` so no edge is sent to them until the agent starts them again.
+    pub async fn agent_unreported(
+        &self,
+        node_id: &str,
+        reported: &[InstanceReport],
+    ) -> Result<usize> {
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query("SELECT id FROM instances WHERE node = $1 AND state <> 'created'")
+            .bind(node_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut n = 0;
+        for row in rows {
+            let id: String = get(&row, "id")?;
+            if reported.iter().any(|r| r.id == id) {
+                continue;
+            }
+            sqlx::query("UPDATE instances SET state = 'created', reason = $1, updated_at = $2 WHERE id = $3")
+                .bind("not running on its node when its agent connected")
+                .bind(unix_millis())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            n += 1;
+        }
+        if n > 0 {
+            self.commit_routing(tx).await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+
     /// Marks agent nodes whose last heartbeat is older than `suspect_ms` suspect, and
     /// older than `lost_ms` lost. Returns the nodes that changed state.
     pub async fn mark_silent_nodes(

@@ -1,0 +1,466 @@
+//! The whole platform on real processes: `zeitwork up`, apps deployed with
+//! `zeitwork deploy`, requests through balancer → edge → worker ingress (mutual TLS) →
+//! instance, crashes, agents stopped, lost and restarted.
+//!
+//! The app is a small Python HTTP server (python3 is on every machine this runs on) that
+//! answers with its instance id.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const APP: &str = r#"
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%s\n" % os.environ.get("ZEITWORK_INSTANCE")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+print("listening on", os.environ["PORT"], flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// The operator's API inside `zeitwork up`.
+struct Api {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    token: String,
+}
+
+impl Api {
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, b) = http(
+            self.addr,
+            method,
+            path,
+            body.map(|b| b.to_string()),
+            Some(&self.token),
+            &[],
+        );
+        assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
+        serde_json::from_str(&b).unwrap()
+    }
+}
+
+struct Platform {
+    up: Proc,
+    op: Api,
+    balancer: SocketAddr,
+    dir: tempfile::TempDir,
+    app: PathBuf,
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn start_up() -> Platform {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (api, http, edge, admin, ingress) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let args: Vec<String> = [
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api",
+        &addr(api),
+        "--http",
+        &addr(http),
+        "--edge",
+        &addr(edge),
+        "--edge-admin",
+        &addr(admin),
+        "--ingress",
+        &addr(ingress),
+        "--node-suspect-after",
+        "2s",
+        "--node-lost-after",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let up = Proc::spawn("up", &args);
+    up.wait_log(Duration::from_secs(30), |v| message(v) == "agent connected");
+    // The balancer has found the edge once the edge is ready behind it.
+    up.wait_log(Duration::from_secs(30), |v| message(v) == "backend added");
+    let token = std::fs::read_to_string(data.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let app = dir.path().join("app.py");
+    std::fs::write(&app, APP).unwrap();
+    let op = Api {
+        addr: addr(api).parse().unwrap(),
+        data_dir: data,
+        token,
+    };
+    Platform {
+        up,
+        op,
+        balancer: addr(http).parse().unwrap(),
+        dir,
+        app,
+    }
+}
+
+impl Platform {
+    fn zeitwork(&self, args: &[&str]) -> (bool, String) {
+        // Options before the arguments: `deploy` takes everything after `--` as the command.
+        let out = Command::new(BIN)
+            .arg(args[0])
+            .args(["--data-dir", self.op.data_dir.to_str().unwrap()])
+            .args(["--operator", &format!("http://{}", self.op.addr)])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `zeitwork deploy`; the milliseconds until the app answered through the balancer.
+    fn deploy(&self, name: &str, replicas: u32) -> u64 {
+        let replicas = replicas.to_string();
+        let domain = format!("{name}.test");
+        let (ok, out) = self.zeitwork(&[
+            "deploy",
+            name,
+            "--domain",
+            &domain,
+            "--replicas",
+            &replicas,
+            "--",
+            "python3",
+            self.app.to_str().unwrap(),
+        ]);
+        assert!(ok, "deploy failed:\n{out}\n{}", self.up.dump());
+        assert!(
+            out.contains(&format!("http://{domain}:{}/", self.balancer.port())),
+            "{out}"
+        );
+        let routed = out
+            .split("routed ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok());
+        routed.unwrap_or_else(|| panic!("no routed time in:\n{out}"))
+    }
+
+    fn get(&self, name: &str) -> (u16, String) {
+        http(
+            self.balancer,
+            "GET",
+            "/",
+            None,
+            None,
+            &[("host", &format!("{name}.test"))],
+        )
+    }
+
+    fn instances(&self, deployment: &str) -> Vec<Value> {
+        self.op.ok(
+            "GET",
+            &format!("/api/v1/instances?deployment={deployment}"),
+            None,
+        )["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn started(&self, deployment: &str) -> Vec<Value> {
+        self.instances(deployment)
+            .into_iter()
+            .filter(|i| i["state"] == "started")
+            .collect()
+    }
+
+    fn nodes(&self) -> Vec<Value> {
+        self.op.ok("GET", "/api/v1/nodes", None)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The app's Python processes (this test's app file only), as (pid, instance id).
+    fn app_processes(&self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let app = self.app.to_str().unwrap();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            if args.first().map(String::as_str) != Some("python3") || !args.iter().any(|a| a == app)
+            {
+                continue;
+            }
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let id = env
+                .split(|b| *b == 0)
+                .filter_map(|kv| std::str::from_utf8(kv).ok())
+                .find_map(|kv| kv.strip_prefix("ZEITWORK_INSTANCE="))
+                .unwrap_or("")
+                .to_string();
+            out.push((pid, id));
+        }
+        out.sort();
+        out
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn agent_args(p: &Platform, ingress: u16, state: &Path) -> Vec<String> {
+    [
+        "agent",
+        "--operator",
+        &p.op.addr.to_string(),
+        "--token",
+        &p.op.token,
+        "--region",
+        "local",
+        "--ingress",
+        &addr(ingress),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--heartbeat",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn deploy_crash_agent_loss_and_restart() {
+    if !tool("python3") || !tool("curl") {
+        return;
+    }
+    let p = start_up();
+
+    // Two replicas, both reached through balancer → edge → ingress.
+    p.deploy("hello", 2);
+    let ids: Vec<String> = p
+        .started("hello")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (s, body) = p.get("hello");
+        assert_eq!(s, 200, "{body}");
+        seen.insert(body.trim().to_string());
+    }
+    assert_eq!(seen, ids.iter().cloned().collect(), "both replicas answer");
+
+    // Kill one instance's process under load: the agent restarts it, and no request fails
+    // meanwhile (the edges stop routing to it; the ingress sends the few that were already
+    // on their way to its sibling).
+    let victim = ids[0].clone();
+    let (victim_pid, _) = p
+        .app_processes()
+        .into_iter()
+        .find(|(_, id)| *id == victim)
+        .expect("the victim's process");
+    let balancer = p.balancer;
+    let load = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut codes = Vec::new();
+        while Instant::now() < deadline && codes.len() < 5000 {
+            codes.push(http(balancer, "GET", "/", None, None, &[("host", "hello.test")]).0);
+        }
+        codes
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(victim_pid, "-KILL");
+    p.up.wait_log(Duration::from_secs(10), |v| {
+        v["fields"]["instance"] == victim.as_str() && v["fields"]["state"] == "failed"
+    });
+    let restarted = eventually(
+        Duration::from_secs(20),
+        "the killed instance restarted",
+        || {
+            p.app_processes()
+                .into_iter()
+                .find(|(pid, id)| *id == victim && *pid != victim_pid)
+        },
+    );
+    eventually(
+        Duration::from_secs(10),
+        "two started instances again",
+        || (p.started("hello").len() == 2).then_some(()),
+    );
+    let codes = load.join().unwrap();
+    let failed = codes.iter().filter(|c| **c != 200).count();
+    assert!(codes.len() > 50, "load ran: {} requests", codes.len());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed while an instance restarted",
+        codes.len()
+    );
+    eprintln!(
+        "instance {victim}: pid {victim_pid} killed, restarted as pid {}; {} requests, 0 failed",
+        restarted.0,
+        codes.len()
+    );
+
+    // A client without a platform certificate gets no HTTP out of the ingress.
+    let node = p.nodes().into_iter().next().unwrap();
+    let ingress = node["ingress_address"].as_str().unwrap().to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", &format!("zeitwork-instance: {victim}")])
+        .arg(format!("https://{ingress}/"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "curl without a certificate must fail"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "000",
+        "no HTTP response"
+    );
+
+    // A second node: scaled-up replicas spread onto it.
+    let state2 = p.dir.path().join("agent2");
+    let ingress2 = free_port();
+    let mut agent2 = Proc::spawn("agent2", &agent_args(&p, ingress2, &state2));
+    agent2.wait_log(Duration::from_secs(20), |v| {
+        message(v) == "connected to the operator"
+    });
+    let node2 = std::fs::read_to_string(state2.join("node-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (ok, out) = p.zeitwork(&["scale", "hello", "4"]);
+    assert!(ok, "{out}");
+    eventually(Duration::from_secs(30), "four started instances", || {
+        (p.started("hello").len() == 4).then_some(())
+    });
+    let on_node2: Vec<String> = p
+        .instances("hello")
+        .iter()
+        .filter(|i| i["node"] == node2.as_str())
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(on_node2.len(), 2, "replicas spread across the two nodes");
+
+    // The agent stops and comes back: it adopts what runs, nothing is started twice.
+    let before = p.app_processes();
+    signal(agent2.pid(), "-TERM");
+    agent2.wait_log(Duration::from_secs(10), |v| message(v) == "stopped");
+    agent2 = Proc::spawn("agent2", &agent_args(&p, ingress2, &state2));
+    for id in &on_node2 {
+        agent2.wait_log(Duration::from_secs(20), |v| {
+            message(v) == "adopted a running instance" && v["fields"]["instance"] == id.as_str()
+        });
+    }
+    agent2.wait_log(Duration::from_secs(20), |v| {
+        message(v) == "assignments received"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.app_processes(), before, "the same processes, none added");
+    assert_eq!(p.started("hello").len(), 4);
+
+    // The agent dies: its node is suspect, then lost, and its replicas move.
+    let killed_at = Instant::now();
+    agent2.kill();
+    eventually(Duration::from_secs(15), "node 2 lost", || {
+        p.nodes()
+            .iter()
+            .any(|n| n["id"] == node2.as_str() && n["state"] == "lost")
+            .then_some(())
+    });
+    let lost_after = killed_at.elapsed();
+    eventually(
+        Duration::from_secs(30),
+        "four started replicas on node 1",
+        || {
+            let started = p.started("hello");
+            (started.len() == 4 && started.iter().all(|i| i["node"] != node2.as_str()))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "node lost {} ms after its agent was killed (timeout 5 s)",
+        lost_after.as_millis()
+    );
+    // Its instances are still running on the node, unwanted: six processes now.
+    assert_eq!(p.app_processes().len(), 6);
+
+    // Back again: the orphans are adopted and stopped, leaving no duplicate.
+    let agent2 = Proc::spawn("agent2", &agent_args(&p, ingress2, &state2));
+    eventually(
+        Duration::from_secs(30),
+        "the lost node's orphans stopped",
+        || (p.app_processes().len() == 4).then_some(()),
+    );
+    let running: std::collections::BTreeSet<String> =
+        p.app_processes().into_iter().map(|(_, id)| id).collect();
+    let assigned: std::collections::BTreeSet<String> = p
+        .instances("hello")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(running, assigned, "each instance runs exactly once");
+    drop(agent2);
+
+    // Ctrl-C: everything stops, the instances included.
+    signal(p.up.pid(), "-INT");
+    p.up.wait_log(Duration::from_secs(20), |v| message(v) == "stopped");
+    let left: Vec<_> = p
+        .app_processes()
+        .into_iter()
+        .filter(|(_, id)| !on_node2.contains(id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "instances left running after Ctrl-C: {left:?}"
+    );
+}

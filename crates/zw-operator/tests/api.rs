@@ -513,3 +513,91 @@ async fn lists_are_paginated() {
     }
     assert_eq!(names, ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]);
 }
+
+/// `POST /api/v1/certificates`: the join token decides the role; the CA signs only the
+/// request's key, with the names the request was allowed to ask for.
+#[tokio::test]
+async fn certificates_follow_the_token_role() {
+    for db in TestDb::all().await {
+        let api = Api::start(db).await;
+        let token = |role: &'static str| {
+            let api = &api;
+            async move {
+                api.ok("POST", "/api/v1/join-tokens", Some(json!({ "role": role })))
+                    .await["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let (edge_token, agent_token) = (token("edge").await, token("agent").await);
+        let ask = |tok: String, body: Value| {
+            let api = &api;
+            async move {
+                api.raw(
+                    "POST",
+                    "/api/v1/certificates",
+                    body.to_string().into_bytes(),
+                    Some(&tok),
+                )
+                .await
+            }
+        };
+        let csr = zw_pki::Csr::generate("n").unwrap();
+        // An agent token gets a node certificate for its address.
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-1", "names": ["127.0.0.1"] }),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let node = zw_pki::Identity::from_pem(
+            v["ca"].as_str().unwrap().into(),
+            v["certificate"].as_str().unwrap().into(),
+            csr.key_pem.clone(),
+        )
+        .unwrap();
+        assert!(node.server_config().is_ok());
+        // The same CA answers every request.
+        let csr2 = zw_pki::Csr::generate("e").unwrap();
+        let (s, v2) = ask(
+            edge_token.clone(),
+            json!({ "csr": csr2.csr_pem, "name": "edge-1" }),
+        )
+        .await;
+        assert_eq!(s, 200, "{v2}");
+        assert_eq!(v2["ca"], v["ca"]);
+        // An edge token cannot buy a node certificate, nor the other way round.
+        let (s, v) = ask(
+            edge_token.clone(),
+            json!({ "csr": csr2.csr_pem, "name": "x", "role": "agent" }),
+        )
+        .await;
+        assert_eq!((s, v["field"].as_str()), (422, Some("role")), "{v}");
+        // The admin must say which.
+        let (s, v) = api
+            .call(
+                "POST",
+                "/api/v1/certificates",
+                Some(json!({ "csr": csr2.csr_pem, "name": "x" })),
+            )
+            .await;
+        assert_eq!((s, v["field"].as_str()), (422, Some("role")), "{v}");
+        // Junk and bad names are refused with the field named.
+        let (s, v) = ask(agent_token.clone(), json!({ "csr": "junk", "name": "n" })).await;
+        assert_eq!((s, v["field"].as_str()), (422, Some("csr")), "{v}");
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "n", "names": ["not a host"] }),
+        )
+        .await;
+        assert_eq!((s, v["field"].as_str()), (422, Some("names[0]")), "{v}");
+        // A join token opens nothing else.
+        let (s, _) = api
+            .raw("GET", "/api/v1/deployments", vec![], Some(&agent_token))
+            .await;
+        assert_eq!(s, 403);
+        let (s, _) = api.raw("POST", "/api/v1/certificates", vec![], None).await;
+        assert_eq!(s, 401);
+    }
+}

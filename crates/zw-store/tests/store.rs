@@ -487,3 +487,158 @@ async fn readers_do_not_migrate() {
     let reader = Store::open_reader(&db.url).await.unwrap();
     assert!(reader.routing_state().await.unwrap().regions.is_empty());
 }
+
+async fn agent_node(store: &Store, id: &str, region: &str, memory_mb: u64) {
+    store
+        .agent_hello(&zw_store::AgentHello {
+            node_id: id,
+            hostname: id,
+            region,
+            address: "127.0.0.1",
+            ingress_address: "127.0.0.1:7443",
+            resources: Resources {
+                cpu_millis: 2000,
+                memory_mb,
+                disk_mb: 1000,
+            },
+            drivers: &[],
+        })
+        .await
+        .unwrap();
+}
+
+async fn app(store: &Store, name: &str, replicas: u32, regions: &[&str]) {
+    store
+        .apply(ApplySpec {
+            image: Some(NewImage {
+                name: name.into(),
+                command: vec!["/bin/app".into()],
+                env: Default::default(),
+                runtime: Runtime::Process,
+                rootfs: None,
+            }),
+            deployment: NewDeployment {
+                name: name.into(),
+                image: name.into(),
+                replicas,
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                port: 8080,
+                health_check: HealthCheckSpec::default(),
+            },
+            domains: vec![format!("{name}.test")],
+        })
+        .await
+        .unwrap();
+}
+
+async fn placement(store: &Store, deployment: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for i in store
+        .instances(
+            &zw_store::InstanceFilter {
+                deployment: Some(deployment.into()),
+                ..Default::default()
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .items
+    {
+        *by_node.entry(i.node).or_insert(0) += 1;
+    }
+    by_node
+}
+
+#[tokio::test]
+async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_nodes() {
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        for r in ["eu", "us"] {
+            store
+                .create_region(NewRegion {
+                    name: r.into(),
+                    balancer_address: None,
+                })
+                .await
+                .unwrap();
+        }
+        agent_node(store, "node-a", "eu", 4096).await;
+        agent_node(store, "node-b", "eu", 4096).await;
+        // Room for exactly one instance.
+        agent_node(store, "node-small", "eu", zw_store::INSTANCE_MEMORY_MB).await;
+        agent_node(store, "node-us", "us", 4096).await;
+
+        app(store, "web", 4, &["eu"]).await;
+        let s = store.schedule().await.unwrap();
+        assert_eq!(s.placed.len(), 4, "{s:?}");
+        let p = placement(store, "web").await;
+        assert_eq!(p.values().sum::<usize>(), 4);
+        assert!(p.values().all(|n| *n <= 2), "spread: {p:?}");
+        assert!(
+            !p.contains_key("node-us"),
+            "only the requested region: {p:?}"
+        );
+        assert!(p.get("node-small").copied().unwrap_or(0) <= 1, "{p:?}");
+        // A second pass has nothing to do.
+        assert!(!store.schedule().await.unwrap().changed());
+
+        // Scale down, then past what fits: the shortfall is reported, not hidden.
+        store
+            .update_deployment(
+                "web",
+                DeploymentPatch {
+                    replicas: Some(2),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let s = store.schedule().await.unwrap();
+        assert_eq!(s.removed.len(), 2, "{s:?}");
+        assert_eq!(placement(store, "web").await.values().sum::<usize>(), 2);
+        app(store, "huge", 200, &["eu"]).await;
+        let s = store.schedule().await.unwrap();
+        let why = s.unplaced.get("huge").expect("huge is short of room");
+        assert!(why.contains("no ready worker node in eu"), "{why}");
+        store.delete_deployment("huge").await.unwrap();
+
+        // node-a goes silent: suspect first (still holds its instances), then lost.
+        let before = placement(store, "web").await;
+        tokio::time::sleep(Duration::from_millis(1_600)).await;
+        for other in ["node-b", "node-small", "node-us"] {
+            let r = Resources {
+                memory_mb: 4096,
+                ..Resources::default()
+            };
+            store.agent_heartbeat(other, r).await.unwrap();
+        }
+        let changed = store.mark_silent_nodes(1_000, 60_000).await.unwrap();
+        assert_eq!(changed, vec![("node-a".to_string(), NodeState::Suspect)]);
+        store.schedule().await.unwrap();
+        assert_eq!(
+            placement(store, "web").await,
+            before,
+            "suspect: nothing moves"
+        );
+        let changed = store.mark_silent_nodes(1_000, 1_500).await.unwrap();
+        assert_eq!(changed, vec![("node-a".to_string(), NodeState::Lost)]);
+        store.schedule().await.unwrap();
+        let after = placement(store, "web").await;
+        assert!(!after.contains_key("node-a"), "{after:?}");
+        assert_eq!(after.values().sum::<usize>(), 2, "{after:?}");
+        // Its heartbeat returns: ready again (its old instances are gone for good).
+        store
+            .agent_heartbeat("node-a", Resources::default())
+            .await
+            .unwrap();
+        assert_eq!(store.node("node-a").await.unwrap().state, NodeState::Ready);
+        // Assignments carry what the agent needs.
+        let node = after.keys().next().unwrap();
+        let a = store.assignments(node).await.unwrap();
+        assert!(a
+            .iter()
+            .any(|a| a.deployment == "web" && a.command == ["/bin/app"]));
+    }
+}

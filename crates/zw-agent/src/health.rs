@@ -6,9 +6,20 @@ use std::time::Duration;
 
 use zw_proto::api::HealthCheckSpec;
 
-pub async fn check(port: u16, spec: &HealthCheckSpec, timeout: Duration) -> Result<(), String> {
+/// `http_only`: a TCP connect proves nothing (a VM's forwarded port accepts before the
+/// app inside listens), so without a path the check is any HTTP answer to `GET /`.
+pub async fn check(
+    port: u16,
+    spec: &HealthCheckSpec,
+    timeout: Duration,
+    http_only: bool,
+) -> Result<(), String> {
     let addr = format!("127.0.0.1:{port}");
     match &spec.path {
+        None if http_only => zw_http::get(&addr, "/", &[], timeout, 64 << 10)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("GET /: {e}")),
         None => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),

@@ -57,6 +57,19 @@ pub struct Config {
     pub instance_cpu_millis: u64,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub qemu: QemuOptions,
+}
+
+/// Where the `qemu` driver finds its guest kernel, and how it accelerates.
+#[derive(Debug, Clone, Default)]
+pub struct QemuOptions {
+    /// Default: the newest `/boot/vmlinuz-*`.
+    pub kernel: Option<PathBuf>,
+    /// Default: `/lib/modules/VERSION` of that kernel.
+    pub modules: Option<PathBuf>,
+    /// `None`: KVM if a canary VM boots with it, else emulation.
+    pub accel: Option<driver::qemu::Accel>,
+    pub memory_mb: u64,
 }
 
 /// A running agent.
@@ -111,15 +124,89 @@ pub fn resources(state_dir: &std::path::Path) -> Resources {
     }
 }
 
-/// The drivers of this node, each with whether it works here.
-pub fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<Arc<dyn Driver>> {
-    let on_path = |name: &str| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Whether `path` is an ELF executable without a program interpreter (statically linked).
+fn is_static_elf(path: &std::path::Path) -> bool {
+    let Ok(b) = std::fs::read(path) else {
+        return false;
     };
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .and_then(|x| x.try_into().ok())
+            .map(|x: [u8; 8]| u64::from_le_bytes(x) as usize)
+    };
+    if b.get(..5) != Some(b"\x7fELF\x02") {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(num)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..num).all(|i| {
+        let at = phoff + i * size;
+        // PT_INTERP = 3
+        b.get(at..at + 4) != Some(&[3, 0, 0, 0][..])
+    })
+}
+
+/// The newest `/boot/vmlinuz-*` and its modules directory.
+fn default_kernel() -> Option<(PathBuf, PathBuf)> {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop()?;
+    let version = kernel
+        .file_name()?
+        .to_str()?
+        .strip_prefix("vmlinuz-")?
+        .to_string();
+    Some((kernel, PathBuf::from("/lib/modules").join(version)))
+}
+
+/// The drivers of this node, each with whether it works here (the qemu driver boots a
+/// canary VM to decide between KVM and emulation).
+pub async fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<Arc<dyn Driver>> {
+    let (kernel, modules) = match (&config.qemu.kernel, &config.qemu.modules) {
+        (Some(k), Some(m)) => (Some(k.clone()), Some(m.clone())),
+        (Some(k), None) => {
+            let version = k
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(|v| PathBuf::from("/lib/modules").join(v));
+            (Some(k.clone()), version)
+        }
+        _ => default_kernel().map_or((None, None), |(k, m)| (Some(k), Some(m))),
+    };
+    let busybox = on_path("busybox").filter(|p| is_static_elf(p));
+    let qemu = driver::qemu::QemuDriver::setup(
+        on_path("qemu-system-x86_64"),
+        kernel,
+        modules,
+        busybox,
+        config.qemu.accel,
+        config.qemu.memory_mb.max(192),
+        config.state_dir.join("qemu"),
+    )
+    .await;
     vec![
         Arc::new(driver::process::ProcessDriver {
             init: config.init.clone(),
@@ -127,15 +214,7 @@ pub fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<Arc<dyn
             memory_limit_mb: config.instance_memory_mb,
             cpu_limit_millis: config.instance_cpu_millis,
         }),
-        Arc::new(driver::qemu::QemuDriver {
-            detail: match on_path("qemu-system-x86_64") {
-                None => "qemu-system-x86_64 is not installed (Debian: qemu-system-x86)".into(),
-                Some(p) => format!(
-                    "{} found, but this agent does not drive it yet",
-                    p.display()
-                ),
-            },
-        }),
+        Arc::new(qemu),
         Arc::new(driver::firecracker::FirecrackerDriver {
             detail: match on_path("firecracker") {
                 None => "no firecracker binary on PATH".into(),
@@ -173,7 +252,7 @@ impl Agent {
         } else {
             None
         };
-        let drivers = drivers(&config, cgroups.clone());
+        let drivers = drivers(&config, cgroups.clone()).await;
         for d in &drivers {
             let s = d.status();
             tracing::info!(runtime = %s.runtime, available = s.available, detail = %s.detail, "runtime driver");

@@ -22,6 +22,9 @@ pub struct Record {
     /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22), so a reused
     /// pid is never mistaken for the instance.
     pub start_ticks: Option<u64>,
+    /// A driver's handle for stopping it (a VM's monitor socket).
+    #[serde(default)]
+    pub control: Option<std::path::PathBuf>,
 }
 
 impl Record {
@@ -119,6 +122,7 @@ mod tests {
             port: 31000,
             pid: Some(42),
             start_ticks: Some(7),
+            control: None,
         };
         records.save(&r).unwrap();
         std::fs::write(dir.path().join("instances/bad.json"), b"{not json").unwrap();

@@ -216,6 +216,7 @@ impl Supervisor {
                 port,
                 pid: None,
                 start_ticks: None,
+                control: None,
             };
             match previous {
                 None => self.spawn(record, None),
@@ -404,6 +405,7 @@ async fn run(
             inner.report(&id, InstanceState::Starting, None);
             record.pid = None;
             record.start_ticks = None;
+            record.control = None;
             inner.save(&record);
             let _ = std::fs::create_dir_all(&launch_base.work_dir);
             let launch = Launch {
@@ -414,6 +416,7 @@ async fn run(
                 Ok(r) => {
                     record.pid = Some(r.pid);
                     record.start_ticks = r.start_ticks;
+                    record.control = r.control.clone();
                     inner.save(&record);
                     running = Some(r);
                 }
@@ -475,6 +478,7 @@ async fn serve(
     backoff: &mut Backoff,
 ) -> Outcome {
     let spec = &record.assignment.health_check;
+    let http_only = record.assignment.runtime != Runtime::Process;
     let deadline = tokio::time::Instant::now() + inner.timing.startup_timeout;
     let mut last_error = String::from("no check ran yet");
     // Starting: check often, so the instance is routable as soon as it answers.
@@ -489,7 +493,7 @@ async fn serve(
             _ = crate::stopped(stop) => return Outcome::Stop,
             exit = r.wait() => return Outcome::Failed(format!("{} before it was healthy", exit.0)),
             res = async {
-                let res = crate::health::check(record.port, spec, Duration::from_secs(2)).await;
+                let res = crate::health::check(record.port, spec, Duration::from_secs(2), http_only).await;
                 if res.is_err() {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
@@ -510,7 +514,7 @@ async fn serve(
             _ = crate::stopped(stop) => return Outcome::Stop,
             exit = r.wait() => return Outcome::Failed(exit.0),
             _ = tokio::time::sleep(every) => {
-                match crate::health::check(record.port, spec, Duration::from_secs(2)).await {
+                match crate::health::check(record.port, spec, Duration::from_secs(2), http_only).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures += 1;

@@ -60,6 +60,19 @@ pub struct AgentArgs {
     /// Run process instances without namespaces even as root.
     #[arg(long)]
     no_isolation: bool,
+    /// Guest kernel for `qemu` instances (a Debian linux-image vmlinuz). Default: the
+    /// newest /boot/vmlinuz-*.
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_QEMU_KERNEL")]
+    qemu_kernel: Option<PathBuf>,
+    /// That kernel's modules directory (/lib/modules/VERSION), for the virtio drivers.
+    #[arg(long, value_name = "DIR", env = "ZEITWORK_QEMU_MODULES")]
+    qemu_modules: Option<PathBuf>,
+    /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    qemu_accel: String,
+    /// Memory per microVM, in MiB (a Debian kernel needs about 192 to boot).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    qemu_memory: u64,
     /// Stop the instances when the agent stops (default: leave them for the next agent).
     #[arg(long)]
     stop_instances_on_exit: bool,
@@ -97,7 +110,21 @@ impl AgentArgs {
             instance_cpu_millis: self.instance_cpu,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            qemu: zw_agent::QemuOptions {
+                kernel: self.qemu_kernel.clone(),
+                modules: self.qemu_modules.clone(),
+                accel: accel(&self.qemu_accel),
+                memory_mb: self.qemu_memory,
+            },
         })
+    }
+}
+
+pub(crate) fn accel(mode: &str) -> Option<zw_agent::driver::qemu::Accel> {
+    match mode {
+        "kvm" => Some(zw_agent::driver::qemu::Accel::Kvm),
+        "tcg" => Some(zw_agent::driver::qemu::Accel::Tcg),
+        _ => None,
     }
 }
 

@@ -51,6 +51,15 @@ pub struct UpArgs {
     /// …and this long lost (its instances are placed elsewhere).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
     node_lost_after: Duration,
+    /// Guest kernel for `--runtime qemu` apps (default: the newest /boot/vmlinuz-*).
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_QEMU_KERNEL")]
+    qemu_kernel: Option<PathBuf>,
+    /// That kernel's /lib/modules/VERSION directory.
+    #[arg(long, value_name = "DIR", env = "ZEITWORK_QEMU_MODULES")]
+    qemu_modules: Option<PathBuf>,
+    /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    qemu_accel: String,
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
@@ -188,6 +197,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         instance_cpu_millis: 1000,
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(5),
+        qemu: zw_agent::QemuOptions {
+            kernel: args.qemu_kernel.clone(),
+            modules: args.qemu_modules.clone(),
+            accel: super::agent::accel(&args.qemu_accel),
+            memory_mb: 256,
+        },
     })
     .await
     .map_err(anyhow::Error::msg)?;

@@ -157,7 +157,10 @@ pub trait Driver: Send + Sync {
     /// The instance of `record` if it still runs.
     fn adopt(&self, record: &Record) -> Option<Running> {
         let pid = record.pid?;
-        alive(pid, record.start_ticks).then(|| Running::adopted(pid, record.start_ticks))
+        alive(pid, record.start_ticks).then(|| Running {
+            control: record.control.clone(),
+            ..Running::adopted(pid, record.start_ticks)
+        })
     }
 
     /// Stops it: politely, then by force after `grace`.

@@ -449,6 +449,30 @@ fn deploy_crash_agent_loss_and_restart() {
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(running, assigned, "each instance runs exactly once");
+    // A runtime this node cannot run: the instance fails with the reason, and deploy says it.
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "vm",
+        "--domain",
+        "vm.test",
+        "--runtime",
+        "firecracker",
+        "--rootfs",
+        "/",
+        "--timeout",
+        "5s",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the firecracker runtime does not work on this node"),
+        "{out}"
+    );
+    let failed = p.instances("vm");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["state"], "failed");
+
     drop(agent2);
 
     // Ctrl-C: everything stops, the instances included.

@@ -9,12 +9,12 @@ use zw_proto::api::HealthCheckSpec;
 /// `http_only`: a TCP connect proves nothing (a VM's forwarded port accepts before the
 /// app inside listens), so without a path the check is any HTTP answer to `GET /`.
 pub async fn check(
-    port: u16,
+    addr: std::net::SocketAddr,
     spec: &HealthCheckSpec,
     timeout: Duration,
     http_only: bool,
 ) -> Result<(), String> {
-    let addr = format!("127.0.0.1:{port}");
+    let addr = addr.to_string();
     match &spec.path {
         None if http_only => zw_http::get(&addr, "/", &[], timeout, 64 << 10)
             .await

@@ -89,20 +89,20 @@ pub async fn serve(
     }
 }
 
-/// The port for instance `id`: its own while it is started, else a started sibling's
-/// (same deployment, this node).
+/// Where to send a request for instance `id`: to it while it is started, else to a
+/// started sibling (same deployment, this node).
 fn pick(
     routes: &std::collections::HashMap<String, crate::supervise::Route>,
     id: &str,
-) -> Option<u16> {
+) -> Option<std::net::SocketAddr> {
     let route = routes.get(id)?;
-    if let Some(p) = route.port {
-        return Some(p);
+    if let Some(a) = route.addr {
+        return Some(a);
     }
-    let siblings: Vec<u16> = routes
+    let siblings: Vec<std::net::SocketAddr> = routes
         .values()
         .filter(|r| r.deployment == route.deployment)
-        .filter_map(|r| r.port)
+        .filter_map(|r| r.addr)
         .collect();
     if siblings.is_empty() {
         return None;
@@ -122,7 +122,7 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
             false,
         );
     };
-    let Some(port) = pick(&routes.load(), &id) else {
+    let Some(addr) = pick(&routes.load(), &id) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
@@ -133,10 +133,10 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
         );
     };
     // One loopback connection per request: cheap next to the TLS hop before it.
-    let upstream = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+    let upstream = match tokio::net::TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(instance = %id, port, error = %e, "instance refused the connection");
+            tracing::warn!(instance = %id, %addr, error = %e, "instance refused the connection");
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("instance {id} does not accept connections"),
@@ -159,7 +159,7 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    tracing::trace!(instance = %id, port, %peer, "forwarding");
+    tracing::trace!(instance = %id, %addr, %peer, "forwarding");
     match send.send_request(req).await {
         Ok(resp) => resp.map(|b| b.boxed()),
         Err(e) => plain(

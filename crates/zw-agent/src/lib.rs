@@ -70,6 +70,9 @@ pub struct QemuOptions {
     /// `None`: KVM if a canary VM boots with it, else emulation.
     pub accel: Option<driver::qemu::Accel>,
     pub memory_mb: u64,
+    /// An uncompressed `vmlinux` for Firecracker (which boots only ELF kernels); it uses
+    /// the same modules directory.
+    pub firecracker_kernel: Option<PathBuf>,
 }
 
 /// A running agent.
@@ -197,6 +200,7 @@ pub async fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<A
         _ => default_kernel().map_or((None, None), |(k, m)| (Some(k), Some(m))),
     };
     let busybox = on_path("busybox").filter(|p| is_static_elf(p));
+    let firecracker = firecracker(config, modules.clone(), busybox.clone());
     let qemu = driver::qemu::QemuDriver::setup(
         on_path("qemu-system-x86_64"),
         kernel,
@@ -215,16 +219,46 @@ pub async fn drivers(config: &Config, cgroups: Option<cgroup::Cgroups>) -> Vec<A
             cpu_limit_millis: config.instance_cpu_millis,
         }),
         Arc::new(qemu),
-        Arc::new(driver::firecracker::FirecrackerDriver {
-            detail: match on_path("firecracker") {
-                None => "no firecracker binary on PATH".into(),
-                Some(p) => format!(
-                    "{} found, but this agent does not drive it yet",
-                    p.display()
-                ),
-            },
-        }),
+        Arc::new(firecracker),
     ]
+}
+
+fn firecracker(
+    config: &Config,
+    modules: Option<PathBuf>,
+    busybox: Option<PathBuf>,
+) -> driver::firecracker::FirecrackerDriver {
+    let setup = (|| {
+        let firecracker = on_path("firecracker").ok_or("no firecracker binary on PATH")?;
+        let kernel = config
+            .qemu
+            .firecracker_kernel
+            .clone()
+            .ok_or("no --firecracker-kernel (an uncompressed vmlinux)")?;
+        let modules = modules.ok_or("no guest kernel modules (--qemu-modules)")?;
+        let busybox =
+            busybox.ok_or("no static busybox for the initramfs (Debian: busybox-static)")?;
+        let dir = config.state_dir.join("firecracker");
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| {
+                driver::vm::write_initramfs(
+                    &busybox,
+                    &modules,
+                    &dir.join("initramfs.cpio"),
+                    driver::vm::GUEST_INIT,
+                )
+            })
+            .map_err(|e| format!("building the initramfs: {e}"))?;
+        Ok::<_, String>(driver::firecracker::FirecrackerConfig {
+            firecracker,
+            kernel,
+            modules,
+            busybox,
+            memory_mb: config.qemu.memory_mb.max(192),
+            dir,
+        })
+    })();
+    driver::firecracker::FirecrackerDriver { setup }
 }
 
 impl Agent {

@@ -25,6 +25,9 @@ pub struct Record {
     /// A driver's handle for stopping it (a VM's monitor socket).
     #[serde(default)]
     pub control: Option<std::path::PathBuf>,
+    /// Where it answers, when not on the loopback port (a VM on its own network).
+    #[serde(default)]
+    pub target: Option<std::net::SocketAddr>,
 }
 
 impl Record {
@@ -123,6 +126,7 @@ mod tests {
             pid: Some(42),
             start_ticks: Some(7),
             control: None,
+            target: None,
         };
         records.save(&r).unwrap();
         std::fs::write(dir.path().join("instances/bad.json"), b"{not json").unwrap();

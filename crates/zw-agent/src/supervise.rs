@@ -20,14 +20,14 @@ use crate::driver::{Driver, Launch, Running};
 use crate::records::{Record, Records};
 
 /// Instance id → where it is served, for the ingress: replaced whole on change, read
-/// without a lock on the request path. Every instance the node holds has an entry; `port`
+/// without a lock on the request path. Every instance the node holds has an entry; `addr`
 /// is set only while it is started.
 pub type Routes = Arc<ArcSwap<HashMap<String, Route>>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub deployment: Arc<str>,
-    pub port: Option<u16>,
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +217,7 @@ impl Supervisor {
                 pid: None,
                 start_ticks: None,
                 control: None,
+                target: None,
             };
             match previous {
                 None => self.spawn(record, None),
@@ -239,7 +240,8 @@ impl Supervisor {
         // An adopted instance was serving when the last agent left: it stays routable
         // while its first health check here confirms it (or fails it).
         let state = if running.is_some() {
-            inner.route(&id, &assignment.deployment, Some(record.port), false);
+            let addr = running.as_ref().map(|r| target(&record, r));
+            inner.route(&id, &assignment.deployment, addr, false);
             InstanceState::Started
         } else {
             InstanceState::Created
@@ -283,6 +285,14 @@ impl Supervisor {
         }
         self.inner.routes.store(Arc::new(HashMap::new()));
     }
+}
+
+/// Where a started instance answers: the driver's address (a VM on its own network), or
+/// its port on the loopback interface.
+fn target(record: &Record, running: &Running) -> std::net::SocketAddr {
+    running
+        .target
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], record.port)))
 }
 
 fn free_port(avoid: &[u16]) -> Option<u16> {
@@ -329,8 +339,8 @@ impl Inner {
         });
     }
 
-    /// `Some(port)`: serving there; `None`: held but not serving; `forget`: gone.
-    fn route(&self, id: &str, deployment: &str, port: Option<u16>, forget: bool) {
+    /// `Some(addr)`: serving there; `None`: held but not serving; `forget`: gone.
+    fn route(&self, id: &str, deployment: &str, addr: Option<std::net::SocketAddr>, forget: bool) {
         self.routes.rcu(|m| {
             let mut m = HashMap::clone(m);
             if forget {
@@ -340,7 +350,7 @@ impl Inner {
                     id.to_string(),
                     Route {
                         deployment: Arc::from(deployment),
-                        port,
+                        addr,
                     },
                 );
             }
@@ -406,6 +416,7 @@ async fn run(
             record.pid = None;
             record.start_ticks = None;
             record.control = None;
+            record.target = None;
             inner.save(&record);
             let _ = std::fs::create_dir_all(&launch_base.work_dir);
             let launch = Launch {
@@ -417,6 +428,7 @@ async fn run(
                     record.pid = Some(r.pid);
                     record.start_ticks = r.start_ticks;
                     record.control = r.control.clone();
+                    record.target = r.target;
                     inner.save(&record);
                     running = Some(r);
                 }
@@ -479,6 +491,7 @@ async fn serve(
 ) -> Outcome {
     let spec = &record.assignment.health_check;
     let http_only = record.assignment.runtime != Runtime::Process;
+    let addr = target(record, r);
     let deadline = tokio::time::Instant::now() + inner.timing.startup_timeout;
     let mut last_error = String::from("no check ran yet");
     // Starting: check often, so the instance is routable as soon as it answers.
@@ -493,7 +506,7 @@ async fn serve(
             _ = crate::stopped(stop) => return Outcome::Stop,
             exit = r.wait() => return Outcome::Failed(format!("{} before it was healthy", exit.0)),
             res = async {
-                let res = crate::health::check(record.port, spec, Duration::from_secs(2), http_only).await;
+                let res = crate::health::check(addr, spec, Duration::from_secs(2), http_only).await;
                 if res.is_err() {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
@@ -504,7 +517,7 @@ async fn serve(
             },
         }
     }
-    inner.route(id, &record.assignment.deployment, Some(record.port), false);
+    inner.route(id, &record.assignment.deployment, Some(addr), false);
     inner.report(id, InstanceState::Started, None);
     backoff.reset();
     let every = Duration::from_secs(u64::from(spec.interval_secs.unwrap_or(5).max(1)));
@@ -514,7 +527,7 @@ async fn serve(
             _ = crate::stopped(stop) => return Outcome::Stop,
             exit = r.wait() => return Outcome::Failed(exit.0),
             _ = tokio::time::sleep(every) => {
-                match crate::health::check(record.port, spec, Duration::from_secs(2), http_only).await {
+                match crate::health::check(addr, spec, Duration::from_secs(2), http_only).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures += 1;

@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     qemu_accel: String,
+    /// An uncompressed vmlinux for `firecracker` instances (needs a firecracker binary
+    /// on PATH and KVM).
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_FIRECRACKER_KERNEL")]
+    firecracker_kernel: Option<PathBuf>,
     /// Memory per microVM, in MiB (a Debian kernel needs about 192 to boot).
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     qemu_memory: u64,
@@ -115,6 +119,7 @@ impl AgentArgs {
                 modules: self.qemu_modules.clone(),
                 accel: accel(&self.qemu_accel),
                 memory_mb: self.qemu_memory,
+                firecracker_kernel: self.firecracker_kernel.clone(),
             },
         })
     }

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     qemu_accel: String,
+    /// An uncompressed vmlinux for `firecracker` instances (needs a firecracker binary
+    /// on PATH and KVM).
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_FIRECRACKER_KERNEL")]
+    firecracker_kernel: Option<PathBuf>,
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
@@ -202,6 +206,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             modules: args.qemu_modules.clone(),
             accel: super::agent::accel(&args.qemu_accel),
             memory_mb: 256,
+            firecracker_kernel: args.firecracker_kernel.clone(),
         },
     })
     .await

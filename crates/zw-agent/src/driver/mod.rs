@@ -4,6 +4,7 @@
 pub mod firecracker;
 pub mod process;
 pub mod qemu;
+pub mod vm;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub struct Running {
     child: Option<tokio::process::Child>,
     /// A driver's own state for stopping (e.g. a VM's monitor socket).
     pub control: Option<PathBuf>,
+    /// Where it answers, when not on its loopback port (a VM on its own network).
+    pub target: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -50,6 +53,7 @@ impl Running {
             start_ticks: start_ticks(pid),
             child: Some(child),
             control: None,
+            target: None,
         })
     }
 
@@ -60,6 +64,7 @@ impl Running {
             start_ticks,
             child: None,
             control: None,
+            target: None,
         }
     }
 
@@ -159,6 +164,7 @@ pub trait Driver: Send + Sync {
         let pid = record.pid?;
         alive(pid, record.start_ticks).then(|| Running {
             control: record.control.clone(),
+            target: record.target,
             ..Running::adopted(pid, record.start_ticks)
         })
     }

@@ -3,7 +3,7 @@
 //! - **Kernel**: a Debian `linux-image-*` kernel (`--qemu-kernel`), with its modules
 //!   directory (`--qemu-modules`) for the virtio drivers it builds as modules.
 //! - **Initramfs**: made by the agent once — a static busybox and our guest init
-//!   ([`GUEST_INIT`]), which loads the virtio modules, mounts the root disk, brings up the
+//!   ([`vm::GUEST_INIT`]), which loads the virtio modules, mounts the root disk, brings up the
 //!   network and hands over to the app with `switch_root`.
 //! - **Root disk**: the image's root filesystem (a directory, or an unpacked OCI layout)
 //!   plus `/.zeitwork/{argv,env}`, made into an ext4 image with `mkfs.ext4 -d` (no mount,
@@ -23,56 +23,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use zw_proto::api::{DriverStatus, RootFs, Runtime};
+use zw_proto::api::{DriverStatus, Runtime};
 
-use super::{BoxFuture, Driver, Exit, Launch, Running};
-
-/// The guest's PID 1 inside the initramfs (run by busybox's shell).
-pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
-# Zeitwork guest init: load the virtio modules, mount the root disk, bring up the network,
-# hand over to the app.
-/bin/busybox mkdir -p /bin /proc /sys /dev /newroot
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-# In dependency order; the microVM describes its virtio-mmio devices through ACPI.
-for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net; do
-  [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
-done
-i=0
-while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do usleep 20000; i=$((i+1)); done
-if ! mount -t ext4 /dev/vda /newroot; then
-  echo "zeitwork-init: cannot mount the root disk /dev/vda"
-  poweroff -f
-fi
-ip link set lo up
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-[ -d /newroot/dev ] && mount -t devtmpfs dev /newroot/dev
-[ -d /newroot/proc ] && mount -t proc proc /newroot/proc
-set --
-while IFS= read -r a; do set -- "$@" "$a"; done < /newroot/.zeitwork/argv
-. /newroot/.zeitwork/env
-echo "zeitwork-init: starting $1"
-exec switch_root /newroot "$@"
-echo "zeitwork-init: could not start $1"
-poweroff -f
-"#;
+use super::{vm, BoxFuture, Driver, Exit, Launch, Running};
 
 const CANARY_INIT: &str =
     "#!/bin/busybox sh\n/bin/busybox echo ZEITWORK-CANARY-OK\n/bin/busybox poweroff -f\n";
 const CANARY_MARK: &str = "ZEITWORK-CANARY-OK";
-
-/// The virtio drivers the guest init loads, in dependency order.
-const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_mmio",
-    "virtio_blk",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -140,9 +97,14 @@ impl QemuDriver {
                 }
             }
         };
-        if let Err(e) = std::fs::create_dir_all(&config.dir)
-            .and_then(|_| write_initramfs(&config, &config.dir.join("initramfs.cpio"), GUEST_INIT))
-        {
+        if let Err(e) = std::fs::create_dir_all(&config.dir).and_then(|_| {
+            vm::write_initramfs(
+                &config.busybox,
+                &config.modules,
+                &config.dir.join("initramfs.cpio"),
+                vm::GUEST_INIT,
+            )
+        }) {
             let why = format!("building the initramfs: {e}");
             return QemuDriver {
                 setup: Err(why.clone()),
@@ -172,7 +134,8 @@ pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, 
         return Err("no /dev/kvm".into());
     }
     let initrd = config.dir.join("canary.cpio");
-    write_initramfs(config, &initrd, CANARY_INIT).map_err(|e| format!("canary initramfs: {e}"))?;
+    vm::write_initramfs(&config.busybox, &config.modules, &initrd, CANARY_INIT)
+        .map_err(|e| format!("canary initramfs: {e}"))?;
     let start = std::time::Instant::now();
     let mut child = tokio::process::Command::new(&config.qemu)
         .args([
@@ -222,100 +185,6 @@ pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, 
     }
 }
 
-/// A newc cpio archive: `/init` (this script), `/bin/busybox`, the virtio modules.
-fn write_initramfs(config: &QemuConfig, out: &Path, init: &str) -> std::io::Result<()> {
-    let mut cpio = Cpio::default();
-    for dir in ["bin", "lib", "lib/modules", "proc", "sys", "dev", "newroot"] {
-        cpio.dir(dir);
-    }
-    cpio.file("init", 0o755, init.as_bytes());
-    cpio.file("bin/busybox", 0o755, &std::fs::read(&config.busybox)?);
-    for m in MODULES {
-        if let Some(path) = find_module(&config.modules, m) {
-            cpio.file(&format!("lib/modules/{m}.ko"), 0o644, &std::fs::read(path)?);
-        }
-    }
-    let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, cpio.finish())?;
-    std::fs::rename(tmp, out)
-}
-
-fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
-    let file = format!("{name}.ko");
-    let mut stack = vec![dir.join("kernel")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().and_then(|n| n.to_str()) == Some(file.as_str()) {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
-/// The "newc" cpio format the kernel unpacks as an initramfs.
-#[derive(Default)]
-struct Cpio {
-    out: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
-        self.ino += 1;
-        let namesize = name.len() + 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            0,
-            0,
-            namesize,
-            0
-        );
-        self.out.extend_from_slice(header.as_bytes());
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
-            self.out.push(0);
-        }
-    }
-
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, &[]);
-    }
-
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
-        self.entry(name, 0o100000 | perm, data);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[]);
-        self.out
-    }
-}
-
-/// Single quotes for the guest shell.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The host's TSC rate in kHz, for `tsc_early_khz=` under emulation.
 fn tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -330,98 +199,11 @@ fn tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), String> {
-    let out = cmd.output().await.map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: {}",
-            zw_proto::abbreviate(String::from_utf8_lossy(&out.stderr).trim(), 500)
-        ))
-    }
-}
-
-/// The root disk: the image's tree plus the command and environment, as ext4.
-async fn root_disk(launch: &Launch, stage: &Path, disk: &Path) -> Result<(), String> {
-    let a = &launch.record.assignment;
-    let tree = match &a.rootfs {
-        Some(RootFs::Oci(layout)) => crate::oci::unpacked(Path::new(layout), &launch.work_dir)
-            .await
-            .map_err(|e| format!("unpacking the OCI image {layout}: {e}"))?,
-        Some(RootFs::Dir(dir)) => {
-            let _ = std::fs::remove_dir_all(stage);
-            std::fs::create_dir_all(stage).map_err(|e| e.to_string())?;
-            run(
-                tokio::process::Command::new("cp")
-                    .arg("-a")
-                    .arg(format!("{dir}/."))
-                    .arg(stage),
-                "copying the root filesystem",
-            )
-            .await?;
-            stage.to_path_buf()
-        }
-        None => return Err("a qemu image needs a root filesystem (--rootfs or --oci)".into()),
-    };
-    let meta = tree.join(".zeitwork");
-    std::fs::create_dir_all(&meta).map_err(|e| e.to_string())?;
-    let mut argv = String::new();
-    for arg in &a.command {
-        if arg.contains('\n') {
-            return Err("command arguments cannot contain newlines in a VM".into());
-        }
-        argv.push_str(arg);
-        argv.push('\n');
-    }
-    std::fs::write(meta.join("argv"), argv).map_err(|e| e.to_string())?;
-    let mut env = format!(
-        "export PORT={}\nexport ZEITWORK_INSTANCE={}\n",
-        a.port,
-        shell_quote(&a.id)
-    );
-    for (k, v) in &a.env {
-        env.push_str(&format!("export {k}={}\n", shell_quote(v)));
-    }
-    std::fs::write(meta.join("env"), env).map_err(|e| e.to_string())?;
-    // Room for the tree and some to spare.
-    let used: u64 = dir_size(&tree);
-    let size_mb = (used * 2 / (1 << 20)).max(64);
-    let _ = std::fs::remove_file(disk);
-    run(
-        tokio::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "root", "-d"])
-            .arg(&tree)
-            .arg(disk)
-            .arg(format!("{size_mb}M")),
-        "making the root disk (mkfs.ext4, Debian: e2fsprogs)",
-    )
-    .await
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
 impl QemuDriver {
     async fn launch(&self, launch: &Launch) -> Result<Running, String> {
         let (config, accel) = self.setup.as_ref().map_err(|e| e.clone())?;
         let disk = launch.work_dir.join("root.ext4");
-        root_disk(launch, &launch.work_dir.join("stage"), &disk).await?;
+        vm::root_disk(launch, &launch.work_dir.join("stage"), &disk).await?;
         let qmp = launch.work_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp);
         let a = &launch.record.assignment;

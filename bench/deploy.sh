@@ -41,14 +41,15 @@ for i in $(seq "$N"); do
   z deploy "app$i" --domain "app$i.test" -- python3 "$dir/app.py" 2>/dev/null | sed -n 's/.*routed \([0-9]*\) ms.*/\1/p'
 done >"$dir/process.ms"
 echo "process driver, deploy → first 200 through the balancer: $(stats <"$dir/process.ms")"
-pss=0; count=0
-for pid in $(pgrep -f "zeitwork-init --hostname"); do
+pss=0; rss=0; count=0
+for pid in $(pgrep -f "zeitwork-init --hostname inst-.* python3 $dir/app.py"); do
   kb=$(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
-  pss=$((pss + kb)); count=$((count + 1))
+  r=$(awk '/^Rss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
+  pss=$((pss + kb)); rss=$((rss + r)); count=$((count + 1))
 done
 instances=$((count / 2))
 if [ "$instances" -gt 0 ]; then
-  echo "zeitwork-init processes: $count for $instances instances, PSS $((pss / instances)) KiB per instance (shim + PID 1)"
+  echo "zeitwork-init processes: $count for $instances instances; per instance (shim + PID 1): PSS $((pss / instances)) KiB, RSS $((rss / instances)) KiB"
 fi
 app_pss=0
 for pid in $(pgrep -f "python3 $dir/app.py" | head -n "$N"); do

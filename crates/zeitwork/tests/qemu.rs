@@ -9,81 +9,10 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use support::*;
-
-fn blob(layout: &Path, bytes: &[u8]) -> String {
-    let hex = hex::encode(Sha256::digest(bytes));
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
-/// An OCI layout (as a tar archive) with `/bin/busybox` and `/www/index.html`.
-fn site_image(dir: &Path, busybox: &Path, page: &str) -> std::path::PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("bin")).unwrap();
-    std::fs::create_dir_all(tree.join("www")).unwrap();
-    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    std::fs::write(tree.join("www/index.html"), page).unwrap();
-    let layer = dir.join("layer.tar.gz");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&tree)
-        .arg("-czf")
-        .arg(&layer)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar");
-    let layout = dir.join("layout");
-    let layer_bytes = std::fs::read(&layer).unwrap();
-    let layer_digest = blob(&layout, &layer_bytes);
-    let config_digest = blob(&layout, b"{}");
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{}}}]}}"#,
-        layer_bytes.len()
-    );
-    let manifest_digest = blob(&layout, manifest.as_bytes());
-    std::fs::write(
-        layout.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{}}}]}}"#,
-            manifest.len()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let archive = dir.join("site-oci.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar");
-    archive
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
-}
 
 #[test]
 fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
@@ -105,7 +34,7 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
     };
     let _ = qemu;
     let dir = tempfile::tempdir().unwrap();
-    let image = site_image(dir.path(), &busybox, "hello from a microVM\n");
+    let image = oci_site(dir.path(), &busybox, "hello from a microVM\n");
     let data = dir.path().join("data");
     let (api, http_port, edge, admin, ingress) = (
         free_port(),

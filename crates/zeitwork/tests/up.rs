@@ -235,6 +235,25 @@ impl Platform {
     }
 }
 
+impl Drop for Platform {
+    /// Also on a failed assertion: stop `up` the way a user does (its instances stop with
+    /// it), and kill whatever app process is left (a lost node's, say).
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.up.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !self.up.logs().iter().any(|v| message(v) == "stopped") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (pid, _) in self.app_processes() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -287,6 +306,11 @@ fn deploy_crash_agent_loss_and_restart() {
         seen.insert(body.trim().to_string());
     }
     assert_eq!(seen, ids.iter().cloned().collect(), "both replicas answer");
+    let (ok, logs) = p.zeitwork(&["logs", "hello"]);
+    assert!(ok, "{logs}");
+    for id in &ids {
+        assert!(logs.contains(&format!("[{id}] listening on")), "{logs}");
+    }
 
     // Kill one instance's process under load: the agent restarts it, and no request fails
     // meanwhile (the edges stop routing to it; the ingress sends the few that were already
@@ -487,4 +511,76 @@ fn deploy_crash_agent_loss_and_restart() {
         left.is_empty(),
         "instances left running after Ctrl-C: {left:?}"
     );
+}
+
+/// As root, a process instance of an image runs in its own root filesystem and PID
+/// namespace, with `zeitwork-init` as its PID 1.
+#[test]
+fn an_image_runs_isolated_in_its_own_root_filesystem() {
+    let Some(busybox) = which("busybox") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs busybox-static"
+        );
+        eprintln!("SKIPPED: no busybox");
+        return;
+    };
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        eprintln!("SKIPPED: isolation needs root");
+        return;
+    }
+    let p = start_up();
+    let image = oci_site(p.dir.path(), &busybox, "served from the image\n");
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "site",
+        "--domain",
+        "site.test",
+        "--oci",
+        image.to_str().unwrap(),
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "exec /bin/busybox httpd -f -p $PORT -h /www",
+    ]);
+    assert!(ok, "{out}\n{}", p.up.dump());
+    assert_eq!(p.get("site"), (200, "served from the image\n".to_string()));
+    // The server's view: its own root, its own PID namespace, the instance's host name.
+    let id = p.started("site")[0]["id"].as_str().unwrap().to_string();
+    let httpd = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            cmd.starts_with(b"/bin/busybox\0httpd")
+                && env
+                    .split(|b| *b == 0)
+                    .any(|kv| kv == format!("ZEITWORK_INSTANCE={id}").as_bytes())
+        })
+        .expect("the instance's httpd");
+    // Its `/` is the image: the page is there, the host's /etc is not.
+    let root = format!("/proc/{httpd}/root");
+    assert!(Path::new(&format!("{root}/www/index.html")).exists());
+    assert!(
+        !Path::new(&format!("{root}/etc/passwd")).exists(),
+        "pivot_root into the image"
+    );
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_ne!(ns(&httpd.to_string()), ns("self"), "its own PID namespace");
+    let status = std::fs::read_to_string(format!("/proc/{httpd}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(
+        nspid.split_whitespace().last(),
+        Some("2"),
+        "PID 2 under zeitwork-init: {nspid}"
+    );
+    let uts = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/uts")).unwrap();
+    assert_ne!(uts(&httpd.to_string()), uts("self"), "its own host name");
 }

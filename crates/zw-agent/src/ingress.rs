@@ -90,24 +90,61 @@ pub async fn serve(
 }
 
 /// Where to send a request for instance `id`: to it while it is started, else to a
-/// started sibling (same deployment, this node).
+/// started sibling (same deployment, this node) other than `not`.
 fn pick(
     routes: &std::collections::HashMap<String, crate::supervise::Route>,
     id: &str,
-) -> Option<std::net::SocketAddr> {
+    not: Option<SocketAddr>,
+) -> Option<SocketAddr> {
     let route = routes.get(id)?;
-    if let Some(a) = route.addr {
+    if let Some(a) = route.addr.filter(|a| Some(*a) != not) {
         return Some(a);
     }
-    let siblings: Vec<std::net::SocketAddr> = routes
+    let siblings: Vec<SocketAddr> = routes
         .values()
         .filter(|r| r.deployment == route.deployment)
         .filter_map(|r| r.addr)
+        .filter(|a| Some(*a) != not)
         .collect();
     if siblings.is_empty() {
         return None;
     }
     siblings.get(fastrand::usize(..siblings.len())).copied()
+}
+
+/// A request without a body whose method is safe to send twice.
+fn replayable(req: &Request<Incoming>) -> bool {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && !req.headers().contains_key(TRANSFER_ENCODING)
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// Sends `req` to `addr` over a new loopback connection (cheap next to the TLS hop before
+/// it). `Err` means no response came: the instance refused or dropped the connection.
+async fn send(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, String> {
+    let upstream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = upstream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.send_request(req).await.map_err(|e| e.to_string())
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) -> Response<Body> {
@@ -122,7 +159,7 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
             false,
         );
     };
-    let Some(addr) = pick(&routes.load(), &id) else {
+    let Some(addr) = pick(&routes.load(), &id, None) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
@@ -132,40 +169,39 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
             true,
         );
     };
-    // One loopback connection per request: cheap next to the TLS hop before it.
-    let upstream = match tokio::net::TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(instance = %id, %addr, error = %e, "instance refused the connection");
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("instance {id} does not accept connections"),
-                true,
-            );
-        }
+    tracing::trace!(instance = %id, %addr, %peer, "forwarding");
+    // A bodiless GET/HEAD/OPTIONS that got no response (the instance died under it) is
+    // sent once more, to a started sibling: what Envoy calls retrying on reset and
+    // connect-failure, for requests that are safe to repeat.
+    let again = replayable(&req).then(|| {
+        let mut copy = Request::new(());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let first = send(addr, req.map(|b| b.boxed())).await;
+    let (resp, addr) = match (first, again) {
+        (Ok(resp), _) => (Ok(resp), addr),
+        (Err(e), Some(copy)) => match pick(&routes.load(), &id, Some(addr)) {
+            Some(other) => {
+                tracing::info!(instance = %id, %addr, error = %e, retry = %other, "no response from the instance; sent to a sibling");
+                (send(other, copy.map(|()| empty())).await, other)
+            }
+            None => (Err(e), addr),
+        },
+        (Err(e), None) => (Err(e), addr),
     };
-    let _ = upstream.set_nodelay(true);
-    let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await
-    {
-        Ok(x) => x,
+    match resp {
+        Ok(resp) => resp.map(|b| b.boxed()),
         Err(e) => {
-            return plain(
-                StatusCode::BAD_GATEWAY,
-                &format!("instance {id}: {e}"),
-                false,
+            tracing::warn!(instance = %id, %addr, error = %e, "no response from the instance");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("instance {id} did not answer: {e}"),
+                true,
             )
         }
-    };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    tracing::trace!(instance = %id, %addr, %peer, "forwarding");
-    match send.send_request(req).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
-        Err(e) => plain(
-            StatusCode::BAD_GATEWAY,
-            &format!("instance {id}: {e}"),
-            false,
-        ),
     }
 }

@@ -171,18 +171,13 @@ impl Supervisor {
             }
         }
         // Records left by instances that are gone and no longer wanted.
-        for record in self.inner.records.load_all() {
+        let records = self.inner.records.load_all();
+        for record in &records {
             if !wanted.contains_key(record.id()) && !slots.contains_key(record.id()) {
                 let _ = self.inner.records.remove(record.id());
             }
         }
-        let known_ports: Vec<u16> = self
-            .inner
-            .records
-            .load_all()
-            .iter()
-            .map(|r| r.port)
-            .collect();
+        let mut known_ports: Vec<u16> = records.iter().map(|r| r.port).collect();
         let mut to_start = Vec::new();
         for (id, a) in wanted {
             match slots.get(&id) {
@@ -199,11 +194,9 @@ impl Supervisor {
         }
         drop(slots);
         for (a, previous) in to_start {
-            let port = self
-                .inner
-                .records
-                .load_all()
-                .into_iter()
+            // A restarted instance keeps its port: the ingress and its record agree.
+            let port = records
+                .iter()
                 .find(|r| r.id() == a.id)
                 .map(|r| r.port)
                 .or_else(|| free_port(&known_ports));
@@ -211,6 +204,7 @@ impl Supervisor {
                 tracing::error!(instance = %a.id, "no free port for the instance");
                 continue;
             };
+            known_ports.push(port);
             let record = Record {
                 assignment: a,
                 port,

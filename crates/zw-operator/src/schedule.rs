@@ -1,4 +1,4 @@
-//! The scheduler loop: after every store change, and every second for liveness, it marks
+//! The scheduler loop: after every store change, and four times a second for liveness, it marks
 //! silent agent nodes suspect then lost, and runs one scheduling pass
 //! ([`zw_store::Store::schedule`]): replicas placed, scaled down, and moved off lost nodes.
 
@@ -14,27 +14,40 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = store.changes();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A node is declared lost at most a tick after its timeout.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unplaced_logged = std::collections::BTreeMap::new();
+    let mut first = true;
+    let since = zw_proto::time::unix_millis();
     loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            r = changes.changed() => if r.is_err() { return },
-            _ = tick.tick() => {
-                match store
-                    .mark_silent_nodes(suspect_after.as_millis() as i64, lost_after.as_millis() as i64)
-                    .await
-                {
-                    Ok(changed) => {
-                        for (node, state) in changed {
-                            tracing::warn!(%node, %state, "node stopped heartbeating");
+        // The first pass runs at once: work may have waited for a restarted operator.
+        if !first {
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = changes.changed() => if r.is_err() { return },
+                _ = tick.tick() => {
+                    // A state change is a store change: it wakes the scheduling pass below.
+                    match store
+                        .mark_silent_nodes(
+                            suspect_after.as_millis() as i64,
+                            lost_after.as_millis() as i64,
+                            since,
+                        )
+                        .await
+                    {
+                        Ok(changed) => {
+                            for (node, state) in changed {
+                                tracing::warn!(%node, %state, "node stopped heartbeating");
+                            }
                         }
+                        Err(e) => tracing::error!(error = %e, "checking node heartbeats failed"),
                     }
-                    Err(e) => tracing::error!(error = %e, "checking node heartbeats failed"),
+                    continue;
                 }
             }
         }
+        first = false;
         changes.borrow_and_update();
         match store.schedule().await {
             Ok(s) => {

@@ -190,14 +190,31 @@ impl Store {
         Ok(n)
     }
 
-    /// Marks agent nodes whose last heartbeat is older than `suspect_ms` suspect, and
-    /// older than `lost_ms` lost. Returns the nodes that changed state.
+    /// Marks agent nodes silent for longer than `suspect_ms` suspect, and longer than
+    /// `lost_ms` lost. Silence counts from the last heartbeat, but not from before
+    /// `watching_since` (when this operator started: no heartbeat could reach it before).
+    /// Returns the nodes that changed state.
     pub async fn mark_silent_nodes(
         &self,
         suspect_ms: i64,
         lost_ms: i64,
+        watching_since: i64,
     ) -> Result<Vec<(String, NodeState)>> {
         let now = unix_millis();
+        if now - watching_since <= suspect_ms.min(lost_ms) {
+            return Ok(Vec::new());
+        }
+        // Called often: a plain read first, the write lock only when something changes.
+        let silent: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM nodes WHERE ingress_address IS NOT NULL AND state IN ('ready', 'suspect') \
+             AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)",
+        )
+        .bind(now - suspect_ms.min(lost_ms))
+        .fetch_one(&self.pool)
+        .await?;
+        if silent == 0 {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "SELECT id, state, last_heartbeat_at FROM nodes WHERE ingress_address IS NOT NULL AND state IN ('ready', 'suspect')",
@@ -209,7 +226,7 @@ impl Store {
             let id: String = get(&row, "id")?;
             let state: String = get(&row, "state")?;
             let last: Option<i64> = get(&row, "last_heartbeat_at")?;
-            let silent = now - last.unwrap_or(0);
+            let silent = now - last.unwrap_or(0).max(watching_since);
             let next = if silent > lost_ms {
                 NodeState::Lost
             } else if silent > suspect_ms && state == "ready" {

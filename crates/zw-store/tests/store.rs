@@ -614,7 +614,14 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
             };
             store.agent_heartbeat(other, r).await.unwrap();
         }
-        let changed = store.mark_silent_nodes(1_000, 60_000).await.unwrap();
+        // An operator that has just started gives every node its full timeout.
+        let just_started = zw_proto::time::unix_millis();
+        assert!(store
+            .mark_silent_nodes(1_000, 60_000, just_started)
+            .await
+            .unwrap()
+            .is_empty());
+        let changed = store.mark_silent_nodes(1_000, 60_000, 0).await.unwrap();
         assert_eq!(changed, vec![("node-a".to_string(), NodeState::Suspect)]);
         store.schedule().await.unwrap();
         assert_eq!(
@@ -622,7 +629,7 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
             before,
             "suspect: nothing moves"
         );
-        let changed = store.mark_silent_nodes(1_000, 1_500).await.unwrap();
+        let changed = store.mark_silent_nodes(1_000, 1_500, 0).await.unwrap();
         assert_eq!(changed, vec![("node-a".to_string(), NodeState::Lost)]);
         store.schedule().await.unwrap();
         let after = placement(store, "web").await;

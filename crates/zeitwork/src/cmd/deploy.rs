@@ -198,13 +198,15 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         start,
     };
     let want = args.replicas as usize;
-    let (mut placed_at, mut healthy_at) = (None, None);
+    // placed: every replica has a node; healthy: every replica passed its check; routed:
+    // the first 200-ish answer through the balancer. Done when all three are.
+    let (mut placed_at, mut healthy_at, mut routed_at) = (None, None, None);
     let deadline = start + args.timeout;
-    let routed_at = loop {
+    loop {
         if Instant::now() > deadline {
             progress.done();
             bail!(
-                "not routed within {:?}; last state: {} (see `zeitwork get instances` and `zeitwork logs {}`)",
+                "not ready within {:?}; last state: {} (see `zeitwork get instances` and `zeitwork logs {}`)",
                 args.timeout,
                 progress.last,
                 args.name
@@ -220,7 +222,7 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         if instances.len() >= want && placed_at.is_none() {
             placed_at = Some(start.elapsed());
         }
-        if started >= 1 && healthy_at.is_none() {
+        if started >= want && healthy_at.is_none() {
             healthy_at = Some(start.elapsed());
         }
         let failed: Vec<String> = instances
@@ -228,19 +230,20 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
             .filter(|i| i.state == InstanceState::Failed)
             .map(|i| format!("{}: {}", i.id, i.reason.as_deref().unwrap_or("failed")))
             .collect();
-        let line = if instances.len() < want {
+        let mut line = if instances.len() < want {
             format!("placing: {}/{want} instances placed", instances.len())
         } else if started == 0 {
-            let mut l = format!("starting: 0/{want} healthy");
-            if let Some(f) = failed.first() {
-                l.push_str(&format!(" (last failure: {f})"));
-            }
-            l
-        } else {
+            format!("starting: 0/{want} healthy")
+        } else if routed_at.is_none() {
             format!("healthy: {started}/{want}; waiting for the route through {balancer}")
+        } else {
+            format!("routed; healthy: {started}/{want}")
         };
+        if let Some(f) = failed.first() {
+            line.push_str(&format!(" (last failure: {f})"));
+        }
         progress.show(line);
-        if started >= 1 {
+        if started >= 1 && routed_at.is_none() {
             let probe = zw_http::get(
                 &balancer,
                 "/",
@@ -251,13 +254,16 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
             .await;
             if let Ok((status, _)) = probe {
                 if !matches!(status, 404 | 502 | 503 | 504) {
-                    break start.elapsed();
+                    routed_at = Some(start.elapsed());
                 }
             }
         }
+        if routed_at.is_some() && healthy_at.is_some() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    progress.show(format!("routed: {want} replicas"));
+    }
+    progress.show(format!("routed: {want}/{want} healthy"));
     progress.done();
     let port = balancer.rsplit(':').next().unwrap_or("80");
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
@@ -266,7 +272,7 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         args.name,
         ms(placed_at),
         ms(healthy_at),
-        ms(Some(routed_at))
+        ms(routed_at)
     );
     for d in &args.domains {
         println!("  http://{d}:{port}/");

@@ -9,16 +9,16 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::platform::*;
 use support::*;
 
 #[test]
 fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
     let kernel = std::env::var_os("ZEITWORK_QEMU_KERNEL");
     let modules = std::env::var_os("ZEITWORK_QEMU_MODULES");
-    let (Some(qemu), Some(busybox), Some(_), Some(kernel), Some(modules)) = (
+    let (Some(_), Some(busybox), Some(_), Some(kernel), Some(modules)) = (
         which("qemu-system-x86_64"),
         which("busybox"),
         which("mkfs.ext4"),
@@ -32,81 +32,44 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
         eprintln!("SKIPPED: needs qemu-system-x86_64, busybox, mkfs.ext4, ZEITWORK_QEMU_KERNEL and ZEITWORK_QEMU_MODULES");
         return;
     };
-    let _ = qemu;
-    let dir = tempfile::tempdir().unwrap();
-    let image = oci_site(dir.path(), &busybox, "hello from a microVM\n");
-    let data = dir.path().join("data");
-    let (api, http_port, edge, admin, ingress) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let a = |p: u16| format!("127.0.0.1:{p}");
-    let args: Vec<String> = vec![
-        "up".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--api".into(),
-        a(api),
-        "--http".into(),
-        a(http_port),
-        "--edge".into(),
-        a(edge),
-        "--edge-admin".into(),
-        a(admin),
-        "--ingress".into(),
-        a(ingress),
-        "--qemu-accel".into(),
-        "tcg".into(),
-        "--qemu-kernel".into(),
-        kernel.to_string_lossy().into(),
-        "--qemu-modules".into(),
-        modules.to_string_lossy().into(),
-    ];
-    let up = Proc::spawn("up", &args);
-    let driver = up.wait_log(Duration::from_secs(30), |v| {
+    let (kernel, modules) = (kernel.to_string_lossy(), modules.to_string_lossy());
+    let p = start_up(&[
+        "--qemu-accel",
+        "tcg",
+        "--qemu-kernel",
+        &kernel,
+        "--qemu-modules",
+        &modules,
+    ]);
+    let driver = p.up.wait_log(Duration::from_secs(30), |v| {
         message(v) == "runtime driver" && v["fields"]["runtime"] == "qemu"
     });
     assert_eq!(driver["fields"]["available"], true, "{driver}");
-    up.wait_log(Duration::from_secs(30), |v| message(v) == "backend added");
-
+    let image = oci_site(p.dir.path(), &busybox, "hello from a microVM\n");
     let start = Instant::now();
-    let out = Command::new(BIN)
-        .args(["deploy", "--data-dir", data.to_str().unwrap()])
-        .args(["--operator", &format!("http://{}", a(api))])
-        .args([
-            "site",
-            "--domain",
-            "site.test",
-            "--runtime",
-            "qemu",
-            "--port",
-            "8080",
-        ])
-        .arg("--oci")
-        .arg(&image)
-        .args([
-            "--timeout",
-            "90s",
-            "--",
-            "/bin/busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let logs = std::fs::read_dir(data.join("agent/logs"))
+    let (ok, text) = p.zeitwork(&[
+        "deploy",
+        "site",
+        "--domain",
+        "site.test",
+        "--runtime",
+        "qemu",
+        "--port",
+        "8080",
+        "--oci",
+        image.to_str().unwrap(),
+        "--timeout",
+        "90s",
+        "--",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    let logs = std::fs::read_dir(p.op.data_dir.join("agent/logs"))
         .map(|d| {
             d.flatten()
                 .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
@@ -115,9 +78,9 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
         })
         .unwrap_or_default();
     assert!(
-        out.status.success(),
+        ok,
         "deploy failed:\n{text}\nguest console:\n{logs}\n{}",
-        up.dump()
+        p.up.dump()
     );
     eprintln!(
         "qemu (emulated): {}",
@@ -130,20 +93,12 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
         logs.contains("zeitwork-init: starting /bin/busybox"),
         "{logs}"
     );
-
-    let balancer = a(http_port).parse().unwrap();
-    let (status, body) = http(balancer, "GET", "/", None, None, &[("host", "site.test")]);
-    assert_eq!((status, body.as_str()), (200, "hello from a microVM\n"));
+    assert_eq!(p.get("site"), (200, "hello from a microVM\n".to_string()));
 
     // Destroyed: the VM is stopped through QMP.
-    let out = Command::new(BIN)
-        .args(["destroy", "--data-dir", data.to_str().unwrap()])
-        .args(["--operator", &format!("http://{}", a(api))])
-        .arg("site")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let ended = up.wait_log(Duration::from_secs(30), |v| {
+    let (ok, text) = p.zeitwork(&["destroy", "site"]);
+    assert!(ok, "{text}");
+    let ended = p.up.wait_log(Duration::from_secs(30), |v| {
         message(v) == "instance process ended"
     });
     assert_eq!(

@@ -118,7 +118,7 @@ pub fn resources(state_dir: &std::path::Path) -> Resources {
         })
         .map_or(0, |kb| kb / 1024);
     let disk_mb = nix::sys::statvfs::statvfs(state_dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) / (1 << 20))
         .unwrap_or(0);
     Resources {
         cpu_millis: cpus * 1000,

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::response::Response;
 use zw_proto::agent::{AgentMessage, ControlMessage, MAX_MESSAGE_BYTES};
 
-use crate::edge_ws::{PING_EVERY, PING_TIMEOUT};
+use crate::edge_ws::{keepalive, PING_EVERY};
 use crate::App;
 
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -118,14 +118,7 @@ async fn session(app: App, mut socket: WebSocket) {
         tokio::select! {
             r = changes.changed() => if r.is_err() { break "operator stopping".into() },
             _ = stop.changed() => break "operator stopping".into(),
-            _ = ping.tick() => {
-                if last_heard.elapsed() > PING_TIMEOUT {
-                    break format!("no answer to pings for {PING_TIMEOUT:?}");
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break "send failed".into();
-                }
-            }
+            _ = ping.tick() => if let Err(e) = keepalive(&mut socket, last_heard).await { break e },
             msg = socket.recv() => {
                 last_heard = Instant::now();
                 match msg {

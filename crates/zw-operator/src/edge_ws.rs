@@ -31,6 +31,17 @@ pub(crate) async fn connect(State(app): State<App>, ws: WebSocketUpgrade) -> Res
         .on_upgrade(move |socket| session(app, socket))
 }
 
+/// On each ping tick: the peer must have answered within [`PING_TIMEOUT`]; then ping it.
+pub(crate) async fn keepalive(socket: &mut WebSocket, last_heard: Instant) -> Result<(), String> {
+    if last_heard.elapsed() > PING_TIMEOUT {
+        return Err(format!("no answer to pings for {PING_TIMEOUT:?}"));
+    }
+    socket
+        .send(Message::Ping(Default::default()))
+        .await
+        .map_err(|_| "send failed".to_string())
+}
+
 async fn refuse(mut socket: WebSocket, message: String) {
     tracing::warn!(%message, "edge connection refused");
     let text = OperatorMessage::Error { message }.to_json();
@@ -113,14 +124,7 @@ async fn session(app: App, mut socket: WebSocket) {
         tokio::select! {
             r = published.changed() => if r.is_err() { break "operator stopping".into() },
             _ = stop.changed() => break "operator stopping".into(),
-            _ = ping.tick() => {
-                if last_heard.elapsed() > PING_TIMEOUT {
-                    break format!("no answer to pings for {PING_TIMEOUT:?}");
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break "send failed".into();
-                }
-            }
+            _ = ping.tick() => if let Err(e) = keepalive(&mut socket, last_heard).await { break e },
             msg = socket.recv() => {
                 last_heard = Instant::now();
                 match msg {

@@ -60,23 +60,8 @@ pub struct AgentArgs {
     /// Run process instances without namespaces even as root.
     #[arg(long)]
     no_isolation: bool,
-    /// Guest kernel for `qemu` instances (a Debian linux-image vmlinuz). Default: the
-    /// newest /boot/vmlinuz-*.
-    #[arg(long, value_name = "PATH", env = "ZEITWORK_QEMU_KERNEL")]
-    qemu_kernel: Option<PathBuf>,
-    /// That kernel's modules directory (/lib/modules/VERSION), for the virtio drivers.
-    #[arg(long, value_name = "DIR", env = "ZEITWORK_QEMU_MODULES")]
-    qemu_modules: Option<PathBuf>,
-    /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    qemu_accel: String,
-    /// An uncompressed vmlinux for `firecracker` instances (needs a firecracker binary
-    /// on PATH and KVM).
-    #[arg(long, value_name = "PATH", env = "ZEITWORK_FIRECRACKER_KERNEL")]
-    firecracker_kernel: Option<PathBuf>,
-    /// Memory per microVM, in MiB (a Debian kernel needs about 192 to boot).
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    qemu_memory: u64,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Stop the instances when the agent stops (default: leave them for the next agent).
     #[arg(long)]
     stop_instances_on_exit: bool,
@@ -114,22 +99,47 @@ impl AgentArgs {
             instance_cpu_millis: self.instance_cpu,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
-            qemu: zw_agent::QemuOptions {
-                kernel: self.qemu_kernel.clone(),
-                modules: self.qemu_modules.clone(),
-                accel: accel(&self.qemu_accel),
-                memory_mb: self.qemu_memory,
-                firecracker_kernel: self.firecracker_kernel.clone(),
-            },
+            qemu: self.vm.options(),
         })
     }
 }
 
-pub(crate) fn accel(mode: &str) -> Option<zw_agent::driver::qemu::Accel> {
-    match mode {
-        "kvm" => Some(zw_agent::driver::qemu::Accel::Kvm),
-        "tcg" => Some(zw_agent::driver::qemu::Accel::Tcg),
-        _ => None,
+/// The microVM runtimes' options (`zeitwork agent` and `zeitwork up`).
+#[derive(Args)]
+pub struct VmArgs {
+    /// Guest kernel for `qemu` instances (a Debian linux-image vmlinuz). Default: the
+    /// newest /boot/vmlinuz-*.
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_QEMU_KERNEL")]
+    qemu_kernel: Option<PathBuf>,
+    /// That kernel's modules directory (/lib/modules/VERSION), for the virtio drivers.
+    #[arg(long, value_name = "DIR", env = "ZEITWORK_QEMU_MODULES")]
+    qemu_modules: Option<PathBuf>,
+    /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    qemu_accel: String,
+    /// Memory per microVM, in MiB (a Debian kernel needs about 192 to boot).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    vm_memory: u64,
+    /// An uncompressed vmlinux for `firecracker` instances (needs a firecracker binary
+    /// on PATH and KVM).
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_FIRECRACKER_KERNEL")]
+    firecracker_kernel: Option<PathBuf>,
+}
+
+impl VmArgs {
+    pub(crate) fn options(&self) -> zw_agent::QemuOptions {
+        use zw_agent::driver::qemu::Accel;
+        zw_agent::QemuOptions {
+            kernel: self.qemu_kernel.clone(),
+            modules: self.qemu_modules.clone(),
+            accel: match self.qemu_accel.as_str() {
+                "kvm" => Some(Accel::Kvm),
+                "tcg" => Some(Accel::Tcg),
+                _ => None,
+            },
+            memory_mb: self.vm_memory,
+            firecracker_kernel: self.firecracker_kernel.clone(),
+        }
     }
 }
 

@@ -40,12 +40,8 @@ pub struct OperatorArgs {
     /// How long the compiler waits after a change for more changes to arrive.
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = super::duration)]
     debounce: Duration,
-    /// A worker node silent this long is suspect (no new instances)…
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
-    node_suspect_after: Duration,
-    /// …and this long lost: its instances are placed on other nodes.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
-    node_lost_after: Duration,
+    #[command(flatten)]
+    liveness: Liveness,
     /// Replace the admin token (the old one stops working) and write the new one to
     /// DATA_DIR/admin-token.
     #[arg(long)]
@@ -53,6 +49,17 @@ pub struct OperatorArgs {
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// When the operator gives up on a silent worker node (`zeitwork operator` and `up`).
+#[derive(Args)]
+pub struct Liveness {
+    /// A worker node silent this long is suspect (no new instances)…
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
+    pub node_suspect_after: Duration,
+    /// …and this long lost: its instances are placed on other nodes.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
+    pub node_lost_after: Duration,
 }
 
 pub fn run(args: OperatorArgs) -> ExitCode {
@@ -112,8 +119,8 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
         zw_operator::Options {
             static_config,
             debounce: args.debounce,
-            suspect_after: args.node_suspect_after,
-            lost_after: args.node_lost_after,
+            suspect_after: args.liveness.node_suspect_after,
+            lost_after: args.liveness.node_lost_after,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -45,25 +45,10 @@ pub struct UpArgs {
     /// The agent's worker ingress (mutual TLS).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
     ingress: SocketAddr,
-    /// A node silent this long is suspect…
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
-    node_suspect_after: Duration,
-    /// …and this long lost (its instances are placed elsewhere).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
-    node_lost_after: Duration,
-    /// Guest kernel for `--runtime qemu` apps (default: the newest /boot/vmlinuz-*).
-    #[arg(long, value_name = "PATH", env = "ZEITWORK_QEMU_KERNEL")]
-    qemu_kernel: Option<PathBuf>,
-    /// That kernel's /lib/modules/VERSION directory.
-    #[arg(long, value_name = "DIR", env = "ZEITWORK_QEMU_MODULES")]
-    qemu_modules: Option<PathBuf>,
-    /// `auto`: KVM if a canary VM boots with it, emulation otherwise.
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    qemu_accel: String,
-    /// An uncompressed vmlinux for `firecracker` instances (needs a firecracker binary
-    /// on PATH and KVM).
-    #[arg(long, value_name = "PATH", env = "ZEITWORK_FIRECRACKER_KERNEL")]
-    firecracker_kernel: Option<PathBuf>,
+    #[command(flatten)]
+    liveness: super::operator::Liveness,
+    #[command(flatten)]
+    vm: super::agent::VmArgs,
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
@@ -132,8 +117,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let operator = zw_operator::Operator::start(
         store,
         zw_operator::Options {
-            suspect_after: args.node_suspect_after,
-            lost_after: args.node_lost_after,
+            suspect_after: args.liveness.node_suspect_after,
+            lost_after: args.liveness.node_lost_after,
             ..Default::default()
         },
     );
@@ -201,13 +186,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         instance_cpu_millis: 1000,
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(5),
-        qemu: zw_agent::QemuOptions {
-            kernel: args.qemu_kernel.clone(),
-            modules: args.qemu_modules.clone(),
-            accel: super::agent::accel(&args.qemu_accel),
-            memory_mb: 256,
-            firecracker_kernel: args.firecracker_kernel.clone(),
-        },
+        qemu: args.vm.options(),
     })
     .await
     .map_err(anyhow::Error::msg)?;

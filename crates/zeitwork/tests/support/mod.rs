@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub mod platform;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
 
 /// A tool the end-to-end tests need. In CI a missing tool fails the test (CI installs it);
@@ -187,15 +189,7 @@ impl Operator {
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (s, b) = http(
-            self.addr,
-            method,
-            path,
-            body.map(|b| b.to_string()),
-            Some(&self.token),
-            &[],
-        );
-        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+        api_call(self.addr, &self.token, method, path, body)
     }
 
     pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -215,6 +209,25 @@ impl Operator {
         let (s, v) = self.api("GET", &format!("/api/v1/snapshots/{region}"), None);
         (s == 200).then(|| v["version"].as_u64()).flatten()
     }
+}
+
+/// One call to the operator's API: status and JSON body (or the body as a string).
+pub fn api_call(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (s, b) = http(
+        addr,
+        method,
+        path,
+        body.map(|b| b.to_string()),
+        Some(token),
+        &[],
+    );
+    (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
 /// A port free now (bound then released), for processes that must keep theirs across a

@@ -33,14 +33,7 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
         return;
     };
     let (kernel, modules) = (kernel.to_string_lossy(), modules.to_string_lossy());
-    let p = start_up(&[
-        "--qemu-accel",
-        "tcg",
-        "--qemu-kernel",
-        &kernel,
-        "--qemu-modules",
-        &modules,
-    ]);
+    let p = start_up(&["--qemu-kernel", &kernel, "--qemu-modules", &modules]);
     let driver = p.up.wait_log(Duration::from_secs(30), |v| {
         message(v) == "runtime driver" && v["fields"]["runtime"] == "qemu"
     });

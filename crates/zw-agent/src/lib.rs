@@ -302,6 +302,13 @@ impl Agent {
         tracing::info!(node = %node_id, ingress = %ingress_address, adopted, "agent started");
 
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(renew(
+            config.clone(),
+            node_id.clone(),
+            identity.not_after(),
+            tls.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(ingress::serve(
             listener,
             tls.clone(),
@@ -385,6 +392,45 @@ async fn enroll_until_done(
                     _ = crate::stopped(&mut stop) => return Err("stopped before enrolling".into()),
                 }
             }
+        }
+    }
+}
+
+/// Replaces the node certificate (and the ingress's TLS configuration) when a third of
+/// its validity is left. New connections get the new one; open ones keep theirs.
+async fn renew(
+    config: Config,
+    node_id: String,
+    mut not_after: i64,
+    tls: Arc<arc_swap::ArcSwap<zw_pki::rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let margin = (zw_http::CERT_VALIDITY / 3).as_secs() as i64;
+    loop {
+        let now = zw_proto::time::unix_millis() / 1000;
+        let wait = Duration::from_secs((not_after - margin - now).clamp(60, 3600) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+        let now = zw_proto::time::unix_millis() / 1000;
+        if not_after - now >= margin {
+            continue;
+        }
+        match enroll_until_done(&config, &node_id, stop.clone())
+            .await
+            .and_then(|id| {
+                Ok((
+                    id.server_config().map_err(|e| e.to_string())?,
+                    id.not_after(),
+                ))
+            }) {
+            Ok((server, expiry)) => {
+                tls.store(server);
+                not_after = expiry;
+                tracing::info!(expires_unix = expiry, "node certificate renewed");
+            }
+            Err(e) => tracing::error!(error = %e, "renewing the node certificate failed"),
         }
     }
 }

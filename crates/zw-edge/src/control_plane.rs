@@ -166,7 +166,7 @@ impl ControlPlane {
         match zw_http::enroll(&enrollment, dir.as_deref()).await {
             Ok(id) => match id.client_config() {
                 Ok(c) => {
-                    edge.set_platform_tls(c);
+                    edge.set_platform_tls(c, id.not_after());
                     tracing::info!(
                         expires_unix = id.not_after(),
                         "platform certificate ready (mutual TLS to worker ingresses)"
@@ -180,8 +180,16 @@ impl ControlPlane {
         }
     }
 
+    fn needs_certificate(&self, edge: &Edge) -> bool {
+        let now = zw_proto::time::unix_millis() / 1000;
+        edge.platform_tls_expiry()
+            .is_none_or(|t| t - now < (zw_http::CERT_VALIDITY / 3).as_secs() as i64)
+    }
+
     async fn session(&self, edge: &Edge) -> End {
-        if !edge.has_platform_tls() {
+        // A new certificate when there is none or a third of its validity is left;
+        // sessions are long, so the message loop below checks too.
+        if self.needs_certificate(edge) {
             self.enroll(edge).await;
         }
         let mut request = match self.url.as_str().into_client_request() {
@@ -233,6 +241,9 @@ impl ControlPlane {
         }
         tracing::info!(url = %self.url, id = %self.id, region = %self.region, ?version, "connected to the operator");
         loop {
+            if self.needs_certificate(edge) {
+                self.enroll(edge).await;
+            }
             let msg = match tokio::time::timeout(SILENCE, ws.next()).await {
                 Err(_) => return End::Lost(format!("operator silent for {SILENCE:?}")),
                 Ok(None) => return End::Closed,

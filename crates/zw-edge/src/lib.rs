@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) current: ArcSwapOption<Snapshot>,
     pub(crate) entry_points: Vec<String>,
     pub(crate) registry: Mutex<Registry>,
+    /// Expiry of the platform certificate in `registry.tls` (0: none).
+    tls_not_after: std::sync::atomic::AtomicI64,
     status: Mutex<ConfigStatus>,
     pub(crate) metrics: EdgeMetrics,
     pub(crate) access_log: Option<AccessLog>,
@@ -121,6 +123,7 @@ impl Edge {
                 current: ArcSwapOption::empty(),
                 entry_points,
                 registry: Mutex::new(Registry::default()),
+                tls_not_after: Default::default(),
                 status: Mutex::new(status),
                 metrics: EdgeMetrics::default(),
                 access_log,
@@ -221,23 +224,20 @@ impl Edge {
 
     /// The platform certificate this edge presents to worker ingresses (`https://`
     /// servers). Replaces the previous one; connections made before keep theirs.
-    pub fn set_platform_tls(&self, config: Arc<rustls::ClientConfig>) {
+    pub fn set_platform_tls(&self, config: Arc<rustls::ClientConfig>, not_after: i64) {
         let reg = self
             .shared
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         reg.tls.store(Some(config));
+        self.shared.tls_not_after.store(not_after, Relaxed);
     }
 
-    /// Whether the edge holds a platform certificate.
-    pub fn has_platform_tls(&self) -> bool {
-        let reg = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        reg.tls.load().is_some()
+    /// When the edge's platform certificate expires (seconds since the epoch); `None`
+    /// while it has none.
+    pub fn platform_tls_expiry(&self) -> Option<i64> {
+        Some(self.shared.tls_not_after.load(Relaxed)).filter(|t| *t > 0)
     }
 
     pub fn status(&self) -> ConfigStatus {

@@ -82,6 +82,9 @@ pub fn start_up(extra: &[&str]) -> Platform {
         "2s",
         "--node-lost-after",
         "5s",
+        // No KVM canary (it takes up to 10 s where nested KVM hangs): emulation, as in CI.
+        "--qemu-accel",
+        "tcg",
     ]
     .iter()
     .chain(extra)
@@ -269,6 +272,8 @@ pub fn agent_args(p: &Platform, ingress: u16, state: &Path) -> Vec<String> {
         state.to_str().unwrap(),
         "--heartbeat",
         "500ms",
+        "--qemu-accel",
+        "tcg",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -126,27 +126,38 @@ impl QemuDriver {
     }
 }
 
-/// Boots a canary VM with KVM: it prints a mark and powers off. KVM "works" only if that
-/// happens within `deadline` — opening `/dev/kvm` proves nothing on hosts whose nested
-/// virtualisation fails once a guest runs.
+/// Whether KVM runs a guest here: a canary VM must boot with it within `deadline` —
+/// opening `/dev/kvm` proves nothing on hosts whose nested virtualisation fails once a
+/// guest runs.
 pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, String> {
     if !Path::new("/dev/kvm").exists() {
         return Err("no /dev/kvm".into());
     }
+    canary(config, Accel::Kvm, deadline)
+        .await
+        .map_err(|e| format!("the KVM canary VM {e}"))
+}
+
+/// Boots a canary VM that prints a mark and powers off; the milliseconds it took.
+pub async fn canary(config: &QemuConfig, accel: Accel, deadline: Duration) -> Result<u128, String> {
+    let (accel_arg, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
     let initrd = config.dir.join("canary.cpio");
     vm::write_initramfs(&config.busybox, &config.modules, &initrd, CANARY_INIT)
         .map_err(|e| format!("canary initramfs: {e}"))?;
     let start = std::time::Instant::now();
     let mut child = tokio::process::Command::new(&config.qemu)
-        .args([
-            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1",
-        ])
+        .args(["-M", "microvm", "-accel", accel_arg, "-cpu", cpu])
+        .args(["-m", "256M", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&config.kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet"])
+        .arg("-append")
+        .arg(boot_args(accel))
         .args(["-serial", "stdio"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -174,15 +185,21 @@ pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, 
                 use tokio::io::AsyncReadExt;
                 let _ = e.read_to_string(&mut err).await;
             }
-            Err(format!(
-                "the KVM canary VM failed: {}",
-                zw_proto::abbreviate(err.trim(), 300)
-            ))
+            Err(format!("failed: {}", zw_proto::abbreviate(err.trim(), 300)))
         }
-        Err(_) => Err(format!(
-            "the KVM canary VM did not boot within {deadline:?}"
-        )),
+        Err(_) => Err(format!("did not boot within {deadline:?}")),
     }
+}
+
+/// The guest kernel's command line.
+fn boot_args(accel: Accel) -> String {
+    let mut args = String::from("console=ttyS0 rdinit=/init panic=-1 quiet");
+    if accel == Accel::Tcg {
+        if let Some(khz) = tsc_khz() {
+            args.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    args
 }
 
 /// The host's TSC rate in kHz, for `tsc_early_khz=` under emulation.
@@ -207,15 +224,10 @@ impl QemuDriver {
         let qmp = launch.work_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp);
         let a = &launch.record.assignment;
-        let mut append = String::from("console=ttyS0 rdinit=/init panic=-1 quiet");
+        let append = boot_args(*accel);
         let (accel_arg, cpu) = match accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => {
-                if let Some(khz) = tsc_khz() {
-                    append.push_str(&format!(" tsc_early_khz={khz}"));
-                }
-                ("tcg", "max")
-            }
+            Accel::Tcg => ("tcg", "max"),
         };
         let mut log = std::fs::OpenOptions::new()
             .create(true)

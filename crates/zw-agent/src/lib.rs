@@ -525,7 +525,7 @@ impl Session {
                 _ = heartbeat.tick() => {
                     let hb = AgentMessage::Heartbeat {
                         resources: resources(&self.config.state_dir),
-                        instances: self.supervisor.len() as u32,
+                        instances: self.supervisor.reports(),
                     };
                     send(&mut ws, &hb).await.map_err(|e| (true, e))?;
                 }

@@ -38,6 +38,19 @@ async fn refuse(mut socket: WebSocket, message: String) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
+/// The store follows what the agent says it holds.
+async fn sync(app: &App, node: &str, held: &[zw_proto::agent::InstanceReport]) {
+    match app.store.agent_sync(node, held).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            node,
+            instances = n,
+            "instance states corrected from the agent's list"
+        ),
+        Err(e) => tracing::warn!(node, error = %e, "recording the agent's instances failed"),
+    }
+}
+
 async fn session(app: App, mut socket: WebSocket) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => {
@@ -76,18 +89,7 @@ async fn session(app: App, mut socket: WebSocket) {
         Ok(_) => return refuse(socket, "the first message must be a hello".into()).await,
         Err(e) => return refuse(socket, e).await,
     };
-    for r in &instances {
-        if let Err(e) = app.store.instance_report(&node, r).await {
-            tracing::warn!(node = %node, instance = %r.id, error = %e, "recording an instance report failed");
-        }
-    }
-    match app.store.agent_unreported(&node, &instances).await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(node = %node, instances = n, "instances not running on the node reset to created")
-        }
-        Err(e) => tracing::warn!(node = %node, error = %e, "resetting unreported instances failed"),
-    }
+    sync(&app, &node, &instances).await;
 
     let mut changes = app.store.changes();
     let mut stop = app.stop.subscribe();
@@ -123,10 +125,11 @@ async fn session(app: App, mut socket: WebSocket) {
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(t))) => match serde_json::from_str::<AgentMessage>(&t) {
-                        Ok(AgentMessage::Heartbeat { resources, .. }) => {
+                        Ok(AgentMessage::Heartbeat { resources, instances }) => {
                             if let Err(e) = app.store.agent_heartbeat(&node, resources).await {
                                 tracing::warn!(node = %node, error = %e, "recording a heartbeat failed");
                             }
+                            sync(&app, &node, &instances).await;
                         }
                         Ok(AgentMessage::Instance(r)) => {
                             tracing::info!(node = %node, instance = %r.id, state = %r.state, reason = r.reason.as_deref().unwrap_or(""), "instance state");

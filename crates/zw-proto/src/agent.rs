@@ -36,8 +36,9 @@ pub enum AgentMessage {
     },
     Heartbeat {
         resources: Resources,
-        /// How many instances it holds; the events carry the detail.
-        instances: u32,
+        /// Every instance it holds, as in the hello: a state change whose event was lost
+        /// is corrected within one heartbeat.
+        instances: Vec<InstanceReport>,
     },
     Instance(InstanceReport),
 }

@@ -155,39 +155,51 @@ impl Store {
         Ok(done > 0)
     }
 
-    /// After a hello: the node's instances its agent did not report are not running there
-    /// (the agent restarted without them, or they were stopped while it was away); they go
-    /// back to `created` so no edge is sent to them until the agent starts them again.
-    pub async fn agent_unreported(
-        &self,
-        node_id: &str,
-        reported: &[InstanceReport],
-    ) -> Result<usize> {
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query("SELECT id FROM instances WHERE node = $1 AND state <> 'created'")
-            .bind(node_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut n = 0;
-        for row in rows {
-            let id: String = get(&row, "id")?;
-            if reported.iter().any(|r| r.id == id) {
-                continue;
+    /// Brings the store in line with what the node's agent holds (its hello, and every
+    /// heartbeat): reported states that differ are written; instances the store places
+    /// on the node that the agent does not hold go back to `created`, so no edge is sent
+    /// to them until the agent starts them. Writes (and wakes the compilers) only when
+    /// something differs; returns how many instances changed.
+    pub async fn agent_sync(&self, node_id: &str, held: &[InstanceReport]) -> Result<usize> {
+        let stored: Vec<(String, String)> =
+            sqlx::query("SELECT id, state FROM instances WHERE node = $1")
+                .bind(node_id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| Ok((get(row, "id")?, get(row, "state")?)))
+                .collect::<Result<_>>()?;
+        let mut changes: Vec<InstanceReport> = Vec::new();
+        for (id, state) in &stored {
+            match held.iter().find(|r| r.id == *id) {
+                Some(r) if r.state.as_str() != state => changes.push(r.clone()),
+                Some(_) => {}
+                None if state != InstanceState::Created.as_str() => changes.push(InstanceReport {
+                    id: id.clone(),
+                    state: InstanceState::Created,
+                    reason: Some("not running on its node".into()),
+                }),
+                None => {}
             }
-            sqlx::query("UPDATE instances SET state = 'created', reason = $1, updated_at = $2 WHERE id = $3")
-                .bind("not running on its node when its agent connected")
-                .bind(unix_millis())
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            n += 1;
         }
-        if n > 0 {
-            self.commit_routing(tx).await?;
-        } else {
-            tx.commit().await?;
+        if changes.is_empty() {
+            return Ok(0);
         }
-        Ok(n)
+        let mut tx = self.begin_write().await?;
+        for r in &changes {
+            sqlx::query(
+                "UPDATE instances SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND node = $5",
+            )
+            .bind(r.state.as_str())
+            .bind(r.reason.as_deref().map(|s| zw_proto::abbreviate(s, 1024)))
+            .bind(unix_millis())
+            .bind(&r.id)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.commit_routing(tx).await?;
+        Ok(changes.len())
     }
 
     /// Marks agent nodes silent for longer than `suspect_ms` suspect, and longer than

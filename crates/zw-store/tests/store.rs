@@ -641,8 +641,44 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
             .await
             .unwrap();
         assert_eq!(store.node("node-a").await.unwrap().state, NodeState::Ready);
+        // The store follows what the agent holds: reported states are written, instances
+        // the agent does not hold go back to `created`, and nothing is written when all
+        // agree.
+        let node = after.keys().next().unwrap().clone();
+        let ids: Vec<String> = store
+            .assignments(&node)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        let held: Vec<zw_proto::agent::InstanceReport> = ids
+            .iter()
+            .map(|id| zw_proto::agent::InstanceReport {
+                id: id.clone(),
+                state: InstanceState::Started,
+                reason: None,
+            })
+            .collect();
+        assert_eq!(store.agent_sync(&node, &held).await.unwrap(), ids.len());
+        assert_eq!(
+            store.agent_sync(&node, &held).await.unwrap(),
+            0,
+            "no change, no write"
+        );
+        let routed = store.routing_state().await.unwrap();
+        assert!(routed
+            .endpoints
+            .iter()
+            .any(|e| e.instance.as_deref() == Some(ids[0].as_str())));
+        assert_eq!(store.agent_sync(&node, &held[1..]).await.unwrap(), 1);
+        let first = store.instance(&ids[0]).await.unwrap();
+        assert_eq!(
+            (first.state, first.reason.as_deref()),
+            (InstanceState::Created, Some("not running on its node"))
+        );
         // Assignments carry what the agent needs.
-        let node = after.keys().next().unwrap();
+        let node = &node;
         let a = store.assignments(node).await.unwrap();
         assert!(a
             .iter()

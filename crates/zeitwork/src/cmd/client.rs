@@ -223,6 +223,8 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
                 "REGION",
                 "TYPE",
                 "STATE",
+                "INGRESS",
+                "RUNTIMES",
                 "LAST HEARTBEAT"
             ],
             |n| [
@@ -232,13 +234,27 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
                 n.region.clone(),
                 n.node_type.to_string(),
                 n.state.to_string(),
+                n.ingress_address.clone().unwrap_or_else(|| "-".into()),
+                {
+                    let up: Vec<&str> = n
+                        .drivers
+                        .iter()
+                        .filter(|d| d.available)
+                        .map(|d| d.runtime.as_str())
+                        .collect();
+                    if up.is_empty() {
+                        "-".into()
+                    } else {
+                        up.join(",")
+                    }
+                },
                 when(&n.last_heartbeat_at)
             ]
         ),
         Kind::Instances => show!(
             Instance,
             "/api/v1/instances",
-            ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS"],
+            ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS", "REASON"],
             |i| [
                 i.id.clone(),
                 i.deployment.clone(),
@@ -247,7 +263,10 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
                 match (&i.address, i.port) {
                     (Some(a), Some(p)) => format!("{a}:{p}"),
                     _ => "-".into(),
-                }
+                },
+                i.reason
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), |r| zw_proto::abbreviate(r, 80))
             ]
         ),
         Kind::Deployments => show!(

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, Full};
 use serde::de::DeserializeOwned;
 use zw_proto::api::*;
 
@@ -122,26 +121,27 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Bytes> {
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .with_context(|| format!("connecting to the operator at {}", self.authority))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, &self.authority)
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
+        let auth = format!("Bearer {}", self.token);
+        let method_name = method.to_string();
+        let (status, bytes) = zw_http::request(
+            method,
+            &self.authority,
+            path,
+            &[("authorization", &auth)],
+            Some(body.unwrap_or_default()),
+            std::time::Duration::from_secs(60),
+            64 << 20,
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{method_name} {path} at the operator {}: {e}",
+                self.authority
             )
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = send.send_request(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
+        })?;
+        if !(200..300).contains(&status) {
+            let status = http::StatusCode::from_u16(status)
+                .map_or_else(|_| status.to_string(), |s| s.to_string());
             match serde_json::from_slice::<ApiError>(&bytes) {
                 Ok(e) => bail!("{} ({}): {}", status, e.code, e.message),
                 Err(_) => bail!("{}: {}", status, String::from_utf8_lossy(&bytes).trim()),

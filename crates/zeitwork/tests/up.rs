@@ -94,6 +94,25 @@ fn deploy_crash_agent_loss_and_restart() {
         codes.len()
     );
 
+    // The agent's admin endpoint counts the crash and shows where each instance answers.
+    let (s, metrics) = http(p.agent_admin, "GET", "/metrics", None, None, &[]);
+    assert_eq!(s, 200);
+    assert!(
+        metrics.contains("zeitwork_agent_instance_failures_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zeitwork_agent_instances{state=\"started\"} 2"),
+        "{metrics}"
+    );
+    let (_, list) = http(p.agent_admin, "GET", "/debug/instances", None, None, &[]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        list.iter()
+            .all(|i| i["state"] == "started" && i["address"].is_string()),
+        "{list:?}"
+    );
+
     // A client without a platform certificate gets no HTTP out of the ingress.
     let node = p.nodes().into_iter().next().unwrap();
     let ingress = node["ingress_address"].as_str().unwrap().to_string();

@@ -8,6 +8,7 @@
 //! Instance records are kept on the node ([`records`]) so that an agent restart adopts
 //! what still runs instead of starting duplicates.
 
+pub mod admin;
 pub mod cgroup;
 pub mod driver;
 pub mod health;
@@ -47,6 +48,8 @@ pub struct Config {
     /// The host edges reach this node at (its ingress certificate is for this name).
     pub address: String,
     pub ingress_listen: SocketAddr,
+    /// `/health`, `/metrics`, `/debug/instances`; `None` serves none.
+    pub admin_listen: Option<SocketAddr>,
     pub state_dir: PathBuf,
     pub heartbeat: Duration,
     /// `zeitwork-init`, for isolated instances (when the agent is root); `None` runs
@@ -79,6 +82,7 @@ pub struct QemuOptions {
 pub struct Agent {
     pub node_id: String,
     pub ingress_address: SocketAddr,
+    pub admin_address: Option<SocketAddr>,
     supervisor: Supervisor,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -273,6 +277,15 @@ impl Agent {
             .await
             .map_err(|e| format!("binding the ingress to {}: {e}", config.ingress_listen))?;
         let ingress_address = listener.local_addr().map_err(|e| e.to_string())?;
+        let admin = match config.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("binding the admin endpoint to {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        let admin_address = admin.as_ref().and_then(|l| l.local_addr().ok());
         let (stop, stop_rx) = watch::channel(false);
 
         let identity = enroll_until_done(&config, &node_id, stop_rx.clone()).await?;
@@ -309,6 +322,13 @@ impl Agent {
             tls.clone(),
             stop_rx.clone(),
         )));
+        if let Some(admin) = admin {
+            tasks.push(tokio::spawn(admin::serve(
+                admin,
+                supervisor.clone(),
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(ingress::serve(
             listener,
             tls.clone(),
@@ -326,6 +346,7 @@ impl Agent {
         Ok(Agent {
             node_id,
             ingress_address,
+            admin_address,
             supervisor,
             stop,
             tasks,

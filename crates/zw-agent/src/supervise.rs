@@ -69,6 +69,8 @@ struct Inner {
     slots: Mutex<HashMap<String, Slot>>,
     timing: Timing,
     cgroups: Option<crate::cgroup::Cgroups>,
+    /// Instances that failed after they had started (crashed, or failed their checks).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -98,6 +100,7 @@ impl Supervisor {
                     slots: Mutex::new(HashMap::new()),
                     timing,
                     cgroups,
+                    failures: Default::default(),
                 }),
             },
             rx,
@@ -149,6 +152,23 @@ impl Supervisor {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// How many times instances failed after starting, since the agent started.
+    pub fn failures(&self) -> u64 {
+        self.inner
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where each instance answers while it is started.
+    pub fn addresses(&self) -> HashMap<String, Option<std::net::SocketAddr>> {
+        self.inner
+            .routes
+            .load()
+            .iter()
+            .map(|(id, r)| (id.clone(), r.addr))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -441,6 +461,9 @@ async fn run(
         match outcome {
             Outcome::Stop => break,
             Outcome::Failed(why) => {
+                inner
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 inner.report(&id, InstanceState::Failed, Some(why));
                 if let Some(mut r) = running.take() {
                     if r.is_alive() {

@@ -42,6 +42,9 @@ pub struct AgentArgs {
     /// Where the worker ingress (mutual TLS) listens.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
     ingress: SocketAddr,
+    /// The agent's admin endpoint: /health, /metrics, /debug/instances (plain HTTP).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    admin: SocketAddr,
     /// Instance records, logs, work directories and the node certificate.
     #[arg(long, value_name = "DIR", default_value = "./zeitwork-agent")]
     state_dir: PathBuf,
@@ -84,6 +87,7 @@ impl AgentArgs {
                 .unwrap_or_else(|_| "localhost".into()),
             address: self.address.clone(),
             ingress_listen: self.ingress,
+            admin_listen: Some(self.admin),
             state_dir: self.state_dir.clone(),
             heartbeat: self.heartbeat,
             init: if self.no_isolation {
@@ -170,6 +174,9 @@ pub fn run(args: AgentArgs) -> ExitCode {
                 .await
                 .map_err(anyhow::Error::msg)?;
             println!("node {} ingress {}", agent.node_id, agent.ingress_address);
+            if let Some(a) = agent.admin_address {
+                tracing::info!(addr = %a, "admin listening (/health /metrics /debug/instances)");
+            }
             super::shutdown_signal().await;
             agent.shutdown(args.stop_instances_on_exit).await;
             tracing::info!("stopped");

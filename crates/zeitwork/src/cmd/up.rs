@@ -42,6 +42,9 @@ pub struct UpArgs {
     /// The edge's admin endpoint (/ready, /metrics, /debug/config).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9080")]
     edge_admin: SocketAddr,
+    /// The agent's admin endpoint (/health, /metrics, /debug/instances).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    agent_admin: SocketAddr,
     /// The agent's worker ingress (mutual TLS).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
     ingress: SocketAddr,
@@ -178,6 +181,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         hostname: "localhost".into(),
         address: args.ingress.ip().to_string(),
         ingress_listen: args.ingress,
+        admin_listen: Some(args.agent_admin),
         state_dir: data.join("agent"),
         heartbeat: Duration::from_secs(2),
         init: super::agent::isolation_program()?,
@@ -196,12 +200,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
          apps (balancer)   http://{lb_addr}\n  \
          edge              http://{edge_addr} (admin http://{edge_admin_addr})\n  \
          operator API      http://{api_addr} (admin token: {})\n  \
-         worker ingress    {} (mutual TLS), node {}\n\
+         worker ingress    {} (mutual TLS), node {} (admin http://{})\n\
          Deploy an app:    zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n\
          Stop:             Ctrl-C",
         super::operator::token_file(data).display(),
         agent.ingress_address,
         agent.node_id,
+        agent
+            .admin_address
+            .map_or_else(|| "-".to_string(), |a| a.to_string()),
     );
 
     super::shutdown_signal().await;

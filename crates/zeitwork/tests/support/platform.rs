@@ -42,6 +42,8 @@ impl Api {
 
 pub struct Platform {
     pub up: Proc,
+    /// The agent's admin endpoint in `up`.
+    pub agent_admin: SocketAddr,
     pub op: Api,
     pub balancer: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -57,7 +59,8 @@ pub fn addr(port: u16) -> String {
 pub fn start_up(extra: &[&str]) -> Platform {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (api, http, edge, admin, ingress) = (
+    let (api, http, edge, admin, ingress, agent_admin) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -78,6 +81,8 @@ pub fn start_up(extra: &[&str]) -> Platform {
         &addr(admin),
         "--ingress",
         &addr(ingress),
+        "--agent-admin",
+        &addr(agent_admin),
         "--node-suspect-after",
         "2s",
         "--node-lost-after",
@@ -107,6 +112,7 @@ pub fn start_up(extra: &[&str]) -> Platform {
     };
     Platform {
         up,
+        agent_admin: addr(agent_admin).parse().unwrap(),
         op,
         balancer: addr(http).parse().unwrap(),
         dir,
@@ -258,6 +264,7 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 pub fn agent_args(p: &Platform, ingress: u16, state: &Path) -> Vec<String> {
+    let admin = addr(free_port());
     [
         "agent",
         "--operator",
@@ -272,6 +279,8 @@ pub fn agent_args(p: &Platform, ingress: u16, state: &Path) -> Vec<String> {
         state.to_str().unwrap(),
         "--heartbeat",
         "500ms",
+        "--admin",
+        &admin,
         "--qemu-accel",
         "tcg",
     ]

@@ -286,7 +286,7 @@ async fn proxy(
         log.service = Some(svc_name.into());
         log.upstream = Some(state.url.authority.clone());
     }
-    let explain = explain.map(|e| Explain {
+    let mut explain = explain.map(|e| Explain {
         service: svc_name,
         server: state.url.authority.clone(),
         ..e
@@ -312,13 +312,35 @@ async fn proxy(
             Err(e) => return upstream_error(&e, backend, explain),
         }
     } else {
-        match forward(lb, backend, req).await {
+        let mut sent = forward(lb, backend, req).await;
+        let mut backend = backend;
+        // Could not connect (a node or ingress that is gone): nothing was sent, so one
+        // other server of the service gets the request, whatever its method.
+        if let Err((e, Some(mut req))) = sent {
+            sent = match failover(lb, server_idx) {
+                Some(other) => {
+                    tracing::debug!(from = %backend.label, error = %e, to = %other.state.backend.label, "upstream unreachable; trying another server");
+                    retarget(&mut req, lb, other);
+                    ex._in_flight = Some(other.state.start_request());
+                    if let Some(log) = &mut ex.log {
+                        log.upstream = Some(other.state.url.authority.clone());
+                    }
+                    if let Some(x) = &mut explain {
+                        x.server = other.state.url.authority.clone();
+                    }
+                    backend = &other.state.backend;
+                    forward(lb, backend, req).await
+                }
+                None => Err((e, None)),
+            };
+        }
+        match sent {
             Ok((resp, pooled)) => {
                 let (rparts, body) = resp.into_parts();
                 let pooled = pooled.map(|tx| (tx, backend.clone()));
                 Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
             }
-            Err(e) => return upstream_error(&e, backend, explain),
+            Err((e, _)) => return upstream_error(&e, backend, explain),
         }
     };
 
@@ -359,6 +381,46 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
     }
     if let Ok(v) = HeaderValue::from_str(&reason) {
         resp.headers_mut().insert(X_ROUTE_REASON, v);
+    }
+}
+
+/// Another live server of `lb` that can take a request prepared for server `tried`: the
+/// same scheme, and no path of its own to put in front.
+fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
+    let first = lb.servers.get(tried)?;
+    let n = lb.servers.len();
+    (1..n).map(|k| &lb.servers[(tried + k) % n]).find(|s| {
+        s.is_up()
+            && s.state.url.scheme == first.state.url.scheme
+            && !(s.preserve_path && !s.state.url.path.is_empty())
+            && !(first.preserve_path && !first.state.url.path.is_empty())
+    })
+}
+
+/// Points a request prepared for one server at another of the same service.
+fn retarget(req: &mut Request<Incoming>, lb: &LbService, to: &crate::balance::Server) {
+    match &to.state.instance {
+        Some(i) => {
+            req.headers_mut().insert(ZEITWORK_INSTANCE, i.clone());
+        }
+        None => {
+            req.headers_mut().remove(ZEITWORK_INSTANCE);
+        }
+    }
+    if !lb.pass_host_header {
+        if let Ok(v) = HeaderValue::from_str(&to.state.url.authority) {
+            if req.version() == Version::HTTP_2 {
+                if let Ok(a) = http::uri::Authority::try_from(to.state.url.authority.as_str()) {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.authority = Some(a);
+                    if let Ok(u) = Uri::from_parts(parts) {
+                        *req.uri_mut() = u;
+                    }
+                }
+            } else {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
     }
 }
 
@@ -593,7 +655,7 @@ async fn forward(
         Response<Incoming>,
         Option<hyper::client::conn::http1::SendRequest<Incoming>>,
     ),
-    UpstreamError,
+    (UpstreamError, Option<Request<Incoming>>),
 > {
     let t = &lb.transport;
     // A request the connection never wrote is returned to us and is safe to send again,
@@ -601,7 +663,12 @@ async fn forward(
     let timeout = t.response_header_timeout;
     let mut attempt = 0;
     loop {
-        let (sent, pooled) = match backend.checkout(t).await? {
+        // No connection: the request is untouched and goes back to the caller.
+        let conn = match backend.checkout(t).await {
+            Ok(c) => c,
+            Err(e) => return Err((e, Some(req))),
+        };
+        let (sent, pooled) = match conn {
             Conn::H1 { mut tx, .. } => (
                 tokio::time::timeout(timeout, tx.try_send_request(req)).await,
                 Some(tx),
@@ -613,9 +680,9 @@ async fn forward(
         };
         let result = match sent {
             Err(_) => {
-                return Err(UpstreamError::ResponseTimeout(
-                    backend.authority.clone(),
-                    timeout,
+                return Err((
+                    UpstreamError::ResponseTimeout(backend.authority.clone(), timeout),
+                    None,
                 ))
             }
             Ok(Ok(resp)) => return Ok((resp, pooled)),
@@ -628,9 +695,9 @@ async fn forward(
                 attempt += 1;
             }
             _ => {
-                return Err(UpstreamError::Request(
-                    backend.authority.clone(),
-                    e.into_error(),
+                return Err((
+                    UpstreamError::Request(backend.authority.clone(), e.into_error()),
+                    None,
                 ))
             }
         }

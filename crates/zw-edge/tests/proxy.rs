@@ -161,6 +161,40 @@ http:
     edge.shutdown().await;
 }
 
+/// A server that refuses connections (a node that is gone, before the next snapshot says
+/// so): nothing was sent, so the request goes to another server, whatever its method.
+#[tokio::test]
+async fn an_unreachable_server_is_passed_over_for_a_live_one() {
+    let live = Upstream::start("live").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        "http:\n  services:\n    s: {{loadBalancer: {{strategy: roundRobin, servers: [{{url: \"http://{dead}\"}}, {{url: \"{}\"}}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n",
+        live.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    for method in ["GET", "POST", "GET", "DELETE"] {
+        let r = c
+            .send(
+                req("lb.test", "/")
+                    .method(method)
+                    .body(Full::new(Bytes::from_static(b"payload")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, "live".to_string()),
+            "{method}"
+        );
+    }
+    edge.shutdown().await;
+}
+
 async fn distribution(
     strategy: &str,
     weights: [u32; 3],

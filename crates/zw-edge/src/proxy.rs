@@ -387,14 +387,15 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
 /// Another live server of `lb` that can take a request prepared for server `tried`: the
 /// same scheme, and no path of its own to put in front.
 fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
+    let adds_path = |s: &crate::balance::Server| s.preserve_path && !s.state.url.path.is_empty();
     let first = lb.servers.get(tried)?;
+    if adds_path(first) {
+        return None;
+    }
     let n = lb.servers.len();
-    (1..n).map(|k| &lb.servers[(tried + k) % n]).find(|s| {
-        s.is_up()
-            && s.state.url.scheme == first.state.url.scheme
-            && !(s.preserve_path && !s.state.url.path.is_empty())
-            && !(first.preserve_path && !first.state.url.path.is_empty())
-    })
+    (1..n)
+        .map(|k| &lb.servers[(tried + k) % n])
+        .find(|s| s.is_up() && s.state.url.scheme == first.state.url.scheme && !adds_path(s))
 }
 
 /// Points a request prepared for one server at another of the same service.

@@ -181,7 +181,18 @@ fn deploy_crash_agent_loss_and_restart() {
     assert_eq!(p.app_processes(), before, "the same processes, none added");
     assert_eq!(p.started("hello").len(), 4);
 
-    // The agent dies: its node is suspect, then lost, and its replicas move.
+    // The agent dies: its node is suspect, then lost, and its replicas move. Until then
+    // the edges still route to its ingress, which refuses connections: they send those
+    // requests to node 1 instead, so clients see no failure.
+    let load = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut codes = Vec::new();
+        while Instant::now() < deadline && codes.len() < 20_000 {
+            codes.push(http(balancer, "GET", "/", None, None, &[("host", "hello.test")]).0);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        codes
+    });
     let killed_at = Instant::now();
     agent2.kill();
     eventually(Duration::from_secs(15), "node 2 lost", || {
@@ -191,6 +202,15 @@ fn deploy_crash_agent_loss_and_restart() {
             .then_some(())
     });
     let lost_after = killed_at.elapsed();
+    let codes = load.join().unwrap();
+    let failed = codes.iter().filter(|c| **c != 200).count();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed while node 2 was going",
+        codes.len()
+    );
+    eprintln!("node 2 going: {} requests, 0 failed", codes.len());
     eventually(
         Duration::from_secs(30),
         "four started replicas on node 1",

@@ -384,8 +384,9 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
     }
 }
 
-/// Another live server of `lb` that can take a request prepared for server `tried`: the
-/// same scheme, and no path of its own to put in front.
+/// Another live server of `lb` that can take a request prepared for server `tried`: at
+/// another address (instances behind one worker ingress share it, and fail together),
+/// with the same scheme, and no path of its own to put in front.
 fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
     let adds_path = |s: &crate::balance::Server| s.preserve_path && !s.state.url.path.is_empty();
     let first = lb.servers.get(tried)?;
@@ -393,9 +394,12 @@ fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
         return None;
     }
     let n = lb.servers.len();
-    (1..n)
-        .map(|k| &lb.servers[(tried + k) % n])
-        .find(|s| s.is_up() && s.state.url.scheme == first.state.url.scheme && !adds_path(s))
+    (1..n).map(|k| &lb.servers[(tried + k) % n]).find(|s| {
+        s.is_up()
+            && !Arc::ptr_eq(&s.state.backend, &first.state.backend)
+            && s.state.url.scheme == first.state.url.scheme
+            && !adds_path(s)
+    })
 }
 
 /// Points a request prepared for one server at another of the same service.

@@ -597,11 +597,11 @@ fn upstream_request(
     };
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(path_and_query);
-    // Only the edge names the instance a worker ingress forwards to; never the client.
-    match &server.state.instance {
-        Some(instance) => parts.headers.insert(ZEITWORK_INSTANCE, instance.clone()),
-        None => parts.headers.remove(ZEITWORK_INSTANCE),
-    };
+    // Only the edge names the instance a worker ingress forwards to: a client's own
+    // header is overwritten (elsewhere it means nothing, and costs nothing to leave).
+    if let Some(instance) = &server.state.instance {
+        parts.headers.insert(ZEITWORK_INSTANCE, instance.clone());
+    }
     match url.scheme {
         UpstreamScheme::Http | UpstreamScheme::Https => {
             parts.version = Version::HTTP_11;

@@ -302,10 +302,70 @@ mod tests {
         let err = unpack(src.path(), work.path()).unwrap_err();
         assert!(err.contains("does not match its digest"), "{err}");
 
+        // A symlink pointing out of the root, then a file written through it.
+        let outside = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "escape", outside.path()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "escape/planted", &b"bad"[..])
+            .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let _ = apply_layer(&b.into_inner().unwrap()[..], root.path());
+        assert!(
+            !outside.path().join("planted").exists(),
+            "nothing is written through a link out of the root"
+        );
+
         assert_eq!(confined(Path::new("../etc/passwd")), None);
         assert_eq!(
             confined(Path::new("/etc/passwd")),
             Some(PathBuf::from("etc/passwd"))
         );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn component() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("..".to_string()),
+                Just(".".to_string()),
+                Just("".to_string()),
+                "[a-z.]{1,6}",
+            ]
+        }
+
+        proptest! {
+            /// Whatever a layer names, what is kept stays below the root.
+            #[test]
+            fn confined_paths_stay_below_the_root(parts in proptest::collection::vec(component(), 0..6), absolute in any::<bool>()) {
+                let joined = parts.join("/");
+                let raw = if absolute { format!("/{joined}") } else { joined };
+                if let Some(p) = confined(Path::new(&raw)) {
+                    prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))), "{p:?}");
+                    prop_assert!(!raw.split('/').any(|c| c == ".."), "{raw} kept as {p:?}");
+                }
+            }
+
+            /// Arbitrary bytes as a layer: an error or a tree, never a panic, and nothing
+            /// written beside the root.
+            #[test]
+            fn any_layer_bytes_are_refused_or_applied_inside_the_root(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path().join("root");
+                std::fs::create_dir_all(&root).unwrap();
+                let _ = apply_layer(&bytes[..], &root);
+                let beside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+                prop_assert_eq!(beside, vec![std::ffi::OsString::from("root")]);
+            }
+        }
     }
 }

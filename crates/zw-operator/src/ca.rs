@@ -89,6 +89,27 @@ pub(crate) async fn issue(
     for (i, n) in req.names.iter().enumerate() {
         check_host(&format!("names[{i}]"), n).map_err(Error::invalid)?;
     }
+    if role == TokenRole::Agent {
+        // A node certificate for another node's address would let its holder pose as
+        // that node's ingress to the edges. Loopback is exempt: several agents on one
+        // machine share it, and nothing off the machine can reach it.
+        let loopback = |n: &str| {
+            n == "localhost"
+                || n.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        for (i, n) in req.names.iter().enumerate().filter(|(_, n)| !loopback(n)) {
+            let holders = app.store.nodes_at(n).await?;
+            if let Some(other) = holders.iter().find(|id| **id != req.name) {
+                return Err(Error::new(
+                    http::StatusCode::CONFLICT,
+                    "conflict",
+                    format!("{n} is node {other}'s address; a node certificate names only its own"),
+                )
+                .field(format!("names[{i}]")));
+            }
+        }
+    }
     let ca = ca(&app).await?;
     let role = match role {
         TokenRole::Edge => Role::Edge,

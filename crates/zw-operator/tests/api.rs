@@ -592,6 +592,33 @@ async fn certificates_follow_the_token_role() {
         )
         .await;
         assert_eq!((s, v["field"].as_str()), (422, Some("names[0]")), "{v}");
+        // Another node's address is not for the asking.
+        api.ok("POST", "/api/v1/regions", Some(json!({ "name": "eu" })))
+            .await;
+        api.store
+            .agent_hello(&zw_store::AgentHello {
+                node_id: "node-1",
+                hostname: "h",
+                region: "eu",
+                address: "10.0.0.7",
+                ingress_address: "10.0.0.7:7443",
+                resources: Default::default(),
+                drivers: &[],
+            })
+            .await
+            .unwrap();
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-2", "names": ["10.0.0.7"] }),
+        )
+        .await;
+        assert_eq!((s, v["field"].as_str()), (409, Some("names[0]")), "{v}");
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-1", "names": ["10.0.0.7"] }),
+        )
+        .await;
+        assert_eq!(s, 200, "the node itself may renew: {v}");
         // A join token opens nothing else.
         let (s, _) = api
             .raw("GET", "/api/v1/deployments", vec![], Some(&agent_token))

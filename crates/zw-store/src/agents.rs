@@ -446,6 +446,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The ids of nodes registered at `address` (their host, as their agents gave it).
+    pub async fn nodes_at(&self, address: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM nodes WHERE address = $1 ORDER BY id")
+                .bind(address)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// A stored setting.
     pub async fn setting(&self, name: &str) -> Result<Option<String>> {
         Ok(

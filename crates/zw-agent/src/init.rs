@@ -76,13 +76,15 @@ pub fn run(a: InitArgs) -> i32 {
     // SAFETY: single-threaded (see the module documentation).
     match unsafe { fork() } {
         Err(e) => fail("forking PID 1", e),
-        Ok(ForkResult::Parent { child }) => relay(child),
+        Ok(ForkResult::Parent { child }) => supervise(child),
         Ok(ForkResult::Child) => std::process::exit(pid1(&a)),
     }
 }
 
-/// Forwards signals to `child` until it exits; returns its status as an exit code.
-fn relay(child: Pid) -> i32 {
+/// Forwards signals to `child` and reaps every process that ends (orphans re-parented to
+/// a PID 1, as well as `child`) until `child` exits; returns its status as an exit code.
+/// The shim outside the namespace and PID 1 inside both run this.
+fn supervise(child: Pid) -> i32 {
     let set = signals();
     loop {
         match set.wait() {
@@ -150,24 +152,7 @@ fn pid1(a: &InitArgs) -> i32 {
         }
         Ok(ForkResult::Parent { child }) => child,
     };
-    let set = signals();
-    loop {
-        match set.wait() {
-            Ok(Signal::SIGCHLD) => loop {
-                // Reap everything: orphans re-parented to us as well as the app.
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == app => return code,
-                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == app => return 128 + sig as i32,
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => continue,
-                }
-            },
-            Ok(sig) => {
-                let _ = kill(app, sig);
-            }
-            Err(_) => {}
-        }
-    }
+    supervise(app)
 }
 
 fn enter_root(root: &std::path::Path) -> nix::Result<()> {

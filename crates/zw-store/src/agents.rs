@@ -57,52 +57,28 @@ impl Store {
         let now = unix_millis();
         let mut tx = self.begin_write().await?;
         crate::entities::require(&mut tx, "regions", "name", "region", "region", h.region).await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
-            .bind(h.node_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match existing {
-            Some(state) => {
-                let state = match NodeState::parse(&state) {
-                    Some(s @ (NodeState::Draining | NodeState::Down)) => s,
-                    _ => NodeState::Ready,
-                };
-                sqlx::query(
-                    "UPDATE nodes SET hostname = $1, address = $2, region = $3, state = $4, cpu_millis = $5, memory_mb = $6, disk_mb = $7, last_heartbeat_at = $8, ingress_address = $9, drivers = $10 WHERE id = $11",
-                )
-                .bind(h.hostname)
-                .bind(h.address)
-                .bind(h.region)
-                .bind(state.as_str())
-                .bind(h.resources.cpu_millis.min(i64::MAX as u64) as i64)
-                .bind(h.resources.memory_mb.min(i64::MAX as u64) as i64)
-                .bind(h.resources.disk_mb.min(i64::MAX as u64) as i64)
-                .bind(now)
-                .bind(h.ingress_address)
-                .bind(&drivers)
-                .bind(h.node_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at, ingress_address, drivers) \
-                     VALUES ($1, $2, $3, $4, 'worker', 'ready', $5, $6, $7, $8, $8, $9, $10)",
-                )
-                .bind(h.node_id)
-                .bind(h.hostname)
-                .bind(h.address)
-                .bind(h.region)
-                .bind(h.resources.cpu_millis.min(i64::MAX as u64) as i64)
-                .bind(h.resources.memory_mb.min(i64::MAX as u64) as i64)
-                .bind(h.resources.disk_mb.min(i64::MAX as u64) as i64)
-                .bind(now)
-                .bind(h.ingress_address)
-                .bind(&drivers)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        // New, or back: ready, unless an operator drained it or took it down.
+        sqlx::query(
+            "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at, ingress_address, drivers) \
+             VALUES ($1, $2, $3, $4, 'worker', 'ready', $5, $6, $7, $8, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, address = excluded.address, \
+               region = excluded.region, cpu_millis = excluded.cpu_millis, memory_mb = excluded.memory_mb, \
+               disk_mb = excluded.disk_mb, last_heartbeat_at = excluded.last_heartbeat_at, \
+               ingress_address = excluded.ingress_address, drivers = excluded.drivers, \
+               state = CASE WHEN nodes.state IN ('draining', 'down') THEN nodes.state ELSE 'ready' END",
+        )
+        .bind(h.node_id)
+        .bind(h.hostname)
+        .bind(h.address)
+        .bind(h.region)
+        .bind(h.resources.cpu_millis.min(i64::MAX as u64) as i64)
+        .bind(h.resources.memory_mb.min(i64::MAX as u64) as i64)
+        .bind(h.resources.disk_mb.min(i64::MAX as u64) as i64)
+        .bind(now)
+        .bind(h.ingress_address)
+        .bind(&drivers)
+        .execute(&mut *tx)
+        .await?;
         self.commit_routing(tx).await
     }
 

@@ -224,10 +224,6 @@ impl FirecrackerDriver {
 }
 
 impl Driver for FirecrackerDriver {
-    fn runtime(&self) -> Runtime {
-        Runtime::Firecracker
-    }
-
     fn status(&self) -> DriverStatus {
         DriverStatus {
             runtime: Runtime::Firecracker,

@@ -151,10 +151,12 @@ pub fn alive(pid: u32, ticks: Option<u64>) -> bool {
 
 /// A runtime driver.
 pub trait Driver: Send + Sync {
-    fn runtime(&self) -> Runtime;
-
-    /// Whether it works on this node, and why not.
+    /// Which runtime it is, whether it works on this node, and why not.
     fn status(&self) -> DriverStatus;
+
+    fn runtime(&self) -> Runtime {
+        self.status().runtime
+    }
 
     /// Starts the instance.
     fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>>;

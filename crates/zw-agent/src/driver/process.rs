@@ -114,10 +114,6 @@ impl ProcessDriver {
 }
 
 impl Driver for ProcessDriver {
-    fn runtime(&self) -> Runtime {
-        Runtime::Process
-    }
-
     fn status(&self) -> DriverStatus {
         DriverStatus {
             runtime: Runtime::Process,

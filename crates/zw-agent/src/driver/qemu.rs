@@ -298,10 +298,6 @@ async fn qmp_quit(socket: &Path) -> Result<(), String> {
 }
 
 impl Driver for QemuDriver {
-    fn runtime(&self) -> Runtime {
-        Runtime::Qemu
-    }
-
     fn status(&self) -> DriverStatus {
         DriverStatus {
             runtime: Runtime::Qemu,

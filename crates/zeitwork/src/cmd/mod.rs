@@ -10,6 +10,22 @@ pub mod up;
 
 use std::time::Duration;
 
+/// Where the platform keeps its state: the SQLite database, the admin token and the
+/// platform CA's row (`zeitwork operator`), and with `zeitwork up` also the edge's
+/// last-known-good and the agent's records and logs.
+#[derive(clap::Args)]
+pub struct DataDir {
+    /// Where the platform keeps its state (database, admin token; with `up`, also the
+    /// edge's and the agent's).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./zeitwork-data",
+        env = "ZEITWORK_DATA_DIR"
+    )]
+    pub data_dir: std::path::PathBuf,
+}
+
 /// Parses `10s`, `500ms`, `1m` (a clap value parser).
 pub fn duration(s: &str) -> Result<Duration, String> {
     zw_config::Dur::parse(s).map(|d| d.0)

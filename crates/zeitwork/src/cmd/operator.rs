@@ -19,14 +19,8 @@ Edges connect to ws://LISTEN/api/v1/edge/connect with a join token:\n  \
 curl -H \"Authorization: Bearer $(cat zeitwork-data/admin-token)\" \\\n       \
 -d '{\"role\":\"edge\"}' http://127.0.0.1:7070/api/v1/join-tokens")]
 pub struct OperatorArgs {
-    /// Directory for the SQLite database and the admin token file.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "./zeitwork-data",
-        env = "ZEITWORK_DATA_DIR"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// PostgreSQL instead of the embedded SQLite: postgres://user@host:port/db.
     #[arg(long, value_name = "URL", env = "ZEITWORK_DATABASE_URL")]
     database_url: Option<String>,
@@ -78,11 +72,16 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&args.data_dir)
-        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+        .create(&args.data.data_dir)
+        .with_context(|| {
+            format!(
+                "creating the data directory {}",
+                args.data.data_dir.display()
+            )
+        })?;
     let url = match &args.database_url {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}/state.db", args.data_dir.display()),
+        None => format!("sqlite://{}/state.db", args.data.data_dir.display()),
     };
     let store = zw_store::Store::open(&url)
         .await
@@ -91,14 +90,14 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
 
     if args.rotate_admin_token {
         let t = store.rotate_admin().await?;
-        show_token(&args.data_dir, &t)?;
+        show_token(&args.data.data_dir, &t)?;
     } else if let Some(t) = store.bootstrap_admin().await? {
-        show_token(&args.data_dir, &t)?;
-    } else if !token_file(&args.data_dir).exists() {
+        show_token(&args.data.data_dir, &t)?;
+    } else if !token_file(&args.data.data_dir).exists() {
         // Not replaced here: a replica with its own data directory shares the token.
         tracing::warn!(
             "an admin token exists but {} does not; if it is lost, restart with --rotate-admin-token",
-            token_file(&args.data_dir).display()
+            token_file(&args.data.data_dir).display()
         );
     }
 

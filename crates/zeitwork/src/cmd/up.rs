@@ -2,7 +2,6 @@
 //! directory), one agent, one edge and one balancer — for a first run and for development.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,14 +18,8 @@ curl http://hello.localhost:8000/\n\n\
 Ctrl-C stops everything, the instances included. State (the SQLite database, the admin token,\n\
 the platform CA, the edge's last-known-good, the agent's records and logs) stays in --data-dir.")]
 pub struct UpArgs {
-    /// Where everything is kept.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "./zeitwork-data",
-        env = "ZEITWORK_DATA_DIR"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: super::DataDir,
     /// The region this machine is.
     #[arg(long, value_name = "NAME", default_value = "local")]
     region: String,
@@ -68,7 +61,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let data = &args.data_dir;
+    let data = &args.data.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let url = format!("sqlite://{}/state.db", data.display());
     let store = zw_store::Store::open(&url)

@@ -353,3 +353,84 @@ fn an_image_runs_isolated_in_its_own_root_filesystem() {
     let uts = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/uts")).unwrap();
     assert_ne!(uts(&httpd.to_string()), uts("self"), "its own host name");
 }
+
+/// Every process that carries one of `ids` as its `ZEITWORK_INSTANCE` (the app, and
+/// `zeitwork-init` around it when the agent isolates), as (pid, command line).
+fn processes_of(ids: &[String]) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let mine = env.split(|b| *b == 0).any(|kv| {
+            ids.iter()
+                .any(|id| kv == format!("ZEITWORK_INSTANCE={id}").as_bytes())
+        });
+        if mine {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Crash → restart, three times under load with three replicas, then `destroy` and Ctrl-C:
+/// no process of the app may be left behind. (An instance once reported `stopped` while
+/// its init and app still ran, and outlived `zeitwork up`.)
+#[test]
+fn crashes_then_destroy_leave_no_process_behind() {
+    if !tool("python3") || !tool("curl") {
+        return;
+    }
+    let p = start_up(&[]);
+    p.deploy("crashy", 3);
+    let ids: Vec<String> = p
+        .started("crashy")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let balancer = p.balancer;
+    let load = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let mut n = 0;
+        while Instant::now() < deadline && n < 5000 {
+            http(balancer, "GET", "/", None, None, &[("host", "crashy.test")]);
+            n += 1;
+        }
+    });
+    for round in 0..3 {
+        let victim = &ids[round % ids.len()];
+        let (pid, _) = p
+            .app_processes()
+            .into_iter()
+            .find(|(_, id)| id == victim)
+            .expect("the victim's process");
+        signal(pid, "-KILL");
+        eventually(
+            Duration::from_secs(20),
+            "the killed instance restarted",
+            || {
+                p.app_processes()
+                    .into_iter()
+                    .find(|(new, id)| id == victim && *new != pid)
+            },
+        );
+        eventually(Duration::from_secs(20), "three started again", || {
+            (p.started("crashy").len() == 3).then_some(())
+        });
+    }
+    load.join().unwrap();
+    let (ok, out) = p.zeitwork(&["destroy", "crashy"]);
+    assert!(ok, "{out}");
+    eventually(
+        Duration::from_secs(20),
+        "every process of the app gone after destroy",
+        || processes_of(&ids).is_empty().then_some(()),
+    );
+    signal(p.up.pid(), "-INT");
+    p.up.wait_log(Duration::from_secs(20), |v| message(v) == "stopped");
+    let left = processes_of(&ids);
+    assert!(left.is_empty(), "left running: {left:?}");
+}

@@ -91,6 +91,52 @@ impl Cgroups {
         std::fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
+    /// Every process in the instance's groups (each pid once).
+    pub fn procs(&self, id: &str) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs(id)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// SIGKILLs everything in the instance's groups, and waits (up to `within`) until they
+    /// are empty. The group, not a pid or a process group, is the set to kill: a process
+    /// that left the process group, or outlived the init that started it, is still in it.
+    /// Uses `cgroup.kill` on v2 (Linux 5.14+, atomic against forks); elsewhere kills every
+    /// pid of `cgroup.procs`, again and again until none is left. Returns the pids still
+    /// there when `within` ran out (empty: the instance is gone).
+    pub async fn kill_all(&self, id: &str, within: std::time::Duration) -> Vec<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let pids = self.procs(id);
+            if pids.is_empty() || tokio::time::Instant::now() >= deadline {
+                return pids;
+            }
+            let killed_by_group = match self {
+                Cgroups::V2(p) => std::fs::write(p.join(id).join("cgroup.kill"), "1").is_ok(),
+                Cgroups::V1 { .. } => false,
+            };
+            if !killed_by_group {
+                for pid in &pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Removes the instance's groups once its processes are gone.
     pub fn remove(&self, id: &str) {
         for dir in self.dirs(id) {

@@ -372,6 +372,15 @@ impl Inner {
         });
     }
 
+    /// Kills whatever is left in the instance's cgroups and waits until they are empty.
+    async fn reap(&self, id: &str) {
+        let Some(cg) = &self.cgroups else { return };
+        let left = cg.kill_all(id, Duration::from_secs(10)).await;
+        if !left.is_empty() {
+            tracing::error!(instance = id, pids = ?left, "processes of the instance survived SIGKILL for 10 s (uninterruptible sleep?); its cgroup stays");
+        }
+    }
+
     fn save(&self, record: &Record) {
         if let Err(e) = self.records.save(record) {
             tracing::error!(instance = %record.id(), error = %e, "writing the instance record failed");
@@ -468,8 +477,14 @@ async fn run(
                 if let Some(mut r) = running.take() {
                     if r.is_alive() {
                         driver.stop(&mut r, t.grace).await;
+                    } else {
+                        // The process we watched is gone, but what it started may not be
+                        // (an app that outlived its init would hold the port, and the
+                        // restart would fail on it).
+                        r.signal(nix::sys::signal::Signal::SIGKILL);
                     }
                 }
+                inner.reap(&id).await;
                 if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
                     break;
                 }
@@ -482,6 +497,8 @@ async fn run(
         let exit = d.stop(&mut r, t.grace).await;
         tracing::info!(instance = %id, how = %exit.0, "instance process ended");
     }
+    // Stopped means no process of the instance is left, not that its first one exited.
+    inner.reap(&id).await;
     inner.report(&id, InstanceState::Stopped, None);
     if let Some(cg) = &inner.cgroups {
         cg.remove(&id);

@@ -21,30 +21,38 @@ impl Dur {
             return Ok(Dur(Duration::from_secs(secs)));
         }
         let mut total = Duration::ZERO;
-        let mut rest = s;
-        while !rest.is_empty() {
-            let num_len = rest
-                .bytes()
-                .take_while(|b| b.is_ascii_digit() || *b == b'.')
-                .count();
-            if num_len == 0 {
+        // Work on chars, never byte offsets: the input is user text, and a unit such as
+        // `µs` (or a stray `¢`) is more than one byte wide.
+        let mut chars = s.chars().peekable();
+        while chars.peek().is_some() {
+            let mut num = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_digit() || c == '.' {
+                    num.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if num.is_empty() {
                 return Err(format!(
                     "invalid duration `{s}` (examples: 10s, 1m30s, 250ms)"
                 ));
             }
-            let num: f64 = rest[..num_len]
+            let num: f64 = num
                 .parse()
                 .map_err(|_| format!("invalid number in duration `{s}`"))?;
-            rest = &rest[num_len..];
-            let unit_len = rest
-                .bytes()
-                .take_while(|b| b.is_ascii_alphabetic() || *b == 0xC2 || *b == 0xB5)
-                .count();
-            let unit = &rest[..unit_len];
-            rest = &rest[unit_len..];
-            let nanos_per = match unit {
+            let mut unit = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_digit() || c == '.' {
+                    break;
+                }
+                unit.push(c);
+                chars.next();
+            }
+            let nanos_per = match unit.as_str() {
                 "ns" => 1.0,
-                "us" | "µs" => 1e3,
+                "us" | "µs" | "μs" => 1e3,
                 "ms" => 1e6,
                 "s" => 1e9,
                 "m" => 60e9,
@@ -56,7 +64,10 @@ impl Dur {
             if !nanos.is_finite() || nanos > 1e18 {
                 return Err(format!("duration `{s}` is too long"));
             }
-            total += Duration::from_nanos(nanos as u64);
+            total = total
+                .checked_add(Duration::from_nanos(nanos as u64))
+                .filter(|t| t.as_nanos() <= 1_000_000_000_000_000_000)
+                .ok_or_else(|| format!("duration `{s}` is too long"))?;
         }
         Ok(Dur(total))
     }
@@ -121,6 +132,30 @@ mod tests {
         assert!(Dur::parse("s").is_err());
         assert!(Dur::parse("1.2.3s").is_err());
         assert!(Dur::parse("99999999999999h").is_err());
+        assert_eq!(Dur::parse("3µs").unwrap().0, Duration::from_micros(3));
+    }
+
+    /// Multi-byte characters once made the parser slice inside a character and panic.
+    #[test]
+    fn multibyte_input_is_an_error_not_a_panic() {
+        for bad in ["1¢", "1\u{a0}s", "¢", "1s¢", "5µ", "1€s2"] {
+            assert!(Dur::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text at all: an answer, never a panic.
+        #[test]
+        fn any_string_parses_or_errs(s in "\\PC{0,12}") {
+            let _ = Dur::parse(&s);
+        }
+
+        /// What Display writes reads back as the same duration.
+        #[test]
+        fn display_round_trips(nanos in 0u64..1_000_000_000_000_000) {
+            let d = Dur(Duration::from_nanos(nanos));
+            proptest::prop_assert_eq!(Dur::parse(&d.to_string()).unwrap(), d);
+        }
     }
 
     #[test]

@@ -85,21 +85,24 @@ impl FileProvider {
             if fingerprint(&self.path, &self.limits) == self.seen {
                 continue;
             }
-            let e = edge.clone();
+            // Taken before the load: a change that lands while it runs is seen next poll.
+            self.seen = fingerprint(&self.path, &self.limits);
+            let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits.clone());
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
-            let joined = tokio::task::spawn_blocking(move || {
-                let r = self.load_into(&e);
-                (self, r)
-            })
-            .await;
-            let (back, result) = match joined {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration loader failed; watching stopped");
-                    return;
+            // The load runs on its own task, so even a bug that panics in it fails this one
+            // load, and watching goes on with the running configuration.
+            let result = match tokio::task::spawn_blocking(move || e.load_file(&path, &limits))
+                .await
+            {
+                Ok(r) => r,
+                Err(join) => {
+                    let error = format!(
+                        "the configuration loader failed ({join}); this is a bug, please report it with the file"
+                    );
+                    edge.reject(&error, "file");
+                    Err(error)
                 }
             };
-            self = back;
             match result {
                 Ok(version) => {
                     tracing::info!(path = %self.path.display(), version, "configuration change applied")

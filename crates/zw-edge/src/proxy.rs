@@ -233,7 +233,17 @@ async fn proxy(
     };
     let Some((router_idx, priority, reason)) = routed else {
         ex.shared.metrics.no_route.fetch_add(1, Relaxed);
-        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+        let mut resp = local(StatusCode::NOT_FOUND, "Service Not Found\n");
+        if snap.routing_headers {
+            // The case where an explanation helps most: say that nothing matched, and where.
+            let ep_name = ex.shared.entry_points.get(ep).map_or("?", String::as_str);
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("no router matched on entry point {ep_name}"))
+            {
+                resp.headers_mut().insert(X_ROUTE_REASON, v);
+            }
+        }
+        return resp;
     };
     let Some(router) = snap.routers.get(router_idx as usize) else {
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
@@ -451,13 +461,19 @@ fn upstream_error(
     resp
 }
 
-/// A response made by the edge itself.
+/// A response made by the edge itself. Like Traefik's (Go's `http.Error`), it tells
+/// browsers not to sniff the body into something other than text.
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     resp
 }

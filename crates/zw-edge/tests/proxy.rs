@@ -108,6 +108,32 @@ http:
         let resp = c.send(r.body(empty()).unwrap()).await.unwrap();
         assert_eq!(resp.status, 404, "{why}: {resp:?}");
         assert_eq!(resp.body, "Service Not Found\n");
+        // the edge's own answers say why, and are not to be sniffed (as Traefik's are not)
+        assert_eq!(
+            resp.header("x-route-reason"),
+            Some("no router matched on entry point web"),
+            "{why}"
+        );
+        assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+    }
+    // Traefik upper-cases a rule's method and compares exactly; a one-argument Query()
+    // wants the key with an empty value.
+    let cfg_more = r#"
+    m2: {rule: "Host(`m2.test`) && Method(`post`)", service: s}
+    q1: {rule: "Host(`q1.test`) && Query(`mobile`)", service: s}
+"#;
+    let v0 = edge.edge.status().version;
+    edge.write_config(&format!("{cfg}{}", cfg_more.trim_start_matches('\n')));
+    edge.wait_version_above(v0).await;
+    for (r, want) in [
+        (Request::post("/").header("host", "m2.test"), 200),
+        (Request::get("/").header("host", "m2.test"), 404),
+        (req("q1.test", "/?mobile"), 200),
+        (req("q1.test", "/?mobile="), 200),
+        (req("q1.test", "/?mobile=true"), 404),
+    ] {
+        let resp = c.send(r.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status, want, "{resp:?}");
     }
     let bad = c
         .send(req("p.test", "/bad%zzescape").body(empty()).unwrap())

@@ -202,3 +202,42 @@ async fn an_invalid_change_is_rejected_whole_and_visible() {
     assert!(edge.admin_get("/debug/config").await.json()["last_error"].is_null());
     edge.shutdown().await;
 }
+
+/// A duration with a multi-byte character (`1¢`) once panicked in the parser, which killed
+/// the watcher's load task: the file provider never looked at the file again. Now it is an
+/// ordinary rejected change, and the next good change applies.
+#[tokio::test]
+async fn a_change_the_parser_chokes_on_does_not_stop_watching() {
+    let up = Upstream::start("old").await;
+    let good = one_route("Host(`a.test`)", &up.url());
+    let edge = TestEdge::start(&good).await;
+    let before = edge.admin_get("/debug/config").await.json();
+    let version = before["version"].as_u64().unwrap_or(0);
+
+    for bad in ["1¢", "1\u{a0}s"] {
+        edge.write_config(&format!(
+            "{good}  serversTransports:\n    t: {{forwardingTimeouts: {{dialTimeout: \"{bad}\"}}}}\n"
+        ));
+        let mut status = serde_json::Value::Null;
+        for _ in 0..250 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            status = edge.admin_get("/debug/config").await.json();
+            if status["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(bad))
+            {
+                break;
+            }
+        }
+        let err = status["last_error"].as_str().unwrap_or_default();
+        assert!(err.contains("dialTimeout"), "{bad:?}: {status}");
+        assert_eq!(status["version"], before["version"]);
+    }
+
+    edge.write_config(&format!(
+        "{good}    r2: {{rule: \"Host(`b.test`)\", service: s}}\n"
+    ));
+    edge.wait_version_above(version).await;
+    assert_eq!(get(edge.addr, "b.test", "/").await.upstream(), "old");
+    edge.shutdown().await;
+}

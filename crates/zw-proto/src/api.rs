@@ -400,9 +400,14 @@ pub struct ApplySpec {
     #[serde(default)]
     pub image: Option<NewImage>,
     pub deployment: NewDeployment,
-    /// Domains routed to the deployment; created verified, or moved to it.
+    /// Domains routed to the deployment; created verified. A domain another deployment
+    /// already has is a conflict (409) unless `move_domains` is set.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Take the listed domains from whichever deployment has them: moving a domain that
+    /// another app serves is an explicit act.
+    #[serde(default)]
+    pub move_domains: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -162,7 +162,10 @@ fn compile_call(call: &MatcherCall) -> Result<Leaf, RuleError> {
                 Leaf::HeaderRegexp(h, re)
             }
         }
-        MatcherKind::Method => Leaf::Method(arg(0).into()),
+        // Traefik upper-cases the rule's method when it builds the matcher and compares the
+        // request's method exactly (pkg/muxer/http/matcher.go, `method`): `Method(`get`)`
+        // matches `GET`, and a request sent as `get` matches nothing.
+        MatcherKind::Method => Leaf::Method(arg(0).to_ascii_uppercase().into()),
         MatcherKind::Query => {
             Leaf::Query(arg(0).into(), call.args.get(1).map(|v| v.as_str().into()))
         }
@@ -233,8 +236,11 @@ fn eval_leaf(leaf: &Leaf, req: &RequestView<'_>) -> bool {
             .any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
         Leaf::Never => false,
         Leaf::Method(m) => req.method == &**m,
-        Leaf::Query(key, want) => query_pairs(req.query)
-            .any(|(k, v)| k == **key && want.as_deref().is_none_or(|w| v == w)),
+        // One argument means "present with an empty value", as in Traefik, whose matcher
+        // looks the key's values up for "" (pkg/muxer/http/matcher.go, `query`).
+        Leaf::Query(key, want) => {
+            query_pairs(req.query).any(|(k, v)| k == **key && v == want.as_deref().unwrap_or(""))
+        }
         Leaf::QueryRegexp(key, re) => query_pairs(req.query)
             .any(|(k, v)| k == **key && re.as_ref().is_none_or(|re| re.is_match(&v))),
         Leaf::ClientIp(net) => req.client_ip.is_some_and(|ip| net.contains(canonical(ip))),
@@ -427,7 +433,16 @@ mod tests {
     #[test]
     fn method_is_case_sensitive() {
         assert!(m("Method(`GET`)", &Req::default()));
-        assert!(!m("Method(`get`)", &Req::default()));
+        // the rule's value is upper-cased; the request's method is compared exactly
+        // (Traefik's TestMethodMatcher: `Method(`get`)` matches GET, and a request sent
+        // with the method `get` does not match `Method(`GET`)`)
+        assert!(m("Method(`get`)", &Req::default()));
+        let lower = Req {
+            method: "get",
+            ..Req::default()
+        };
+        assert!(!m("Method(`GET`)", &lower));
+        assert!(!m("Method(`get`)", &lower));
     }
 
     #[test]
@@ -436,8 +451,16 @@ mod tests {
             query: "a=1&b=hello+world&c%20d=%2Fx&flag",
             ..Req::default()
         };
-        assert!(m("Query(`a`)", &r));
+        // one argument: present with an empty value (Traefik's TestQueryMatcher:
+        // `Query(`foo`)` matches `?foo` and `?foo=`, not `?foo=bar`)
+        assert!(!m("Query(`a`)", &r));
         assert!(m("Query(`flag`)", &r));
+        let empty = Req {
+            query: "a=&b",
+            ..Req::default()
+        };
+        assert!(m("Query(`a`)", &empty));
+        assert!(m("Query(`b`)", &empty));
         assert!(m("Query(`b`, `hello world`)", &r));
         assert!(m("Query(`c d`, `/x`)", &r));
         assert!(!m("Query(`a`, `2`)", &r));

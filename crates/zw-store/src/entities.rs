@@ -12,7 +12,7 @@ use zw_proto::api::*;
 use zw_proto::time::{unix_millis, Timestamp};
 
 use crate::{
-    get, invalid, map_constraint, not_found, page, page_limit, random_hex, Result, Store,
+    conflict, get, invalid, map_constraint, not_found, page, page_limit, random_hex, Result, Store,
     StoreError,
 };
 
@@ -764,7 +764,7 @@ impl Store {
         };
         let now = unix_millis();
         let mut domains = Vec::new();
-        for name in &spec.domains {
+        for (i, name) in spec.domains.iter().enumerate() {
             let row = sqlx::query("SELECT * FROM domains WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
@@ -772,6 +772,15 @@ impl Store {
             let dom = match row {
                 Some(row) => {
                     let mut dom = domain(&row)?;
+                    if dom.deployment != d.name && !spec.move_domains {
+                        return Err(conflict(
+                            &format!("domains[{i}]"),
+                            format!(
+                                "domain `{name}` belongs to deployment `{}`; destroy that app first, or move the domain explicitly (`zeitwork deploy --move-domains`, or `move_domains: true` in the spec)",
+                                dom.deployment
+                            ),
+                        ));
+                    }
                     dom.deployment = d.name.clone();
                     dom.verified_at = dom.verified_at.or(Some(Timestamp(now)));
                     put_domain(&mut tx, &dom).await?;

@@ -204,6 +204,7 @@ async fn bad_writes_name_the_field_and_write_nothing() {
                     health_check: HealthCheckSpec::default(),
                 },
                 domains: vec!["ok.example.com".into(), "Bad Domain".into()],
+                move_domains: false,
             })
             .await
             .unwrap_err();
@@ -526,6 +527,7 @@ async fn app(store: &Store, name: &str, replicas: u32, regions: &[&str]) {
                 health_check: HealthCheckSpec::default(),
             },
             domains: vec![format!("{name}.test")],
+            move_domains: false,
         })
         .await
         .unwrap();
@@ -683,5 +685,73 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
         assert!(a
             .iter()
             .any(|a| a.deployment == "web" && a.command == ["/bin/app"]));
+    }
+}
+
+/// A domain belongs to one app: a second app's claim is refused with the owner's name, and
+/// nothing of that apply is written; moving it is an explicit act. (`deploy other --domain
+/// hello.localhost` once took 126 of 150 requests from `hello`, and `destroy other` then
+/// deleted the domain from under it.)
+#[tokio::test]
+async fn a_domain_is_not_taken_from_its_app_without_asking() {
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
+            .await
+            .unwrap();
+        app(store, "hello", 1, &["eu"]).await;
+        let claim = |name: &str, move_domains: bool| ApplySpec {
+            image: Some(NewImage {
+                name: name.into(),
+                command: vec!["/bin/app".into()],
+                env: Default::default(),
+                runtime: Runtime::Process,
+                rootfs: None,
+            }),
+            deployment: NewDeployment {
+                name: name.into(),
+                image: name.into(),
+                replicas: 1,
+                regions: vec!["eu".into()],
+                port: 8080,
+                health_check: HealthCheckSpec::default(),
+            },
+            domains: vec!["other.test".into(), "hello.test".into()],
+            move_domains,
+        };
+        let before = store.counts().await.unwrap();
+        let e = store.apply(claim("other", false)).await.unwrap_err();
+        match &e {
+            StoreError::Conflict(f) => {
+                assert_eq!(f.field, "domains[1]");
+                assert!(f.message.contains("belongs to deployment `hello`"), "{e}");
+            }
+            other => panic!("{:?}: want a conflict, got {other}", db.backend),
+        }
+        assert_eq!(
+            store.counts().await.unwrap(),
+            before,
+            "{:?}: nothing written",
+            db.backend
+        );
+        assert_eq!(
+            store.domain("hello.test").await.unwrap().deployment,
+            "hello"
+        );
+
+        // the owner itself may apply again with its domain
+        app(store, "hello", 2, &["eu"]).await;
+        // an explicit move
+        let applied = store.apply(claim("other", true)).await.unwrap();
+        assert_eq!(applied.domains.len(), 2);
+        assert_eq!(
+            store.domain("hello.test").await.unwrap().deployment,
+            "other"
+        );
+        store.close().await;
     }
 }

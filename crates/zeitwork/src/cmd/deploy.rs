@@ -51,6 +51,10 @@ pub struct DeployArgs {
     /// Give up waiting for the app to be routed after this long.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::duration)]
     timeout: Duration,
+    /// Take the domains from the app that has them now (without it, a domain another app
+    /// serves is refused).
+    #[arg(long)]
+    move_domains: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -167,6 +171,7 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
             },
         },
         domains: args.domains.clone(),
+        move_domains: args.move_domains,
     };
     let start = Instant::now();
     client

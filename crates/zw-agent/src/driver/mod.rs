@@ -176,3 +176,126 @@ pub trait Driver: Send + Sync {
         Box::pin(running.terminate(grace))
     }
 }
+
+/// The variables the platform sets for an instance, in the order they are exported: `PORT`,
+/// `ZEITWORK_INSTANCE`, `ZEITWORK_DEPLOYMENT`, then the image's environment.
+pub fn instance_env(a: &zw_proto::agent::Assignment, port: u16) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PORT".to_string(), port.to_string()),
+        ("ZEITWORK_INSTANCE".to_string(), a.id.clone()),
+        ("ZEITWORK_DEPLOYMENT".to_string(), a.deployment.clone()),
+    ];
+    env.extend(a.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// The command with `$NAME` and `${NAME}` replaced by the instance's variables, so that
+/// `--port $PORT` works although no shell reads the command (exec form, as in an OCI
+/// image's `Cmd`). `$$` is a literal `$`; a name the platform does not set stays as
+/// written (the app may expand it itself).
+pub fn expand_command(command: &[String], env: &[(String, String)]) -> Vec<String> {
+    command.iter().map(|arg| expand(arg, env)).collect()
+}
+
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v);
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) if lookup(&braced[..end]).is_some() => {
+                    out.push_str(lookup(&braced[..end]).map_or("", String::as_str));
+                    rest = &braced[end + 1..];
+                }
+                _ => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            let len = after.find(|c: char| !is_name(c)).unwrap_or(after.len());
+            match lookup(&after[..len]) {
+                Some(v) if len > 0 => {
+                    out.push_str(v);
+                    rest = &after[len..];
+                }
+                _ => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Vec<(String, String)> {
+        vec![
+            ("PORT".into(), "31000".into()),
+            ("ZEITWORK_INSTANCE".into(), "i-1".into()),
+            ("GREETING".into(), "hi there".into()),
+        ]
+    }
+
+    #[test]
+    fn platform_variables_expand_in_arguments() {
+        let cmd: Vec<String> = [
+            "python3",
+            "-m",
+            "http.server",
+            "$PORT",
+            "--port=${PORT}",
+            "$ZEITWORK_INSTANCE.log",
+            "${GREETING}",
+            "$$PORT",
+            "$HOME",
+            "${UNSET}",
+            "cost: 5$",
+            "${PORT",
+            "$",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            expand_command(&cmd, &env()),
+            [
+                "python3",
+                "-m",
+                "http.server",
+                "31000",
+                "--port=31000",
+                "i-1.log",
+                "hi there",
+                "$PORT",
+                "$HOME",
+                "${UNSET}",
+                "cost: 5$",
+                "${PORT",
+                "$"
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// Any argument at all: no panic, and text without `$` is untouched.
+        #[test]
+        fn expansion_never_panics(arg in "\\PC{0,24}") {
+            let out = expand(&arg, &env());
+            if !arg.contains('$') {
+                proptest::prop_assert_eq!(out, arg);
+            }
+        }
+    }
+}

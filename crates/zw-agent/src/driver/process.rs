@@ -41,7 +41,9 @@ impl ProcessDriver {
     async fn launch(&self, launch: &Launch) -> Result<Running, String> {
         let r = &launch.record;
         let a = &r.assignment;
-        let (program, args) = a.command.split_first().ok_or("the image has no command")?;
+        let env = super::instance_env(a, r.port);
+        let command = super::expand_command(&a.command, &env);
+        let (program, args) = command.split_first().ok_or("the image has no command")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,10 +91,7 @@ impl ProcessDriver {
         };
         cmd.env_clear()
             .env("PATH", PATH)
-            .env("PORT", r.port.to_string())
-            .env("ZEITWORK_INSTANCE", &a.id)
-            .env("ZEITWORK_DEPLOYMENT", &a.deployment)
-            .envs(&a.env)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

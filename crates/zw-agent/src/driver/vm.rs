@@ -191,8 +191,9 @@ pub async fn root_disk(launch: &Launch, stage: &Path, disk: &Path) -> Result<(),
     };
     let meta = tree.join(".zeitwork");
     std::fs::create_dir_all(&meta).map_err(|e| e.to_string())?;
+    let vars = super::instance_env(a, a.port);
     let mut argv = String::new();
-    for arg in &a.command {
+    for arg in &super::expand_command(&a.command, &vars) {
         if arg.contains('\n') {
             return Err("command arguments cannot contain newlines in a VM".into());
         }
@@ -200,12 +201,8 @@ pub async fn root_disk(launch: &Launch, stage: &Path, disk: &Path) -> Result<(),
         argv.push('\n');
     }
     std::fs::write(meta.join("argv"), argv).map_err(|e| e.to_string())?;
-    let mut env = format!(
-        "export PORT={}\nexport ZEITWORK_INSTANCE={}\n",
-        a.port,
-        shell_quote(&a.id)
-    );
-    for (k, v) in &a.env {
+    let mut env = String::new();
+    for (k, v) in &vars {
         env.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
     std::fs::write(meta.join("env"), env).map_err(|e| e.to_string())?;

@@ -367,7 +367,13 @@ fn backends_come_from_the_operator_and_follow_its_drain_state() {
     add_domain(&op, "app.example.com");
     let pp = ["--proxy-protocol", "web=127.0.0.1/32"];
     let e1 = Edge::start(op.addr, &token, "edge-1", &dir.path().join("e1"), &pp);
-    let e2 = Edge::start(op.addr, &token, "edge-2", &dir.path().join("e2"), &pp);
+    let e2 = Edge::start(
+        op.addr,
+        &edge_token(&op),
+        "edge-2",
+        &dir.path().join("e2"),
+        &pp,
+    );
     let b = Balancer::start(&[
         "--listen",
         "127.0.0.1:0",

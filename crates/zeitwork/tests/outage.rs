@@ -50,7 +50,13 @@ fn edges_serve_through_an_operator_outage_and_converge_after() {
     add_domain(&op, "app.example.com");
     let edges = [
         Edge::start(op.addr, &token, "edge-1", &dir.path().join("e1"), &[]),
-        Edge::start(op.addr, &token, "edge-2", &dir.path().join("e2"), &[]),
+        Edge::start(
+            op.addr,
+            &edge_token(&op),
+            "edge-2",
+            &dir.path().join("e2"),
+            &[],
+        ),
     ];
     for e in &edges {
         eventually(Duration::from_secs(20), "routed", || {

@@ -39,8 +39,20 @@ fn three_edges_route_new_domains_and_converge() {
 
     let edges = [
         Edge::start(op.addr, &token, "edge-1", &dir.path().join("e1"), &[]),
-        Edge::start(op.addr, &token, "edge-2", &dir.path().join("e2"), &[]),
-        Edge::start(third_op, &token, "edge-3", &dir.path().join("e3"), &[]),
+        Edge::start(
+            op.addr,
+            &edge_token(&op),
+            "edge-2",
+            &dir.path().join("e2"),
+            &[],
+        ),
+        Edge::start(
+            third_op,
+            &edge_token(&op),
+            "edge-3",
+            &dir.path().join("e3"),
+            &[],
+        ),
     ];
     eventually(
         Duration::from_secs(20),

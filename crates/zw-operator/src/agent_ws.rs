@@ -18,10 +18,14 @@ use crate::App;
 
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(crate) async fn connect(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn connect(
+    State(app): State<App>,
+    axum::Extension(principal): axum::Extension<zw_store::Principal>,
+    ws: WebSocketUpgrade,
+) -> Response {
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| session(app, socket))
+        .on_upgrade(move |socket| session(app, principal, socket))
 }
 
 async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> Result<(), String> {
@@ -51,7 +55,7 @@ async fn sync(app: &App, node: &str, held: &[zw_proto::agent::InstanceReport]) {
     }
 }
 
-async fn session(app: App, mut socket: WebSocket) {
+async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => {
             serde_json::from_str::<AgentMessage>(&t).map_err(|e| format!("bad hello: {e}"))
@@ -79,6 +83,7 @@ async fn session(app: App, mut socket: WebSocket) {
                 ingress_address: &ingress_address,
                 resources,
                 drivers: &drivers,
+                token: principal.token_id(),
             };
             if let Err(e) = app.store.agent_hello(&said).await {
                 return refuse(socket, e.to_string()).await;

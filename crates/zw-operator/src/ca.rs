@@ -10,7 +10,7 @@ use zw_pki::{Ca, Role};
 use zw_proto::api::{
     check_host, ApiError, CertificateRequest, FieldError, IssuedCertificate, TokenRole,
 };
-use zw_store::{Principal, Store};
+use zw_store::{Enrollable, Principal, Store};
 
 use crate::error::{ApiResult, Error, Json};
 use crate::App;
@@ -65,17 +65,17 @@ pub(crate) async fn issue(
     Extension(principal): Extension<Principal>,
     Json(req): Json<CertificateRequest>,
 ) -> ApiResult<axum::Json<IssuedCertificate>> {
-    let role = match (principal, req.role) {
-        (Principal::Join(token), None) => token,
-        (Principal::Join(token), Some(asked)) if token == asked => token,
-        (Principal::Join(token), Some(asked)) => {
+    let role = match (principal.role(), req.role) {
+        (Some(token), None) => token,
+        (Some(token), Some(asked)) if token == asked => token,
+        (Some(token), Some(asked)) => {
             return Err(Error::invalid(FieldError::new(
                 "role",
                 format!("a {token} join token cannot get a {asked} certificate"),
             )))
         }
-        (Principal::Admin, Some(asked)) => asked,
-        (Principal::Admin, None) => {
+        (None, Some(asked)) => asked,
+        (None, None) => {
             return Err(Error::invalid(FieldError::new(
                 "role",
                 "say which certificate: `edge` or `agent`",
@@ -89,7 +89,24 @@ pub(crate) async fn issue(
     for (i, n) in req.names.iter().enumerate() {
         check_host(&format!("names[{i}]"), n).map_err(Error::invalid)?;
     }
-    if role == TokenRole::Agent {
+    let ca = ca(&app).await?;
+    let token_role = role;
+    let role = match role {
+        TokenRole::Edge => Role::Edge,
+        TokenRole::Agent => Role::Node,
+    };
+    let certificate = ca
+        .sign(
+            &req.csr,
+            role,
+            &req.name,
+            &req.names,
+            zw_http::CERT_VALIDITY,
+        )
+        .map_err(|e| Error::invalid(FieldError::new("csr", e.to_string())))?;
+    // Signed, not yet handed out: a request that fails a check before the enrollment
+    // below binds no token to anything.
+    if token_role == TokenRole::Agent {
         // A node certificate for another node's address would let its holder pose as
         // that node's ingress to the edges. Loopback is exempt: several agents on one
         // machine share it, and nothing off the machine can reach it.
@@ -110,20 +127,34 @@ pub(crate) async fn issue(
             }
         }
     }
-    let ca = ca(&app).await?;
-    let role = match role {
-        TokenRole::Edge => Role::Edge,
-        TokenRole::Agent => Role::Node,
+    // A join token gets a certificate for the one identity it enrolls, and a node's
+    // certificate names only what the operator recorded for that node.
+    let recorded = match principal.token_id() {
+        None => None,
+        Some(token) => {
+            let table = match token_role {
+                TokenRole::Agent => Enrollable::Node,
+                TokenRole::Edge => Enrollable::Edge,
+            };
+            app.store.enroll(table, &req.name, token).await?
+        }
     };
-    let certificate = ca
-        .sign(
-            &req.csr,
-            role,
-            &req.name,
-            &req.names,
-            zw_http::CERT_VALIDITY,
-        )
-        .map_err(|e| Error::invalid(FieldError::new("csr", e.to_string())))?;
+    if let Some(recorded) = &recorded {
+        for (i, n) in req.names.iter().enumerate() {
+            if !recorded.iter().any(|r| r.eq_ignore_ascii_case(n)) {
+                return Err(Error::new(
+                    http::StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "node {} is recorded at {}; its certificate may name only those",
+                        req.name,
+                        recorded.join(", ")
+                    ),
+                )
+                .field(format!("names[{i}]")));
+            }
+        }
+    }
     tracing::info!(name = %req.name, ?role, names = ?req.names, "platform certificate issued");
     Ok(axum::Json(IssuedCertificate {
         certificate,

@@ -25,10 +25,14 @@ const SEEN_EVERY: Duration = Duration::from_secs(15);
 /// Edges send hellos, acks and nacks (a nack carries a configuration error list).
 const MAX_INBOUND_BYTES: usize = 1 << 20;
 
-pub(crate) async fn connect(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn connect(
+    State(app): State<App>,
+    axum::Extension(principal): axum::Extension<zw_store::Principal>,
+    ws: WebSocketUpgrade,
+) -> Response {
     ws.max_message_size(MAX_INBOUND_BYTES)
         .max_frame_size(MAX_INBOUND_BYTES)
-        .on_upgrade(move |socket| session(app, socket))
+        .on_upgrade(move |socket| session(app, principal, socket))
 }
 
 /// On each ping tick: the peer must have answered within [`PING_TIMEOUT`]; then ping it.
@@ -49,7 +53,7 @@ async fn refuse(mut socket: WebSocket, message: String) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
-async fn session(app: App, mut socket: WebSocket) {
+async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => {
             serde_json::from_str::<EdgeMessage>(&t).map_err(|e| e.to_string())
@@ -80,6 +84,7 @@ async fn session(app: App, mut socket: WebSocket) {
         admin_address: admin_address.as_deref(),
         version,
         hash: hash.as_deref(),
+        token: principal.token_id(),
     };
     if let Err(e) = app.store.edge_hello(&said).await {
         return refuse(socket, e.to_string()).await;

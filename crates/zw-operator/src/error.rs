@@ -81,6 +81,7 @@ impl From<StoreError> for Error {
                 Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", f.to_string())
                     .field(f.field)
             }
+            StoreError::Forbidden(m) => Error::new(StatusCode::FORBIDDEN, "forbidden", m),
             StoreError::Db(_) | StoreError::Other(_) => {
                 // The details are for the operator's log, not for API clients.
                 tracing::error!(error = %e, "store error");

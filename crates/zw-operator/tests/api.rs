@@ -595,6 +595,15 @@ async fn certificates_follow_the_token_role() {
         // Another node's address is not for the asking.
         api.ok("POST", "/api/v1/regions", Some(json!({ "name": "eu" })))
             .await;
+        let agent_token_id = api
+            .store
+            .authenticate(&agent_token)
+            .await
+            .unwrap()
+            .unwrap()
+            .token_id()
+            .unwrap()
+            .to_string();
         api.store
             .agent_hello(&zw_store::AgentHello {
                 node_id: "node-1",
@@ -604,6 +613,7 @@ async fn certificates_follow_the_token_role() {
                 ingress_address: "10.0.0.7:7443",
                 resources: Default::default(),
                 drivers: &[],
+                token: Some(&agent_token_id),
             })
             .await
             .unwrap();
@@ -619,6 +629,40 @@ async fn certificates_follow_the_token_role() {
         )
         .await;
         assert_eq!(s, 200, "the node itself may renew: {v}");
+        // ... but only for what the operator recorded for it
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-1", "names": ["10.0.0.8"] }),
+        )
+        .await;
+        assert_eq!((s, v["field"].as_str()), (403, Some("names[0]")), "{v}");
+        // A join token enrolls one identity: node-1's token gets nothing for node-3, and
+        // another agent token gets nothing for node-1 (once, it got a server certificate
+        // with node-1's name and address).
+        let (s, v) = ask(
+            agent_token.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-3", "names": ["127.0.0.1"] }),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("enrolled `node-1`"),
+            "{v}"
+        );
+        let other = token("agent").await;
+        let (s, v) = ask(
+            other.clone(),
+            json!({ "csr": csr.csr_pem, "name": "node-1", "names": ["10.0.0.7"] }),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
+        // Edge tokens likewise.
+        let (s, v) = ask(
+            edge_token.clone(),
+            json!({ "csr": csr2.csr_pem, "name": "edge-2" }),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
         // A join token opens nothing else.
         let (s, _) = api
             .raw("GET", "/api/v1/deployments", vec![], Some(&agent_token))

@@ -29,6 +29,15 @@ pub struct AgentHello<'a> {
     pub ingress_address: &'a str,
     pub resources: Resources,
     pub drivers: &'a [DriverStatus],
+    /// The join token the agent spoke with (`None`: the admin token).
+    pub token: Option<&'a str>,
+}
+
+/// What a join token can enroll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollable {
+    Node,
+    Edge,
 }
 
 /// What one scheduling pass changed.
@@ -57,10 +66,13 @@ impl Store {
         let now = unix_millis();
         let mut tx = self.begin_write().await?;
         crate::entities::require(&mut tx, "regions", "name", "region", "region", h.region).await?;
+        if let Some(token) = h.token {
+            claim(&mut tx, "nodes", "node", h.node_id, token).await?;
+        }
         // New, or back: ready, unless an operator drained it or took it down.
         sqlx::query(
-            "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at, ingress_address, drivers) \
-             VALUES ($1, $2, $3, $4, 'worker', 'ready', $5, $6, $7, $8, $8, $9, $10) \
+            "INSERT INTO nodes (id, hostname, address, region, node_type, state, cpu_millis, memory_mb, disk_mb, last_heartbeat_at, created_at, ingress_address, drivers, enrolled_by) \
+             VALUES ($1, $2, $3, $4, 'worker', 'ready', $5, $6, $7, $8, $8, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, address = excluded.address, \
                region = excluded.region, cpu_millis = excluded.cpu_millis, memory_mb = excluded.memory_mb, \
                disk_mb = excluded.disk_mb, last_heartbeat_at = excluded.last_heartbeat_at, \
@@ -77,9 +89,80 @@ impl Store {
         .bind(now)
         .bind(h.ingress_address)
         .bind(&drivers)
+        .bind(h.token.map(str::to_string))
         .execute(&mut *tx)
         .await?;
         self.commit_routing(tx).await
+    }
+
+    /// Before the CA signs a certificate for `id` asked with join token `token`: binds the
+    /// token to `id` (refused when it enrolled another identity, or when another token or
+    /// the admin made the record), and returns the host names and addresses the operator
+    /// has recorded for it (`None`: the node does not exist yet; its first hello will
+    /// record them).
+    pub async fn enroll(
+        &self,
+        table: Enrollable,
+        id: &str,
+        token: &str,
+    ) -> Result<Option<Vec<String>>> {
+        check_id("name", id).map_err(invalid)?;
+        let mut tx = self.begin_write().await?;
+        let (t, kind) = match table {
+            Enrollable::Node => ("nodes", "node"),
+            Enrollable::Edge => ("edge_proxies", "edge"),
+        };
+        claim(&mut tx, t, kind, id, token).await?;
+        let names = match table {
+            Enrollable::Node => {
+                let row = sqlx::query("SELECT address, ingress_address FROM nodes WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match row {
+                    None => None,
+                    Some(row) => {
+                        let mut names = vec![get::<String>(&row, "address")?];
+                        if let Some(ingress) = get::<Option<String>>(&row, "ingress_address")? {
+                            if let Some((host, _)) = ingress.rsplit_once(':') {
+                                names.push(host.trim_matches(['[', ']']).to_string());
+                            }
+                        }
+                        Some(names)
+                    }
+                }
+            }
+            Enrollable::Edge => None,
+        };
+        tx.commit().await?;
+        Ok(names)
+    }
+
+    /// Binds join token `token` to `id` and hands it the record, whoever enrolled it
+    /// before (an older `up` that ran its components on the admin token, or a token file
+    /// that was deleted). For the process that owns the store (`zeitwork up`), never for
+    /// API callers.
+    pub async fn adopt_enrollment(
+        &self,
+        role: zw_proto::api::TokenRole,
+        id: &str,
+        token: &str,
+    ) -> Result<()> {
+        let table = match role {
+            zw_proto::api::TokenRole::Agent => "nodes",
+            zw_proto::api::TokenRole::Edge => "edge_proxies",
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "UPDATE {table} SET enrolled_by = $1 WHERE id = $2"
+        ))
+        .bind(token)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        crate::auth::bind_token(&mut tx, token, id).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A heartbeat: the node is alive. Wakes the compilers and the scheduler only when
@@ -460,4 +543,31 @@ impl Store {
         tx.commit().await?;
         Ok(stored)
     }
+}
+
+/// A join token may speak for record `id` of `table` (nodes, edge_proxies) only when the
+/// record is new or the token enrolled it; the token is bound to `id` on the way (a token
+/// enrolls one identity). A record made through the API or by another token is refused:
+/// a hello never takes a record over.
+pub(crate) async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    table: &str,
+    kind: &str,
+    id: &str,
+    token: &str,
+) -> Result<()> {
+    let owner: Option<Option<String>> =
+        sqlx::query_scalar(&format!("SELECT enrolled_by FROM {table} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(owner) = owner {
+        if owner.as_deref() != Some(token) {
+            return Err(StoreError::Forbidden(format!(
+                "{kind} `{id}` is registered already, by {}; a join token speaks only for the {kind} it enrolled",
+                if owner.is_some() { "another join token" } else { "the admin (through the API)" }
+            )));
+        }
+    }
+    crate::auth::bind_token(&mut *tx, token, id).await
 }

@@ -2,6 +2,12 @@
 //!
 //! The admin token may do anything. Join tokens admit an edge proxy (its control
 //! connection, and the edge list the balancers read) or a node agent.
+//!
+//! A join token enrolls **one** identity: the first node or edge id it gets a certificate
+//! for or says hello as is bound to it ([`Store::bind_token`]), and from then on it speaks
+//! for that identity only. A record that another token enrolled (or that the admin made)
+//! is never taken over by a hello: each node and edge row notes the token that enrolled
+//! it.
 
 use sha2::{Digest, Sha256};
 use zw_proto::api::{JoinToken, Page, TokenRole};
@@ -10,10 +16,33 @@ use zw_proto::time::Timestamp;
 use crate::{get, not_found, page, page_limit, random_hex, Result, Store};
 
 /// Who a request's token says it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Admin,
-    Join(TokenRole),
+    /// A join token: its role, its id, and the one identity (node or edge id) it has
+    /// enrolled, once it has.
+    Join {
+        role: TokenRole,
+        token: String,
+        bound_to: Option<String>,
+    },
+}
+
+impl Principal {
+    pub fn role(&self) -> Option<TokenRole> {
+        match self {
+            Principal::Admin => None,
+            Principal::Join { role, .. } => Some(*role),
+        }
+    }
+
+    /// The join token's id (what records note as having enrolled them).
+    pub fn token_id(&self) -> Option<&str> {
+        match self {
+            Principal::Admin => None,
+            Principal::Join { token, .. } => Some(token),
+        }
+    }
 }
 
 fn digest(token: &str) -> String {
@@ -67,6 +96,13 @@ impl Store {
         Ok(t)
     }
 
+    /// Binds join token `token` to `identity` (a node or edge id), or checks that it is
+    /// bound to it already. A token bound to another identity is refused.
+    pub async fn bind_token(&self, token: &str, identity: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        bind_token(&mut conn, token, identity).await
+    }
+
     pub async fn join_tokens(
         &self,
         after: Option<&str>,
@@ -110,13 +146,51 @@ impl Store {
         if token.is_empty() || token.len() > 256 {
             return Ok(None);
         }
-        let role: Option<String> = sqlx::query_scalar("SELECT role FROM tokens WHERE hash = $1")
+        let row = sqlx::query("SELECT id, role, bound_to FROM tokens WHERE hash = $1")
             .bind(digest(token))
             .fetch_optional(&self.pool)
             .await?;
-        Ok(role.and_then(|r| match r.as_str() {
+        let Some(row) = row else { return Ok(None) };
+        let role: String = get(&row, "role")?;
+        Ok(match role.as_str() {
             "admin" => Some(Principal::Admin),
-            other => TokenRole::parse(other).map(Principal::Join),
-        }))
+            other => match TokenRole::parse(other) {
+                Some(role) => Some(Principal::Join {
+                    role,
+                    token: get(&row, "id")?,
+                    bound_to: get(&row, "bound_to")?,
+                }),
+                None => None,
+            },
+        })
     }
+}
+
+/// [`Store::bind_token`] on a connection or inside a transaction.
+pub(crate) async fn bind_token(
+    conn: &mut sqlx::AnyConnection,
+    token: &str,
+    identity: &str,
+) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE tokens SET bound_to = $2 WHERE id = $1 AND role <> 'admin' AND (bound_to IS NULL OR bound_to = $2)",
+    )
+    .bind(token)
+    .bind(identity)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let bound: Option<Option<String>> =
+        sqlx::query_scalar("SELECT bound_to FROM tokens WHERE id = $1")
+            .bind(token)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Err(match bound {
+        Some(Some(other)) => crate::StoreError::Forbidden(format!(
+            "this join token enrolled `{other}` and speaks for it only; make a new join token (POST /api/v1/join-tokens) for `{identity}`"
+        )),
+        _ => crate::StoreError::Forbidden("the join token was deleted".into()),
+    })
 }

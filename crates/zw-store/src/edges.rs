@@ -17,6 +17,8 @@ pub struct EdgeHello<'a> {
     pub admin_address: Option<&'a str>,
     pub version: Option<u64>,
     pub hash: Option<&'a str>,
+    /// The join token the edge spoke with (`None`: the admin token).
+    pub token: Option<&'a str>,
 }
 
 /// An edge counts as connected while its operator saw it this recently (the operator
@@ -126,10 +128,13 @@ impl Store {
                 ),
             )));
         }
+        if let Some(token) = h.token {
+            crate::agents::claim(&mut tx, "edge_proxies", "edge", h.id, token).await?;
+        }
         let now = unix_millis();
         sqlx::query(
-            "INSERT INTO edge_proxies (id, region, address, admin_address, state, connected, applied_version, applied_hash, last_seen_at, created_at) \
-             VALUES ($1, $2, $3, $4, 'active', 1, $5, $6, $7, $7) \
+            "INSERT INTO edge_proxies (id, region, address, admin_address, state, connected, applied_version, applied_hash, last_seen_at, created_at, enrolled_by) \
+             VALUES ($1, $2, $3, $4, 'active', 1, $5, $6, $7, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address, admin_address = excluded.admin_address, \
              connected = 1, applied_version = excluded.applied_version, applied_hash = excluded.applied_hash, last_seen_at = excluded.last_seen_at",
         )
@@ -140,6 +145,7 @@ impl Store {
         .bind(h.version.map(|v| v as i64))
         .bind(h.hash.map(str::to_string))
         .bind(now)
+        .bind(h.token.map(str::to_string))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

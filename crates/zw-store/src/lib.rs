@@ -20,7 +20,7 @@ mod schema;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use agents::{AgentHello, Scheduled, INSTANCE_MEMORY_MB};
+pub use agents::{AgentHello, Enrollable, Scheduled, INSTANCE_MEMORY_MB};
 pub use auth::Principal;
 pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};
@@ -56,6 +56,9 @@ pub enum StoreError {
     /// A field's value is unacceptable.
     #[error("{}", .0)]
     Invalid(FieldError),
+    /// The caller's credentials do not cover this identity or action.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("{0}")]

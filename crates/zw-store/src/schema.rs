@@ -109,6 +109,14 @@ CREATE TABLE settings (
 )
 "#,
     ),
+    (
+        4,
+        r#"
+ALTER TABLE tokens ADD COLUMN bound_to TEXT;
+ALTER TABLE nodes ADD COLUMN enrolled_by TEXT;
+ALTER TABLE edge_proxies ADD COLUMN enrolled_by TEXT
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

@@ -354,7 +354,11 @@ async fn tokens_are_stored_hashed_and_shown_once() {
         let secret = join.token.clone().unwrap();
         assert_eq!(
             store.authenticate(&secret).await.unwrap(),
-            Some(Principal::Join(TokenRole::Edge))
+            Some(Principal::Join {
+                role: TokenRole::Edge,
+                token: join.id.clone(),
+                bound_to: None
+            })
         );
         let listed = store.join_tokens(None, None).await.unwrap();
         assert_eq!(listed.items.len(), 1);
@@ -376,6 +380,7 @@ fn hello(region: &str, version: Option<u64>) -> zw_store::EdgeHello<'_> {
         admin_address: Some("127.0.0.1:9080"),
         version,
         hash: version.map(|_| "sha256:x"),
+        token: None,
     }
 }
 
@@ -503,6 +508,7 @@ async fn agent_node(store: &Store, id: &str, region: &str, memory_mb: u64) {
                 disk_mb: 1000,
             },
             drivers: &[],
+            token: None,
         })
         .await
         .unwrap();
@@ -751,6 +757,146 @@ async fn a_domain_is_not_taken_from_its_app_without_asking() {
         assert_eq!(
             store.domain("hello.test").await.unwrap().deployment,
             "other"
+        );
+        store.close().await;
+    }
+}
+
+fn agent_hello<'a>(
+    node_id: &'a str,
+    address: &'a str,
+    token: Option<&'a str>,
+) -> zw_store::AgentHello<'a> {
+    zw_store::AgentHello {
+        node_id,
+        hostname: "h",
+        region: "eu",
+        address,
+        ingress_address: "127.0.0.1:7443",
+        resources: Resources {
+            cpu_millis: 1000,
+            memory_mb: 1024,
+            disk_mb: 1024,
+        },
+        drivers: &[],
+        token,
+    }
+}
+
+/// A join token enrolls one identity, and a hello never takes over a record that another
+/// token (or the admin) made: an agent token's hello with another node's id once
+/// overwrote that node's addresses and received its assignments.
+#[tokio::test]
+async fn join_tokens_speak_for_the_one_identity_they_enrolled() {
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
+            .await
+            .unwrap();
+        let a = store.create_join_token(TokenRole::Agent).await.unwrap();
+        let b = store.create_join_token(TokenRole::Agent).await.unwrap();
+        store
+            .agent_hello(&agent_hello("node-a", "10.0.0.1", Some(&a.id)))
+            .await
+            .unwrap();
+        // again, as itself: fine (a restart)
+        store
+            .agent_hello(&agent_hello("node-a", "10.0.0.1", Some(&a.id)))
+            .await
+            .unwrap();
+
+        // token b cannot speak for node-a, and node-a's record is untouched
+        let e = store
+            .agent_hello(&agent_hello("node-a", "10.6.6.6", Some(&b.id)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Forbidden(m) if m.contains("another join token")),
+            "{e}"
+        );
+        assert_eq!(store.node("node-a").await.unwrap().address, "10.0.0.1");
+        // token a cannot enroll a second node
+        let e = store
+            .agent_hello(&agent_hello("node-c", "10.0.0.3", Some(&a.id)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Forbidden(m) if m.contains("enrolled `node-a`")),
+            "{e}"
+        );
+        assert!(store.node("node-c").await.is_err(), "nothing written");
+        // nor can either take a node the admin made through the API
+        let by_hand = store
+            .create_node(NewNode {
+                hostname: "w".into(),
+                address: "10.0.0.9".into(),
+                region: "eu".into(),
+                node_type: NodeType::Worker,
+                state: None,
+                resources: Resources {
+                    cpu_millis: 1,
+                    memory_mb: 1,
+                    disk_mb: 1,
+                },
+            })
+            .await
+            .unwrap();
+        let e = store
+            .agent_hello(&agent_hello(&by_hand.id, "10.0.0.9", Some(&b.id)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Forbidden(m) if m.contains("the admin")),
+            "{e}"
+        );
+        // b is still free for a node of its own
+        store
+            .agent_hello(&agent_hello("node-b", "10.0.0.2", Some(&b.id)))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .authenticate(b.token.as_deref().unwrap())
+                .await
+                .unwrap()
+                .unwrap(),
+            Principal::Join {
+                role: TokenRole::Agent,
+                token: b.id.clone(),
+                bound_to: Some("node-b".into())
+            }
+        );
+
+        // edges likewise
+        let e1 = store.create_join_token(TokenRole::Edge).await.unwrap();
+        let e2 = store.create_join_token(TokenRole::Edge).await.unwrap();
+        fn edge<'a>(id: &'a str, address: &'a str, token: &'a str) -> zw_store::EdgeHello<'a> {
+            zw_store::EdgeHello {
+                id,
+                region: "eu",
+                address,
+                admin_address: None,
+                version: None,
+                hash: None,
+                token: Some(token),
+            }
+        }
+        store
+            .edge_hello(&edge("edge-1", "10.0.1.1:80", &e1.id))
+            .await
+            .unwrap();
+        let e = store
+            .edge_hello(&edge("edge-1", "10.6.6.6:80", &e2.id))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        assert_eq!(
+            store.edge_proxy("edge-1").await.unwrap().address,
+            "10.0.1.1:80"
         );
         store.close().await;
     }

@@ -164,6 +164,49 @@ pub(crate) async fn admin_token(
     }
 }
 
+/// For `zeitwork up`: a join token of `role` for the in-process component `identity` (the
+/// edge, the agent), kept in DATA_DIR/NAME-token (mode 0600) and reused while it still
+/// authenticates, so the components run on credentials that speak for them alone and not
+/// on the admin token. A record made before tokens were bound (by an older `up`, with the
+/// admin token) is handed to this token.
+pub(crate) async fn component_token(
+    store: &zw_store::Store,
+    data_dir: &Path,
+    role: zw_proto::api::TokenRole,
+    identity: Option<&str>,
+) -> anyhow::Result<String> {
+    let file = data_dir.join(format!("{}-token", role.as_str()));
+    let kept = std::fs::read_to_string(&file).ok();
+    let kept = kept.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let (token, id) = match kept {
+        Some(t) => match store.authenticate(t).await? {
+            Some(p) if p.role() == Some(role) => (t.to_string(), p.token_id().map(str::to_string)),
+            _ => (String::new(), None),
+        },
+        None => (String::new(), None),
+    };
+    if let Some(id) = id {
+        match identity {
+            None => return Ok(token),
+            Some(identity) => match store.adopt_enrollment(role, identity, &id).await {
+                Ok(()) => return Ok(token),
+                // Bound to an identity that is gone (a new node id): a new token.
+                Err(zw_store::StoreError::Forbidden(why)) => {
+                    tracing::info!(file = %file.display(), %why, "making a new join token")
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    let made = store.create_join_token(role).await?;
+    let t = made.token.unwrap_or_default();
+    write_secret(&file, &t).with_context(|| format!("writing {}", file.display()))?;
+    if let Some(identity) = identity {
+        store.adopt_enrollment(role, identity, &made.id).await?;
+    }
+    Ok(t)
+}
+
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     let _ = std::fs::remove_file(path);

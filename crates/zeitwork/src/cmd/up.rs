@@ -67,7 +67,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let store = zw_store::Store::open(&url)
         .await
         .with_context(|| format!("opening the state store {url}"))?;
-    let token = super::operator::admin_token(&store, data).await?;
+    // The admin token is for the user; the edge, the balancer and the agent get join
+    // tokens that speak for them alone.
+    super::operator::admin_token(&store, data).await?;
+    use zw_proto::api::TokenRole;
+    let edge_token =
+        super::operator::component_token(&store, data, TokenRole::Edge, Some("edge-local")).await?;
+    let node_id = std::fs::read_to_string(data.join("agent").join("node-id")).ok();
+    let agent_token = super::operator::component_token(
+        &store,
+        data,
+        TokenRole::Agent,
+        node_id.as_deref().map(str::trim),
+    )
+    .await?;
 
     let api = bind(args.api, "operator API").await?;
     let balancer_l = bind(args.http, "balancer").await?;
@@ -131,7 +144,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let cp = ControlPlane {
         url: format!("ws://{api_addr}/api/v1/edge/connect"),
-        token: token.clone(),
+        token: edge_token.clone(),
         id: "edge-local".into(),
         region: args.region.clone(),
         address: edge_addr.to_string(),
@@ -159,7 +172,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "drain_timeout = \"5s\"\n\
          [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\n\
          [[pool]]\nname = \"edges\"\nalgorithm = \"least_conn\"\n\
-         discover = {{ operator = \"http://{api_addr}\", region = \"{}\", token = \"{token}\", interval = \"1s\" }}\n\
+         discover = {{ operator = \"http://{api_addr}\", region = \"{}\", token = \"{edge_token}\", interval = \"1s\" }}\n\
          health = {{ kind = \"http\", path = \"/ready\", interval = \"1s\", rise = 1, fall = 2 }}\n",
         args.region
     );
@@ -169,7 +182,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let agent = zw_agent::Agent::start(zw_agent::Config {
         operator: api_addr.to_string(),
-        token: token.clone(),
+        token: agent_token,
         region: args.region.clone(),
         hostname: "localhost".into(),
         address: args.ingress.ip().to_string(),

@@ -409,6 +409,11 @@ pub fn seed(op: &Operator, upstream: SocketAddr) -> String {
     op.ok("POST", "/api/v1/instances", Some(serde_json::json!({
         "deployment": "web", "node": node["id"], "state": "started", "address": upstream.ip().to_string(), "port": upstream.port()
     })));
+    edge_token(op)
+}
+
+/// A new join token for one edge (a join token enrolls one edge).
+pub fn edge_token(op: &Operator) -> String {
     let t = op.ok(
         "POST",
         "/api/v1/join-tokens",

@@ -92,6 +92,45 @@ pub(crate) struct Shared {
     next_version: AtomicU64,
     connections: AtomicUsize,
     connections_done: Notify,
+    /// Client connections the entry points hold at most (all together); more are closed at
+    /// accept, so the process keeps file descriptors for upstreams and the admin listener.
+    max_connections: AtomicUsize,
+    /// Connections that have not sent their first bytes yet, oldest first (accept path
+    /// only; the request path never touches it).
+    silent: Mutex<std::collections::VecDeque<std::sync::Weak<Silent>>>,
+}
+
+/// A connection still in its opening (no request bytes yet). At the connection limit the
+/// oldest of these is closed to admit a newcomer, as nginx closes idle connections when
+/// it runs out of them (`ngx_drain_connections`): a flood of silent connections then
+/// cannot lock out clients that talk.
+#[derive(Default)]
+struct Silent {
+    evict: Notify,
+}
+
+impl Shared {
+    fn register_silent(&self, max: usize) -> Arc<Silent> {
+        let s = Arc::new(Silent::default());
+        let mut q = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= max {
+            q.retain(|w| w.strong_count() > 0);
+        }
+        q.push_back(Arc::downgrade(&s));
+        s
+    }
+
+    /// Closes the oldest silent connection; false when there is none.
+    fn evict_silent(&self) -> bool {
+        let mut q = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = q.pop_front() {
+            if let Some(s) = w.upgrade() {
+                s.evict.notify_one();
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl Shared {
@@ -132,6 +171,8 @@ impl Edge {
                 next_version: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 connections_done: Notify::new(),
+                max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
+                silent: Mutex::new(Default::default()),
             }),
         }
     }
@@ -244,6 +285,12 @@ impl Edge {
         self.shared.status()
     }
 
+    /// At most `n` client connections at once over all entry points (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); see [`connection_limit_for_fds`].
+    pub fn set_max_connections(&self, n: usize) {
+        self.shared.max_connections.store(n.max(1), Relaxed);
+    }
+
     /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
     /// endpoint until `shutdown` completes; then stops accepting, lets in-flight requests
     /// finish for up to `drain`, and returns.
@@ -304,12 +351,34 @@ impl Edge {
     }
 }
 
+/// The connection limit when the binary sets none.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// File descriptors kept back from client connections: listeners, the admin endpoint,
+/// the control plane, health checks, log and state files.
+const RESERVED_FDS: u64 = 256;
+
+/// The client-connection limit that fits in `fds` file descriptors: each client
+/// connection may hold one upstream connection too, and some are kept back.
+pub fn connection_limit_for_fds(fds: u64) -> usize {
+    let n = fds.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(n).unwrap_or(usize::MAX).max(16)
+}
+
+/// How long a new connection may stay silent before its first bytes (and, for HTTP/1.1,
+/// how long it may idle between requests: hyper's header timeout).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same while more than half of the connection limit is in use. Silent connections
+/// are the cheapest way to exhaust a proxy; under pressure they get less patience, as
+/// Envoy's overload manager reduces idle timeouts (`envoy.overload_actions.reduce_timeouts`).
+pub const IDLE_TIMEOUT_UNDER_PRESSURE: Duration = Duration::from_secs(2);
+
 fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         // slow-loris guard: the whole header block must arrive within this time
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(IDLE_TIMEOUT)
         .max_buf_size(256 * 1024);
     b.http2()
         .timer(TokioTimer::new())
@@ -349,8 +418,32 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        let open = shared.connections.load(Relaxed);
+        let max = shared.max_connections.load(Relaxed);
+        if open >= max {
+            if shared.evict_silent() {
+                // The newcomer takes the place of a connection that never said anything
+                // (it closes at once; the count dips back under the limit).
+                shared.metrics.connections_evicted.fetch_add(1, Relaxed);
+            } else {
+                // Closed at once rather than left in the backlog: the client learns now,
+                // and the descriptors stay free for the connections being served.
+                if shared.metrics.connections_refused.fetch_add(1, Relaxed) % 1000 == 0 {
+                    tracing::warn!(open, max, "connection limit reached; closing new connections (zeitwork_connections_refused_total)");
+                }
+                drop(stream);
+                continue;
+            }
+        }
+        let silent = shared.register_silent(max);
+        let idle = if open > max / 2 {
+            IDLE_TIMEOUT_UNDER_PRESSURE
+        } else {
+            IDLE_TIMEOUT
+        };
         let _ = stream.set_nodelay(true);
         shared.connections.fetch_add(1, Relaxed);
+        shared.metrics.connections_open.fetch_add(1, Relaxed);
         let shared = shared.clone();
         let builder = builder.clone();
         let (stop, trusted) = (stop.clone(), trusted.clone());
@@ -359,8 +452,19 @@ async fn accept_loop(
                 ep,
                 peer,
                 local_port,
+                idle,
             };
-            serve_connection(&shared, &builder, stream, at, trusted.as_ref(), stop).await;
+            serve_connection(
+                &shared,
+                &builder,
+                stream,
+                at,
+                trusted.as_ref(),
+                silent,
+                stop,
+            )
+            .await;
+            shared.metrics.connections_open.fetch_sub(1, Relaxed);
             if shared.connections.fetch_sub(1, Relaxed) == 1 {
                 shared.connections_done.notify_waiters();
             }
@@ -373,6 +477,8 @@ struct Accepted {
     ep: usize,
     peer: SocketAddr,
     local_port: u16,
+    /// How long it may stay silent before its first bytes.
+    idle: Duration,
 }
 
 /// One client connection: the PROXY protocol header where the entry point wants one, then
@@ -385,30 +491,59 @@ async fn serve_connection(
         ep,
         peer,
         local_port,
+        idle,
     }: Accepted,
     trusted: Option<&proxy_protocol::Trusted>,
+    silent: Arc<Silent>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (client, prefix) = match trusted {
-        None => (peer, bytes::Bytes::new()),
-        Some(t) => {
-            let header = if t.admits(peer) {
-                proxy_protocol::read_header(&mut stream, peer).await
-            } else {
-                Err("source is not a trusted PROXY protocol sender".to_string())
-            };
-            match header {
-                Ok(x) => x,
-                Err(reason) => {
-                    shared
-                        .metrics
-                        .proxy_protocol_rejections
-                        .fetch_add(1, Relaxed);
-                    tracing::debug!(%peer, %reason, "connection closed");
-                    return;
+    // The opening: the PROXY protocol header where the entry point wants one, then the
+    // first bytes of HTTP. Until it is over the connection is `silent`, the first to be
+    // closed when the connection limit is reached.
+    let opening = async {
+        let (client, prefix) = match trusted {
+            None => (peer, bytes::Bytes::new()),
+            Some(t) => {
+                let header = if t.admits(peer) {
+                    proxy_protocol::read_header(&mut stream, peer).await
+                } else {
+                    Err("source is not a trusted PROXY protocol sender".to_string())
+                };
+                match header {
+                    Ok(x) => x,
+                    Err(reason) => {
+                        shared
+                            .metrics
+                            .proxy_protocol_rejections
+                            .fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, %reason, "connection closed");
+                        return None;
+                    }
                 }
             }
+        };
+        // hyper-util's protocol detection waits for the first bytes without a deadline,
+        // and hyper's header timeout starts only after it: a connection that sends nothing
+        // would be kept for ever. Read until the protocol is known, within `idle`.
+        match first_bytes(&mut stream, prefix, idle).await {
+            Some(p) => Some((client, p)),
+            None => {
+                shared.metrics.connections_idle_closed.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, ?idle, "connection closed: no request");
+                None
+            }
         }
+    };
+    let opened = tokio::select! {
+        o = opening => o,
+        _ = silent.evict.notified() => {
+            tracing::debug!(%peer, "silent connection closed to make room at the connection limit");
+            None
+        }
+    };
+    drop(silent);
+    let Some((client, prefix)) = opened else {
+        return;
     };
     let conn_info = Arc::new(proxy::ConnInfo::new(client, local_port));
     let svc_shared = shared.clone();
@@ -428,6 +563,43 @@ async fn serve_connection(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// The HTTP/2 connection preface; a connection whose first bytes differ speaks HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `buf` tells HTTP/1 from HTTP/2 (what hyper-util's detection reads).
+fn protocol_known(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    !buf.is_empty() && (n == H2_PREFACE.len() || buf.get(..n) != H2_PREFACE.get(..n))
+}
+
+/// Reads from `stream` (after `prefix`, bytes already read) until [`protocol_known`], for
+/// at most `within`. `None`: the client closed or said too little in time.
+async fn first_bytes(
+    stream: &mut tokio::net::TcpStream,
+    prefix: bytes::Bytes,
+    within: Duration,
+) -> Option<bytes::Bytes> {
+    use tokio::io::AsyncReadExt;
+    if protocol_known(&prefix) {
+        return Some(prefix);
+    }
+    let mut buf = bytes::BytesMut::from(&prefix[..]);
+    let read = async {
+        while !protocol_known(&buf) {
+            buf.reserve(1024);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(true) => Some(buf.freeze()),
+        _ => None,
     }
 }
 
@@ -486,3 +658,29 @@ async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch:
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_is_known_once_the_preface_can_be_told_apart() {
+        assert!(!protocol_known(b""));
+        assert!(protocol_known(b"G"));
+        assert!(protocol_known(b"GET / HTTP/1.1\r\n"));
+        assert!(!protocol_known(b"P"));
+        assert!(!protocol_known(b"PRI * HTTP/2.0"));
+        assert!(protocol_known(b"PRX"));
+        assert!(protocol_known(b"POST / HTTP/1.1"));
+        assert!(protocol_known(H2_PREFACE));
+        assert!(protocol_known(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"));
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_room_for_upstreams_and_admin() {
+        assert_eq!(connection_limit_for_fds(1024), 384);
+        assert_eq!(connection_limit_for_fds(65_536), 32_640);
+        assert_eq!(connection_limit_for_fds(100), 16);
+        assert!(connection_limit_for_fds(u64::MAX) > 1 << 40);
+    }
+}

@@ -113,6 +113,14 @@ pub struct EdgeMetrics {
     pub panics: AtomicU64,
     /// Connections closed for a missing, malformed or untrusted PROXY protocol header.
     pub proxy_protocol_rejections: AtomicU64,
+    /// Connections closed at accept: the entry points were at their connection limit.
+    pub connections_refused: AtomicU64,
+    /// Silent connections closed at the connection limit to admit a new one.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because they sent no request within the idle timeout.
+    pub connections_idle_closed: AtomicU64,
+    /// Client connections open now.
+    pub connections_open: AtomicU64,
 }
 
 /// Escapes a Prometheus label value.
@@ -175,7 +183,7 @@ pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
-    let pairs: [(&str, &str, &AtomicU64); 11] = [
+    let pairs: [(&str, &str, &AtomicU64); 15] = [
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
@@ -206,6 +214,22 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
             "zeitwork_proxy_protocol_rejections_total",
             "counter",
             &m.proxy_protocol_rejections,
+        ),
+        (
+            "zeitwork_connections_refused_total",
+            "counter",
+            &m.connections_refused,
+        ),
+        (
+            "zeitwork_connections_idle_closed_total",
+            "counter",
+            &m.connections_idle_closed,
+        ),
+        ("zeitwork_connections_open", "gauge", &m.connections_open),
+        (
+            "zeitwork_connections_evicted_total",
+            "counter",
+            &m.connections_evicted,
         ),
     ];
     for (name, kind, v) in pairs {

@@ -87,7 +87,7 @@ impl FileProvider {
             }
             // Taken before the load: a change that lands while it runs is seen next poll.
             self.seen = fingerprint(&self.path, &self.limits);
-            let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits.clone());
+            let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits);
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
             // The load runs on its own task, so even a bug that panics in it fails this one
             // load, and watching goes on with the running configuration.

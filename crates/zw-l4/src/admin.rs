@@ -127,6 +127,26 @@ fn metrics(shared: &Shared) -> String {
         "counter",
         per_listener(&|l| l.no_backend.load(Relaxed)),
     );
+    family(
+        "zeitwork_l4_connections_refused_per_client_total",
+        "counter",
+        per_listener(&|l| l.refused_per_client.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_connections_silent_closed_total",
+        "counter",
+        per_listener(&|l| l.silent_closed.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_accept_errors_total",
+        "counter",
+        per_listener(&|l| l.accept_errors.load(Relaxed)),
+    );
+    family(
+        "zeitwork_l4_max_connections",
+        "gauge",
+        per_listener(&|l| l.max_connections),
+    );
     let per_backend = |f: &dyn Fn(&crate::pool::Backend) -> u64| -> Vec<(String, u64)> {
         shared
             .pools

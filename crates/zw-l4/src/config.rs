@@ -66,8 +66,20 @@ pub struct ListenerConfig {
     pub log_sni: bool,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Connections open at once on this listener; more are closed at accept. Default:
+    /// what fits in the process's open-file limit (each connection costs up to six
+    /// descriptors: two sockets and two splice pipes), shared by the listeners.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address, so that one client cannot take
+    /// the listener's whole allowance.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// A client must send its first byte within this before a backend connection is made
+    /// (a silent connection then costs one descriptor, not six, and not for long). `0s`
+    /// connects at once, for protocols in which the server speaks first.
+    #[serde(default = "default_silent_timeout")]
+    pub silent_timeout: Dur,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     #[serde(default = "default_idle_timeout")]
@@ -184,8 +196,35 @@ fn secs(n: u64) -> Dur {
 fn default_drain() -> Dur {
     secs(30)
 }
-fn default_max_connections() -> usize {
-    10_000
+fn default_max_connections_per_client() -> usize {
+    1024
+}
+fn default_silent_timeout() -> Dur {
+    secs(10)
+}
+
+/// Descriptors kept back from client connections: listeners, admin, health checks,
+/// discovery.
+const RESERVED_FDS: u64 = 128;
+/// Descriptors one proxied connection may use: client and backend sockets, and a splice
+/// pipe (two descriptors) each way.
+pub const FDS_PER_CONNECTION: u64 = 6;
+
+/// How many connections fit in `fds` open files, split over `listeners`.
+pub fn connection_limit_for_fds(fds: u64, listeners: usize) -> usize {
+    let n = fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION / listeners.max(1) as u64;
+    usize::try_from(n).unwrap_or(usize::MAX).max(1)
+}
+
+/// The process's open-file limit (soft), as the kernel reports it.
+pub fn fd_limit() -> u64 {
+    #[cfg(target_os = "linux")]
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        return soft;
+    }
+    1024
 }
 fn default_connect_timeout() -> Dur {
     secs(3)
@@ -250,8 +289,13 @@ impl Config {
                     errors.push(format!("{p}.sni: `{host}` is not a host name"));
                 }
             }
-            if l.max_connections == 0 {
+            if l.max_connections == Some(0) {
                 errors.push(format!("{p}.max_connections: must be at least 1"));
+            }
+            if l.max_connections_per_client == 0 {
+                errors.push(format!(
+                    "{p}.max_connections_per_client: must be at least 1"
+                ));
             }
         }
         let mut seen = BTreeSet::new();

@@ -28,6 +28,44 @@ pub struct Listener {
     pub total: AtomicU64,
     pub refused: AtomicU64,
     pub no_backend: AtomicU64,
+    /// `max_connections`, as configured or derived from the open-file limit.
+    pub max_connections: u64,
+    /// Open connections per client address (only addresses with one open).
+    pub per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// Connections refused because their client had `max_connections_per_client` open.
+    pub refused_per_client: AtomicU64,
+    /// Failed accepts (EMFILE: out of file descriptors).
+    pub accept_errors: AtomicU64,
+    /// Connections closed for sending nothing within `silent_timeout`.
+    pub silent_closed: AtomicU64,
+}
+
+impl Listener {
+    /// Counts a connection from `ip`, unless that client is at its limit.
+    pub fn admit_client(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n as usize >= self.config.max_connections_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+/// One client address's share of a listener, held while its connection lives.
+pub struct ClientSlot(Arc<Listener>, std::net::IpAddr);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Counts a backend connection for as long as it lives.
@@ -55,6 +93,18 @@ pub(crate) async fn handle(
     mut cut: watch::Receiver<bool>,
 ) {
     let _ = client.set_nodelay(true);
+    let silent = l.config.silent_timeout.0;
+    if !l.config.reads_client_hello() && !silent.is_zero() {
+        // `readable` also wakes on a close, which the copy then sees.
+        if tokio::time::timeout(silent, client.readable())
+            .await
+            .is_err()
+        {
+            l.silent_closed.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, ?silent, "connection closed: nothing sent");
+            return;
+        }
+    }
     let mut initial = Vec::new();
     let mut server_name = None;
     if l.config.reads_client_hello() {
@@ -74,7 +124,10 @@ pub(crate) async fn handle(
     let (backend, mut upstream) = loop {
         let Some(b) = pool.pick(peer.ip(), &tried) else {
             l.no_backend.fetch_add(1, Relaxed);
-            tracing::warn!(listener = %l.config.name, pool = %pool.name, %peer, tried = tried.len(), "no healthy backend; connection closed");
+            let all = pool.backends();
+            let draining = all.iter().filter(|b| b.draining()).count();
+            let down = all.iter().filter(|b| !b.draining() && !b.healthy()).count();
+            tracing::warn!(listener = %l.config.name, pool = %pool.name, %peer, backends = all.len(), draining, down, tried = tried.len(), "no backend to send the connection to (every one draining, down or tried); closed without an answer (zeitwork_l4_connections_no_backend_total)");
             return;
         };
         match tokio::time::timeout(l.config.connect_timeout.0, TcpStream::connect(b.addr)).await {

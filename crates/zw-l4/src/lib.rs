@@ -56,6 +56,7 @@ impl Balancer {
                 .ok_or_else(|| format!("unknown pool `{name}`"))
         };
         let mut listeners = Vec::new();
+        let fds = config::fd_limit();
         for l in &config.listeners {
             let sni = l
                 .sni
@@ -76,7 +77,15 @@ impl Balancer {
                 total: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 no_backend: AtomicU64::new(0),
+                max_connections: l.max_connections.unwrap_or_else(|| {
+                    config::connection_limit_for_fds(fds, config.listeners.len())
+                }) as u64,
+                per_client: Default::default(),
+                refused_per_client: AtomicU64::new(0),
+                accept_errors: AtomicU64::new(0),
+                silent_closed: AtomicU64::new(0),
             }));
+            tracing::info!(listener = %l.name, max_connections = listeners.last().map_or(0, |x: &Arc<Listener>| x.max_connections), open_file_limit = fds, "connection limit");
         }
         Ok(Balancer {
             config,
@@ -175,23 +184,32 @@ async fn accept_loop(
             r = tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(listener = %l.config.name, error = %e, "accept failed");
+                    // EMFILE and friends: counted, and backed off instead of spinning.
+                    if l.accept_errors.fetch_add(1, Relaxed) % 100 == 0 {
+                        tracing::warn!(listener = %l.config.name, error = %e, max_connections = l.max_connections, "accept failed (out of file descriptors? raise `ulimit -n` or lower max_connections)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
-        if l.active.load(Relaxed) >= l.config.max_connections as u64 {
+        if l.active.load(Relaxed) >= l.max_connections {
             l.refused.fetch_add(1, Relaxed);
             tracing::debug!(listener = %l.config.name, %peer, "max_connections reached; connection refused");
             continue;
         }
+        let Some(slot) = l.admit_client(peer.ip()) else {
+            l.refused_per_client.fetch_add(1, Relaxed);
+            tracing::debug!(listener = %l.config.name, %peer, "max_connections_per_client reached; connection refused");
+            continue;
+        };
         l.active.fetch_add(1, Relaxed);
         l.total.fetch_add(1, Relaxed);
         let (l, cut) = (l.clone(), cut.clone());
         tokio::spawn(async move {
             conn::handle(l.clone(), stream, peer, drain, cut).await;
+            drop(slot);
             l.active.fetch_sub(1, Relaxed);
         });
     }

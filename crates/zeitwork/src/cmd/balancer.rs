@@ -45,34 +45,48 @@ pub struct BalancerArgs {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// How a backend is chosen: maglev (consistent hash of the client address),
+    /// round_robin, or least_conn (fewest open connections).
     #[arg(long, value_name = "maglev|round_robin|least_conn", default_value = "maglev", value_parser = ["maglev", "round_robin", "least_conn"])]
     algorithm: String,
+    /// The PROXY protocol header sent to backends, so they see the client's address.
     #[arg(long, value_name = "v2|v1|off", default_value = "v2", value_parser = ["v2", "v1", "off"])]
     proxy_protocol: String,
     /// Health check: `tcp` connect, or `http` GET of --health-path.
     #[arg(long, value_name = "tcp|http", default_value = "tcp", value_parser = ["tcp", "http"])]
     health: String,
+    /// The path an `http` health check GETs (2xx is healthy).
     #[arg(long, value_name = "PATH", default_value = "/ready")]
     health_path: String,
     /// Check this port instead of the backend's (an edge's admin port).
     #[arg(long, value_name = "PORT")]
     health_port: Option<u16>,
+    /// Time between health checks of a backend.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::duration)]
     health_interval: Duration,
-    /// Failures before a backend is taken out / successes before it is back.
+    /// Failed checks in a row before a backend is taken out.
     #[arg(long, value_name = "N", default_value = "2")]
     fall: u32,
+    /// Passed checks in a row before a backend that was out is back.
     #[arg(long, value_name = "N", default_value = "2")]
     rise: u32,
     /// Read the TLS ClientHello and log the server name.
     #[arg(long)]
     log_sni: bool,
-    /// Connections open at once; more are closed at accept.
-    #[arg(long, value_name = "N", default_value = "10000")]
-    max_connections: usize,
+    /// Connections open at once; more are closed at accept. Default: what fits in the
+    /// open-file limit (six descriptors a connection, 128 kept back).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one client address.
+    #[arg(long, value_name = "N", default_value = "1024")]
+    max_connections_per_client: usize,
     /// Close a connection after this long without a byte either way.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = super::duration)]
     idle_timeout: Duration,
+    /// Close a connection whose client sends nothing this long (before a backend is
+    /// connected); 0s connects at once (protocols where the server speaks first).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
+    silent_timeout: Duration,
     /// Give up connecting to a backend after this long (then try another).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = super::duration)]
     connect_timeout: Duration,
@@ -139,6 +153,8 @@ fn config_from_flags(args: &BalancerArgs) -> anyhow::Result<Config> {
             _ => ProxyProtocol::V2,
         },
         max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
+        silent_timeout: dur(args.silent_timeout),
         connect_timeout: dur(args.connect_timeout),
         idle_timeout: dur(args.idle_timeout),
         sni_timeout: dur(Duration::from_secs(5)),
@@ -152,6 +168,7 @@ fn config_from_flags(args: &BalancerArgs) -> anyhow::Result<Config> {
 }
 
 fn run_inner(args: BalancerArgs) -> anyhow::Result<()> {
+    super::raise_fd_limit();
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

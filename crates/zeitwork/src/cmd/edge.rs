@@ -62,6 +62,7 @@ pub struct EdgeArgs {
     /// First reconnect delay ceiling; it doubles per failure up to --reconnect-max.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::duration)]
     reconnect_min: Duration,
+    /// Ceiling of the reconnect delay (full jitter under it).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::duration)]
     reconnect_max: Duration,
     /// How often --database-url is read.
@@ -89,6 +90,11 @@ pub struct EdgeArgs {
     /// Admin address: /health, /ready, /metrics, /debug/config.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9080")]
     admin: SocketAddr,
+    /// Client connections held at most, over all entry points; more are closed at accept
+    /// (counted in zeitwork_connections_refused_total). Default: what fits in the open-file
+    /// limit (half of it less 256: each client may hold an upstream connection too).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Worker threads (1 runs everything on the main thread). Default: one per CPU.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -134,6 +140,10 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             Some(p) => Some(AccessLog::start(&AccessLogTarget::File(p.into())).with_context(|| format!("opening access log {p}"))?),
         };
         let edge = Edge::new(eps.iter().map(|(n, _)| n.clone()).collect(), access_log);
+        let fds = super::raise_fd_limit();
+        let max = args.max_connections.unwrap_or_else(|| zw_edge::connection_limit_for_fds(fds));
+        edge.set_max_connections(max);
+        tracing::info!(max_connections = max, open_file_limit = fds, "connection limit");
         for spec in &args.proxy_protocol {
             let (name, nets) = spec
                 .split_once('=')

@@ -66,6 +66,23 @@ pub fn service(
 
 /// A Tokio runtime with `workers` threads (default: one per CPU); 1 runs everything on
 /// the calling thread.
+/// Raises this process's open-file limit to the hard limit (as Go's runtime does for
+/// Traefik) and returns it: the connection limits of the edge and the balancer are
+/// derived from it.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
+}
+
 pub fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context;
     let workers = workers

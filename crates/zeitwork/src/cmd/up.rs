@@ -135,6 +135,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // The edge: snapshots from the operator, PROXY protocol from the balancer only.
     let edge = Edge::new(vec!["web".into()], None);
+    // One process holds the balancer's and the edge's connections: half the descriptors
+    // each (the balancer derives its own share the same way).
+    let fds = super::raise_fd_limit();
+    edge.set_max_connections(zw_edge::connection_limit_for_fds(fds / 2));
     let loopback = ["127.0.0.0/8", "::1/128"]
         .iter()
         .map(|n| n.parse::<zw_rules::IpNet>())
@@ -170,10 +174,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // The balancer: edges discovered from the operator, checked at their /ready.
     let lb_config = format!(
         "drain_timeout = \"5s\"\n\
-         [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\n\
+         [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\nmax_connections = {}\n\
          [[pool]]\nname = \"edges\"\nalgorithm = \"least_conn\"\n\
          discover = {{ operator = \"http://{api_addr}\", region = \"{}\", token = \"{edge_token}\", interval = \"1s\" }}\n\
          health = {{ kind = \"http\", path = \"/ready\", interval = \"1s\", rise = 1, fall = 2 }}\n",
+        zw_l4::config::connection_limit_for_fds(fds / 2, 1),
         args.region
     );
     let config = zw_l4::Config::parse(&lb_config).map_err(anyhow::Error::msg)?;

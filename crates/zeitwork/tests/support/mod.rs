@@ -56,8 +56,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Proc::spawn_command(name, cmd)
+    }
+
+    /// `cmd` (which runs `zeitwork`, perhaps under a wrapper such as `prlimit`), with JSON
+    /// logs captured.
+    pub fn spawn_command(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
             .args(["--log-format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -368,6 +368,8 @@ pub fn connection_limit_for_fds(fds: u64) -> usize {
 /// How long a new connection may stay silent before its first bytes (and, for HTTP/1.1,
 /// how long it may idle between requests: hyper's header timeout).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response write that makes no progress for this long ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The same while more than half of the connection limit is in use. Silent connections
 /// are the cheapest way to exhaust a proxy; under pressure they get less patience, as
 /// Envoy's overload manager reduces idle timeouts (`envoy.overload_actions.reduce_timeouts`).
@@ -554,7 +556,7 @@ async fn serve_connection(
             shared,
         }
     });
-    let io = proxy_protocol::Prefixed::new(prefix, stream);
+    let io = proxy_protocol::Prefixed::new(prefix, stream).with_write_timeout(WRITE_TIMEOUT);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

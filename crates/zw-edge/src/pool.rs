@@ -62,12 +62,31 @@ pub enum UpstreamError {
     Request(String, hyper::Error),
     #[error("upstream {0} sent no response headers within {1:?}")]
     ResponseTimeout(String, Duration),
+    /// The client's request body broke while it was forwarded (a malformed chunk, a
+    /// connection closed mid-body): the client's error, not the upstream's.
+    #[error("the client's request body: {0}")]
+    ClientBody(hyper::Error),
 }
 
 impl UpstreamError {
+    /// `Request`, unless the error came from the request body the client sent: hyper's
+    /// client reports a body stream's error as a user error whose source is the
+    /// downstream connection's own error.
+    pub fn request(authority: &str, e: hyper::Error) -> UpstreamError {
+        let from_client_body = e.is_user()
+            && std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+        if from_client_body {
+            UpstreamError::ClientBody(e)
+        } else {
+            UpstreamError::Request(authority.to_string(), e)
+        }
+    }
+
     pub fn status(&self) -> http::StatusCode {
         match self {
             UpstreamError::ResponseTimeout(..) => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::ClientBody(_) => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }

@@ -158,11 +158,17 @@ pub(crate) async fn handle(
             upstream: None,
         }));
     }
+    strip_h2c_upgrade(req.headers_mut());
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let bad_host = host_problem(&req);
     let mut resp = match shared.current.load_full() {
         // A reverse proxy is no forward proxy: tunnels are not offered.
         _ if req.method() == Method::CONNECT => {
             local(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+        }
+        _ if bad_host.is_some() => {
+            shared.metrics.bad_requests.fetch_add(1, Relaxed);
+            local(StatusCode::BAD_REQUEST, bad_host.unwrap_or_default())
         }
         None => {
             shared.metrics.no_config.fetch_add(1, Relaxed);
@@ -451,10 +457,10 @@ fn upstream_error(
     let status = e.status();
     let mut resp = local(
         status,
-        if status == StatusCode::GATEWAY_TIMEOUT {
-            "Gateway Timeout\n"
-        } else {
-            "Bad Gateway\n"
+        match status {
+            StatusCode::GATEWAY_TIMEOUT => "Gateway Timeout\n",
+            StatusCode::BAD_REQUEST => "Bad Request: malformed request body\n",
+            _ => "Bad Gateway\n",
         },
     );
     finish_explain(&mut resp, explain);
@@ -500,6 +506,42 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or("")
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host
+/// header, and to any request with more than one Host line or a Host value that is not an
+/// authority. (Routing on the first of two and passing both upstream lets two hops
+/// disagree about where a request goes.)
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("Bad Request: more than one Host header\n");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Some("Bad Request: no Host header\n"),
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match http::uri::Authority::try_from(v.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => None,
+            _ => Some("Bad Request: invalid Host header\n"),
+        },
+    }
+}
+
+/// `Upgrade: h2c` asks to switch a cleartext HTTP/1.1 connection to HTTP/2; passed
+/// through, everything after it would bypass routing, middlewares and forwarding headers.
+/// The edge speaks h2c itself (prior knowledge), so it declines the upgrade the way RFC
+/// 9113 §3.1 lets a server: by answering in HTTP/1.1, without the upgrade headers.
+fn strip_h2c_upgrade(headers: &mut HeaderMap) {
+    let h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+    });
+    if h2c {
+        headers.remove(header::UPGRADE);
+        headers.remove(HeaderName::from_static("http2-settings"));
+    }
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -717,7 +759,7 @@ async fn forward(
             }
             _ => {
                 return Err((
-                    UpstreamError::Request(backend.authority.clone(), e.into_error()),
+                    UpstreamError::request(&backend.authority, e.into_error()),
                     None,
                 ))
             }
@@ -743,7 +785,7 @@ async fn forward_upgrade(
                 t.response_header_timeout,
             ))
         }
-        Ok(Err(e)) => return Err(UpstreamError::Request(backend.authority.clone(), e)),
+        Ok(Err(e)) => return Err(UpstreamError::request(&backend.authority, e)),
         Ok(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -6,6 +6,7 @@
 //! source address then stands for the client everywhere: `ClientIP` rules,
 //! `X-Forwarded-For` / `X-Real-IP`, the access log, hashing.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -72,17 +73,62 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 }
 
 pin_project_lite::pin_project! {
-    /// A stream that first yields bytes already read from it.
+    /// A client connection: first the bytes already read from it, then the socket. Writes
+    /// that make no progress for `write_timeout` fail, which ends the connection: a client
+    /// that stops reading (a slow reader) cannot hold the edge's buffers and its upstream
+    /// connection for ever (Traefik's `respondingTimeouts.writeTimeout`, measured from the
+    /// last progress rather than from the request, so long downloads are not cut).
     pub struct Prefixed<S> {
         prefix: Bytes,
         #[pin]
         inner: S,
+        write_timeout: Option<std::time::Duration>,
+        stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
-        Prefixed { prefix, inner }
+        Prefixed {
+            prefix,
+            inner,
+            write_timeout: None,
+            stalled: None,
+        }
+    }
+
+    /// Fail writes that make no progress for `t`.
+    pub fn with_write_timeout(mut self, t: std::time::Duration) -> Prefixed<S> {
+        self.write_timeout = Some(t);
+        self
+    }
+}
+
+/// A write's outcome under the write timeout: progress clears the stall timer, a pending
+/// write starts it (once), and a stall that outlives it is an error.
+fn progress<T>(
+    timeout: Option<std::time::Duration>,
+    stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+    r: Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    match (r, timeout) {
+        (Poll::Pending, Some(t)) => {
+            let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {t:?}"),
+                )));
+            }
+            Poll::Pending
+        }
+        (r, _) => {
+            if r.is_ready() {
+                *stalled = None;
+            }
+            r
+        }
     }
 }
 
@@ -109,7 +155,9 @@ impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        progress(*this.write_timeout, this.stalled, cx, r)
     }
 
     fn poll_write_vectored(
@@ -117,7 +165,9 @@ impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        progress(*this.write_timeout, this.stalled, cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -125,7 +175,9 @@ impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        progress(*this.write_timeout, this.stalled, cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -183,5 +235,43 @@ mod tests {
         assert!(t.admits("[::ffff:10.1.2.3]:5".parse().unwrap()));
         assert!(t.admits("[::1]:5".parse().unwrap()));
         assert!(!t.admits("127.0.0.1:5".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod write_timeout {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that reads nothing: writes stall once the pipe is full, and fail after the
+    /// write timeout (paused time: no waiting in the test).
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_fails_after_the_timeout() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut s =
+            Prefixed::new(Bytes::new(), a).with_write_timeout(std::time::Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        let e = s.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(60));
+    }
+
+    /// Progress resets the timer: a reader that keeps up, however slowly, is not cut.
+    #[tokio::test(start_paused = true)]
+    async fn slow_progress_is_not_a_stall() {
+        use tokio::io::AsyncReadExt;
+        let (a, mut b) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let mut n = 0;
+            while n < 8192 {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                n += b.read(&mut buf).await.unwrap();
+            }
+        });
+        let mut s =
+            Prefixed::new(Bytes::new(), a).with_write_timeout(std::time::Duration::from_secs(60));
+        s.write_all(&[0u8; 8192]).await.unwrap();
+        reader.await.unwrap();
     }
 }

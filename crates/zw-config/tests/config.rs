@@ -363,3 +363,37 @@ fn empty_documents_are_empty_configs() {
     assert!(validate(parse_str("", Format::Toml).unwrap(), &Limits::default()).is_ok());
     assert!(parse_str("[1,2]", Format::Json).is_err());
 }
+
+/// A YAML file that expands far beyond its size is refused before any value is built:
+/// a 1 MB scalar aliased 1,000 times once cost 2.45 GB, and 20,000 nested `[` seconds of
+/// CPU with reloads blocked.
+#[test]
+fn yaml_that_expands_or_nests_without_bound_is_refused() {
+    let big = "x".repeat(1 << 20);
+    let mut bomb = format!("a: &big \"{big}\"\nb: [");
+    for i in 0..1000 {
+        if i > 0 {
+            bomb.push_str(", ");
+        }
+        bomb.push_str("*big");
+    }
+    bomb.push_str("]\n");
+    let e = zw_config::parse_str(&bomb, zw_config::Format::Yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid YAML") && e.to_lowercase().contains("budget"),
+        "{e}"
+    );
+
+    let deep = format!("a: {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+    let e = zw_config::parse_str(&deep, zw_config::Format::Yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid YAML"), "{e}");
+
+    // anchors within reason still work, as Traefik users write them
+    let ok = "http:\n  services:\n    s: &lb {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\n    t: *lb\n";
+    let cfg = zw_config::parse_str(ok, zw_config::Format::Yaml).unwrap();
+    assert_eq!(cfg.http.services.len(), 2);
+}

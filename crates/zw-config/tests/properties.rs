@@ -47,13 +47,32 @@ proptest! {
             v["http"]["routers"][name] = serde_json::json!({"rule": format!("Host(`{host}`)"), "service": "s", "priority": prio});
         }
         let json = v.to_string();
-        let yaml = serde_yaml::to_string(&v).unwrap();
+        let yaml = yaml_text(&v);
         let toml = toml_text(&v);
         let h = |text: &str, f: Format| validate(parse_str(text, f).unwrap(), &Limits::default()).unwrap().hash;
         let hj = h(&json, Format::Json);
         prop_assert_eq!(&hj, &h(&yaml, Format::Yaml));
         prop_assert_eq!(&hj, &h(&toml, Format::Toml));
     }
+}
+
+/// A block-style YAML rendering of the small JSON shape above.
+fn yaml_text(v: &serde_json::Value) -> String {
+    let mut out = String::from("http:\n  routers:\n");
+    for (name, r) in v["http"]["routers"].as_object().unwrap() {
+        out.push_str(&format!(
+            "    {name}:\n      rule: '{}'\n      service: s\n      priority: {}\n",
+            r["rule"].as_str().unwrap(),
+            r["priority"]
+        ));
+    }
+    let url = v["http"]["services"]["s"]["loadBalancer"]["servers"][0]["url"]
+        .as_str()
+        .unwrap();
+    out.push_str(&format!(
+        "  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"{url}\"\n"
+    ));
+    out
 }
 
 /// A TOML rendering of the small JSON shape above (the `toml` crate here only parses).

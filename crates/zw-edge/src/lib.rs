@@ -430,7 +430,12 @@ async fn accept_loop(
             } else {
                 // Closed at once rather than left in the backlog: the client learns now,
                 // and the descriptors stay free for the connections being served.
-                if shared.metrics.connections_refused.fetch_add(1, Relaxed) % 1000 == 0 {
+                if shared
+                    .metrics
+                    .connections_refused
+                    .fetch_add(1, Relaxed)
+                    .is_multiple_of(1000)
+                {
                     tracing::warn!(open, max, "connection limit reached; closing new connections (zeitwork_connections_refused_total)");
                 }
                 drop(stream);

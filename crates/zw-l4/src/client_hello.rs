@@ -59,7 +59,7 @@ pub fn parse(stream: &[u8]) -> Result<ClientHello, Error> {
     r.take(sid as usize)
         .ok_or(Error::Invalid("short session id"))?;
     let suites = r.u16().ok_or(Error::Invalid("no cipher suites"))? as usize;
-    if suites < 2 || suites % 2 != 0 {
+    if suites < 2 || !suites.is_multiple_of(2) {
         return Err(Error::Invalid("cipher suite list of odd or zero length"));
     }
     r.take(suites)

@@ -185,7 +185,7 @@ async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: counted, and backed off instead of spinning.
-                    if l.accept_errors.fetch_add(1, Relaxed) % 100 == 0 {
+                    if l.accept_errors.fetch_add(1, Relaxed).is_multiple_of(100) {
                         tracing::warn!(listener = %l.config.name, error = %e, max_connections = l.max_connections, "accept failed (out of file descriptors? raise `ulimit -n` or lower max_connections)");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -452,10 +452,10 @@ async fn concurrent_writers_all_succeed() {
         let store = Store::open(&db.url).await.unwrap();
         seeded(&store).await;
         let mut tasks = Vec::new();
-        for i in 0..40 {
+        for i in 0..40u32 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     s.create_domain(NewDomain {
                         name: format!("d{i}.example.com"),
                         deployment: "web".into(),

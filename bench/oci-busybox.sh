@@ -4,13 +4,22 @@
 #
 #   bash bench/oci-busybox.sh OUT.tar
 set -euo pipefail
-out=$1
-bb=$(command -v busybox)
+out=${1:?usage: bash bench/oci-busybox.sh OUT.tar}
+bb=$(command -v busybox) || {
+    echo "oci-busybox.sh: no busybox on PATH; install a static one (Debian: apt-get install busybox-static)" >&2
+    exit 1
+}
+if ! file -L "$bb" 2>/dev/null | grep -q "statically linked"; then
+    case "$(ldd "$bb" 2>&1)" in
+        *"not a dynamic executable"*|*"statically linked"*) ;;
+        *) echo "oci-busybox.sh: $bb is dynamically linked and would not run in the image; install busybox-static" >&2; exit 1 ;;
+    esac
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/tree/bin" "$work/tree/www" "$work/layout/blobs/sha256"
 cp "$bb" "$work/tree/bin/busybox"
-echo "hello from a microVM" >"$work/tree/www/index.html"
+echo "hello from an image" >"$work/tree/www/index.html"
 tar -C "$work/tree" -czf "$work/layer.tgz" .
 blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); cp "$1" "$work/layout/blobs/sha256/$d"; echo "$d"; }
 layer=$(blob "$work/layer.tgz")

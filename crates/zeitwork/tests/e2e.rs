@@ -348,7 +348,13 @@ fn config_validate_prints_ok_and_hash_or_every_error() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    // three errors, each on its own line, then the summary on a line of its own
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(
+        lines[3],
+        format!("3 error(s) in {}", bad.display()),
+        "{stdout}"
+    );
     assert!(
         lines.iter().any(
             |l| l.starts_with("http.routers.r.rule: at byte 5: Path: path must start with `/`")

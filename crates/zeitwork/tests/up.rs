@@ -434,3 +434,106 @@ fn crashes_then_destroy_leave_no_process_behind() {
     let left = processes_of(&ids);
     assert!(left.is_empty(), "left running: {left:?}");
 }
+
+/// Every example `deploy --help` prints works as written (run through a shell, as a user
+/// would paste it), and a deploy that cannot succeed says why at once instead of waiting
+/// out its timeout.
+#[test]
+fn deploy_help_examples_work_and_hopeless_deploys_fail_at_once() {
+    if !tool("python3") || !tool("curl") {
+        return;
+    }
+    let help = Command::new(BIN)
+        .args(["deploy", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    // clap wraps help at 100 columns when no terminal says otherwise: an example longer
+    // than that would be printed cut in two
+    let after = help.split("Examples:").nth(1).unwrap_or_default();
+    assert!(after.lines().all(|l| l.len() < 100), "{help}");
+    // examples go on over lines that end in `\`, as a shell reads them
+    let mut examples: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in help.lines().map(str::trim) {
+        if open {
+            let last = examples.last_mut().unwrap();
+            last.push(' ');
+            last.push_str(line.trim_end_matches('\\').trim());
+        } else if line.starts_with("zeitwork deploy ") {
+            examples.push(line.trim_end_matches('\\').trim().to_string());
+        }
+        open = (open || line.starts_with("zeitwork deploy ")) && line.ends_with('\\');
+    }
+    assert_eq!(examples.len(), 3, "{help}");
+    let p = start_up(&[]);
+    let cwd = p.dir.path().join("work");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let busybox = which("busybox");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    for example in &examples {
+        if example.contains("--oci") {
+            if busybox.is_none() || !root {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI runs the image example"
+                );
+                eprintln!("SKIPPED (needs busybox and root): {example}");
+                continue;
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/oci-busybox.sh");
+            let made = Command::new("bash")
+                .args([script, "site.tar"])
+                .current_dir(&cwd)
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "{made:?}");
+        }
+        let rest = example.trim_start_matches("zeitwork deploy ");
+        let line = format!(
+            "{BIN} deploy --data-dir {} --operator http://{} {rest}",
+            p.op.data_dir.display(),
+            p.op.addr
+        );
+        let out = Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{example}:\n{text}\n{}", p.up.dump());
+        let domain = rest
+            .split_whitespace()
+            .skip_while(|w| *w != "--domain")
+            .nth(1)
+            .unwrap();
+        let (s, body) = http(p.balancer, "GET", "/", None, None, &[("host", domain)]);
+        assert_eq!(s, 200, "{example}: {body}");
+    }
+
+    // A command that is not there: the agent says so, and deploy stops waiting.
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "nope",
+        "--domain",
+        "nope.test",
+        "--timeout",
+        "100s",
+        "--",
+        "/no/such/program",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cannot start"), "{out}");
+    assert!(
+        out.contains("not found") || out.contains("could not be executed"),
+        "{out}"
+    );
+    assert!(!out.contains("not ready within"), "it did not wait: {out}");
+}

@@ -56,6 +56,7 @@ struct Slot {
     assignment: Assignment,
     state: InstanceState,
     reason: Option<String>,
+    permanent: bool,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -148,6 +149,7 @@ impl Supervisor {
                 id: id.clone(),
                 state: s.state,
                 reason: s.reason.clone(),
+                permanent: s.permanent,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -269,6 +271,7 @@ impl Supervisor {
                 assignment,
                 state,
                 reason: None,
+                permanent: false,
                 stop,
                 task,
             },
@@ -331,6 +334,15 @@ impl Inner {
     }
 
     fn report(&self, id: &str, state: InstanceState, reason: Option<String>) {
+        self.report_with(id, state, reason, false)
+    }
+
+    /// A failure; `permanent` when waiting cannot mend it.
+    fn report_failure(&self, id: &str, reason: String, permanent: bool) {
+        self.report_with(id, InstanceState::Failed, Some(reason), permanent)
+    }
+
+    fn report_with(&self, id: &str, state: InstanceState, reason: Option<String>, permanent: bool) {
         if let Some(slot) = self
             .slots
             .lock()
@@ -339,6 +351,7 @@ impl Inner {
         {
             slot.state = state;
             slot.reason = reason.clone();
+            slot.permanent = permanent;
         }
         match &reason {
             Some(r) if state == InstanceState::Failed => {
@@ -350,6 +363,7 @@ impl Inner {
             id: id.to_string(),
             state,
             reason,
+            permanent,
         });
     }
 
@@ -401,8 +415,8 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 
 enum Outcome {
     Stop,
-    /// Failed: restart after the backoff.
-    Failed(String),
+    /// Failed: restart after the backoff; `true` when waiting cannot mend it.
+    Failed(String, bool),
 }
 
 async fn run(
@@ -430,7 +444,7 @@ async fn run(
                 ),
                 None => format!("this node has no {} runtime", record.assignment.runtime),
             };
-            inner.report(&id, InstanceState::Failed, Some(why));
+            inner.report_failure(&id, why, true);
             crate::stopped(&mut stop).await;
             break;
         };
@@ -456,7 +470,7 @@ async fn run(
                     running = Some(r);
                 }
                 Err(e) => {
-                    inner.report(&id, InstanceState::Failed, Some(e));
+                    inner.report_failure(&id, e.message, e.permanent);
                     if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
                         break;
                     }
@@ -469,11 +483,11 @@ async fn run(
         inner.route(&id, &record.assignment.deployment, None, false);
         match outcome {
             Outcome::Stop => break,
-            Outcome::Failed(why) => {
+            Outcome::Failed(why, permanent) => {
                 inner
                     .failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                inner.report(&id, InstanceState::Failed, Some(why));
+                inner.report_failure(&id, why, permanent);
                 if let Some(mut r) = running.take() {
                     if r.is_alive() {
                         driver.stop(&mut r, t.grace).await;
@@ -531,14 +545,17 @@ async fn serve(
     // Starting: check often, so the instance is routable as soon as it answers.
     loop {
         if tokio::time::Instant::now() > deadline {
-            return Outcome::Failed(format!(
-                "not healthy within {:?}: {last_error}",
-                inner.timing.startup_timeout
-            ));
+            return Outcome::Failed(
+                format!(
+                    "not healthy within {:?}: {last_error}",
+                    inner.timing.startup_timeout
+                ),
+                false,
+            );
         }
         tokio::select! {
             _ = crate::stopped(stop) => return Outcome::Stop,
-            exit = r.wait() => return Outcome::Failed(format!("{} before it was healthy", exit.0)),
+            exit = r.wait() => return exited_before_healthy(&exit, &record.assignment.deployment),
             res = async {
                 let res = crate::health::check(addr, spec, Duration::from_secs(2), http_only).await;
                 if res.is_err() {
@@ -559,18 +576,33 @@ async fn serve(
     loop {
         tokio::select! {
             _ = crate::stopped(stop) => return Outcome::Stop,
-            exit = r.wait() => return Outcome::Failed(exit.0),
+            exit = r.wait() => return Outcome::Failed(exit.0, false),
             _ = tokio::time::sleep(every) => {
                 match crate::health::check(addr, spec, Duration::from_secs(2), http_only).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures += 1;
                         if failures >= 3 {
-                            return Outcome::Failed(format!("health check failed 3 times: {e}"));
+                            return Outcome::Failed(format!("health check failed 3 times: {e}"), false);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// An exit before the first passed health check. Statuses 126 and 127 are what a shell,
+/// and `zeitwork-init`, exit with when the command cannot be executed or is not there:
+/// that does not mend by restarting.
+fn exited_before_healthy(exit: &crate::driver::Exit, deployment: &str) -> Outcome {
+    let not_runnable = exit.0 == "exited with status 127" || exit.0 == "exited with status 126";
+    if not_runnable {
+        Outcome::Failed(
+            format!("{}: the command could not be executed (not found, or not executable in the instance's root); its log says which: `zeitwork logs {deployment}`", exit.0),
+            true,
+        )
+    } else {
+        Outcome::Failed(format!("{} before it was healthy", exit.0), false)
     }
 }

@@ -6,21 +6,34 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+/// The longest duration accepted: about 31 years, far past any timeout, well inside
+/// what `Duration` and the `u64` nanoseconds of a hash hold.
+const MAX_NANOS: u128 = 1_000_000_000_000_000_000;
+
 /// A configuration duration. Serializes canonically (`"1500ms"`, `"10s"`) so that equal
 /// durations hash equally whatever their spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// A bare number of seconds, under the same bound as the spelled-out form, so that
+    /// every duration that parses prints (`{secs}s`) as one that parses again.
+    pub fn from_secs(secs: u64) -> Result<Dur, String> {
+        if u128::from(secs) * 1_000_000_000 > MAX_NANOS {
+            return Err(format!("duration of {secs} seconds is too long"));
+        }
+        Ok(Dur(Duration::from_secs(secs)))
+    }
+
     pub fn parse(s: &str) -> Result<Dur, String> {
         let s = s.trim();
         if s.is_empty() {
             return Err("empty duration".into());
         }
         if let Ok(secs) = s.parse::<u64>() {
-            return Ok(Dur(Duration::from_secs(secs)));
+            return Dur::from_secs(secs);
         }
-        let mut total = Duration::ZERO;
+        let mut total: u128 = 0;
         // Work on chars, never byte offsets: the input is user text, and a unit such as
         // `µs` (or a stray `¢`) is more than one byte wide.
         let mut chars = s.chars().peekable();
@@ -39,9 +52,22 @@ impl Dur {
                     "invalid duration `{s}` (examples: 10s, 1m30s, 250ms)"
                 ));
             }
-            let num: f64 = num
-                .parse()
-                .map_err(|_| format!("invalid number in duration `{s}`"))?;
+            let bad_number = || format!("invalid number in duration `{s}`");
+            let (int, frac) = num.split_once('.').unwrap_or((&num, ""));
+            if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+                return Err(bad_number());
+            }
+            // integers, never floats: `691364212079199999ns` must come back exactly
+            let too_long = || format!("duration `{s}` is too long");
+            let int: u128 = if int.is_empty() {
+                0
+            } else if int.len() > 20 {
+                return Err(too_long());
+            } else {
+                int.parse().map_err(|_| bad_number())?
+            };
+            // digits past nanoseconds of an hour cannot matter; drop them
+            let frac = frac.get(..frac.len().min(18)).unwrap_or("");
             let mut unit = String::new();
             while let Some(&c) = chars.peek() {
                 if c.is_ascii_digit() || c == '.' {
@@ -50,26 +76,31 @@ impl Dur {
                 unit.push(c);
                 chars.next();
             }
-            let nanos_per = match unit.as_str() {
-                "ns" => 1.0,
-                "us" | "µs" | "μs" => 1e3,
-                "ms" => 1e6,
-                "s" => 1e9,
-                "m" => 60e9,
-                "h" => 3600e9,
+            let nanos_per: u128 = match unit.as_str() {
+                "ns" => 1,
+                "us" | "µs" | "μs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
                 "" => return Err(format!("duration `{s}` needs a unit (ns, us, ms, s, m, h)")),
                 u => return Err(format!("unknown unit `{u}` in duration `{s}`")),
             };
-            let nanos = num * nanos_per;
-            if !nanos.is_finite() || nanos > 1e18 {
-                return Err(format!("duration `{s}` is too long"));
-            }
-            total = total
-                .checked_add(Duration::from_nanos(nanos as u64))
-                .filter(|t| t.as_nanos() <= 1_000_000_000_000_000_000)
-                .ok_or_else(|| format!("duration `{s}` is too long"))?;
+            let fraction = if frac.is_empty() {
+                0
+            } else {
+                let digits: u128 = frac.parse().map_err(|_| bad_number())?;
+                digits * nanos_per / 10u128.pow(frac.len() as u32)
+            };
+            let nanos = int
+                .checked_mul(nanos_per)
+                .and_then(|n| n.checked_add(fraction))
+                .and_then(|n| n.checked_add(total))
+                .filter(|&n| n <= MAX_NANOS)
+                .ok_or_else(too_long)?;
+            total = nanos;
         }
-        Ok(Dur(total))
+        Ok(Dur(Duration::from_nanos(total as u64)))
     }
 }
 
@@ -101,12 +132,11 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"10s\" or a number of seconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_secs(v)))
+                Dur::from_secs(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(|v| Dur(Duration::from_secs(v)))
-                    .map_err(|_| E::custom("duration must not be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("duration must not be negative"))?;
+                Dur::from_secs(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 Dur::parse(v).map_err(E::custom)
@@ -133,6 +163,29 @@ mod tests {
         assert!(Dur::parse("1.2.3s").is_err());
         assert!(Dur::parse("99999999999999h").is_err());
         assert_eq!(Dur::parse("3µs").unwrap().0, Duration::from_micros(3));
+    }
+
+    /// Found by the fuzz target: a bare number escaped the bound the spelled-out form
+    /// has, so `1011901190` parsed and printed as `1011901190s`, which did not.
+    #[test]
+    fn bare_and_spelled_seconds_share_one_bound() {
+        for n in ["1011901190", "1000000001"] {
+            assert!(Dur::parse(n).is_err(), "{n}");
+            assert!(Dur::parse(&format!("{n}s")).is_err(), "{n}s");
+        }
+        assert!(Dur::parse("1000000000").is_ok());
+        // and sums are exact integers: floats lost the last digits of this one
+        let d = Dur::parse("691364212079199999ns").unwrap();
+        assert_eq!(d.0.as_nanos(), 691_364_212_079_199_999);
+        assert_eq!(
+            Dur::parse("1.0000000015s").unwrap().0.as_nanos(),
+            1_000_000_001
+        );
+        assert!(Dur::parse("1000000000s").is_ok());
+        let parsed: Result<crate::Config, _> = serde_json::from_str(
+            r#"{"http":{"serversTransports":{"t":{"forwardingTimeouts":{"dialTimeout":99999999999}}}}}"#,
+        );
+        assert!(parsed.is_err());
     }
 
     /// Multi-byte characters once made the parser slice inside a character and panic.

@@ -215,6 +215,9 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_events = 50_000_000;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
+    // YAML 1.2 booleans only, as Go's yaml.v3 (which Traefik reads with) has them:
+    // `X-Added: yes` is the string "yes", not `true`
+    options.strict_booleans = true;
     options
 }
 

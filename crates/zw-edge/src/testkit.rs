@@ -274,8 +274,12 @@ impl Client {
             Client::H1(_) => Request::get(path).header("host", host),
             Client::H2(_) => Request::get(format!("http://{host}{path}")),
         };
-        self.send(req.body(Full::new(Bytes::new())).unwrap_or_default())
-            .await
+        // a test that builds a bad request is a broken test: say so rather than send
+        // a default request that hides the mistake
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|e| panic!("test request {host} {path:?} is malformed: {e}"));
+        self.send(req).await
     }
 }
 

@@ -356,7 +356,7 @@ async fn p2c_sends_less_to_the_slow_server() {
         tasks.push(tokio::spawn(async move {
             let mut c = Client::h1(addr).await.unwrap();
             for _ in 0..25 {
-                c.get("lb.test", "").await.unwrap();
+                c.get("lb.test", "/").await.unwrap();
             }
         }));
     }

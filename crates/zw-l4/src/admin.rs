@@ -42,27 +42,42 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-fn drain(shared: &Shared, query: Option<&str>, on: bool) -> (StatusCode, &'static str, String) {
+/// What a drain or undrain request names: a backend, and optionally the pool it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainTarget {
+    pub pool: Option<String>,
+    pub backend: SocketAddr,
+}
+
+/// Decodes `pool=NAME&backend=IP:PORT` with form encoding (`%3A`, `%5B`, `+` decode; bytes
+/// that are not UTF-8 become U+FFFD). A repeated key keeps its last value. The error is
+/// the sentence the client gets back.
+pub fn drain_target(query: Option<&str>) -> Result<DrainTarget, String> {
+    const USAGE: &str = "give backend=IP:PORT (and pool=NAME to pick one pool)";
     let (mut pool, mut backend) = (None, None);
-    for pair in query.unwrap_or("").split('&') {
-        match pair.split_once('=') {
-            Some(("pool", v)) => pool = Some(v.to_string()),
-            Some(("backend", v)) => {
-                backend = v
-                    .replace("%3A", ":")
-                    .replace("%3a", ":")
-                    .parse::<SocketAddr>()
-                    .ok()
-            }
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "pool" => pool = Some(v.into_owned()),
+            "backend" => backend = Some(v.into_owned()),
             _ => {}
         }
     }
-    let Some(addr) = backend else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "text/plain",
-            "give backend=IP:PORT (and pool=NAME to pick one pool)\n".into(),
-        );
+    let Some(text) = backend else {
+        return Err(USAGE.into());
+    };
+    let backend = text
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("backend {text:?} is not IP:PORT; {USAGE}"))?;
+    Ok(DrainTarget { pool, backend })
+}
+
+fn drain(shared: &Shared, query: Option<&str>, on: bool) -> (StatusCode, &'static str, String) {
+    let DrainTarget {
+        pool,
+        backend: addr,
+    } = match drain_target(query) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
     let mut found = 0;
     for p in shared
@@ -195,4 +210,54 @@ fn metrics(shared: &Shared) -> String {
         per_backend(&|b| b.bytes_from.load(Relaxed)),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn drain_queries_decode() {
+        let t = drain_target(Some("pool=web&backend=127.0.0.1%3A8080")).unwrap();
+        assert_eq!(t.pool.as_deref(), Some("web"));
+        assert_eq!(t.backend, "127.0.0.1:8080".parse().unwrap());
+        // IPv6 needs brackets, which clients percent-encode
+        let t = drain_target(Some("backend=%5B%3A%3A1%5D%3A80")).unwrap();
+        assert_eq!(t.backend, "[::1]:80".parse().unwrap());
+        assert_eq!(t.pool, None);
+        assert!(drain_target(None).is_err());
+        assert!(drain_target(Some("pool=web")).is_err());
+        let e = drain_target(Some("backend=%FF%FE")).unwrap_err();
+        assert!(e.contains("not IP:PORT"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_backend_round_trips(
+            ip in any::<std::net::IpAddr>(),
+            port in any::<u16>(),
+            pool in proptest::option::of("\\PC{0,12}"),
+            noise in "[a-z&=%0-9A-F]{0,16}",
+        ) {
+            let addr = SocketAddr::new(ip, port);
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(p) = &pool {
+                q.append_pair("pool", p);
+            }
+            q.append_pair("backend", &addr.to_string());
+            let query = format!("{noise}&{}", q.finish());
+            let t = drain_target(Some(&query)).unwrap();
+            prop_assert_eq!(t.backend, addr);
+            if pool.is_some() {
+                prop_assert_eq!(t.pool, pool);
+            }
+        }
+
+        #[test]
+        fn no_query_panics(q in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let text = String::from_utf8_lossy(&q);
+            let _ = drain_target(Some(&text));
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! see the client's address; routing by TLS server name without terminating TLS; draining.
 #![forbid(unsafe_code)]
 
-mod admin;
+pub mod admin;
 pub mod client_hello;
 pub mod config;
 mod conn;

@@ -110,6 +110,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {
+            if !is_json(ct.as_bytes()) {
+                return Err(Error::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "request bodies are JSON: send `Content-Type: application/json` (got `{}`)",
+                        String::from_utf8_lossy(ct.as_bytes())
+                    ),
+                ));
+            }
+        }
         let body: Body = req.into_body();
         let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
             Error::new(
@@ -120,6 +132,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         })?;
         decode_json(&bytes).map(Json)
     }
+}
+
+/// `application/json` or a `+json` type, any parameters (`; charset=utf-8`) ignored. A
+/// request without the header is taken as JSON, as most API clients send it so; one that
+/// names another type (curl's `-d` form encoding, `text/plain`) is refused rather than
+/// guessed at.
+fn is_json(content_type: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(content_type);
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {

@@ -39,6 +39,17 @@ impl Api {
         body: Vec<u8>,
         token: Option<&str>,
     ) -> (u16, Value) {
+        self.typed(method, path, body, token, None).await
+    }
+
+    async fn typed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+        content_type: Option<&str>,
+    ) -> (u16, Value) {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -51,6 +62,9 @@ impl Api {
             .header("host", "op");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
         }
         let resp = send
             .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
@@ -475,11 +489,58 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
                 assert!(!v.to_string().contains("eu"), "a 401 leaks nothing: {v}");
             }
         }
+        // a body that says it is not JSON is not read as JSON (curl's `-d` sends form
+        // encoding unless told otherwise)
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+        ] {
+            let (s, v) = api
+                .typed(
+                    "POST",
+                    "/api/v1/regions",
+                    br#"{"name":"ct"}"#.to_vec(),
+                    Some(&api.token),
+                    Some(ct),
+                )
+                .await;
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (415, Some("unsupported_media_type")),
+                "{ct}: {v}"
+            );
+            assert!(
+                v["message"].as_str().unwrap().contains("application/json"),
+                "{v}"
+            );
+        }
+        // an image whose root filesystem path holds a NUL cannot be a path on any node
+        let (s, v) = api
+            .raw(
+                "POST",
+                "/api/v1/images",
+                br#"{"name":"nul","command":["/x"],"rootfs":{"dir":"/srv/a\u0000b"}}"#.to_vec(),
+                Some(&api.token),
+            )
+            .await;
+        assert_eq!((s, v["field"].as_str()), (422, Some("rootfs")), "{v}");
         assert_eq!(
             api.store.counts().await.unwrap(),
             before,
             "{backend:?}: nothing was written"
         );
+        for ct in [
+            "application/json; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            let name = if ct.contains("merge") { "ct2" } else { "ct1" };
+            let body = format!(r#"{{"name":"{name}"}}"#).into_bytes();
+            let (s, v) = api
+                .typed("POST", "/api/v1/regions", body, Some(&api.token), Some(ct))
+                .await;
+            assert_eq!(s, 201, "{ct}: {v}");
+        }
         api.store.close().await;
     }
 }

@@ -51,6 +51,10 @@ pub struct InstanceReport {
     pub state: InstanceState,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The failure cannot go away by waiting (the runtime does not work on the node, the
+    /// executable is not there): the agent keeps trying, but whoever waits should stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +95,7 @@ mod tests {
             id: "i-1".into(),
             state: InstanceState::Failed,
             reason: Some("exited with status 1".into()),
+            permanent: false,
         });
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(
@@ -98,6 +103,15 @@ mod tests {
             r#"{"type":"instance","id":"i-1","state":"failed","reason":"exited with status 1"}"#
         );
         assert_eq!(serde_json::from_str::<AgentMessage>(&text).unwrap(), m);
+        let permanent =
+            r#"{"type":"instance","id":"i-1","state":"failed","reason":"x","permanent":true}"#;
+        assert!(matches!(
+            serde_json::from_str::<AgentMessage>(permanent).unwrap(),
+            AgentMessage::Instance(InstanceReport {
+                permanent: true,
+                ..
+            })
+        ));
         let c: ControlMessage =
             serde_json::from_str(r#"{"type":"assignments","version":3,"instances":[]}"#).unwrap();
         assert_eq!(

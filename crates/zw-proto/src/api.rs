@@ -269,6 +269,9 @@ pub struct Instance {
     /// Why it failed or was restarted, as its agent said.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Its failure cannot go away by waiting (runtime unavailable, executable not found).
+    #[serde(default)]
+    pub permanent: bool,
     /// Where edges reach the instance (set once it runs).
     pub address: Option<String>,
     pub port: Option<u16>,

@@ -200,13 +200,14 @@ impl Store {
         let reason = r.reason.as_deref().map(|s| zw_proto::abbreviate(s, 1024));
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
-            "UPDATE instances SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND node = $5",
+            "UPDATE instances SET state = $1, reason = $2, updated_at = $3, permanent = $6 WHERE id = $4 AND node = $5",
         )
         .bind(r.state.as_str())
         .bind(reason)
         .bind(unix_millis())
         .bind(&r.id)
         .bind(node_id)
+        .bind(i64::from(r.permanent))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -237,6 +238,7 @@ impl Store {
                     id: id.clone(),
                     state: InstanceState::Created,
                     reason: Some("not running on its node".into()),
+                    permanent: false,
                 }),
                 None => {}
             }
@@ -247,13 +249,14 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for r in &changes {
             sqlx::query(
-                "UPDATE instances SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND node = $5",
+                "UPDATE instances SET state = $1, reason = $2, updated_at = $3, permanent = $6 WHERE id = $4 AND node = $5",
             )
             .bind(r.state.as_str())
             .bind(r.reason.as_deref().map(|s| zw_proto::abbreviate(s, 1024)))
             .bind(unix_millis())
             .bind(&r.id)
             .bind(node_id)
+            .bind(i64::from(r.permanent))
             .execute(&mut *tx)
             .await?;
         }

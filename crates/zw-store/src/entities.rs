@@ -172,6 +172,11 @@ fn check_text(field: &str, value: &str) -> Result<()> {
             format!("longer than {MAX_TEXT} bytes"),
         )));
     }
+    // NUL ends a C string: no path, argument or variable can hold one (the kernel would
+    // see a shorter value than the one stored), and PostgreSQL refuses it in text
+    if value.contains('\0') {
+        return Err(invalid(FieldError::new(field, "contains a NUL character")));
+    }
     Ok(())
 }
 
@@ -825,6 +830,7 @@ fn instance(row: &AnyRow) -> Result<Instance> {
         node: get(row, "node")?,
         state: enum_col(row, "state", InstanceState::parse)?,
         reason: get(row, "reason")?,
+        permanent: get::<i64>(row, "permanent")? != 0,
         address: get(row, "address")?,
         port: port.and_then(|p| u16::try_from(p).ok()),
         created_at: Timestamp(get(row, "created_at")?),
@@ -859,6 +865,7 @@ impl Store {
             node: new.node,
             state: new.state.unwrap_or(InstanceState::Created),
             reason: None,
+            permanent: false,
             address: new.address,
             port: new.port,
             created_at: now,

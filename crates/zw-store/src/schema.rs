@@ -114,7 +114,8 @@ CREATE TABLE settings (
         r#"
 ALTER TABLE tokens ADD COLUMN bound_to TEXT;
 ALTER TABLE nodes ADD COLUMN enrolled_by TEXT;
-ALTER TABLE edge_proxies ADD COLUMN enrolled_by TEXT
+ALTER TABLE edge_proxies ADD COLUMN enrolled_by TEXT;
+ALTER TABLE instances ADD COLUMN permanent BIGINT NOT NULL DEFAULT 0
 "#,
     ),
 ];

@@ -666,6 +666,7 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
                 id: id.clone(),
                 state: InstanceState::Started,
                 reason: None,
+                permanent: false,
             })
             .collect();
         assert_eq!(store.agent_sync(&node, &held).await.unwrap(), ids.len());

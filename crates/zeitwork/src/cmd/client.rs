@@ -63,22 +63,32 @@ pub struct GetArgs {
     conn: Conn,
 }
 
+/// The deployment file `apply --help` shows (a test parses it).
+macro_rules! apply_example {
+    () => {
+        "domains = [\"hello.example.com\"]   # top level, before the tables
+
+[image]                      # optional: created or replaced
+name = \"hello\"
+command = [\"/usr/local/bin/hello\", \"--port\", \"$PORT\"]
+
+[deployment]
+name = \"hello\"
+image = \"hello\"
+replicas = 2
+regions = [\"eu\"]
+port = 8080
+health_check = { path = \"/healthz\" }
+"
+    };
+}
+
 #[derive(Args)]
-#[command(
-    after_help = "A deployment file (TOML, or JSON when named *.json):\n\n\
-  [image]                      # optional: created or replaced\n  \
-name = \"hello\"\n  \
-command = [\"/usr/local/bin/hello\", \"--port\", \"8080\"]\n\n  \
-[deployment]\n  \
-name = \"hello\"\n  \
-image = \"hello\"\n  \
-replicas = 2\n  \
-regions = [\"eu\"]\n  \
-port = 8080\n  \
-health_check = { path = \"/healthz\" }\n\n  \
-domains = [\"hello.example.com\"]   # top level, before the tables\n\n\
-Everything is written in one transaction: on any error nothing is."
-)]
+#[command(after_help = concat!(
+    "A deployment file (TOML, or JSON when named *.json), for example:\n\n",
+    apply_example!(),
+    "\nEverything is written in one transaction: on any error nothing is."
+))]
 pub struct ApplyArgs {
     /// The deployment file.
     #[arg(long, short = 'f', value_name = "FILE")]
@@ -251,37 +261,76 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
                 when(&n.last_heartbeat_at)
             ]
         ),
-        Kind::Instances => show!(
-            Instance,
-            "/api/v1/instances",
-            ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS", "REASON"],
-            |i| [
-                i.id.clone(),
-                i.deployment.clone(),
-                i.node.clone(),
-                i.state.to_string(),
-                match (&i.address, i.port) {
-                    (Some(a), Some(p)) => format!("{a}:{p}"),
-                    _ => "-".into(),
-                },
-                i.reason
-                    .as_deref()
-                    .map_or_else(|| "-".to_string(), |r| zw_proto::abbreviate(r, 80))
-            ]
-        ),
-        Kind::Deployments => show!(
-            Deployment,
-            "/api/v1/deployments",
-            ["NAME", "IMAGE", "REPLICAS", "REGIONS", "PORT", "STATUS"],
-            |d| [
-                d.name.clone(),
-                d.image.clone(),
-                d.replicas.to_string(),
-                d.regions.join(","),
-                d.port.to_string(),
-                d.status.to_string()
-            ]
-        ),
+        Kind::Instances => {
+            // instances the scheduler placed have no address of their own: edges reach
+            // them through their node's worker ingress, so that is what the table shows
+            let nodes: Vec<Node> = if json {
+                Vec::new()
+            } else {
+                c.list("/api/v1/nodes").await?
+            };
+            let ingress = |node: &str| {
+                nodes
+                    .iter()
+                    .find(|n| n.id == node)
+                    .and_then(|n| n.ingress_address.clone())
+            };
+            show!(
+                Instance,
+                "/api/v1/instances",
+                ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS", "REASON"],
+                |i| [
+                    i.id.clone(),
+                    i.deployment.clone(),
+                    i.node.clone(),
+                    i.state.to_string(),
+                    match (&i.address, i.port, ingress(&i.node)) {
+                        (Some(a), Some(p), _) => format!("{a}:{p}"),
+                        (_, _, Some(via)) => format!("via {via}"),
+                        _ => "-".into(),
+                    },
+                    i.reason
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), |r| zw_proto::abbreviate(r, 80))
+                ]
+            )
+        }
+        Kind::Deployments => {
+            // READY and STATUS come from the instances: how many serve, and whether the
+            // rest are on their way or cannot start. (The port is left out: a process
+            // gets its own in $PORT; `-o json` shows the VM port.)
+            let instances: Vec<Instance> = if json {
+                Vec::new()
+            } else {
+                c.list("/api/v1/instances").await?
+            };
+            let status = |d: &Deployment| {
+                let mine = || instances.iter().filter(|i| i.deployment == d.name);
+                let ready = mine().filter(|i| i.state == InstanceState::Started).count();
+                let status = if d.status == DeploymentStatus::Stopped {
+                    "stopped"
+                } else if ready >= d.replicas as usize {
+                    "running"
+                } else if mine().any(|i| i.state == InstanceState::Failed && i.permanent) {
+                    "failed"
+                } else {
+                    "starting"
+                };
+                (format!("{ready}/{}", d.replicas), status)
+            };
+            show!(
+                Deployment,
+                "/api/v1/deployments",
+                ["NAME", "IMAGE", "READY", "REGIONS", "STATUS"],
+                |d| [
+                    d.name.clone(),
+                    d.image.clone(),
+                    status(d).0,
+                    d.regions.join(","),
+                    status(d).1.to_string()
+                ]
+            )
+        }
         Kind::Domains => show!(
             Domain,
             "/api/v1/domains",
@@ -385,4 +434,16 @@ async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
         println!("domain {} -> {}", d.name, d.deployment);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+
+    /// What `apply --help` shows is a file `apply` accepts.
+    #[test]
+    fn the_help_example_parses() {
+        let spec: zw_proto::api::ApplySpec = toml::from_str(apply_example!()).unwrap();
+        assert_eq!(spec.domains, ["hello.example.com"]);
+        assert_eq!(spec.deployment.replicas, 2);
+    }
 }

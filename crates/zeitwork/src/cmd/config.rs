@@ -35,10 +35,18 @@ pub fn run(cmd: ConfigCommand) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
+                    // one stream, in order: a summary on stderr lands wherever the
+                    // terminal or a log collector interleaves it with the errors
+                    let mut out = String::new();
                     for e in &errors.0 {
-                        println!("{e}");
+                        out.push_str(&format!("{e}\n"));
                     }
-                    eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+                    out.push_str(&format!(
+                        "{} error(s) in {}\n",
+                        errors.0.len(),
+                        path.display()
+                    ));
+                    print!("{out}");
                     ExitCode::FAILURE
                 }
             }

@@ -15,23 +15,32 @@ use super::client::{finish, runtime, Client, Conn};
 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
-zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n  \
-zeitwork deploy web --domain web.localhost --replicas 3 --health-path /healthz -- ./web --port '$PORT'\n  \
-zeitwork deploy site --domain site.localhost --oci ./site-oci.tar -- /bin/server\n\n\
-The app must listen on the port in $PORT (on 127.0.0.1). Progress is shown as the\n\
-instances are placed, started, found healthy and routed; the command ends with the URL.")]
+zeitwork deploy hello --domain hello.localhost -- python3 -m http.server '$PORT' -b 127.0.0.1\n  \
+zeitwork deploy web --domain web.localhost --replicas 3 --health-path / \\\n    \
+-- python3 -m http.server '${PORT}' -b 127.0.0.1\n  \
+zeitwork deploy site --domain site.localhost --oci site.tar \\\n    \
+-- /bin/busybox httpd -f -p '$PORT' -h /www\n\n\
+The app must listen on 127.0.0.1 at the port in $PORT, also inside an --oci or --rootfs\n\
+root filesystem. In the command, $PORT, ${PORT}, $ZEITWORK_INSTANCE and the --env names\n\
+are replaced by their values (no shell is involved; quote them so that yours does not\n\
+expand them first; $$ is a literal $). Only a microVM (--runtime qemu or firecracker)\n\
+listens on --port, on its own address. (site.tar: `bash bench/oci-busybox.sh site.tar`\n\
+in a checkout.) Progress is shown as the instances are placed, started, found healthy\n\
+and routed; the command ends with the URL.")]
 pub struct DeployArgs {
     /// The app's name (the image and the deployment get it).
     name: String,
     /// A host name routed to the app (repeatable).
     #[arg(long = "domain", value_name = "HOST", required = true)]
     domains: Vec<String>,
+    /// How many instances to run.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// The region to run it in (`zeitwork up` makes `local`).
     #[arg(long, value_name = "NAME", default_value = "local")]
     region: String,
-    /// The port the app listens on inside an isolated root filesystem or VM; a plain
-    /// process gets its port in $PORT instead.
+    /// The port the app listens on inside a microVM (qemu, firecracker); a process,
+    /// isolated or not, gets its port in $PORT instead.
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// HTTP path whose 2xx/3xx answer means healthy; without it a TCP connect does.
@@ -46,6 +55,8 @@ pub struct DeployArgs {
     /// An OCI image layout (directory or tar) on the nodes to run the command in.
     #[arg(long, value_name = "PATH")]
     oci: Option<PathBuf>,
+    /// How to run it: `process` (a supervised process, isolated when the agent is root),
+    /// `qemu` or `firecracker` (a microVM; needs --oci or --rootfs).
     #[arg(long, value_name = "RUNTIME", default_value = "process", value_parser = ["process", "qemu", "firecracker"])]
     runtime: String,
     /// Give up waiting for the app to be routed after this long.
@@ -71,7 +82,8 @@ pub struct LogsArgs {
     /// Lines to show per instance first.
     #[arg(long, default_value_t = 50)]
     tail: usize,
-    /// The local agent's state directory (logs live on the node running the instance).
+    /// The agent's state directory (its --state-dir), when the instance runs on this
+    /// machine. Default: DATA_DIR/agent (`zeitwork up`), then ./zeitwork-agent.
     #[arg(long, value_name = "DIR")]
     agent_state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -235,6 +247,19 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
             .filter(|i| i.state == InstanceState::Failed)
             .map(|i| format!("{}: {}", i.id, i.reason.as_deref().unwrap_or("failed")))
             .collect();
+        // A failure that waiting cannot mend ends the wait now, with the agent's words.
+        if let Some(i) = instances
+            .iter()
+            .find(|i| i.state == InstanceState::Failed && i.permanent)
+        {
+            progress.done();
+            bail!(
+                "instance {} of {} cannot start: {}",
+                i.id,
+                args.name,
+                i.reason.as_deref().unwrap_or("failed")
+            );
+        }
         let mut line = if instances.len() < want {
             format!("placing: {}/{want} instances placed", instances.len())
         } else if started == 0 {
@@ -297,10 +322,15 @@ pub fn logs(args: LogsArgs) -> ExitCode {
 
 async fn logs_inner(args: LogsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
-    let state = args
-        .agent_state_dir
-        .clone()
-        .unwrap_or_else(|| args.conn.data_dir.join("agent"));
+    // Logs live on the node that runs the instance, under the agent's state directory:
+    // DATA_DIR/agent for `zeitwork up`, ./zeitwork-agent for a standalone agent's default.
+    let places: Vec<PathBuf> = match &args.agent_state_dir {
+        Some(d) => vec![d.clone()],
+        None => vec![
+            args.conn.data_dir.join("agent"),
+            PathBuf::from("./zeitwork-agent"),
+        ],
+    };
     let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
     let mut first = true;
     loop {
@@ -311,14 +341,23 @@ async fn logs_inner(args: LogsArgs) -> anyhow::Result<()> {
             bail!("deployment {} has no instances", args.name);
         }
         for i in &instances {
-            let file = state.join("logs").join(format!("{}.log", i.id));
-            let Ok(text) = std::fs::read(&file) else {
+            let name = format!("{}.log", i.id);
+            let found = places
+                .iter()
+                .map(|d| d.join("logs").join(&name))
+                .find_map(|f| std::fs::read(&f).ok());
+            let Some(text) = found else {
                 if first {
+                    let looked: Vec<String> = places
+                        .iter()
+                        .map(|d| d.join("logs").display().to_string())
+                        .collect();
                     println!(
-                        "[{}] on node {}: its log is on that node ({})",
+                        "[{}] no log here (looked in {}): it is in STATE_DIR/logs/{name} on node {}; \
+                         on that machine, run this with --agent-state-dir STATE_DIR",
                         i.id,
+                        looked.join(", "),
                         i.node,
-                        file.display()
                     );
                 }
                 continue;

@@ -13,7 +13,7 @@ use zw_edge::{ControlPlane, Edge};
 
 #[derive(Args)]
 #[command(after_help = "Then, in another terminal:\n  \
-zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n  \
+zeitwork deploy hello --domain hello.localhost -- python3 -m http.server '$PORT' --bind 127.0.0.1\n  \
 curl http://hello.localhost:8000/\n\n\
 Ctrl-C stops everything, the instances included. State (the SQLite database, the admin token,\n\
 the platform CA, the edge's last-known-good, the agent's records and logs) stays in --data-dir.")]
@@ -212,7 +212,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
          edge              http://{edge_addr} (admin http://{edge_admin_addr})\n  \
          operator API      http://{api_addr} (admin token: {})\n  \
          worker ingress    {} (mutual TLS), node {} (admin http://{})\n\
-         Deploy an app:    zeitwork deploy hello --domain hello.localhost -- python3 -m http.server\n\
+         Deploy an app:    zeitwork deploy hello --domain hello.localhost -- python3 -m http.server '$PORT' --bind 127.0.0.1\n\
          Stop:             Ctrl-C",
         super::operator::token_file(data).display(),
         agent.ingress_address,

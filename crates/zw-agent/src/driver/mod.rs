@@ -27,6 +27,40 @@ pub struct Launch {
     pub work_dir: PathBuf,
 }
 
+/// Why an instance could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LaunchError {
+    pub message: String,
+    /// Waiting will not help (the executable is missing, the image is unusable): the
+    /// agent still retries, but `deploy` stops waiting and says why.
+    pub permanent: bool,
+}
+
+impl LaunchError {
+    pub fn permanent(message: impl Into<String>) -> LaunchError {
+        LaunchError {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+}
+
+impl From<String> for LaunchError {
+    fn from(message: String) -> LaunchError {
+        LaunchError {
+            message,
+            permanent: false,
+        }
+    }
+}
+
+impl From<&str> for LaunchError {
+    fn from(message: &str) -> LaunchError {
+        LaunchError::from(message.to_string())
+    }
+}
+
 /// How an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit(pub String);
@@ -159,7 +193,7 @@ pub trait Driver: Send + Sync {
     }
 
     /// Starts the instance.
-    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>>;
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, LaunchError>>;
 
     /// The instance of `record` if it still runs.
     fn adopt(&self, record: &Record) -> Option<Running> {

@@ -38,7 +38,7 @@ impl ProcessDriver {
         }
     }
 
-    async fn launch(&self, launch: &Launch) -> Result<Running, String> {
+    async fn launch(&self, launch: &Launch) -> Result<Running, super::LaunchError> {
         let r = &launch.record;
         let a = &r.assignment;
         let env = super::instance_env(a, r.port);
@@ -56,7 +56,11 @@ impl ProcessDriver {
             Some(RootFs::Oci(layout)) => Some(
                 crate::oci::unpacked(std::path::Path::new(layout), &launch.work_dir)
                     .await
-                    .map_err(|e| format!("unpacking the OCI image {layout}: {e}"))?,
+                    .map_err(|e| {
+                        super::LaunchError::permanent(format!(
+                            "unpacking the OCI image {layout}: {e}"
+                        ))
+                    })?,
             ),
         };
         let mut cmd = match &self.init {
@@ -79,10 +83,9 @@ impl ProcessDriver {
             }
             None => {
                 if rootfs.is_some() {
-                    return Err(
-                        "images with a root filesystem need the agent to run as root (for namespaces and pivot_root)"
-                            .into(),
-                    );
+                    return Err(super::LaunchError::permanent(
+                        "images with a root filesystem need the agent to run as root (for namespaces and pivot_root)",
+                    ));
                 }
                 let mut c = tokio::process::Command::new(program);
                 c.args(args);
@@ -105,10 +108,16 @@ impl ProcessDriver {
             .process_group(0)
             // It must outlive an agent restart: that is what adoption is for.
             .kill_on_drop(false);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting `{program}`: {e}"))?;
-        Running::owned(child)
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => super::LaunchError::permanent(format!(
+                "`{program}` not found on the node (PATH={PATH}, working directory: the instance's own): give its absolute path, or install it there"
+            )),
+            std::io::ErrorKind::PermissionDenied => super::LaunchError::permanent(format!(
+                "`{program}` is not executable on the node: `chmod +x` it, or run it through its interpreter"
+            )),
+            _ => super::LaunchError::from(format!("starting `{program}`: {e}")),
+        })?;
+        Ok(Running::owned(child)?)
     }
 }
 
@@ -121,7 +130,10 @@ impl Driver for ProcessDriver {
         }
     }
 
-    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>> {
+    fn start<'a>(
+        &'a self,
+        launch: &'a Launch,
+    ) -> BoxFuture<'a, Result<Running, super::LaunchError>> {
         Box::pin(self.launch(launch))
     }
 }

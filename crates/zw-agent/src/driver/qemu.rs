@@ -306,8 +306,11 @@ impl Driver for QemuDriver {
         }
     }
 
-    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Running, String>> {
-        Box::pin(self.launch(launch))
+    fn start<'a>(
+        &'a self,
+        launch: &'a Launch,
+    ) -> BoxFuture<'a, Result<Running, super::LaunchError>> {
+        Box::pin(async move { Ok(self.launch(launch).await?) })
     }
 
     fn stop<'a>(&'a self, running: &'a mut Running, grace: Duration) -> BoxFuture<'a, Exit> {

@@ -34,7 +34,7 @@ fn three_edges_route_new_domains_and_converge() {
     let token = seed(&op, up.addr);
     let replica = url
         .as_deref()
-        .map(|u| Operator::start_replica(&dir.path().join("b"), free_port(), u, &op.token));
+        .map(|u| Operator::start_replica(&dir.path().join("b"), free_port(), u, &op));
     let third_op = replica.as_ref().map_or(op.addr, |r| r.addr);
 
     let edges = [
@@ -446,5 +446,71 @@ health_check = { path = "/healthz" }
         String::from_utf8_lossy(&out.stderr).contains("401"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The operator's secrets at rest: every secret-bearing file is 0600 even in a data
+/// directory that existed with looser modes, and the CA's private key is nowhere in the
+/// database in clear — it is sealed with DATA_DIR/secret-key, without which it does not
+/// open.
+#[test]
+fn secrets_at_rest_are_private_and_the_ca_key_is_sealed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut op = Operator::start(&data, free_port(), None);
+    op.proc.wait_log(Duration::from_secs(10), |v| {
+        message(v).starts_with("platform CA created")
+    });
+    // (every enrollment in the other tests opens the sealed key with the right one)
+    let (s, body) = op.api("POST", "/api/v1/join-tokens", Some(json!({"role": "edge"})));
+    assert_eq!(s, 201, "{body}");
+    let mode = |f: &str| {
+        std::fs::metadata(data.join(f))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+    };
+    for f in ["state.db", "admin-token", "secret-key"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    if data.join("state.db-wal").exists() {
+        assert_eq!(mode("state.db-wal"), 0o600);
+    }
+    let mut stored = Vec::new();
+    for f in ["state.db", "state.db-wal"] {
+        stored.extend(std::fs::read(data.join(f)).unwrap_or_default());
+    }
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains("zwseal1:"), "the CA key is stored sealed");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "no private key in clear in the database"
+    );
+
+    // another key cannot open it, and the operator says what to do
+    op.proc.kill();
+    let wrong = dir.path().join("wrong-key");
+    std::fs::write(&wrong, "11".repeat(32)).unwrap();
+    let port = op.addr.port();
+    let mut args: Vec<String> = ["operator", "--listen", &format!("127.0.0.1:{port}")]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--data-dir".into(), data.display().to_string()]);
+    args.extend(["--secret-key-file".into(), wrong.display().to_string()]);
+    let p = Proc::spawn("operator", &args);
+    let v = p.wait_log(Duration::from_secs(10), |v| {
+        v["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sealed with another sealing key"))
+    });
+    assert!(
+        v["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("secret-key file"),
+        "{v}"
     );
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Extension;
 use serde::{Deserialize, Serialize};
-use zw_pki::{Ca, Role};
+use zw_pki::{Ca, Role, SealingKey};
 use zw_proto::api::{
     check_host, ApiError, CertificateRequest, FieldError, IssuedCertificate, TokenRole,
 };
@@ -17,42 +17,87 @@ use crate::App;
 
 const SETTING: &str = "platform_ca";
 
+/// The CA as the store keeps it: the certificate in clear, the private key sealed.
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
     cert: String,
-    key: String,
+    /// The key in clear, as versions before sealing kept it; read once and replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_key: Option<String>,
+}
+
+/// What the CA's key is sealed for: a sealed value of another purpose does not open here.
+const PURPOSE: &str = "platform_ca.key";
+
+fn stored(ca: &Ca, key: &SealingKey) -> Result<String, String> {
+    let sealed = key
+        .seal(ca.key_pem().as_bytes(), PURPOSE)
+        .map_err(|e| e.to_string())?;
+    serde_json::to_string(&StoredCa {
+        cert: ca.cert_pem().to_string(),
+        key: None,
+        sealed_key: Some(sealed),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// The CA, loaded from the store or made there on first use.
-pub(crate) async fn load_or_create(store: &Store) -> Result<Ca, String> {
-    let stored = match store.setting(SETTING).await.map_err(|e| e.to_string())? {
+pub(crate) async fn load_or_create(store: &Store, key: &SealingKey) -> Result<Ca, String> {
+    let text = match store.setting(SETTING).await.map_err(|e| e.to_string())? {
         Some(s) => s,
         None => {
-            let ca = Ca::generate().map_err(|e| e.to_string())?;
-            let fresh = serde_json::to_string(&StoredCa {
-                cert: ca.cert_pem().to_string(),
-                key: ca.key_pem().to_string(),
-            })
-            .map_err(|e| e.to_string())?;
+            let fresh = stored(&Ca::generate().map_err(|e| e.to_string())?, key)?;
             // Another replica may have won the race; its CA is the one.
-            let stored = store
+            let text = store
                 .init_setting(SETTING, &fresh)
                 .await
                 .map_err(|e| e.to_string())?;
-            if stored == fresh {
-                tracing::info!("platform CA created");
+            if text == fresh {
+                tracing::info!("platform CA created; its key is sealed in the store");
             }
-            stored
+            text
         }
     };
     let s: StoredCa =
-        serde_json::from_str(&stored).map_err(|e| format!("stored platform CA: {e}"))?;
-    Ca::from_pem(&s.cert, &s.key).map_err(|e| format!("stored platform CA: {e}"))
+        serde_json::from_str(&text).map_err(|e| format!("stored platform CA: {e}"))?;
+    match (s.sealed_key, s.key) {
+        (Some(sealed), _) => {
+            let pem = key.open(&sealed, PURPOSE).map_err(|_| {
+                "the platform CA's key in the store was sealed with another sealing key: \
+                 give this operator the secret-key file of the operator that made the CA \
+                 (every operator on one database needs the same one)"
+                    .to_string()
+            })?;
+            let pem = String::from_utf8(pem).map_err(|_| "stored platform CA: key is not PEM")?;
+            Ca::from_pem(&s.cert, &pem).map_err(|e| format!("stored platform CA: {e}"))
+        }
+        (None, Some(clear)) => {
+            let ca =
+                Ca::from_pem(&s.cert, &clear).map_err(|e| format!("stored platform CA: {e}"))?;
+            // Kept in clear by an earlier version: seal it now (only if no replica did).
+            let sealed = stored(&ca, key)?;
+            if store
+                .replace_setting(SETTING, &text, &sealed)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::info!("the platform CA's key was stored in clear; it is sealed now");
+            }
+            Ok(ca)
+        }
+        (None, None) => Err("stored platform CA has no key".into()),
+    }
 }
 
 pub(crate) async fn ca(app: &App) -> Result<Arc<Ca>, Error> {
     app.ca
-        .get_or_try_init(|| async { load_or_create(&app.store).await.map(Arc::new) })
+        .get_or_try_init(|| async {
+            load_or_create(&app.store, &app.sealing_key)
+                .await
+                .map(Arc::new)
+        })
         .await
         .cloned()
         .map_err(|e| Error::new(http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e))

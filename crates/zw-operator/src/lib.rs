@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use zw_store::Store;
 
 pub use distribute::{Published, PublishedMap};
+pub use zw_pki::SealingKey;
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct Options {
     pub suspect_after: Duration,
     /// …and for this long lost: its instances are placed elsewhere.
     pub lost_after: Duration,
+    /// Seals the secrets the store keeps (the platform CA's key). Every operator on one
+    /// database needs the same key.
+    pub sealing_key: zw_pki::SealingKey,
 }
 
 impl Default for Options {
@@ -43,6 +47,9 @@ impl Default for Options {
             debounce: Duration::from_millis(10),
             suspect_after: Duration::from_secs(10),
             lost_after: Duration::from_secs(30),
+            // tests and embedders that do not say: a fresh key, good for one store
+            sealing_key: zw_pki::SealingKey::generate()
+                .unwrap_or_else(|e| panic!("no sealing key: {e}")),
         }
     }
 }
@@ -54,6 +61,7 @@ pub struct App {
     pub(crate) published: watch::Sender<PublishedMap>,
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) ca: std::sync::Arc<tokio::sync::OnceCell<std::sync::Arc<zw_pki::Ca>>>,
+    pub(crate) sealing_key: zw_pki::SealingKey,
 }
 
 /// A running control plane (compiler loop started; serve it with [`Operator::serve`]).
@@ -85,6 +93,7 @@ impl Operator {
             published,
             stop,
             ca: Default::default(),
+            sealing_key: options.sealing_key,
         };
         // Make (or load) the CA now, so the first start creates it and a broken stored
         // CA is reported at start rather than at the first enrollment.

@@ -22,6 +22,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 pub use rustls;
 
+pub mod seal;
+pub use seal::SealingKey;
+
 /// The largest PEM document (a CSR, a certificate) accepted from outside.
 pub const MAX_PEM_BYTES: usize = 16 * 1024;
 

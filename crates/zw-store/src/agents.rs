@@ -548,6 +548,23 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Replaces setting `name` with `new` if it still holds `old`; false when another
+    /// writer changed it first (compare and swap, so replicas do not undo each other).
+    pub async fn replace_setting(&self, name: &str, old: &str, new: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE settings SET value = $1 WHERE name = $2 AND value = $3")
+            .bind(new)
+            .bind(name)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(done == 1)
+    }
+}
+
 /// A join token may speak for record `id` of `table` (nodes, edge_proxies) only when the
 /// record is new or the token enrolled it; the token is bound to `id` on the way (a token
 /// enrolls one identity). A record made through the API or by another token is refused:

@@ -40,6 +40,11 @@ pub struct OperatorArgs {
     /// DATA_DIR/admin-token.
     #[arg(long)]
     rotate_admin_token: bool,
+    /// The key that seals secrets kept in the store (the platform CA's private key).
+    /// Default: DATA_DIR/secret-key, made on first start. Operators on one PostgreSQL
+    /// database need the same file.
+    #[arg(long, value_name = "PATH", env = "ZEITWORK_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -68,21 +73,72 @@ pub fn token_file(data_dir: &Path) -> PathBuf {
     data_dir.join("admin-token")
 }
 
-async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
+/// Makes the data directory (0700 when new) and, for the embedded store, its database
+/// file 0600 — also when the directory was already there with looser modes, so the
+/// file's mode never depends on the umask. Returns the SQLite URL.
+pub(crate) fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&args.data.data_dir)
-        .with_context(|| {
-            format!(
-                "creating the data directory {}",
-                args.data.data_dir.display()
-            )
-        })?;
+        .create(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let db = data_dir.join("state.db");
+    // SQLite gives its -wal and -shm files the database file's mode
+    for f in [
+        db.clone(),
+        data_dir.join("state.db-wal"),
+        data_dir.join("state.db-shm"),
+    ] {
+        if f == db || f.exists() {
+            restrict(&f).with_context(|| format!("making {} private (0600)", f.display()))?;
+        }
+    }
+    Ok(format!("sqlite://{}", db.display()))
+}
+
+/// Creates `path` 0600 if it is missing, else sets its mode to 0600.
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// The key that seals the secrets the store keeps: read from `file`, or from
+/// DATA_DIR/secret-key, which is made (0600) on first start. Operators sharing one
+/// PostgreSQL database must be given the same file.
+pub(crate) fn sealing_key(
+    data_dir: &Path,
+    file: Option<&Path>,
+) -> anyhow::Result<zw_operator::SealingKey> {
+    let (path, explicit) = match file {
+        Some(f) => (f.to_path_buf(), true),
+        None => (data_dir.join("secret-key"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => zw_operator::SealingKey::from_hex(&text)
+            .with_context(|| format!("{}: not a sealing key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            let key = zw_operator::SealingKey::generate()?;
+            write_secret(&path, &key.to_hex())
+                .with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(file = %path.display(), "made the key that seals stored secrets; back it up with the database");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the sealing key {}", path.display())),
+    }
+}
+
+async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
+    let sqlite = prepare_data_dir(&args.data.data_dir)?;
     let url = match &args.database_url {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}/state.db", args.data.data_dir.display()),
+        None => sqlite,
     };
+    let sealing_key = sealing_key(&args.data.data_dir, args.secret_key_file.as_deref())?;
     let store = zw_store::Store::open(&url)
         .await
         .with_context(|| format!("opening the state store {}", zw_store::redact(&url)))?;
@@ -120,6 +176,7 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
             debounce: args.debounce,
             suspect_after: args.liveness.node_suspect_after,
             lost_after: args.liveness.node_lost_after,
+            sealing_key,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

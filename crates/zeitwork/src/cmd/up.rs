@@ -62,8 +62,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data = &args.data.data_dir;
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let url = format!("sqlite://{}/state.db", data.display());
+    let url = super::operator::prepare_data_dir(data)?;
+    let sealing_key = super::operator::sealing_key(data, None)?;
     let store = zw_store::Store::open(&url)
         .await
         .with_context(|| format!("opening the state store {url}"))?;
@@ -128,6 +128,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         zw_operator::Options {
             suspect_after: args.liveness.node_suspect_after,
             lost_after: args.liveness.node_lost_after,
+            sealing_key,
             ..Default::default()
         },
     );

@@ -157,9 +157,22 @@ impl Operator {
         Self::spawn(data_dir, port, database_url, None)
     }
 
-    /// A second operator on the same database: the admin token is the first one's.
-    pub fn start_replica(data_dir: &Path, port: u16, database_url: &str, token: &str) -> Operator {
-        Self::spawn(data_dir, port, Some(database_url), Some(token))
+    /// A second operator on the same database: the admin token is the first one's, and
+    /// so is the key that seals the stored CA (given as a file, as an operator would be).
+    pub fn start_replica(
+        data_dir: &Path,
+        port: u16,
+        database_url: &str,
+        first: &Operator,
+    ) -> Operator {
+        let key = first.data_dir.join("secret-key");
+        Self::spawn_with(
+            data_dir,
+            port,
+            Some(database_url),
+            Some(&first.token),
+            &["--secret-key-file", key.to_str().unwrap()],
+        )
     }
 
     fn spawn(
@@ -167,6 +180,16 @@ impl Operator {
         port: u16,
         database_url: Option<&str>,
         token: Option<&str>,
+    ) -> Operator {
+        Self::spawn_with(data_dir, port, database_url, token, &[])
+    }
+
+    fn spawn_with(
+        data_dir: &Path,
+        port: u16,
+        database_url: Option<&str>,
+        token: Option<&str>,
+        extra: &[&str],
     ) -> Operator {
         let mut args: Vec<String> = vec![
             "operator".into(),
@@ -178,6 +201,7 @@ impl Operator {
         if let Some(u) = database_url {
             args.extend(["--database-url".into(), u.to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let proc = Proc::spawn("operator", &args);
         let addr = proc.addr("operator API listening");
         let token = match token {

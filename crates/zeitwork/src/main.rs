@@ -59,6 +59,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started under the name `zeitwork-init` (the agent sets argv[0]) when no separate
+    // `zeitwork-init` binary sits beside this one, as after `cargo run`: be the instance
+    // init, before anything else runs (the init must stay single-threaded).
+    let mut argv = std::env::args();
+    let name = argv.next().unwrap_or_default();
+    if std::path::Path::new(&name).file_name() == Some(std::ffi::OsStr::new("zeitwork-init")) {
+        return zw_agent::init::main(argv);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Operator(args) => cmd::operator::run(args),

@@ -506,3 +506,24 @@ fn help_explains_the_commands() {
         "{text}"
     );
 }
+
+/// After `cargo run` only `zeitwork` is built; started under the name `zeitwork-init` it
+/// is the instance init, so `up` isolates instances without a separate binary.
+#[test]
+fn zeitwork_answers_as_the_instance_init_under_that_name() {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(BIN)
+        .arg0("zeitwork-init")
+        .args(["--hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zeitwork-init: --hostname needs a value"),
+        "{err}"
+    );
+    // and by its own name it is the usual command line
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+}

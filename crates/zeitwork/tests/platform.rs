@@ -514,3 +514,90 @@ fn secrets_at_rest_are_private_and_the_ca_key_is_sealed() {
         "{v}"
     );
 }
+
+/// A region whose balancer address leads back to the edge that forwards to it: the
+/// request goes round once, then gets a 508 that says why, counted in a metric, and the
+/// edge's open descriptors stay flat (before the hop mark, one request looped until the
+/// edge ran out of them). The API refuses an edge's address as a balancer address.
+#[test]
+fn a_cross_region_loop_ends_with_one_508() {
+    let (_rt, up) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::start(&dir.path().join("op"), free_port(), None);
+    for r in ["eu", "us"] {
+        op.ok("POST", "/api/v1/regions", Some(json!({"name": r})));
+    }
+    let node = op.ok(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"hostname": "w-us", "address": "127.0.0.1", "region": "us", "type": "worker"})),
+    );
+    op.ok(
+        "POST",
+        "/api/v1/images",
+        Some(json!({"name": "hello", "command": ["hello"]})),
+    );
+    op.ok(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({"name": "web", "image": "hello", "regions": ["us"], "port": up.addr.port()})),
+    );
+    op.ok("POST", "/api/v1/instances", Some(json!({
+        "deployment": "web", "node": node["id"], "state": "started", "address": "127.0.0.1", "port": up.addr.port()
+    })));
+    add_domain(&op, "app.test");
+    // The edge of `eu` (which runs no instance) says it is at 127.0.0.1:1: a stale
+    // record, so the API cannot see that `us`'s balancer address below is this edge.
+    let edge = Edge::start(
+        op.addr,
+        &edge_token(&op),
+        "edge-eu",
+        &dir.path().join("e"),
+        &["--advertise", "127.0.0.1:1"],
+    );
+    eventually(Duration::from_secs(10), "the edge recorded", || {
+        op.edges()
+            .iter()
+            .any(|e| e["id"] == "edge-eu" && e["address"] == "127.0.0.1:1")
+            .then_some(())
+    });
+    let (s, v) = op.api(
+        "PATCH",
+        "/api/v1/regions/us",
+        Some(json!({"balancer_address": "127.0.0.1:1"})),
+    );
+    assert_eq!(s, 422, "an edge's recorded address is no balancer: {v}");
+    assert!(v["message"].as_str().unwrap().contains("edge-eu"), "{v}");
+    op.ok(
+        "PATCH",
+        "/api/v1/regions/us",
+        Some(json!({"balancer_address": edge.http.to_string()})),
+    );
+
+    let (s, body) = eventually(Duration::from_secs(10), "the loop answered", || {
+        let r = edge.get("app.test", "/");
+        (r.0 == 508).then_some(r)
+    });
+    assert!(body.contains("Loop Detected"), "{s} {body}");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", edge.proc.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    for _ in 0..100 {
+        assert_eq!(edge.get("app.test", "/").0, 508);
+    }
+    let after = fds();
+    // a few pooled connections to itself at most; the loop used to take thousands
+    assert!(after <= before + 8, "fds {before} → {after}");
+    let (_, metrics) = http(edge.admin, "GET", "/metrics", None, None, &[]);
+    let loops: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zeitwork_cross_region_loops_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    // one per request that went round, and each went round once
+    assert!(loops >= 101, "{loops}");
+    assert!(loops <= 101 + 20, "{loops}");
+}

@@ -13,6 +13,7 @@
 
 use std::ffi::CString;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -191,4 +192,44 @@ fn enter_root(root: &std::path::Path) -> nix::Result<()> {
     umount2("/.zeitwork-old-root", MntFlags::MNT_DETACH)?;
     let _ = std::fs::remove_dir("/.zeitwork-old-root");
     Ok(())
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!(
+        "zeitwork-init: {why}\nusage: zeitwork-init --hostname NAME [--rootfs DIR] [--cgroup-procs FILE]... -- COMMAND [ARG]...\n(started by `zeitwork agent` for isolated instances; not meant to be run by hand)"
+    );
+    ExitCode::from(2)
+}
+
+/// `zeitwork-init`'s command line (arguments after the program name), parsed by hand:
+/// the init runs beside every isolated instance and should cost as little as it can.
+pub fn main(argv: impl Iterator<Item = String>) -> ExitCode {
+    let mut args = InitArgs::default();
+    let mut it = argv;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => {
+                args.command = it.by_ref().collect();
+                break;
+            }
+            "--hostname" | "--rootfs" | "--cgroup-procs" => {
+                let Some(v) = it.next() else {
+                    return usage(&format!("{a} needs a value"));
+                };
+                match a.as_str() {
+                    "--hostname" => args.hostname = v,
+                    "--rootfs" => args.rootfs = Some(PathBuf::from(v)),
+                    _ => args.cgroup_procs.push(PathBuf::from(v)),
+                }
+            }
+            other => return usage(&format!("unexpected argument `{other}`")),
+        }
+    }
+    if args.command.is_empty() {
+        return usage("no command after `--`");
+    }
+    if args.hostname.is_empty() {
+        return usage("--hostname is required");
+    }
+    ExitCode::from(run(args).clamp(0, 255) as u8)
 }

@@ -166,6 +166,11 @@ pub struct Server {
     /// to, sent as the `Zeitwork-Instance` request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// *Zeitwork addition*: the server is another region's balancer. Requests to it are
+    /// marked (`Zeitwork-Hop`), and a marked request is never forwarded to another
+    /// region again: it gets a 508 instead of going round a loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_region: bool,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -121,6 +121,9 @@ pub struct EdgeMetrics {
     pub connections_idle_closed: AtomicU64,
     /// Client connections open now.
     pub connections_open: AtomicU64,
+    /// Requests refused with 508: already forwarded from another region, they would
+    /// have been forwarded to another region again.
+    pub cross_region_loops: AtomicU64,
 }
 
 /// Escapes a Prometheus label value.
@@ -183,7 +186,7 @@ pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
-    let pairs: [(&str, &str, &AtomicU64); 15] = [
+    let pairs: [(&str, &str, &AtomicU64); 16] = [
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
@@ -230,6 +233,11 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
             "zeitwork_connections_evicted_total",
             "counter",
             &m.connections_evicted,
+        ),
+        (
+            "zeitwork_cross_region_loops_total",
+            "counter",
+            &m.cross_region_loops,
         ),
     ];
     for (name, kind, v) in pairs {

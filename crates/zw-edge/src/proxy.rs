@@ -37,6 +37,10 @@ use crate::Shared;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the instance behind a worker ingress (see `zw_config::Server::instance`).
 pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
+/// Set on requests forwarded to another region's balancer. One cross-region hop is the
+/// most a request needs (to a region that runs the app); a second means the regions'
+/// balancer addresses lead round in a loop.
+pub const ZEITWORK_HOP: HeaderName = HeaderName::from_static("zeitwork-hop");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -297,6 +301,17 @@ async fn proxy(
     };
     let server = &lb.servers[server_idx];
     let state = &server.state;
+    if state.cross_region && parts.headers.contains_key(ZEITWORK_HOP) {
+        ex.shared.metrics.cross_region_loops.fetch_add(1, Relaxed);
+        let mut resp = local(
+            StatusCode::LOOP_DETECTED,
+            "Loop Detected: this request was forwarded here from another region and would be \
+             forwarded to another region again; a region's balancer_address leads back to \
+             its own edges (see `zeitwork get regions`)\n",
+        );
+        finish_explain(&mut resp, explain);
+        return resp;
+    }
     ex._in_flight = Some(state.start_request());
     if let Some(log) = &mut ex.log {
         log.service = Some(svc_name.into());
@@ -659,6 +674,11 @@ fn upstream_request(
     // header is overwritten (elsewhere it means nothing, and costs nothing to leave).
     if let Some(instance) = &server.state.instance {
         parts.headers.insert(ZEITWORK_INSTANCE, instance.clone());
+    }
+    if server.state.cross_region {
+        parts
+            .headers
+            .insert(ZEITWORK_HOP, HeaderValue::from_static("1"));
     }
     match url.scheme {
         UpstreamScheme::Http | UpstreamScheme::Https => {

@@ -164,11 +164,18 @@ pub fn build(
                     });
                 used_backends.insert(bkey, backend.clone());
                 let state = match reg.servers.get(&key) {
-                    Some(st) if st.url == url && Arc::ptr_eq(&st.backend, &backend) => st.clone(),
+                    Some(st)
+                        if st.url == url
+                            && st.cross_region == s.cross_region
+                            && Arc::ptr_eq(&st.backend, &backend) =>
+                    {
+                        st.clone()
+                    }
                     _ => Arc::new(ServerState::new(
                         url.clone(),
                         s.url.clone(),
                         instance,
+                        s.cross_region,
                         backend,
                     )),
                 };

@@ -633,10 +633,101 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Declares, on every operation, the error statuses the shared layers can answer with
+/// (the handlers declare only their own): the token check (401, 403), the JSON body
+/// extractor (400, 413, 415, then 422 for a bad value and 409 for a conflict), query and
+/// path decoding (400) and lookups (404). Each carries the error body. It also declares
+/// the `{name}` path parameters the handlers leave implicit. Without this the document
+/// said less than the server does, and clients generated from it broke on the rest.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, HttpMethod, Ref, Required, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ApiError")))
+                        .build(),
+                )
+                .build()
+        };
+        let every: &[(&str, &str)] = &[
+            (
+                "400",
+                "malformed request: bad JSON, a wrong type, an unknown field or parameter",
+            ),
+            ("401", "no token, or not a valid one"),
+            ("403", "the token may not do this"),
+            ("404", "no such resource"),
+        ];
+        let with_body: &[(&str, &str)] = &[
+            (
+                "409",
+                "conflicts with what exists (a duplicate, a domain another app serves)",
+            ),
+            ("413", "the body is over 1 MiB"),
+            (
+                "415",
+                "the body is not JSON (send Content-Type: application/json)",
+            ),
+            ("422", "a value is not acceptable; `field` names it"),
+        ];
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // `{name}` in a path is a parameter every operation on it takes
+            let names: Vec<&str> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let ops = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                for name in &names {
+                    if !params.iter().any(|p| p.name == *name) {
+                        params.push(
+                            ParameterBuilder::new()
+                                .name(*name)
+                                .parameter_in(ParameterIn::Path)
+                                .required(Required::True)
+                                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                                .build(),
+                        );
+                    }
+                }
+                let has_body = op.request_body.is_some();
+                let extra: &[(&str, &str)] = match method {
+                    _ if has_body => with_body,
+                    // deleting what is still in use
+                    HttpMethod::Delete => &with_body[..1],
+                    _ => &[],
+                };
+                for (code, what) in every.iter().chain(extra) {
+                    op.responses
+                        .responses
+                        .entry((*code).to_string())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Zeitwork operator API", description = "The control plane's REST API. Every endpoint but /health needs `Authorization: Bearer <token>`."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("token" = [])),
     paths(
         list_regions, create_region, get_region, update_region, delete_region,

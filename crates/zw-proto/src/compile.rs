@@ -110,6 +110,7 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
             .collect();
         local.sort();
         local.dedup();
+        let mut cross_region = false;
         let (urls, health) = if local.is_empty() {
             let regions: BTreeSet<&str> = state
                 .endpoints
@@ -122,6 +123,7 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
                 .filter_map(|r| state.regions.get(r).cloned().flatten())
                 .map(|addr| (format!("http://{addr}"), None))
                 .collect();
+            cross_region = true;
             // A remote balancer is checked by the edges over there, not from here.
             (remote, None)
         } else {
@@ -142,6 +144,7 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
                     .map(|(url, instance)| Server {
                         url,
                         instance,
+                        cross_region,
                         ..Server::default()
                     })
                     .collect(),

@@ -198,6 +198,28 @@ fn check_region(r: &Region) -> Result<()> {
     Ok(())
 }
 
+/// A region's balancer address must not be an edge's: other regions' edges forward to it
+/// requests they cannot serve, and an edge there would route them with its own snapshot —
+/// back round to where they came from when that region has no instance either.
+async fn not_an_edge(tx: &mut Tx, address: &str) -> Result<()> {
+    let edge: Option<(String, String)> =
+        sqlx::query_as("SELECT id, region FROM edge_proxies WHERE address = $1 LIMIT 1")
+            .bind(address)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match edge {
+        Some((id, region)) => Err(invalid(FieldError::new(
+            "balancer_address",
+            format!(
+                "{address} is edge {id}'s address (region {region}), not a balancer: requests \
+                 forwarded there from other regions could be forwarded back in a loop; give the \
+                 address of the region's L4 balancer"
+            ),
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Store {
     pub async fn create_region(&self, new: NewRegion) -> Result<Region> {
         let r = Region {
@@ -207,6 +229,9 @@ impl Store {
         };
         check_region(&r)?;
         let mut tx = self.begin_write().await?;
+        if let Some(a) = &r.balancer_address {
+            not_an_edge(&mut tx, a).await?;
+        }
         sqlx::query("INSERT INTO regions (name, balancer_address, created_at) VALUES ($1, $2, $3)")
             .bind(&r.name)
             .bind(r.balancer_address.clone())
@@ -234,6 +259,9 @@ impl Store {
         }
         check_region(&r)?;
         let mut tx = self.begin_write().await?;
+        if let Some(a) = &r.balancer_address {
+            not_an_edge(&mut tx, a).await?;
+        }
         sqlx::query("UPDATE regions SET balancer_address = $1 WHERE name = $2")
             .bind(r.balancer_address.clone())
             .bind(name)

@@ -156,13 +156,16 @@ pub(crate) fn isolation_program() -> anyhow::Result<Option<PathBuf>> {
     }
     let me = std::env::current_exe().context("finding this binary")?;
     let init = me.with_file_name("zeitwork-init");
-    if !init.is_file() {
-        anyhow::bail!(
-            "{} is missing (it is built and installed with zeitwork); without it, use --no-isolation",
-            init.display()
-        );
+    if init.is_file() {
+        return Ok(Some(init));
     }
-    Ok(Some(init))
+    // `cargo run` builds only this binary: it can be the init itself (started under the
+    // init's name), at the cost of a larger image mapped beside each instance.
+    tracing::info!(
+        missing = %init.display(),
+        "zeitwork-init is not installed beside zeitwork; zeitwork serves as the instance init (install zeitwork-init to save memory per instance)"
+    );
+    Ok(Some(me))
 }
 
 pub fn run(args: AgentArgs) -> ExitCode {

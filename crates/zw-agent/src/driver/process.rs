@@ -66,6 +66,9 @@ impl ProcessDriver {
         let mut cmd = match &self.init {
             Some(init) => {
                 let mut c = tokio::process::Command::new(init);
+                // the name the init answers to: `zeitwork` itself serves as the init when
+                // no `zeitwork-init` was installed beside it
+                c.arg0("zeitwork-init");
                 c.arg("--hostname").arg(&a.id);
                 if let Some(root) = &rootfs {
                     c.arg("--rootfs").arg(root);

@@ -32,6 +32,8 @@ pub struct ServerState {
     pub raw_url: String,
     /// For a worker ingress: the instance it forwards to (`Zeitwork-Instance`).
     pub instance: Option<http::HeaderValue>,
+    /// Another region's balancer: requests to it carry `Zeitwork-Hop`.
+    pub cross_region: bool,
     healthy: AtomicBool,
     in_flight: AtomicU32,
     pub backend: Arc<Backend>,
@@ -42,12 +44,14 @@ impl ServerState {
         url: UpstreamUrl,
         raw_url: String,
         instance: Option<http::HeaderValue>,
+        cross_region: bool,
         backend: Arc<Backend>,
     ) -> Self {
         ServerState {
             url,
             raw_url,
             instance,
+            cross_region,
             healthy: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
             backend,

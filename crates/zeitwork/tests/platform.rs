@@ -601,3 +601,67 @@ fn a_cross_region_loop_ends_with_one_508() {
     assert!(loops >= 101, "{loops}");
     assert!(loops <= 101 + 20, "{loops}");
 }
+
+/// An acknowledged write survives `kill -9`: writes go on from another thread while the
+/// operator is killed part way; after a restart on the same data directory, every write
+/// that was answered 201 is there.
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("op");
+    let port = free_port();
+    let mut op = Operator::start(&data, port, None);
+    let (addr, token) = (op.addr, op.token.clone());
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        // bounded in count and time
+        let started = Instant::now();
+        for i in 0..2_000 {
+            if started.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            let name = format!("r{i}");
+            let (s, _) = api_call(
+                addr,
+                &token,
+                "POST",
+                "/api/v1/regions",
+                Some(json!({"name": name})),
+            );
+            match s {
+                201 => acked.push(name),
+                0 => break, // the operator is gone
+                other => panic!("POST region {name}: {other}"),
+            }
+        }
+        acked
+    });
+    eventually(Duration::from_secs(20), "some writes acknowledged", || {
+        let (_, v) = op.api("GET", "/api/v1/regions?limit=500", None);
+        (v["items"].as_array().map_or(0, |a| a.len()) >= 100).then_some(())
+    });
+    op.proc.kill(); // SIGKILL
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 100, "{} writes acknowledged", acked.len());
+
+    let op = Operator::start(&data, port, None);
+    let mut stored = std::collections::BTreeSet::new();
+    let mut path = "/api/v1/regions?limit=500".to_string();
+    loop {
+        let v = op.ok("GET", &path, None);
+        for r in v["items"].as_array().unwrap() {
+            stored.insert(r["name"].as_str().unwrap().to_string());
+        }
+        match v["next"].as_str() {
+            Some(n) => path = format!("/api/v1/regions?limit=500&after={n}"),
+            None => break,
+        }
+    }
+    let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+}

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// Client connections the entry points hold at most (all together); more are closed at
     /// accept, so the process keeps file descriptors for upstreams and the admin listener.
     max_connections: AtomicUsize,
+    /// How long a request body may go without a byte (milliseconds).
+    body_read_timeout_ms: AtomicU64,
     /// Connections that have not sent their first bytes yet, oldest first (accept path
     /// only; the request path never touches it).
     silent: Mutex<std::collections::VecDeque<std::sync::Weak<Silent>>>,
@@ -172,6 +174,7 @@ impl Edge {
                 connections: AtomicUsize::new(0),
                 connections_done: Notify::new(),
                 max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
+                body_read_timeout_ms: AtomicU64::new(proxy::BODY_READ_TIMEOUT.as_millis() as u64),
                 silent: Mutex::new(Default::default()),
             }),
         }
@@ -291,6 +294,17 @@ impl Edge {
         self.shared.max_connections.store(n.max(1), Relaxed);
     }
 
+    /// A request body that sends nothing for this long ends its request with a 408
+    /// (default [`proxy::BODY_READ_TIMEOUT`], 60 s).
+    pub fn set_body_read_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared.body_read_timeout_ms.store(ms, Relaxed);
+    }
+
+    pub(crate) fn body_read_timeout(shared: &Shared) -> Duration {
+        Duration::from_millis(shared.body_read_timeout_ms.load(Relaxed))
+    }
+
     /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
     /// endpoint until `shutdown` completes; then stops accepting, lets in-flight requests
     /// finish for up to `drain`, and returns.
@@ -386,6 +400,12 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
+        // what one stream may buffer towards a client that does not read (a zero window):
+        // the upstream body is read no further until the client takes some
+        .max_send_buf_size(256 * 1024)
+        // rapid reset (CVE-2023-44487): a client that resets streams faster than they
+        // are served is sent GOAWAY
+        .max_pending_accept_reset_streams(Some(20))
         // an HTTP/2 client that stops answering PINGs is gone: free its connection
         .keep_alive_interval(Some(Duration::from_secs(60)))
         .keep_alive_timeout(Duration::from_secs(20));

@@ -16,13 +16,13 @@ use arc_swap::ArcSwapOption;
 use std::sync::atomic::AtomicUsize;
 
 use crossbeam_queue::SegQueue;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use zw_config::{UpstreamScheme, UpstreamUrl};
 
+use crate::body::{RequestBody, RequestBodyError};
 use crate::metrics::BackendMetrics;
 
 /// Per-transport settings (Traefik's `serversTransports`).
@@ -66,20 +66,23 @@ pub enum UpstreamError {
     /// connection closed mid-body): the client's error, not the upstream's.
     #[error("the client's request body: {0}")]
     ClientBody(hyper::Error),
+    /// The client stopped sending its request body part way.
+    #[error("the client's request body stalled for {0:?}")]
+    ClientBodyStalled(std::time::Duration),
 }
 
 impl UpstreamError {
     /// `Request`, unless the error came from the request body the client sent: hyper's
     /// client reports a body stream's error as a user error whose source is the
-    /// downstream connection's own error.
+    /// [`RequestBody`]'s error.
     pub fn request(authority: &str, e: hyper::Error) -> UpstreamError {
-        let from_client_body = e.is_user()
-            && std::error::Error::source(&e)
-                .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
-        if from_client_body {
-            UpstreamError::ClientBody(e)
-        } else {
-            UpstreamError::Request(authority.to_string(), e)
+        let source = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<RequestBodyError>())
+            .filter(|_| e.is_user());
+        match source {
+            Some(RequestBodyError::Stalled(d)) => UpstreamError::ClientBodyStalled(*d),
+            Some(RequestBodyError::Client(_)) => UpstreamError::ClientBody(e),
+            None => UpstreamError::Request(authority.to_string(), e),
         }
     }
 
@@ -87,13 +90,14 @@ impl UpstreamError {
         match self {
             UpstreamError::ResponseTimeout(..) => http::StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::ClientBody(_) => http::StatusCode::BAD_REQUEST,
+            UpstreamError::ClientBodyStalled(_) => http::StatusCode::REQUEST_TIMEOUT,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
 }
 
 struct Idle {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -169,7 +173,7 @@ pub struct Backend {
     idle: SegQueue<Idle>,
     idle_len: AtomicUsize,
     max_idle: usize,
-    h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     pub metrics: BackendMetrics,
 }
 
@@ -185,10 +189,10 @@ impl std::fmt::Debug for Backend {
 /// A connection ready to take one request.
 pub enum Conn {
     H1 {
-        tx: http1::SendRequest<Incoming>,
+        tx: http1::SendRequest<RequestBody>,
         reused: bool,
     },
-    H2(http2::SendRequest<Incoming>),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl Backend {
@@ -279,7 +283,7 @@ impl Backend {
         &self,
         t: &Transport,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = self.connect(t.dial_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -327,7 +331,7 @@ impl Backend {
 
     /// Returns a connection whose exchange completed cleanly. Dropped when the pool is
     /// full or the connection is closing.
-    pub fn checkin(&self, tx: http1::SendRequest<Incoming>) {
+    pub fn checkin(&self, tx: http1::SendRequest<RequestBody>) {
         // The cap is approximate under races (two checkins may both see room); that is
         // harmless: it bounds memory, not correctness.
         if !tx.is_closed() && self.idle_len.load(Relaxed) < self.max_idle {
@@ -342,7 +346,7 @@ impl Backend {
     async fn checkout_h2(
         &self,
         t: &Transport,
-    ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         if let Some(shared) = self.h2.load_full() {
             if !shared.is_closed() {
                 let mut tx = (*shared).clone();

@@ -27,7 +27,7 @@ use zw_config::UpstreamScheme;
 use zw_rules::{RequestView, RouteReason};
 
 use crate::balance::{InFlight, PickCtx};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::metrics::RouterMetrics;
 use crate::middleware::{Action, RequestCtx};
 use crate::pool::{Conn, UpstreamError};
@@ -37,6 +37,10 @@ use crate::Shared;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the instance behind a worker ingress (see `zw_config::Server::instance`).
 pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
+/// How long a request body may go without a byte before the request ends with 408, unless
+/// [`crate::Edge::set_body_read_timeout`] says otherwise.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Set on requests forwarded to another region's balancer. One cross-region hop is the
 /// most a request needs (to a region that runs the app); a second means the regions'
 /// balancer addresses lead round in a loop.
@@ -333,7 +337,10 @@ async fn proxy(
         request_id,
         upgrade.is_some(),
     );
-    let req = Request::from_parts(parts, body);
+    let req = Request::from_parts(
+        parts,
+        RequestBody::new(body, crate::Edge::body_read_timeout(&ex.shared)),
+    );
 
     // 6. forward
     let backend = &state.backend;
@@ -434,7 +441,7 @@ fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
 }
 
 /// Points a request prepared for one server at another of the same service.
-fn retarget(req: &mut Request<Incoming>, lb: &LbService, to: &crate::balance::Server) {
+fn retarget(req: &mut Request<RequestBody>, lb: &LbService, to: &crate::balance::Server) {
     match &to.state.instance {
         Some(i) => {
             req.headers_mut().insert(ZEITWORK_INSTANCE, i.clone());
@@ -475,6 +482,7 @@ fn upstream_error(
         match status {
             StatusCode::GATEWAY_TIMEOUT => "Gateway Timeout\n",
             StatusCode::BAD_REQUEST => "Bad Request: malformed request body\n",
+            StatusCode::REQUEST_TIMEOUT => "Request Timeout: the request body stopped arriving\n",
             _ => "Bad Gateway\n",
         },
     );
@@ -732,13 +740,13 @@ fn upstream_request(
 async fn forward(
     lb: &LbService,
     backend: &crate::pool::Backend,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<
     (
         Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<Incoming>>,
+        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
     ),
-    (UpstreamError, Option<Request<Incoming>>),
+    (UpstreamError, Option<Request<RequestBody>>),
 > {
     let t = &lb.transport;
     // A request the connection never wrote is returned to us and is safe to send again,
@@ -792,7 +800,7 @@ async fn forward(
 async fn forward_upgrade(
     lb: &LbService,
     backend: &crate::pool::Backend,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
     let t = &lb.transport;

@@ -132,3 +132,38 @@ async fn both_framings_cannot_smuggle_a_second_request() {
     assert_eq!(up.hits(), 1, "the bytes after the body were not a request");
     edge.shutdown().await;
 }
+
+/// A client that sends part of a request body and then nothing gets a 408 once the body
+/// read timeout passes, and the upstream connection is let go — the request no longer
+/// waits out the 60 s response timeout with an upstream connection held.
+#[tokio::test]
+async fn a_stalled_request_body_is_a_request_timeout() {
+    let up = Upstream::start("u").await;
+    let edge = TestEdge::start(&one_route("PathPrefix(`/`)", &up.url())).await;
+    edge.edge.set_body_read_timeout(Duration::from_millis(300));
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let resp = String::from_utf8_lossy(&out).to_string();
+    assert_eq!(status(&resp), 408, "{resp}");
+    // a body that keeps coming, however slowly, is not cut
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: a.test\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"slowbody" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let resp = String::from_utf8_lossy(&out).to_string();
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert!(resp.ends_with("slowbody"), "{resp}");
+    edge.shutdown().await;
+}

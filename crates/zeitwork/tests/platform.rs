@@ -397,11 +397,14 @@ health_check = { path = "/healthz" }
     assert!(ok);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].starts_with("NAME") && lines[0].contains("REPLICAS"),
+        lines[0].starts_with("NAME") && lines[0].contains("READY") && lines[0].contains("STATUS"),
         "{table}"
     );
+    // no agent runs here: none of the two replicas is ready, and it says so
     assert!(
-        lines[1].starts_with("hello") && lines[1].contains(" 2 "),
+        lines[1].starts_with("hello")
+            && lines[1].contains(" 0/2 ")
+            && lines[1].ends_with("starting"),
         "{table}"
     );
     let (ok, json_out, _) = cli(&["get", "domains", "-o", "json"]);

@@ -518,6 +518,21 @@ fn deploy_help_examples_work_and_hopeless_deploys_fail_at_once() {
         assert_eq!(s, 200, "{example}: {body}");
     }
 
+    // What `get` shows for them: how many are ready, and where the edges reach them.
+    let (ok, table) = p.zeitwork(&["get", "deployments"]);
+    assert!(ok, "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_default();
+    assert!(row.contains(" 3/3 ") && row.ends_with("running"), "{table}");
+    let (ok, table) = p.zeitwork(&["get", "instances"]);
+    assert!(ok, "{table}");
+    assert!(
+        table.lines().skip(1).all(|l| l.contains(" via 127.0.0.1:")),
+        "every placed instance is reached through its node's ingress:\n{table}"
+    );
+
     // A command that is not there: the agent says so, and deploy stops waiting.
     let (ok, out) = p.zeitwork(&[
         "deploy",

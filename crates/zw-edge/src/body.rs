@@ -93,9 +93,11 @@ impl Body for ProxyBody {
                     if let (Some(ex), Some(data)) = (&mut this.exchange, frame.data_ref()) {
                         ex.bytes += data.len() as u64;
                     }
+                    crate::stall::mark(crate::stall::Mark::Yielded);
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
+                    crate::stall::mark(crate::stall::Mark::Waited);
                     this.finish_upstream();
                     Poll::Ready(None)
                 }
@@ -108,7 +110,10 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(e)))
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    crate::stall::mark(crate::stall::Mark::Waited);
+                    Poll::Pending
+                }
             },
         }
     }

@@ -23,6 +23,7 @@ mod provider;
 mod proxy;
 pub mod proxy_protocol;
 pub mod snapshot;
+mod stall;
 use zw_proto::time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
@@ -44,7 +45,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     max_connections: AtomicUsize,
     /// How long a request body may go without a byte (milliseconds).
     body_read_timeout_ms: AtomicU64,
+    /// How long a response may go without the client taking a byte (milliseconds).
+    write_timeout_ms: AtomicU64,
     /// Connections that have not sent their first bytes yet, oldest first (accept path
     /// only; the request path never touches it).
     silent: Mutex<std::collections::VecDeque<std::sync::Weak<Silent>>>,
@@ -175,6 +178,7 @@ impl Edge {
                 connections_done: Notify::new(),
                 max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
                 body_read_timeout_ms: AtomicU64::new(proxy::BODY_READ_TIMEOUT.as_millis() as u64),
+                write_timeout_ms: AtomicU64::new(WRITE_TIMEOUT.as_millis() as u64),
                 silent: Mutex::new(Default::default()),
             }),
         }
@@ -305,6 +309,17 @@ impl Edge {
         Duration::from_millis(shared.body_read_timeout_ms.load(Relaxed))
     }
 
+    /// A response the client takes nothing of for this long ends: the HTTP/1 connection,
+    /// or the HTTP/2 stream (default [`WRITE_TIMEOUT`], 60 s; read at each connection).
+    pub fn set_write_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared.write_timeout_ms.store(ms, Relaxed);
+    }
+
+    pub(crate) fn write_timeout(shared: &Shared) -> Duration {
+        Duration::from_millis(shared.write_timeout_ms.load(Relaxed))
+    }
+
     /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
     /// endpoint until `shutdown` completes; then stops accepting, lets in-flight requests
     /// finish for up to `drain`, and returns.
@@ -389,8 +404,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Envoy's overload manager reduces idle timeouts (`envoy.overload_actions.reduce_timeouts`).
 pub const IDLE_TIMEOUT_UNDER_PRESSURE: Duration = Duration::from_secs(2);
 
-fn server_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn server_builder(shared: &Arc<Shared>) -> auto::Builder<stall::Exec> {
+    let mut b = auto::Builder::new(stall::Exec {
+        shared: shared.clone(),
+    });
     b.http1()
         .timer(TokioTimer::new())
         // slow-loris guard: the whole header block must arrive within this time
@@ -418,7 +435,7 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(server_builder());
+    let builder = Arc::new(server_builder(&shared));
     let local_port = listener.local_addr().map_or(0, |a| a.port());
     let trusted = shared
         .proxy_protocol
@@ -512,7 +529,7 @@ struct Accepted {
 /// HTTP until the client leaves or the edge stops.
 async fn serve_connection(
     shared: &Arc<Shared>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<stall::Exec>,
     mut stream: tokio::net::TcpStream,
     Accepted {
         ep,
@@ -581,7 +598,8 @@ async fn serve_connection(
             shared,
         }
     });
-    let io = proxy_protocol::Prefixed::new(prefix, stream).with_write_timeout(WRITE_TIMEOUT);
+    let io = proxy_protocol::Prefixed::new(prefix, stream)
+        .with_write_timeout(Edge::write_timeout(shared));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -662,7 +680,7 @@ impl<F: Future<Output = hyper::Response<body::ProxyBody>>> Future for CatchPanic
 }
 
 async fn admin_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let builder = Arc::new(server_builder());
+    let builder = Arc::new(server_builder(&shared));
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {

@@ -124,6 +124,9 @@ pub struct EdgeMetrics {
     /// Requests refused with 508: already forwarded from another region, they would
     /// have been forwarded to another region again.
     pub cross_region_loops: AtomicU64,
+    /// HTTP/2 streams reset because their client took no response data for the write
+    /// timeout (a zero flow-control window).
+    pub http2_streams_stalled: AtomicU64,
 }
 
 /// Escapes a Prometheus label value.
@@ -186,7 +189,7 @@ pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
-    let pairs: [(&str, &str, &AtomicU64); 16] = [
+    let pairs: [(&str, &str, &AtomicU64); 17] = [
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
@@ -238,6 +241,11 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
             "zeitwork_cross_region_loops_total",
             "counter",
             &m.cross_region_loops,
+        ),
+        (
+            "zeitwork_http2_streams_stalled_total",
+            "counter",
+            &m.http2_streams_stalled,
         ),
     ];
     for (name, kind, v) in pairs {

@@ -203,3 +203,88 @@ async fn an_hpack_bomb_is_refused() {
     still_serves(&edge).await;
     edge.shutdown().await;
 }
+
+/// A client that opens a stream with a zero flow-control window and never raises it: the
+/// response is held back, and once the write timeout passes without the client taking
+/// data, the stream is reset and the exchange (with its upstream connection) released —
+/// where it once held the upstream connection for as long as the client liked. A client
+/// that reads gets the whole body.
+#[tokio::test]
+async fn a_stream_with_a_closed_window_is_reset_and_its_upstream_released() {
+    let up = Upstream::start("u").await;
+    let edge = TestEdge::start(&one_route("PathPrefix(`/`)", &up.url())).await;
+    edge.edge.set_write_timeout(Duration::from_millis(300));
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0
+    s.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let mut h = vec![0x82, 0x86, 0x04, 13];
+    h.extend_from_slice(b"/bytes/400000");
+    h.extend_from_slice(&[0x01, 6]);
+    h.extend_from_slice(b"a.test");
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &h))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let reset = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if frames(&buf).any(|(kind, stream)| kind == RST_STREAM && stream == 1) {
+                return true;
+            }
+        }
+    })
+    .await
+    .expect("no reset within 10 s");
+    assert!(
+        reset,
+        "the edge closed the connection instead of resetting the stream"
+    );
+    let metrics = get(edge.admin, "admin", "/metrics").await.body;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(
+        value("zeitwork_http2_streams_stalled_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("zeitwork_requests_in_flight"),
+        0,
+        "the exchange is released"
+    );
+
+    // a client that reads is not cut, however long the body
+    let mut c = zw_edge::testkit::Client::h2(edge.addr).await.unwrap();
+    let r = c.get("a.test", "/bytes/4000000").await.unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 4_000_000));
+    edge.shutdown().await;
+}
+
+/// (type, stream) of each whole frame in `buf`.
+fn frames(buf: &[u8]) -> impl Iterator<Item = (u8, u32)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let head = buf.get(at..at + 9)?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        at += 9 + len;
+        Some((head[3], stream))
+    })
+}

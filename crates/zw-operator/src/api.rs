@@ -57,6 +57,14 @@ pub struct InstanceParams {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
+pub struct RetiringParams {
+    /// The deployment (it may be deleted already).
+    pub deployment: String,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DomainParams {
     pub limit: Option<u32>,
     pub after: Option<String>,
@@ -116,6 +124,7 @@ pub fn router(app: App) -> Router {
                 .delete(delete_deployment),
         )
         .route("/instances", get(list_instances).post(create_instance))
+        .route("/retiring-instances", get(list_retiring))
         .route(
             "/instances/{id}",
             get(get_instance)
@@ -406,6 +415,19 @@ async fn apply(
 }
 
 // ---------- instances ----------
+
+/// What `zeitwork destroy` waits for: instances let go of whose agent has not yet said
+/// they stopped.
+#[utoipa::path(get, path = "/api/v1/retiring-instances", tag = "instances", params(RetiringParams),
+    responses((status = 200, body = RetiringInstances)))]
+async fn list_retiring(
+    State(app): State<App>,
+    Query(p): Query<RetiringParams>,
+) -> ApiResult<axum::Json<RetiringInstances>> {
+    Ok(axum::Json(RetiringInstances {
+        items: store(&app).retiring(&p.deployment).await?,
+    }))
+}
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(InstanceParams),
     responses((status = 200, body = Page<Instance>)))]
@@ -734,7 +756,7 @@ impl utoipa::Modify for ErrorResponses {
         list_nodes, create_node, get_node, update_node, heartbeat, delete_node,
         list_images, create_image, get_image, delete_image,
         list_deployments, create_deployment, get_deployment, update_deployment, delete_deployment, apply,
-        list_instances, create_instance, get_instance, update_instance, delete_instance,
+        list_instances, list_retiring, create_instance, get_instance, update_instance, delete_instance,
         list_domains, create_domain, get_domain, update_domain, delete_domain,
         list_edges, create_edge, get_edge, update_edge, delete_edge,
         list_tokens, create_token, delete_token,

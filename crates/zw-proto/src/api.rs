@@ -260,6 +260,25 @@ pub struct DeploymentPatch {
     pub status: Option<DeploymentStatus>,
 }
 
+/// An instance the platform let go of (its deployment destroyed, or scaled down) whose
+/// agent has not yet reported it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetiringInstance {
+    pub id: String,
+    pub node: String,
+    pub deployment: String,
+    /// When the platform let go of it.
+    pub since: Timestamp,
+}
+
+/// `GET /api/v1/retiring-instances?deployment=NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetiringInstances {
+    pub items: Vec<RetiringInstance>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
     pub id: String,

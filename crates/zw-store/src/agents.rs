@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use zw_proto::agent::{Assignment, InstanceReport};
 use zw_proto::api::{
     check_id, check_name, DeploymentStatus, DriverStatus, HealthCheckSpec, InstanceState,
-    NodeState, Resources, RootFs, Runtime,
+    NodeState, Resources, RetiringInstance, RootFs, Runtime,
 };
 use zw_proto::time::unix_millis;
 
@@ -211,6 +211,14 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        if done == 0 && matches!(r.state, InstanceState::Stopped | InstanceState::Destroyed) {
+            // one the platform let go of: its processes are gone now
+            sqlx::query("DELETE FROM retiring_instances WHERE id = $1 AND node = $2")
+                .bind(&r.id)
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         self.commit_routing(tx).await?;
         Ok(done > 0)
     }
@@ -221,6 +229,7 @@ impl Store {
     /// to them until the agent starts them. Writes (and wakes the compilers) only when
     /// something differs; returns how many instances changed.
     pub async fn agent_sync(&self, node_id: &str, held: &[InstanceReport]) -> Result<usize> {
+        self.settle_retiring(node_id, held).await?;
         let stored: Vec<(String, String)> =
             sqlx::query("SELECT id, state FROM instances WHERE node = $1")
                 .bind(node_id)
@@ -495,6 +504,7 @@ impl Store {
             }
         }
         for id in &out.removed {
+            retire(&mut tx, "id", id).await?;
             sqlx::query("DELETE FROM instances WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -590,4 +600,89 @@ pub(crate) async fn claim(
         }
     }
     crate::auth::bind_token(&mut *tx, token, id).await
+}
+
+/// Records the instances matching `column = value` as retiring before their rows go:
+/// their agent still has to stop them, and `destroy` waits for that.
+pub(crate) async fn retire(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    column: &str,
+    value: &str,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO retiring_instances (id, node, deployment, since) \
+         SELECT id, node, deployment, $2 FROM instances WHERE {column} = $1 \
+         ON CONFLICT (id) DO NOTHING"
+    );
+    sqlx::query(&sql)
+        .bind(value)
+        .bind(unix_millis())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// How long a retiring instance is waited for: an agent that never reports (its node is
+/// gone) must not make `destroy` wait for ever.
+const RETIRING_FOR_AT_MOST_MS: i64 = 10 * 60 * 1000;
+
+impl Store {
+    /// The instances of `deployment` that are being stopped: let go of by the platform,
+    /// not yet reported stopped by their agent. Ones waited for longer than ten minutes
+    /// are dropped (their node is gone or lost; they stop when its agent comes back).
+    pub async fn retiring(&self, deployment: &str) -> Result<Vec<RetiringInstance>> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM retiring_instances WHERE since < $1")
+            .bind(unix_millis() - RETIRING_FOR_AT_MOST_MS)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, node, deployment, since FROM retiring_instances WHERE deployment = $1 ORDER BY id",
+        )
+        .bind(deployment)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RetiringInstance {
+                    id: get(row, "id")?,
+                    node: get(row, "node")?,
+                    deployment: get(row, "deployment")?,
+                    since: zw_proto::time::Timestamp(get(row, "since")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets retiring instances of `node_id` that its agent no longer holds, or holds
+    /// stopped: the agent's word, at hello and every heartbeat.
+    async fn settle_retiring(&self, node_id: &str, held: &[InstanceReport]) -> Result<()> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM retiring_instances WHERE node = $1")
+                .bind(node_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let gone: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                held.iter().find(|r| r.id == **id).is_none_or(|r| {
+                    matches!(r.state, InstanceState::Stopped | InstanceState::Destroyed)
+                })
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for id in gone {
+            sqlx::query("DELETE FROM retiring_instances WHERE id = $1 AND node = $2")
+                .bind(id)
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

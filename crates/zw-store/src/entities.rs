@@ -737,6 +737,7 @@ impl Store {
         if !exists(&mut tx, "deployments", "name", name).await? {
             return Err(not_found("deployment", name));
         }
+        crate::agents::retire(&mut tx, "deployment", name).await?;
         for sql in [
             "DELETE FROM domains WHERE deployment = $1",
             "DELETE FROM instances WHERE deployment = $1",

@@ -118,6 +118,21 @@ ALTER TABLE edge_proxies ADD COLUMN enrolled_by TEXT;
 ALTER TABLE instances ADD COLUMN permanent BIGINT NOT NULL DEFAULT 0
 "#,
     ),
+    (
+        5,
+        // Instances the platform no longer wants but whose agent has not yet said they
+        // stopped: what `destroy` and a scale-down wait for. No foreign keys: the
+        // deployment may be gone already.
+        r#"
+CREATE TABLE retiring_instances (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    since BIGINT NOT NULL
+);
+CREATE INDEX retiring_by_deployment ON retiring_instances (deployment)
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

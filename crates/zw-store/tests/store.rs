@@ -902,3 +902,73 @@ async fn join_tokens_speak_for_the_one_identity_they_enrolled() {
         store.close().await;
     }
 }
+
+/// Instances let go of (deployment deleted, or scaled down) stay listed as retiring
+/// until their agent says they stopped, or no longer holds them: what `destroy` waits for.
+#[tokio::test]
+async fn let_go_instances_are_retiring_until_their_agent_reports_them_stopped() {
+    use zw_proto::agent::InstanceReport;
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+            })
+            .await
+            .unwrap();
+        agent_node(store, "node-a", "eu", 4096).await;
+        app(store, "web", 2, &["eu"]).await;
+        app(store, "api", 2, &["eu"]).await;
+        store.schedule().await.unwrap();
+        let report = |id: &str, state| InstanceReport {
+            id: id.to_string(),
+            state,
+            reason: None,
+            permanent: false,
+        };
+        let ids = |r: Vec<RetiringInstance>| r.into_iter().map(|i| i.id).collect::<Vec<_>>();
+
+        assert!(store.retiring("web").await.unwrap().is_empty());
+        store.delete_deployment("web").await.unwrap();
+        let web = ids(store.retiring("web").await.unwrap());
+        assert_eq!(web.len(), 2, "{:?}", db.backend);
+        // one reported stopped; the other still held, stopping
+        store
+            .instance_report("node-a", &report(&web[0], InstanceState::Stopped))
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(store.retiring("web").await.unwrap()),
+            vec![web[1].clone()]
+        );
+        store
+            .agent_sync("node-a", &[report(&web[1], InstanceState::Stopping)])
+            .await
+            .unwrap();
+        assert_eq!(store.retiring("web").await.unwrap().len(), 1);
+        // the agent no longer holds it: gone
+        store.agent_sync("node-a", &[]).await.unwrap();
+        assert!(store.retiring("web").await.unwrap().is_empty());
+
+        // a scale-down lets go of one
+        store
+            .update_deployment(
+                "api",
+                DeploymentPatch {
+                    replicas: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let s = store.schedule().await.unwrap();
+        assert_eq!(ids(store.retiring("api").await.unwrap()), s.removed);
+        store
+            .instance_report("node-a", &report(&s.removed[0], InstanceState::Destroyed))
+            .await
+            .unwrap();
+        assert!(store.retiring("api").await.unwrap().is_empty());
+        store.close().await;
+    }
+}

@@ -99,8 +99,16 @@ pub struct ScaleArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "The deployment, its domains and its instances are removed at once (no \
+traffic reaches it from then on); the command then waits until every node's agent has \
+reported the instances stopped — their processes gone — or --timeout passes."
+)]
 pub struct DestroyArgs {
     name: String,
+    /// How long to wait for the instances' agents to report them stopped.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::duration)]
+    timeout: Duration,
     #[command(flatten)]
     conn: Conn,
 }
@@ -428,8 +436,41 @@ pub fn destroy(args: DestroyArgs) -> ExitCode {
                 {
                     tracing::debug!(error = %e, "image kept");
                 }
+                // Wait for the agents: an instance is stopped when its processes are gone.
+                let path = format!(
+                    "/api/v1/retiring-instances?deployment={}",
+                    form_urlencoded::byte_serialize(args.name.as_bytes()).collect::<String>()
+                );
+                let started = Instant::now();
+                let mut shown = usize::MAX;
+                loop {
+                    let left: RetiringInstances = serde_json::from_slice(
+                        &client.call(http::Method::GET, &path, None).await?,
+                    )?;
+                    if left.items.is_empty() {
+                        break;
+                    }
+                    if started.elapsed() >= args.timeout {
+                        let nodes: std::collections::BTreeSet<&str> =
+                            left.items.iter().map(|i| i.node.as_str()).collect();
+                        bail!(
+                            "{} is destroyed and gets no traffic, but {} of its instances were not \
+                             reported stopped within {:?} (node {}): they stop when that agent \
+                             is back; see `zeitwork get nodes`",
+                            args.name,
+                            left.items.len(),
+                            args.timeout,
+                            nodes.into_iter().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                    if left.items.len() != shown {
+                        shown = left.items.len();
+                        eprintln!("stopping: {shown} instance(s) of {} left", args.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 println!(
-                    "{} destroyed: its instances are stopping and its domains are gone",
+                    "{} destroyed: its instances are stopped and its domains are gone",
                     args.name
                 );
                 Ok(())

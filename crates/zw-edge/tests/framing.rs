@@ -167,3 +167,47 @@ async fn a_stalled_request_body_is_a_request_timeout() {
     assert!(resp.ends_with("slowbody"), "{resp}");
     edge.shutdown().await;
 }
+
+/// Slowloris: a header block trickled one byte every two seconds is cut off when the
+/// 30 s header timeout passes, while other clients are served throughout. (This held
+/// under attack on loopback; kept so that it keeps holding.)
+#[tokio::test]
+async fn slowloris_is_cut_off_at_the_header_timeout() {
+    let up = Upstream::start("u").await;
+    let edge = TestEdge::start(&one_route("PathPrefix(`/`)", &up.url())).await;
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nx-slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    // bounded: at most 40 s, one byte every 2 s
+    while started.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut b = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(10), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                closed = true; // an error status, then the close
+                break;
+            }
+            Err(_) => {}
+        }
+        if s.write_all(b"a").await.is_err() {
+            closed = true;
+            break;
+        }
+        let ok = zw_edge::testkit::get(edge.addr, "a.test", "/").await;
+        assert_eq!(ok.status, 200, "others are served during the attack");
+    }
+    let took = started.elapsed();
+    assert!(closed, "still open after {took:?}");
+    assert!(
+        took >= Duration::from_secs(28),
+        "cut off early, after {took:?}"
+    );
+    edge.shutdown().await;
+}

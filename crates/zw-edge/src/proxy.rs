@@ -1,16 +1,26 @@
-//! The request path, as a sequence of phases:
+//! The request path: one pass through named phases that share one context ([`Ctx`]).
 //!
-//! 1. [`request_filter`] — request ID, path cleaning and decoding (400 on a bad escape);
-//! 2. routing — the entry point's [`zw_rules::RoutingTable`] (404 when nothing matches);
+//! [`handle`] takes the request (request ID, CONNECT and Host checks, the snapshot), and
+//! [`proxy`] makes the context and runs:
+//!
+//! 1. request filter — path cleaning; the host, taken once into the context;
+//! 2. routing — the entry point's [`zw_rules::RoutingTable`] (400 on a bad escape, 404
+//!    when nothing matches);
 //! 3. router middlewares, request side — may rewrite the request or answer it;
-//! 4. [`upstream_peer`] — the service's balancer picks a server that is up (503 if none);
+//! 4. upstream peer ([`upstream_peer`]) — the service's balancer picks a server that is
+//!    up (503 if none; 508 for a second cross-region hop);
 //! 5. [`upstream_request`] — forwarding headers, hop-by-hop removal, Host, URI form;
 //! 6. [`forward`] — pooled connection, timeouts (502 on connect failure, 504 on a slow
-//!    upstream); a request the connection never sent is retried on another connection;
-//! 7. [`response_filter`] — hop-by-hop removal, middlewares in reverse, explain headers;
+//!    upstream); a request the connection never sent goes to another server once;
+//!
+//! phases 1–6 live in [`phases`], and whichever answers — upstream, middleware or the
+//! edge itself — the answer leaves through
+//!
+//! 7. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
+//!    every middleware that ran its request side (in reverse), explain headers;
 //! 8. logging — when the response body is dropped ([`Exchange`]): metrics, access log.
 //!
-//! Everything a request reads comes from the snapshot it loaded in phase 1; no phase
+//! Everything a request reads comes from the snapshot it loaded at the start; no phase
 //! takes a lock.
 
 use std::borrow::Cow;
@@ -193,6 +203,28 @@ pub(crate) async fn handle(
     resp
 }
 
+/// What the phases of one request share. Made when the request arrives, filled in as
+/// the phases learn things, and read by the response filter whatever phase answered.
+struct Ctx<'s> {
+    snap: &'s Snapshot,
+    ep: usize,
+    conn: &'s ConnInfo,
+    request_id: &'s HeaderValue,
+    /// The host as the client sent it (the authority of an absolute-form or HTTP/2
+    /// request, else the Host header), taken once. A Host header value is a cheap clone:
+    /// it shares the connection's read buffer.
+    host: HeaderValue,
+    downstream_version: Version,
+    /// The router that matched, once routing has run.
+    router: Option<&'s RouterRt>,
+    /// How many of the router's middlewares ran their request side. Their response side
+    /// runs, in reverse, on whatever answers — the upstream, a later middleware, or the
+    /// edge's own 502/503/504 — as Traefik's middleware chain wraps everything after it.
+    middlewares_ran: usize,
+    /// `X-Routed-To` / `X-Route-Reason`, when the snapshot asks for them.
+    explain: Option<Explain<'s>>,
+}
+
 async fn proxy(
     snap: &Snapshot,
     ep: usize,
@@ -202,28 +234,47 @@ async fn proxy(
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = req.into_parts();
-    let downstream_version = parts.version;
-
-    // 1. request filter: dot segments and `//` are cleaned into the request itself
-    let cleaned = match zw_rules::clean_path(parts.uri.path()) {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(p) => Some(p),
-    };
-    if let Some(p) = cleaned {
-        crate::middleware::set_path(&mut parts, &p);
-    }
-    // The host as the client sent it. A Host header value is a cheap clone (it shares
-    // the connection's read buffer); only absolute-form and HTTP/2 requests copy.
-    let host_value = match parts.uri.authority() {
+    let (parts, body) = req.into_parts();
+    let host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     }
     .unwrap_or(HeaderValue::from_static(""));
+    let mut ctx = Ctx {
+        snap,
+        ep,
+        conn,
+        request_id,
+        host,
+        downstream_version: parts.version,
+        router: None,
+        middlewares_ran: 0,
+        explain: None,
+    };
+    let mut resp = phases(&mut ctx, parts, body, upgrade, ex).await;
+    response_filter(&mut resp, ctx);
+    resp
+}
+
+/// Phases 1 to 6. Any of them may answer (a 400, a 404, a middleware's redirect, a 503 or
+/// a 502); every answer leaves through [`response_filter`], like a proxied response.
+async fn phases<'s>(
+    ctx: &mut Ctx<'s>,
+    mut parts: request::Parts,
+    body: Incoming,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let snap = ctx.snap;
+    // 1. request filter: dot segments and `//` are cleaned into the request itself
+    if let Cow::Owned(p) = zw_rules::clean_path(parts.uri.path()) {
+        crate::middleware::set_path(&mut parts, &p);
+    }
+    let host_value = ctx.host.clone();
     let host_raw = host_value.to_str().unwrap_or("");
 
     // 2. routing, on borrowed views of the request
-    let Some(table) = snap.tables.get(ep) else {
+    let Some(table) = snap.tables.get(ctx.ep) else {
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
     };
     let routed = {
@@ -241,7 +292,7 @@ async fn proxy(
             path: &path,
             query: parts.uri.query().unwrap_or(""),
             headers: &parts.headers,
-            client_ip: Some(conn.client_ip),
+            client_ip: Some(ctx.conn.client_ip),
         };
         table.route(&view).map(|r| (*r.value, r.priority, r.reason))
     };
@@ -250,7 +301,11 @@ async fn proxy(
         let mut resp = local(StatusCode::NOT_FOUND, "Service Not Found\n");
         if snap.routing_headers {
             // The case where an explanation helps most: say that nothing matched, and where.
-            let ep_name = ex.shared.entry_points.get(ep).map_or("?", String::as_str);
+            let ep_name = ex
+                .shared
+                .entry_points
+                .get(ctx.ep)
+                .map_or("?", String::as_str);
             if let Ok(v) =
                 HeaderValue::from_str(&format!("no router matched on entry point {ep_name}"))
             {
@@ -262,11 +317,12 @@ async fn proxy(
     let Some(router) = snap.routers.get(router_idx as usize) else {
         return local(StatusCode::NOT_FOUND, "Service Not Found\n");
     };
-    ex.router = router.metrics.get(ep).cloned().flatten();
+    ctx.router = Some(router);
+    ex.router = router.metrics.get(ctx.ep).cloned().flatten();
     if let Some(log) = &mut ex.log {
         log.router = Some(router.name.clone());
     }
-    let explain = snap.routing_headers.then(|| Explain {
+    ctx.explain = snap.routing_headers.then(|| Explain {
         router,
         priority,
         reason,
@@ -276,56 +332,50 @@ async fn proxy(
 
     // 3. middlewares, request side
     {
-        let mut ctx = RequestCtx {
+        let mut mctx = RequestCtx {
             parts: &mut parts,
             scheme: "http",
             host: host_raw,
         };
         for m in &router.middlewares {
-            if let Action::Respond(rparts) = m.on_request(&mut ctx) {
-                let mut resp = Response::from_parts(rparts, ProxyBody::empty());
-                finish_explain(&mut resp, explain);
-                return resp;
+            if let Action::Respond(rparts) = m.on_request(&mut mctx) {
+                return Response::from_parts(rparts, ProxyBody::empty());
             }
+            ctx.middlewares_ran += 1;
         }
     }
 
     // 4. upstream peer
     let pick_ctx = PickCtx {
-        client_ip: Some(conn.client_ip),
+        client_ip: Some(ctx.conn.client_ip),
         headers: &parts.headers,
     };
     let Some((svc_name, lb, server_idx)) = upstream_peer(snap, router.service, &pick_ctx) else {
-        let mut resp = local(
+        return local(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: no healthy server\n",
         );
-        finish_explain(&mut resp, explain);
-        return resp;
     };
     let server = &lb.servers[server_idx];
     let state = &server.state;
     if state.cross_region && parts.headers.contains_key(ZEITWORK_HOP) {
         ex.shared.metrics.cross_region_loops.fetch_add(1, Relaxed);
-        let mut resp = local(
+        return local(
             StatusCode::LOOP_DETECTED,
             "Loop Detected: this request was forwarded here from another region and would be \
              forwarded to another region again; a region's balancer_address leads back to \
              its own edges (see `zeitwork get regions`)\n",
         );
-        finish_explain(&mut resp, explain);
-        return resp;
     }
     ex._in_flight = Some(state.start_request());
     if let Some(log) = &mut ex.log {
         log.service = Some(svc_name.into());
         log.upstream = Some(state.url.authority.clone());
     }
-    let mut explain = explain.map(|e| Explain {
-        service: svc_name,
-        server: state.url.authority.clone(),
-        ..e
-    });
+    if let Some(x) = &mut ctx.explain {
+        x.service = svc_name;
+        x.server = state.url.authority.clone();
+    }
 
     // 5. upstream request
     upstream_request(
@@ -333,8 +383,8 @@ async fn proxy(
         lb,
         server,
         &host_value,
-        conn,
-        request_id,
+        ctx.conn,
+        ctx.request_id,
         upgrade.is_some(),
     );
     let req = Request::from_parts(
@@ -344,50 +394,42 @@ async fn proxy(
 
     // 6. forward
     let backend = &state.backend;
-    let mut resp = if let Some(on_upgrade) = upgrade {
-        match forward_upgrade(lb, backend, req, on_upgrade).await {
+    if let Some(on_upgrade) = upgrade {
+        return match forward_upgrade(lb, backend, req, on_upgrade).await {
             Ok(resp) => resp,
-            Err(e) => return upstream_error(&e, backend, explain),
-        }
-    } else {
-        let mut sent = forward(lb, backend, req).await;
-        let mut backend = backend;
-        // Could not connect (a node or ingress that is gone): nothing was sent, so one
-        // other server of the service gets the request, whatever its method.
-        if let Err((e, Some(mut req))) = sent {
-            sent = match failover(lb, server_idx) {
-                Some(other) => {
-                    tracing::debug!(from = %backend.label, error = %e, to = %other.state.backend.label, "upstream unreachable; trying another server");
-                    retarget(&mut req, lb, other);
-                    ex._in_flight = Some(other.state.start_request());
-                    if let Some(log) = &mut ex.log {
-                        log.upstream = Some(other.state.url.authority.clone());
-                    }
-                    if let Some(x) = &mut explain {
-                        x.server = other.state.url.authority.clone();
-                    }
-                    backend = &other.state.backend;
-                    forward(lb, backend, req).await
+            Err(e) => upstream_error(&e, backend),
+        };
+    }
+    let mut sent = forward(lb, backend, req).await;
+    let mut backend = backend;
+    // Could not connect (a node or ingress that is gone): nothing was sent, so one
+    // other server of the service gets the request, whatever its method.
+    if let Err((e, Some(mut req))) = sent {
+        sent = match failover(lb, server_idx) {
+            Some(other) => {
+                tracing::debug!(from = %backend.label, error = %e, to = %other.state.backend.label, "upstream unreachable; trying another server");
+                retarget(&mut req, lb, other);
+                ex._in_flight = Some(other.state.start_request());
+                if let Some(log) = &mut ex.log {
+                    log.upstream = Some(other.state.url.authority.clone());
                 }
-                None => Err((e, None)),
-            };
-        }
-        match sent {
-            Ok((resp, pooled)) => {
-                let (rparts, body) = resp.into_parts();
-                let pooled = pooled.map(|tx| (tx, backend.clone()));
-                Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
+                if let Some(x) = &mut ctx.explain {
+                    x.server = other.state.url.authority.clone();
+                }
+                backend = &other.state.backend;
+                forward(lb, backend, req).await
             }
-            Err((e, _)) => return upstream_error(&e, backend, explain),
+            None => Err((e, None)),
+        };
+    }
+    match sent {
+        Ok((resp, pooled)) => {
+            let (rparts, body) = resp.into_parts();
+            let pooled = pooled.map(|tx| (tx, backend.clone()));
+            Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
         }
-    };
-
-    // 7. response filter
-    // The client gets the protocol it spoke, whatever the upstream spoke.
-    *resp.version_mut() = downstream_version;
-    response_filter(&mut resp, router);
-    finish_explain(&mut resp, explain);
-    resp
+        Err((e, _)) => upstream_error(&e, backend),
+    }
 }
 
 struct Explain<'a> {
@@ -467,17 +509,13 @@ fn retarget(req: &mut Request<RequestBody>, lb: &LbService, to: &crate::balance:
     }
 }
 
-fn upstream_error(
-    e: &UpstreamError,
-    backend: &crate::pool::Backend,
-    explain: Option<Explain<'_>>,
-) -> Response<ProxyBody> {
+fn upstream_error(e: &UpstreamError, backend: &crate::pool::Backend) -> Response<ProxyBody> {
     tracing::debug!(backend = %backend.label, error = %e, "upstream failed");
     if matches!(e, UpstreamError::ResponseTimeout(..)) {
         backend.metrics.timeouts.fetch_add(1, Relaxed);
     }
     let status = e.status();
-    let mut resp = local(
+    local(
         status,
         match status {
             StatusCode::GATEWAY_TIMEOUT => "Gateway Timeout\n",
@@ -485,9 +523,7 @@ fn upstream_error(
             StatusCode::REQUEST_TIMEOUT => "Request Timeout: the request body stopped arriving\n",
             _ => "Bad Gateway\n",
         },
-    );
-    finish_explain(&mut resp, explain);
-    resp
+    )
 }
 
 /// A response made by the edge itself. Like Traefik's (Go's `http.Error`), it tells
@@ -833,17 +869,26 @@ async fn forward_upgrade(
 }
 
 /// Phase 7: the upstream's response on its way to the client.
-fn response_filter(resp: &mut Response<ProxyBody>, router: &RouterRt) {
+/// Phase 7, for every response: the client gets the protocol it spoke, hop-by-hop headers
+/// go, the middlewares that ran their request side run their response side in reverse,
+/// and the explain headers are added.
+fn response_filter(resp: &mut Response<ProxyBody>, ctx: Ctx<'_>) {
+    *resp.version_mut() = ctx.downstream_version;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut(), switching);
-    if router.middlewares.is_empty() {
-        return;
+    let ran = ctx
+        .router
+        .and_then(|r| r.middlewares.get(..ctx.middlewares_ran))
+        .unwrap_or_default();
+    if !ran.is_empty() {
+        let (mut parts, body) =
+            std::mem::replace(resp, Response::new(ProxyBody::empty())).into_parts();
+        for m in ran.iter().rev() {
+            m.on_response(&mut parts);
+        }
+        *resp = Response::from_parts(parts, body);
     }
-    let (mut parts, body) = std::mem::replace(resp, Response::new(ProxyBody::empty())).into_parts();
-    for m in router.middlewares.iter().rev() {
-        m.on_response(&mut parts);
-    }
-    *resp = Response::from_parts(parts, body);
+    finish_explain(resp, ctx.explain);
 }
 
 #[cfg(test)]

@@ -958,3 +958,67 @@ async fn routers_listen_only_on_their_entry_points() {
     assert_eq!(get(edge.addr, "e.test", "/plain").await.status, 200);
     edge.shutdown().await;
 }
+
+/// A middleware's response side runs on whatever answers after it: the upstream, the
+/// edge's own 502, 503 and 504, and a redirect by a middleware later in the chain — not
+/// one earlier in the chain, which answers before it runs. That is Traefik's chain: each
+/// middleware wraps the handler after it (`pkg/middlewares/headers` modifies the response
+/// through its `ResponseWriter` whoever writes it).
+#[tokio::test]
+async fn a_middlewares_response_headers_reach_every_answer_after_it() {
+    let up = Upstream::start("u").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"
+http:
+  serversTransports:
+    quick: {{forwardingTimeouts: {{responseHeaderTimeout: 300ms}}}}
+  services:
+    ok: {{loadBalancer: {{servers: [{{url: "{u}"}}]}}}}
+    refused: {{loadBalancer: {{servers: [{{url: "http://{closed}"}}]}}}}
+    slow: {{loadBalancer: {{serversTransport: quick, servers: [{{url: "{u}/slow/3000", preservePath: true}}]}}}}
+    empty: {{loadBalancer: {{servers: []}}}}
+  middlewares:
+    hdr: {{headers: {{customResponseHeaders: {{X-Served-By: zeitwork}}}}}}
+    tohttps: {{redirectScheme: {{scheme: https}}}}
+  routers:
+    ok: {{rule: "Host(`ok.test`)", service: ok, middlewares: [hdr]}}
+    refused: {{rule: "Host(`refused.test`)", service: refused, middlewares: [hdr]}}
+    slow: {{rule: "Host(`slow.test`)", service: slow, middlewares: [hdr]}}
+    empty: {{rule: "Host(`empty.test`)", service: empty, middlewares: [hdr]}}
+    after: {{rule: "Host(`after.test`)", service: ok, middlewares: [hdr, tohttps]}}
+    before: {{rule: "Host(`before.test`)", service: ok, middlewares: [tohttps, hdr]}}
+"#,
+        u = up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    for (host, status, header) in [
+        ("ok.test", 200, Some("zeitwork")),
+        ("refused.test", 502, Some("zeitwork")),
+        ("slow.test", 504, Some("zeitwork")),
+        ("empty.test", 503, Some("zeitwork")),
+        ("after.test", 302, Some("zeitwork")),
+        ("before.test", 302, None),
+        // no router, no middleware
+        ("nothing.test", 404, None),
+    ] {
+        let r = get(edge.addr, host, "/").await;
+        assert_eq!(
+            (r.status, r.header("x-served-by")),
+            (status, header),
+            "{host}"
+        );
+        // and every answer the edge writes itself still says what it is
+        if status != 200 && status != 302 {
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{host}"
+            );
+        }
+    }
+    edge.shutdown().await;
+}

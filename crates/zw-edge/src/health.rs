@@ -109,29 +109,24 @@ impl Supervisor {
 }
 
 async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
-    let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
+    let mut rise_fall = zw_proto::health::RiseFall::new(spec.rise, spec.fall);
     loop {
-        match tokio::time::timeout(spec.timeout, check_once(&state, &spec)).await {
-            Ok(Ok(())) => {
-                ok_streak += 1;
-                fail_streak = 0;
-                if !state.is_healthy() && ok_streak >= spec.rise {
-                    state.set_healthy(true);
-                    tracing::info!(service = %key.0, server = %key.1, "server is healthy again; taking traffic");
-                }
+        let result = match tokio::time::timeout(spec.timeout, check_once(&state, &spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
+        };
+        let now = std::time::Instant::now();
+        match rise_fall.observe(result.is_ok(), state.is_healthy(), now) {
+            Some(true) => {
+                state.set_healthy(true);
+                tracing::info!(service = %key.0, server = %key.1, "server is healthy again; taking traffic");
             }
-            result => {
-                let reason = match result {
-                    Ok(Err(e)) => e,
-                    _ => format!("no answer within {:?}", spec.timeout),
-                };
-                fail_streak += 1;
-                ok_streak = 0;
-                if state.is_healthy() && fail_streak >= spec.fall {
-                    state.set_healthy(false);
-                    tracing::warn!(service = %key.0, server = %key.1, %reason, "server failed its health check; no traffic until it recovers");
-                }
+            Some(false) => {
+                state.set_healthy(false);
+                let reason = result.err().unwrap_or_default();
+                tracing::warn!(service = %key.0, server = %key.1, %reason, "server failed its health check; no traffic until it recovers");
             }
+            None => {}
         }
         tokio::time::sleep(spec.interval).await;
     }

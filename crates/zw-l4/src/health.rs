@@ -24,21 +24,12 @@ pub(crate) async fn run(pool: Arc<Pool>, mut stop: watch::Receiver<bool>) {
             });
         }
         while let Some(Ok((b, ok))) = checks.join_next().await {
-            let verdict = {
-                let mut streak = b.streak.lock().unwrap_or_else(|p| p.into_inner());
-                if ok {
-                    *streak = (streak.0.saturating_add(1), 0);
-                } else {
-                    *streak = (0, streak.1.saturating_add(1));
-                }
-                if ok && !b.healthy() && streak.0 >= h.rise {
-                    Some(true)
-                } else if !ok && b.healthy() && streak.1 >= h.fall {
-                    Some(false)
-                } else {
-                    None
-                }
-            };
+            let verdict = b
+                .rise_fall
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| zw_proto::health::RiseFall::new(h.rise, h.fall))
+                .observe(ok, b.healthy(), std::time::Instant::now());
             if let Some(healthy) = verdict {
                 pool.set_healthy(&b, healthy);
             }

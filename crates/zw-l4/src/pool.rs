@@ -27,8 +27,9 @@ pub struct Backend {
     pub connect_errors: AtomicU64,
     pub bytes_to: AtomicU64,
     pub bytes_from: AtomicU64,
-    /// Consecutive health check results, for rise and fall.
-    pub(crate) streak: Mutex<(u32, u32)>,
+    /// Its run of health check results (made by the first check, with the pool's
+    /// thresholds).
+    pub(crate) rise_fall: Mutex<Option<zw_proto::health::RiseFall>>,
     /// When draining began (Unix ms), 0 when not draining: open connections are cut
     /// once the drain timeout has passed since.
     drain_started: AtomicU64,
@@ -58,7 +59,7 @@ impl Backend {
             connect_errors: AtomicU64::new(0),
             bytes_to: AtomicU64::new(0),
             bytes_from: AtomicU64::new(0),
-            streak: Mutex::new((0, 0)),
+            rise_fall: Mutex::new(None),
             drain_started: AtomicU64::new(0),
             health_addr: Mutex::new(None),
         }

@@ -100,13 +100,9 @@ fn node_id(state_dir: &std::path::Path) -> std::io::Result<String> {
     for b in &mut buf {
         *b = fastrand::u8(..);
     }
-    let id = format!("node-{}", hex_lower(&buf));
+    let id = format!("node-{}", hex::encode(buf));
     std::fs::write(&file, format!("{id}\n"))?;
     Ok(id)
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What this node offers.

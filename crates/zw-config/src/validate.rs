@@ -402,13 +402,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     let canonical = serde_json::to_vec(&config)
         .map_err(|e| ConfigErrors::one("", format!("cannot serialize: {e}")))?;
     let digest = Sha256::digest(&canonical);
-    let hash = format!(
-        "sha256:{}",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let hash = format!("sha256:{}", hex::encode(digest));
     Ok(ValidConfig {
         config,
         rules,

@@ -38,7 +38,8 @@ impl SealingKey {
     /// The key as 64 hex digits (surrounding whitespace ignored), as [`SealingKey::to_hex`]
     /// writes it.
     pub fn from_hex(text: &str) -> Result<SealingKey> {
-        let bytes = unhex(text.trim())
+        let bytes = hex::decode(text.trim())
+            .ok()
             .filter(|b| b.len() == 32)
             .ok_or_else(|| PkiError::Invalid("a sealing key is 64 hex digits".into()))?;
         let mut k = [0u8; 32];
@@ -47,7 +48,7 @@ impl SealingKey {
     }
 
     pub fn to_hex(&self) -> String {
-        hex(&self.0)
+        hex::encode(self.0)
     }
 
     fn aead(&self) -> LessSafeKey {
@@ -73,8 +74,8 @@ impl SealingKey {
             .map_err(|_| PkiError::Invalid("sealing failed".into()))?;
         let mut out = String::with_capacity(PREFIX.len() + 2 * (NONCE_LEN + buf.len()));
         out.push_str(PREFIX);
-        out.push_str(&hex(&nonce));
-        out.push_str(&hex(&buf));
+        out.push_str(&hex::encode(nonce));
+        out.push_str(&hex::encode(&buf));
         Ok(out)
     }
 
@@ -90,7 +91,7 @@ impl SealingKey {
             return Err(wrong());
         }
         let body = sealed.strip_prefix(PREFIX).ok_or_else(wrong)?;
-        let mut bytes = unhex(body).ok_or_else(wrong)?;
+        let mut bytes = hex::decode(body).map_err(|_| wrong())?;
         if bytes.len() < NONCE_LEN + CHACHA20_POLY1305.tag_len() {
             return Err(wrong());
         }
@@ -108,27 +109,6 @@ impl SealingKey {
 /// version).
 pub fn is_sealed(text: &str) -> bool {
     text.starts_with(PREFIX)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
-    let b = text.as_bytes();
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    b.chunks_exact(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]

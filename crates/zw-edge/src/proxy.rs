@@ -405,7 +405,12 @@ async fn phases<'s>(
     // Could not connect (a node or ingress that is gone): nothing was sent, so one
     // other server of the service gets the request, whatever its method.
     if let Err((e, Some(mut req))) = sent {
-        sent = match failover(lb, server_idx) {
+        let pick_ctx = PickCtx {
+            client_ip: Some(ctx.conn.client_ip),
+            headers: req.headers(),
+        };
+        let other = failover(lb, server_idx, &pick_ctx);
+        sent = match other {
             Some(other) => {
                 tracing::debug!(from = %backend.label, error = %e, to = %other.state.backend.label, "upstream unreachable; trying another server");
                 retarget(&mut req, lb, other);
@@ -464,22 +469,29 @@ fn finish_explain(resp: &mut Response<ProxyBody>, explain: Option<Explain<'_>>) 
     }
 }
 
-/// Another live server of `lb` that can take a request prepared for server `tried`: at
-/// another address (instances behind one worker ingress share it, and fail together),
-/// with the same scheme, and no path of its own to put in front.
-fn failover(lb: &LbService, tried: usize) -> Option<&crate::balance::Server> {
+/// The balancer's next candidate for a request prepared for server `tried`, among those
+/// that can take it as it is: at another address (instances behind one worker ingress
+/// share it, and fail together), with the same scheme, and no path of its own to put in
+/// front.
+fn failover<'l>(
+    lb: &'l LbService,
+    tried: usize,
+    ctx: &PickCtx<'_>,
+) -> Option<&'l crate::balance::Server> {
     let adds_path = |s: &crate::balance::Server| s.preserve_path && !s.state.url.path.is_empty();
     let first = lb.servers.get(tried)?;
     if adds_path(first) {
         return None;
     }
-    let n = lb.servers.len();
-    (1..n).map(|k| &lb.servers[(tried + k) % n]).find(|s| {
-        s.is_up()
-            && !Arc::ptr_eq(&s.state.backend, &first.state.backend)
+    let accept = |s: &crate::balance::Server| {
+        !Arc::ptr_eq(&s.state.backend, &first.state.backend)
             && s.state.url.scheme == first.state.url.scheme
             && !adds_path(s)
-    })
+    };
+    let i = lb
+        .balancer
+        .next_candidate(&lb.servers, ctx, tried, &accept)?;
+    lb.servers.get(i)
 }
 
 /// Points a request prepared for one server at another of the same service.

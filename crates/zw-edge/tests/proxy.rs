@@ -1022,3 +1022,47 @@ http:
     }
     edge.shutdown().await;
 }
+
+/// With `hrw`, a key whose server cannot be reached goes where it would go if that
+/// server were not configured at all: the balancer's own next choice (the key's
+/// next-highest score), not simply the server listed after it.
+#[tokio::test]
+async fn hrw_fails_over_as_if_the_dead_server_were_gone() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let svc = |servers: &str| {
+        format!(
+            "http:\n  services:\n    s: {{loadBalancer: {{strategy: hrw, hashKey: {{header: X-User}}, servers: [{servers}]}}}}\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n"
+        )
+    };
+    let live = format!("{{url: \"{}\"}}, {{url: \"{}\"}}", a.url(), b.url());
+    let with_dead = TestEdge::start(&svc(&format!("{live}, {{url: \"http://{closed}\"}}"))).await;
+    let without = TestEdge::start(&svc(&live)).await;
+    let upstream = |edge: std::net::SocketAddr, user: String| async move {
+        let mut c = Client::h1(edge).await.unwrap();
+        let r = c
+            .send(
+                req("lb.test", "/")
+                    .header("x-user", user)
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.header("x-upstream").unwrap_or_default().to_string()
+    };
+    let mut moved_to = std::collections::BTreeSet::new();
+    for u in 0..60 {
+        let there = upstream(with_dead.addr, format!("u{u}")).await;
+        let alone = upstream(without.addr, format!("u{u}")).await;
+        assert_eq!(there, alone, "user u{u}");
+        moved_to.insert(there);
+    }
+    assert_eq!(moved_to.len(), 2, "{moved_to:?}");
+    with_dead.shutdown().await;
+    without.shutdown().await;
+}

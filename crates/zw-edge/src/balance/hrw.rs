@@ -82,13 +82,19 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-impl Balance for Hrw {
-    fn pick(&self, servers: &[Server], ctx: &PickCtx<'_>) -> Option<usize> {
+impl Hrw {
+    /// The highest-scoring server among those `keep` lets through.
+    fn best(
+        &self,
+        servers: &[Server],
+        ctx: &PickCtx<'_>,
+        keep: impl Fn(usize, &Server) -> bool,
+    ) -> Option<usize> {
         let key = self.key_hash(ctx);
         servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.is_up())
+            .filter(|(i, s)| s.is_up() && keep(*i, s))
             .map(|(i, s)| {
                 (
                     i,
@@ -101,6 +107,24 @@ impl Balance for Hrw {
             })
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
+    }
+}
+
+impl Balance for Hrw {
+    fn pick(&self, servers: &[Server], ctx: &PickCtx<'_>) -> Option<usize> {
+        self.best(servers, ctx, |_, _| true)
+    }
+
+    /// The key's next-highest score: a key whose server cannot be reached goes to the
+    /// same second server every time, as it would if the first were removed.
+    fn next_candidate(
+        &self,
+        servers: &[Server],
+        ctx: &PickCtx<'_>,
+        tried: usize,
+        accept: &dyn Fn(&Server) -> bool,
+    ) -> Option<usize> {
+        self.best(servers, ctx, |i, s| i != tried && accept(s))
     }
 }
 

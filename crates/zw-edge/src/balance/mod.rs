@@ -112,4 +112,20 @@ pub struct PickCtx<'a> {
 pub trait Balance: Send + Sync + std::fmt::Debug {
     /// Index into `servers` of the server for this request, or `None` when no server is up.
     fn pick(&self, servers: &[Server], ctx: &PickCtx<'_>) -> Option<usize>;
+
+    /// The next candidate for a request whose choice `tried` could not be reached: a
+    /// server that is up and that `accept` allows, in the algorithm's own order (Pingora's
+    /// `BackendSelection::iter`). By default the servers after `tried`, in turn.
+    fn next_candidate(
+        &self,
+        servers: &[Server],
+        _ctx: &PickCtx<'_>,
+        tried: usize,
+        accept: &dyn Fn(&Server) -> bool,
+    ) -> Option<usize> {
+        let n = servers.len();
+        (1..n)
+            .map(|k| (tried + k) % n)
+            .find(|&i| servers[i].is_up() && accept(&servers[i]))
+    }
 }

@@ -3,7 +3,6 @@
 //! that restarts finds what is still running and adopts it instead of starting a
 //! duplicate. Writes are atomic: temp file, fsync, rename, directory fsync.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,12 +52,9 @@ impl Records {
     }
 
     pub fn save(&self, r: &Record) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".{}.tmp", r.id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.path(r.id()))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        let body = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
+        // records hold the instance's environment, which may carry its secrets
+        zw_proto::fsutil::write_atomic(&self.path(r.id()), &[&body], 0o600)
     }
 
     pub fn remove(&self, id: &str) -> std::io::Result<()> {

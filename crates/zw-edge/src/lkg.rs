@@ -7,7 +7,6 @@
 //! parse, or does not validate) is refused whole — the edge then stays not-ready rather
 //! than serve an empty or partial configuration.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,16 +65,8 @@ impl LastKnownGood {
             snapshot,
         })?;
         let digest = hex::encode(Sha256::digest(body.as_bytes()));
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile_in(dir)?;
-        tmp.1
-            .write_all(format!("{MAGIC} sha256:{digest}\n").as_bytes())?;
-        tmp.1.write_all(body.as_bytes())?;
-        tmp.1.sync_all()?;
-        drop(tmp.1);
-        std::fs::rename(&tmp.0, &self.path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let head = format!("{MAGIC} sha256:{digest}\n");
+        zw_proto::fsutil::write_atomic(&self.path, &[head.as_bytes(), body.as_bytes()], 0o600)
     }
 
     /// Reads, checks and validates the file. `Ok(None)` when there is none.
@@ -116,21 +107,6 @@ impl LastKnownGood {
 }
 
 /// A new file beside the target (same filesystem, so the rename is atomic).
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    for _ in 0..16 {
-        let p = dir.join(format!(".{FILE}.{}.tmp", fastrand::u64(..)));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("could not create a temporary file"))
-}
 
 #[cfg(test)]
 mod tests {

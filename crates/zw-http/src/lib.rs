@@ -170,24 +170,12 @@ fn load(dir: &Path) -> Result<Option<Identity>, String> {
 }
 
 fn save(dir: &Path, id: &Identity) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
     for (name, text, mode) in [
         (KEY_FILE, id.key_pem(), 0o600),
         (CERT_FILE, id.cert_pem.as_str(), 0o644),
         (CA_FILE, id.ca_pem.as_str(), 0o644),
     ] {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
+        zw_proto::fsutil::write_atomic(&dir.join(name), &[text.as_bytes()], mode)?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod compile;
+pub mod fsutil;
 pub mod health;
 pub mod protocol;
 pub mod time;

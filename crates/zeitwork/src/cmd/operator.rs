@@ -265,14 +265,5 @@ pub(crate) async fn component_token(
 }
 
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
+    zw_proto::fsutil::write_atomic(path, &[secret.as_bytes(), b"\n"], 0o600)
 }

@@ -106,8 +106,6 @@ impl LastKnownGood {
     }
 }
 
-/// A new file beside the target (same filesystem, so the rename is atomic).
-
 #[cfg(test)]
 mod tests {
     use super::*;

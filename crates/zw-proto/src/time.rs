@@ -1,4 +1,4 @@
-//! RFC 3339 timestamps without a date-time dependency.
+//! RFC 3339 timestamps: Unix milliseconds in the store, UTC text in JSON.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,53 +50,17 @@ impl utoipa::PartialSchema for Timestamp {
 
 impl utoipa::ToSchema for Timestamp {}
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` into Unix milliseconds.
+/// Parses an RFC 3339 time in UTC (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`, as the API writes
+/// them) into Unix milliseconds; the fraction is cut to milliseconds. Calendar checks are
+/// the `time` crate's: `2026-02-30` is refused.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(r)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || *b.last()? != b'Z'
-    {
+    // UTC only: a time with an offset is refused rather than read in another zone
+    if !text.ends_with('Z') {
         return None;
     }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let millis = match &text[19..text.len() - 1] {
-        "" => 0,
-        frac => {
-            let digits = frac.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit())
-            {
-                return None;
-            }
-            let padded = format!("{digits:0<3}");
-            padded.get(..3)?.parse::<i64>().ok()?
-        }
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
+    let t = ::time::OffsetDateTime::parse(text, &::time::format_description::well_known::Rfc3339)
+        .ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 /// Seconds since the Unix epoch.
@@ -127,26 +91,22 @@ pub fn rfc3339_now() -> String {
     rfc3339(d.as_secs(), d.subsec_millis())
 }
 
-/// A Unix time as RFC 3339 UTC with milliseconds.
+/// A Unix time as RFC 3339 UTC with milliseconds (the calendar from the `time` crate;
+/// past year 9999, the last millisecond of 9999).
 pub fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| ::time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(::time::PrimitiveDateTime::MAX.assume_utc());
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        millis.min(999)
     )
 }
 
@@ -196,6 +156,8 @@ mod tests {
             "2026-13-01T00:00:00Z",
             "2026-11-23T19:07:00+01:00",
             "2026-11-23T19:07:00.Z",
+            // a day the month does not have (the hand-written parser took it)
+            "2026-02-30T00:00:00Z",
         ] {
             assert_eq!(super::parse_rfc3339(bad), None, "{bad}");
         }

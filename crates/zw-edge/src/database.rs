@@ -36,7 +36,7 @@ impl DatabaseProvider {
                 self.region
             ));
         }
-        let config = zw_proto::compile::compile(&state, &self.region, &Config::default())?;
+        let config = zw_snapshot::compile(&state, &self.region, &Config::default())?;
         let valid = zw_config::validate(config, &self.limits).map_err(|e| e.to_string())?;
         if edge.status().hash.as_deref() == Some(valid.hash.as_str()) {
             return Ok(None);

@@ -74,7 +74,7 @@ async fn compile_once(
     let limits = Limits::default();
     let mut out = BTreeMap::new();
     for region in state.regions.keys() {
-        let config = match zw_proto::compile::compile(&state, region, base) {
+        let config = match zw_snapshot::compile(&state, region, base) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%region, error = %e, "region's snapshot not compiled");

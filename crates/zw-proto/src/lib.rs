@@ -1,16 +1,16 @@
 //! Zeitwork's shared vocabulary: the operator's API resources ([`api`]), the operator–edge
-//! control protocol ([`protocol`]) and the operator–agent one ([`agent`]), the snapshot compiler that turns platform state into
-//! routing configuration ([`compile`]), the reconnect schedule ([`backoff`]) and RFC 3339
-//! times ([`time`]).
+//! control protocol ([`protocol`]) and the operator–agent one ([`agent`]), the reconnect
+//! schedule ([`backoff`]), health rise and fall ([`health`]) and RFC 3339 times
+//! ([`time`]). The snapshot compiler is `zw-snapshot`, so that agents and balancers do
+//! not build the rule language and configuration formats.
 //!
-//! Pure: no I/O, so the operator, the edges and the CLI agree on every type and the
-//! compiler is tested without a database.
+//! Pure, but for [`fsutil`] (the one way every stateful process writes a file): the
+//! operator, the edges and the CLI agree on every type, and it is tested without I/O.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod backoff;
-pub mod compile;
 pub mod fsutil;
 pub mod health;
 pub mod protocol;

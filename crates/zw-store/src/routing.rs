@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use zw_proto::api::HealthCheckSpec;
-use zw_proto::compile::{DeploymentRoute, DomainRoute, Endpoint, RoutingState};
 use zw_proto::time::unix_millis;
+use zw_snapshot::{DeploymentRoute, DomainRoute, Endpoint, RoutingState};
 
 use crate::{get, Result, Store, StoreError};
 

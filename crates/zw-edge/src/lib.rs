@@ -13,6 +13,7 @@ mod admin;
 pub mod balance;
 mod body;
 mod control_plane;
+#[cfg(feature = "database")]
 mod database;
 mod health;
 mod lkg;
@@ -28,6 +29,7 @@ use zw_proto::time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
 pub use control_plane::ControlPlane;
+#[cfg(feature = "database")]
 pub use database::DatabaseProvider;
 pub use lkg::LastKnownGood;
 pub use provider::FileProvider;

@@ -103,7 +103,7 @@ impl ControlPlane {
         );
         edge.apply_snapshot(
             restored.config,
-            "last_known_good",
+            crate::ConfigSource::LastKnownGood,
             &origin,
             Some(restored.version),
         )?;
@@ -288,7 +288,7 @@ impl ControlPlane {
             if valid.hash != hash {
                 tracing::warn!(version, operator_hash = %hash, edge_hash = %valid.hash, "snapshot hash differs from the operator's (different versions?)");
             }
-            e.apply_snapshot(valid, "control_plane", &origin, Some(version))?;
+            e.apply_snapshot(valid, crate::ConfigSource::ControlPlane, &origin, Some(version))?;
             if let Some(lkg) = lkg {
                 if let Err(err) = lkg.save(version, &hash, &origin, &snapshot) {
                     // Serving goes on; only a restart without the operator would suffer.
@@ -302,7 +302,7 @@ impl ControlPlane {
         match result {
             Ok(()) => EdgeMessage::Ack { nonce, version },
             Err(error) => {
-                edge.reject(&error, "control_plane");
+                edge.reject(&error, crate::ConfigSource::ControlPlane);
                 tracing::error!(version, %error, "snapshot refused; still running the previous configuration");
                 EdgeMessage::Nack {
                     nonce,

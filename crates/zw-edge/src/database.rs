@@ -41,7 +41,8 @@ impl DatabaseProvider {
         if edge.status().hash.as_deref() == Some(valid.hash.as_str()) {
             return Ok(None);
         }
-        edge.apply(valid, "database", &self.origin).map(Some)
+        edge.apply(valid, crate::ConfigSource::Database, &self.origin)
+            .map(Some)
     }
 
     pub async fn run(self, edge: Edge, mut stop: watch::Receiver<bool>) {
@@ -52,7 +53,7 @@ impl DatabaseProvider {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    edge.reject(&e, "database");
+                    edge.reject(&e, crate::ConfigSource::Database);
                     tracing::warn!(error = %e, "reading routes from the database failed; the running configuration stays");
                 }
             }

@@ -57,6 +57,37 @@ use zw_config::ValidConfig;
 use crate::metrics::EdgeMetrics;
 use crate::snapshot::{Registry, Snapshot};
 
+/// Where the running configuration came from (`source` in `/debug/config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// A file or directory (`--config`).
+    File,
+    /// The operator, over the control-plane connection.
+    ControlPlane,
+    /// The snapshot kept on disk from the operator, served until it answers.
+    LastKnownGood,
+    /// The operator's database (`--database-url`).
+    Database,
+}
+
+impl ConfigSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::File => "file",
+            ConfigSource::ControlPlane => "control_plane",
+            ConfigSource::LastKnownGood => "last_known_good",
+            ConfigSource::Database => "database",
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What `/debug/config` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigStatus {
@@ -66,8 +97,7 @@ pub struct ConfigStatus {
     /// The operator's version number of the running snapshot (control plane and
     /// last-known-good only).
     pub snapshot_version: Option<u64>,
-    /// `file`, `control_plane`, `last_known_good` or `database`.
-    pub source: Option<String>,
+    pub source: Option<ConfigSource>,
     /// The file, directory, operator URL or database it came from.
     pub origin: Option<String>,
     pub applied_at: Option<String>,
@@ -188,7 +218,12 @@ impl Edge {
 
     /// Builds a snapshot from a validated configuration and swaps it in atomically.
     /// Must run inside a Tokio runtime (health checks are tasks).
-    pub fn apply(&self, valid: ValidConfig, source: &str, origin: &str) -> Result<u64, String> {
+    pub fn apply(
+        &self,
+        valid: ValidConfig,
+        source: ConfigSource,
+        origin: &str,
+    ) -> Result<u64, String> {
         self.apply_snapshot(valid, source, origin, None)
     }
 
@@ -196,7 +231,7 @@ impl Edge {
     pub fn apply_snapshot(
         &self,
         valid: ValidConfig,
-        source: &str,
+        source: ConfigSource,
         origin: &str,
         snapshot_version: Option<u64>,
     ) -> Result<u64, String> {
@@ -223,7 +258,7 @@ impl Edge {
             version,
             hash: Some(hash.clone()),
             snapshot_version,
-            source: Some(source.to_string()),
+            source: Some(source),
             origin: Some(origin.to_string()),
             applied_at: Some(time::rfc3339_now()),
             routers,
@@ -233,7 +268,7 @@ impl Edge {
             last_error: None,
             last_error_at: None,
         };
-        tracing::info!(version, ?snapshot_version, %hash, source, origin, routers, services, "configuration applied");
+        tracing::info!(version, ?snapshot_version, %hash, %source, origin, routers, services, "configuration applied");
         Ok(version)
     }
 
@@ -265,7 +300,7 @@ impl Edge {
     }
 
     /// Records a rejected configuration (shown at `/debug/config`, counted in metrics).
-    pub fn reject(&self, errors: &str, source: &str) {
+    pub fn reject(&self, errors: &str, source: ConfigSource) {
         self.shared.metrics.config_rejections.fetch_add(1, Relaxed);
         let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
         st.last_error = Some(format!("{source}: {errors}"));

@@ -36,9 +36,15 @@ impl Edge {
         let result = zw_config::load_path(path, limits)
             .and_then(|loaded| zw_config::validate(loaded.config, limits))
             .map_err(|e| e.to_string())
-            .and_then(|valid| self.apply(valid, "file", &path.display().to_string()));
+            .and_then(|valid| {
+                self.apply(
+                    valid,
+                    crate::ConfigSource::File,
+                    &path.display().to_string(),
+                )
+            });
         if let Err(e) = &result {
-            self.reject(e, "file");
+            self.reject(e, crate::ConfigSource::File);
         }
         result
     }
@@ -99,7 +105,7 @@ impl FileProvider {
                     let error = format!(
                         "the configuration loader failed ({join}); this is a bug, please report it with the file"
                     );
-                    edge.reject(&error, "file");
+                    edge.reject(&error, crate::ConfigSource::File);
                     Err(error)
                 }
             };

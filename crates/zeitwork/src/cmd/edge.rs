@@ -285,7 +285,7 @@ async fn start_provider(
             tracing::info!("no last-known-good snapshot; not ready until the operator sends one")
         }
         Err(e) => {
-            edge.reject(&e, "last_known_good");
+            edge.reject(&e, zw_edge::ConfigSource::LastKnownGood);
             tracing::error!(error = %e, "last-known-good refused; not ready until the operator sends a snapshot");
         }
     }

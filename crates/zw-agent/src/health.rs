@@ -13,26 +13,30 @@ pub async fn check(
     spec: &HealthCheckSpec,
     timeout: Duration,
     http_only: bool,
-) -> Result<(), String> {
+) -> Result<(), crate::Error> {
     let addr = addr.to_string();
+    let unhealthy = |check: String, detail: String| crate::Error::Unhealthy { check, detail };
     match &spec.path {
         None if http_only => zw_http::get(&addr, "/", &[], timeout, 64 << 10)
             .await
             .map(|_| ())
-            .map_err(|e| format!("GET /: {e}")),
+            .map_err(|e| unhealthy("GET /".into(), e.to_string())),
         None => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-            Err(_) => Err(format!("connect to {addr}: no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(unhealthy(format!("connect to {addr}"), e.to_string())),
+            Err(_) => Err(unhealthy(
+                format!("connect to {addr}"),
+                format!("no answer within {timeout:?}"),
+            )),
         },
         Some(path) => {
             let (status, _) = zw_http::get(&addr, path, &[], timeout, 64 << 10)
                 .await
-                .map_err(|e| format!("GET {path}: {e}"))?;
+                .map_err(|e| unhealthy(format!("GET {path}"), e.to_string()))?;
             if (200..400).contains(&status) {
                 Ok(())
             } else {
-                Err(format!("GET {path}: status {status}"))
+                Err(unhealthy(format!("GET {path}"), format!("status {status}")))
             }
         }
     }

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cgroup;
 pub mod driver;
+mod error;
 pub mod health;
 pub mod ingress;
 pub mod init;
@@ -24,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+
+pub use error::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -264,20 +267,28 @@ fn firecracker(
 impl Agent {
     /// Binds the ingress, gets the node certificate (the stored one while it is valid),
     /// adopts surviving instances, and starts the session with the operator.
-    pub async fn start(config: Config) -> Result<Agent, String> {
-        std::fs::create_dir_all(&config.state_dir)
-            .map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
-        let node_id = node_id(&config.state_dir)
-            .map_err(|e| format!("keeping the node id in {}: {e}", config.state_dir.display()))?;
+    pub async fn start(config: Config) -> Result<Agent, Error> {
+        std::fs::create_dir_all(&config.state_dir).map_err(Error::file(&config.state_dir))?;
+        let node_id =
+            node_id(&config.state_dir).map_err(Error::file(config.state_dir.join("node-id")))?;
+        let bind = |what, address| {
+            move |source| Error::Bind {
+                what,
+                address,
+                source,
+            }
+        };
         let listener = TcpListener::bind(config.ingress_listen)
             .await
-            .map_err(|e| format!("binding the ingress to {}: {e}", config.ingress_listen))?;
-        let ingress_address = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(bind("the ingress", config.ingress_listen))?;
+        let ingress_address = listener
+            .local_addr()
+            .map_err(bind("the ingress", config.ingress_listen))?;
         let admin = match config.admin_listen {
             Some(a) => Some(
                 TcpListener::bind(a)
                     .await
-                    .map_err(|e| format!("binding the admin endpoint to {a}: {e}"))?,
+                    .map_err(bind("the admin endpoint", a))?,
             ),
             None => None,
         };
@@ -285,9 +296,7 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
 
         let identity = enroll_until_done(&config, &node_id, stop_rx.clone()).await?;
-        let server_tls = identity
-            .server_config()
-            .map_err(|e| format!("the node certificate is unusable: {e}"))?;
+        let server_tls = identity.server_config()?;
         let tls = Arc::new(arc_swap::ArcSwap::new(server_tls));
 
         let cgroups = if config.init.is_some() {
@@ -306,7 +315,7 @@ impl Agent {
             config.timing.clone(),
             cgroups,
         )
-        .map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
+        .map_err(Error::file(&config.state_dir))?;
         let adopted = supervisor.adopt();
         tracing::info!(node = %node_id, ingress = %ingress_address, adopted, "agent started");
 
@@ -385,7 +394,7 @@ async fn enroll_until_done(
     config: &Config,
     node_id: &str,
     mut stop: watch::Receiver<bool>,
-) -> Result<zw_pki::Identity, String> {
+) -> Result<zw_pki::Identity, Error> {
     let names = vec![config.address.clone()];
     let enrollment = zw_http::Enrollment {
         operator: &config.operator,
@@ -400,13 +409,13 @@ async fn enroll_until_done(
         match zw_http::enroll(&enrollment, Some(&dir)).await {
             Ok(id) => return Ok(id),
             // A refusal is not going to change by retrying; say so and stop.
-            Err(e) if e.contains("refused a certificate") => return Err(e),
+            Err(e) if e.is_refusal() => return Err(e.into()),
             Err(e) => {
                 let delay = backoff.next_delay(fastrand::f64());
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no node certificate yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = crate::stopped(&mut stop) => return Err("stopped before enrolling".into()),
+                    _ = crate::stopped(&mut stop) => return Err(Error::Stopped("enrolling")),
                 }
             }
         }
@@ -436,12 +445,8 @@ async fn renew(
         }
         match enroll_until_done(&config, &node_id, stop.clone())
             .await
-            .and_then(|id| {
-                Ok((
-                    id.server_config().map_err(|e| e.to_string())?,
-                    id.not_after(),
-                ))
-            }) {
+            .and_then(|id| Ok((id.server_config()?, id.not_after())))
+        {
             Ok((server, expiry)) => {
                 tls.store(server);
                 not_after = expiry;
@@ -496,16 +501,16 @@ impl Session {
     async fn session(
         &self,
         events: &mut mpsc::UnboundedReceiver<InstanceReport>,
-    ) -> Result<(), (bool, String)> {
+    ) -> Result<(), (bool, Error)> {
         let url = format!("ws://{}/api/v1/agent/connect", self.config.operator);
         let mut request = url
             .into_client_request()
-            .map_err(|e| (false, format!("bad operator address: {e}")))?;
+            .map_err(|e| (false, Error::Session(format!("bad operator address: {e}"))))?;
         let auth = http::HeaderValue::from_str(&format!("Bearer {}", self.config.token)).map_err(
             |_| {
                 (
                     false,
-                    "the join token is not a valid header value".to_string(),
+                    Error::Session("the join token is not a valid header value".into()),
                 )
             },
         )?;
@@ -518,8 +523,8 @@ impl Session {
         let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
         let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(x)) => x,
-            Ok(Err(e)) => return Err((false, e.to_string())),
-            Err(_) => return Err((false, "no connection within 10s".into())),
+            Ok(Err(e)) => return Err((false, Error::Session(e.to_string()))),
+            Err(_) => return Err((false, Error::Session("no connection within 10s".into()))),
         };
         // The hello carries every instance's current state: queued events are older.
         while events.try_recv().is_ok() {}
@@ -551,9 +556,9 @@ impl Session {
                 }
                 msg = tokio::time::timeout(SILENCE, ws.next()) => {
                     let msg = match msg {
-                        Err(_) => return Err((true, format!("operator silent for {SILENCE:?}"))),
-                        Ok(None) => return Err((true, "operator closed the connection".into())),
-                        Ok(Some(Err(e))) => return Err((true, e.to_string())),
+                        Err(_) => return Err((true, Error::Session(format!("operator silent for {SILENCE:?}")))),
+                        Ok(None) => return Err((true, Error::Session("operator closed the connection".into()))),
+                        Ok(Some(Err(e))) => return Err((true, Error::Session(e.to_string()))),
                         Ok(Some(Ok(m))) => m,
                     };
                     match msg {
@@ -563,9 +568,9 @@ impl Session {
                                 self.supervisor.reconcile(instances);
                             }
                             Ok(ControlMessage::Error { message }) => {
-                                return Err((false, format!("the operator refused this node: {message}")));
+                                return Err((false, Error::Session(format!("the operator refused this node: {message}"))));
                             }
-                            Err(e) => return Err((true, format!("unreadable message from the operator: {e}"))),
+                            Err(e) => return Err((true, Error::Session(format!("unreadable message from the operator: {e}")))),
                         },
                         Message::Close(_) => return Ok(()),
                         _ => {}
@@ -576,12 +581,12 @@ impl Session {
     }
 }
 
-async fn send<S>(ws: &mut S, msg: &AgentMessage) -> Result<(), String>
+async fn send<S>(ws: &mut S, msg: &AgentMessage) -> Result<(), Error>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string(msg).map_err(|e| Error::Session(e.to_string()))?;
     ws.send(Message::Text(text.into()))
         .await
-        .map_err(|e| format!("send failed: {e}"))
+        .map_err(|e| Error::Session(format!("send failed: {e}")))
 }

@@ -19,6 +19,59 @@ const MAX_JSON: u64 = 4 << 20;
 /// Nested indexes followed at most this deep.
 const MAX_DEPTH: usize = 4;
 
+/// Why an OCI layout could not be unpacked. Every case is the image's (or its path's):
+/// the same layout fails the same way again.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: not a tar archive of an OCI layout: {source} (give a layout directory, or a tar \
+         of one such as `skopeo copy docker://IMAGE oci-archive:FILE` writes)",
+        path.display()
+    )]
+    NotATar {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: larger than {MAX_JSON} bytes", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0} lists no manifest")]
+    NoManifest(&'static str),
+    #[error("indexes nested more than {MAX_DEPTH} deep")]
+    TooDeep,
+    #[error("unsupported digest `{0}` (only sha256 is)")]
+    Digest(String),
+    #[error("blob {digest}: {source}")]
+    Blob {
+        digest: String,
+        source: std::io::Error,
+    },
+    #[error("blob {0} does not match its digest")]
+    Mismatch(String),
+    #[error("layer {digest}: entry `{}` leaves the root", entry.display())]
+    Escapes { digest: String, entry: PathBuf },
+    #[error("layer {digest}: {detail}")]
+    Layer { digest: String, detail: String },
+    #[error("the unpacking task ended: {0}")]
+    Task(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+    move |source| OciError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 #[derive(Deserialize)]
 struct Descriptor {
     #[serde(rename = "mediaType", default)]
@@ -37,15 +90,15 @@ struct Manifest {
 }
 
 /// The root filesystem of the layout at `source`, unpacked once into `work/rootfs`.
-pub async fn unpacked(source: &Path, work: &Path) -> Result<PathBuf, String> {
+pub async fn unpacked(source: &Path, work: &Path) -> Result<PathBuf, OciError> {
     let source = source.to_path_buf();
     let work = work.to_path_buf();
     tokio::task::spawn_blocking(move || unpack(&source, &work))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| OciError::Task(e.to_string()))?
 }
 
-fn unpack(source: &Path, work: &Path) -> Result<PathBuf, String> {
+fn unpack(source: &Path, work: &Path) -> Result<PathBuf, OciError> {
     let root = work.join("rootfs");
     let done = work.join("rootfs.done");
     if done.exists() {
@@ -56,78 +109,87 @@ fn unpack(source: &Path, work: &Path) -> Result<PathBuf, String> {
     } else {
         let dir = work.join("oci-layout");
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let f = File::open(source).map_err(|e| format!("{}: {e}", source.display()))?;
-        tar::Archive::new(f).unpack(&dir).map_err(|e| {
-            format!(
-                "{}: not a tar archive of an OCI layout: {e}",
-                source.display()
-            )
-        })?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let f = File::open(source).map_err(io(source))?;
+        tar::Archive::new(f)
+            .unpack(&dir)
+            .map_err(|source_err| OciError::NotATar {
+                path: source.to_path_buf(),
+                source: source_err,
+            })?;
         dir
     };
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
     let index: Index = read_json(&layout.join("index.json"))?;
     let mut manifest_desc = index
         .manifests
         .into_iter()
         .next()
-        .ok_or("index.json lists no manifest")?;
+        .ok_or(OciError::NoManifest("index.json"))?;
     let mut depth = 0;
     while manifest_desc.media_type.contains("image.index")
         || manifest_desc.media_type.contains("manifest.list")
     {
         depth += 1;
         if depth > MAX_DEPTH {
-            return Err("indexes nested too deep".into());
+            return Err(OciError::TooDeep);
         }
         let nested: Index = read_json(&blob(&layout, &manifest_desc.digest)?)?;
         manifest_desc = nested
             .manifests
             .into_iter()
             .next()
-            .ok_or("a nested index lists no manifest")?;
+            .ok_or(OciError::NoManifest("a nested index"))?;
     }
     let manifest: Manifest = read_json(&blob(&layout, &manifest_desc.digest)?)?;
     for layer in &manifest.layers {
         let path = blob(&layout, &layer.digest)?;
-        let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f = File::open(&path).map_err(io(&path))?;
         let reader: Box<dyn Read> = if layer.media_type.ends_with("gzip") {
             Box::new(flate2::read::GzDecoder::new(f))
         } else {
             Box::new(f)
         };
-        apply_layer(reader, &root).map_err(|e| format!("layer {}: {e}", layer.digest))?;
+        apply_layer(reader, &root, &layer.digest)?;
     }
-    std::fs::write(&done, manifest_desc.digest.as_bytes()).map_err(|e| e.to_string())?;
+    std::fs::write(&done, manifest_desc.digest.as_bytes()).map_err(io(&done))?;
     Ok(root)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError> {
+    let f = File::open(path).map_err(io(path))?;
     let mut text = Vec::new();
     f.take(MAX_JSON + 1)
         .read_to_end(&mut text)
-        .map_err(|e| e.to_string())?;
+        .map_err(io(path))?;
     if text.len() as u64 > MAX_JSON {
-        return Err(format!("{}: larger than {MAX_JSON} bytes", path.display()));
+        return Err(OciError::TooLarge {
+            path: path.to_path_buf(),
+        });
     }
-    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    serde_json::from_slice(&text).map_err(|source| OciError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The blob for `digest`, checked against it.
-fn blob(layout: &Path, digest: &str) -> Result<PathBuf, String> {
+fn blob(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| format!("unsupported digest `{}`", zw_proto::abbreviate(digest, 80)))?;
+        .ok_or_else(|| OciError::Digest(zw_proto::abbreviate(digest, 80).to_string()))?;
     let path = layout.join("blobs/sha256").join(hex);
-    let mut f = File::open(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+    let blob_err = |source| OciError::Blob {
+        digest: digest.to_string(),
+        source,
+    };
+    let mut f = File::open(&path).map_err(blob_err)?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut f, &mut hasher).map_err(|e| e.to_string())?;
+    std::io::copy(&mut f, &mut hasher).map_err(blob_err)?;
     if hex::encode(hasher.finalize()) != hex.to_ascii_lowercase() {
-        return Err(format!("blob {digest} does not match its digest"));
+        return Err(OciError::Mismatch(digest.to_string()));
     }
     Ok(path)
 }
@@ -145,15 +207,25 @@ fn confined(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn apply_layer(reader: impl Read, root: &Path) -> Result<(), String> {
+fn apply_layer(reader: impl Read, root: &Path, digest: &str) -> Result<(), OciError> {
+    let layer_err = |detail: String| OciError::Layer {
+        digest: digest.to_string(),
+        detail,
+    };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let raw = entry.path().map_err(|e| e.to_string())?.into_owned();
+    for entry in archive.entries().map_err(|e| layer_err(e.to_string()))? {
+        let mut entry = entry.map_err(|e| layer_err(e.to_string()))?;
+        let raw = entry
+            .path()
+            .map_err(|e| layer_err(e.to_string()))?
+            .into_owned();
         let Some(rel) = confined(&raw) else {
-            return Err(format!("entry `{}` leaves the root", raw.display()));
+            return Err(OciError::Escapes {
+                digest: digest.to_string(),
+                entry: raw,
+            });
         };
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name == ".wh..wh..opq" {
@@ -184,7 +256,7 @@ fn apply_layer(reader: impl Read, root: &Path) -> Result<(), String> {
         // `unpack_in` refuses paths (and link targets written through) outside `root`.
         entry
             .unpack_in(root)
-            .map_err(|e| format!("{}: {e}", raw.display()))?;
+            .map_err(|e| layer_err(format!("{}: {e}", raw.display())))?;
     }
     Ok(())
 }
@@ -299,7 +371,7 @@ mod tests {
             }
         }
         let work = tempfile::tempdir().unwrap();
-        let err = unpack(src.path(), work.path()).unwrap_err();
+        let err = unpack(src.path(), work.path()).unwrap_err().to_string();
         assert!(err.contains("does not match its digest"), "{err}");
 
         // A symlink pointing out of the root, then a file written through it.
@@ -317,7 +389,7 @@ mod tests {
         b.append_data(&mut h, "escape/planted", &b"bad"[..])
             .unwrap();
         let root = tempfile::tempdir().unwrap();
-        let _ = apply_layer(&b.into_inner().unwrap()[..], root.path());
+        let _ = apply_layer(&b.into_inner().unwrap()[..], root.path(), "sha256:test");
         assert!(
             !outside.path().join("planted").exists(),
             "nothing is written through a link out of the root"
@@ -362,7 +434,7 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let root = dir.path().join("root");
                 std::fs::create_dir_all(&root).unwrap();
-                let _ = apply_layer(&bytes[..], &root);
+                let _ = apply_layer(&bytes[..], &root, "sha256:test");
                 let beside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
                 prop_assert_eq!(beside, vec![std::ffi::OsString::from("root")]);
             }

@@ -564,7 +564,7 @@ async fn serve(
                 res
             } => match res {
                 Ok(()) => break,
-                Err(e) => last_error = e,
+                Err(e) => last_error = e.to_string(),
             },
         }
     }

@@ -52,6 +52,7 @@ async fn the_canary_boots_emulated_and_decides_kvm() {
     match probe_kvm(&config, Duration::from_secs(10)).await {
         Ok(ms) => eprintln!("KVM works here: canary in {ms} ms"),
         Err(why) => {
+            let why = why.to_string();
             assert!(why.contains("canary") || why.contains("/dev/kvm"), "{why}");
             eprintln!("KVM not used here: {why}");
         }

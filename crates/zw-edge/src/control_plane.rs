@@ -57,22 +57,24 @@ enum End {
 
 impl ControlPlane {
     /// `ws://host:port`, `http://host:port` or a full `ws://…/api/v1/edge/connect`.
-    pub fn normalize_url(url: &str) -> Result<String, String> {
+    pub fn normalize_url(url: &str) -> Result<String, crate::Error> {
+        let bad = |why| crate::Error::ControlPlaneUrl {
+            url: url.to_string(),
+            why,
+        };
         let rest = if let Some(r) = url
             .strip_prefix("ws://")
             .or_else(|| url.strip_prefix("http://"))
         {
             r
         } else if url.starts_with("wss://") || url.starts_with("https://") {
-            return Err(format!(
-                "{url}: TLS to the operator is not supported yet; use ws://"
-            ));
+            return Err(bad("TLS to the operator is not supported yet; use ws://"));
         } else {
-            return Err(format!("{url}: expected ws://host:port"));
+            return Err(bad("expected ws://host:port"));
         };
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         if authority.is_empty() {
-            return Err(format!("{url}: no host"));
+            return Err(bad("no host"));
         }
         let path = if path.is_empty() {
             "api/v1/edge/connect"
@@ -88,7 +90,7 @@ impl ControlPlane {
 
     /// Applies the last-known-good snapshot, if there is one. `Ok(None)`: no file.
     /// `Err`: the file exists but is unusable (the edge stays without configuration).
-    pub fn restore(&self, edge: &Edge) -> Result<Option<u64>, String> {
+    pub fn restore(&self, edge: &Edge) -> Result<Option<u64>, crate::Error> {
         let Some(lkg) = self.lkg() else {
             return Ok(None);
         };
@@ -283,8 +285,7 @@ impl ControlPlane {
         // Parsing and building a big snapshot takes a while: keep it off the request threads.
         let result = tokio::task::spawn_blocking(move || {
             let valid = zw_config::parse_str(snapshot.get(), zw_config::Format::Json)
-                .and_then(|c| zw_config::validate(c, &limits))
-                .map_err(|e| e.to_string())?;
+                .and_then(|c| zw_config::validate(c, &limits))?;
             if valid.hash != hash {
                 tracing::warn!(version, operator_hash = %hash, edge_hash = %valid.hash, "snapshot hash differs from the operator's (different versions?)");
             }
@@ -295,13 +296,14 @@ impl ControlPlane {
                     tracing::error!(path = %lkg.path().display(), error = %err, "could not save the last-known-good snapshot");
                 }
             }
-            Ok::<_, String>(())
+            Ok::<_, crate::Error>(())
         })
         .await
-        .unwrap_or_else(|e| Err(format!("applying panicked: {e}")));
+        .unwrap_or_else(|e| Err(crate::Error::Panicked(e.to_string())));
         match result {
             Ok(()) => EdgeMessage::Ack { nonce, version },
             Err(error) => {
+                let error = error.to_string();
                 edge.reject(&error, crate::ConfigSource::ControlPlane);
                 tracing::error!(version, %error, "snapshot refused; still running the previous configuration");
                 EdgeMessage::Nack {
@@ -347,6 +349,7 @@ mod tests {
         );
         assert!(ControlPlane::normalize_url("wss://op")
             .unwrap_err()
+            .to_string()
             .contains("not supported"));
         assert!(ControlPlane::normalize_url("op:7070").is_err());
     }

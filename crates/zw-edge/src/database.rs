@@ -24,20 +24,21 @@ pub struct DatabaseProvider {
 
 impl DatabaseProvider {
     /// Reads and applies once. `Ok(None)` when nothing changed.
-    pub async fn poll(&self, edge: &Edge) -> Result<Option<u64>, String> {
+    pub async fn poll(&self, edge: &Edge) -> Result<Option<u64>, crate::Error> {
         let state = self
             .store
             .routing_state()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Database(e.to_string()))?;
         if !state.regions.contains_key(&self.region) {
-            return Err(format!(
-                "region `{}` does not exist in the database",
+            return Err(crate::Error::Database(format!(
+                "region `{}` does not exist in it (create it, or give the edge another --region)",
                 self.region
-            ));
+            )));
         }
-        let config = zw_snapshot::compile(&state, &self.region, &Config::default())?;
-        let valid = zw_config::validate(config, &self.limits).map_err(|e| e.to_string())?;
+        let config = zw_snapshot::compile(&state, &self.region, &Config::default())
+            .map_err(crate::Error::Database)?;
+        let valid = zw_config::validate(config, &self.limits)?;
         if edge.status().hash.as_deref() == Some(valid.hash.as_str()) {
             return Ok(None);
         }

@@ -113,7 +113,10 @@ async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
     loop {
         let result = match tokio::time::timeout(spec.timeout, check_once(&state, &spec)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
+            Err(_) => Err(crate::Error::HealthCheck {
+                step: "answer",
+                detail: format!("none within {:?}", spec.timeout),
+            }),
         };
         let now = std::time::Instant::now();
         match rise_fall.observe(result.is_ok(), state.is_healthy(), now) {
@@ -123,7 +126,7 @@ async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
             }
             Some(false) => {
                 state.set_healthy(false);
-                let reason = result.err().unwrap_or_default();
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(service = %key.0, server = %key.1, %reason, "server failed its health check; no traffic until it recovers");
             }
             None => {}
@@ -132,7 +135,13 @@ async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
     }
 }
 
-async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String> {
+async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate::Error> {
+    let failed = |step: &'static str| {
+        move |e: &dyn std::fmt::Display| crate::Error::HealthCheck {
+            step,
+            detail: e.to_string(),
+        }
+    };
     let port = spec.port.unwrap_or(state.url.port);
     let host = &state.url.host;
     let stream = if state.url.scheme == zw_config::UpstreamScheme::Https {
@@ -141,20 +150,20 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String
             .backend
             .connect(spec.timeout)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| failed("connect")(&e))?
     } else {
         let tcp = if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             TcpStream::connect((ip, port)).await
         } else {
             TcpStream::connect((host.as_str(), port)).await
         }
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| failed("connect")(&e))?;
         let _ = tcp.set_nodelay(true);
         crate::pool::Stream::Tcp(tcp)
     };
     let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| failed("handshake")(&e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -177,11 +186,11 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String
             req = req.header(k, v);
         }
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let req = req.body(Empty::new()).map_err(|e| failed("request")(&e))?;
     let resp = tx
         .send_request(req)
         .await
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| failed("request")(&e))?;
     let status = resp.status().as_u16();
     let ok = match spec.status {
         Some(want) => status == want,
@@ -190,6 +199,9 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), String
     if ok {
         Ok(())
     } else {
-        Err(format!("status {status}"))
+        Err(crate::Error::HealthCheck {
+            step: "status",
+            detail: status.to_string(),
+        })
     }
 }

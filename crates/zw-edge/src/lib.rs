@@ -15,6 +15,7 @@ mod body;
 mod control_plane;
 #[cfg(feature = "database")]
 mod database;
+mod error;
 mod health;
 mod lkg;
 pub mod metrics;
@@ -31,6 +32,7 @@ pub use access_log::{AccessLog, AccessLogTarget};
 pub use control_plane::ControlPlane;
 #[cfg(feature = "database")]
 pub use database::DatabaseProvider;
+pub use error::Error;
 pub use lkg::LastKnownGood;
 pub use provider::FileProvider;
 
@@ -223,7 +225,7 @@ impl Edge {
         valid: ValidConfig,
         source: ConfigSource,
         origin: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Error> {
         self.apply_snapshot(valid, source, origin, None)
     }
 
@@ -234,7 +236,7 @@ impl Edge {
         source: ConfigSource,
         origin: &str,
         snapshot_version: Option<u64>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Error> {
         let s = &self.shared;
         let (routers, services, middlewares) = (
             valid.config.http.routers.len(),
@@ -278,15 +280,15 @@ impl Edge {
         &self,
         entry_point: &str,
         trusted: Vec<zw_rules::IpNet>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let idx = self
             .shared
             .entry_points
             .iter()
             .position(|e| e == entry_point)
-            .ok_or_else(|| format!("no entry point named `{entry_point}`"))?;
+            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
         if trusted.is_empty() {
-            return Err(format!("entry point `{entry_point}`: name the networks trusted to send PROXY protocol headers"));
+            return Err(Error::NoTrustedNetworks(entry_point.to_string()));
         }
         let mut pp = self
             .shared
@@ -300,7 +302,7 @@ impl Edge {
     }
 
     /// Records a rejected configuration (shown at `/debug/config`, counted in metrics).
-    pub fn reject(&self, errors: &str, source: ConfigSource) {
+    pub fn reject(&self, errors: &dyn std::fmt::Display, source: ConfigSource) {
         self.shared.metrics.config_rejections.fetch_add(1, Relaxed);
         let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
         st.last_error = Some(format!("{source}: {errors}"));
@@ -588,7 +590,9 @@ async fn serve_connection(
                 let header = if t.admits(peer) {
                     proxy_protocol::read_header(&mut stream, peer).await
                 } else {
-                    Err("source is not a trusted PROXY protocol sender".to_string())
+                    Err(Error::ProxyProtocol(
+                        "source is not a trusted PROXY protocol sender".into(),
+                    ))
                 };
                 match header {
                     Ok(x) => x,

@@ -70,17 +70,15 @@ impl LastKnownGood {
     }
 
     /// Reads, checks and validates the file. `Ok(None)` when there is none.
-    pub fn load(&self, limits: &Limits) -> Result<Option<Restored>, String> {
+    pub fn load(&self, limits: &Limits) -> Result<Option<Restored>, crate::Error> {
+        let bad = |why: &str| crate::Error::LastKnownGood {
+            path: self.path.clone(),
+            why: why.to_string(),
+        };
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
-        };
-        let bad = |why: &str| {
-            format!(
-                "{} is not a usable last-known-good file: {why}",
-                self.path.display()
-            )
+            Err(e) => return Err(bad(&e.to_string())),
         };
         if text.len() as u64 > limits.max_total_bytes {
             return Err(bad("larger than the configuration size limit"));
@@ -136,7 +134,11 @@ mod tests {
         let last = bytes.len() - 3;
         bytes[last] ^= 0x01;
         std::fs::write(lkg.path(), &bytes).unwrap();
-        assert!(lkg.load(&limits).unwrap_err().contains("checksum mismatch"));
+        assert!(lkg
+            .load(&limits)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum mismatch"));
 
         // truncated
         lkg.save(8, "sha256:x", "ws://op", &raw(SNAP)).unwrap();
@@ -180,7 +182,7 @@ mod tests {
             &raw(r#"{"http":{"routers":{"r":{"rule":"Host(","service":"s"}}}}"#),
         )
         .unwrap();
-        let e = lkg.load(&Limits::default()).unwrap_err();
+        let e = lkg.load(&Limits::default()).unwrap_err().to_string();
         assert!(e.contains("http.routers.r"), "{e}");
     }
 }

@@ -32,10 +32,10 @@ fn fingerprint(path: &Path, limits: &Limits) -> Option<Fingerprint> {
 impl Edge {
     /// Loads, validates and applies the configuration at `path`. Returns the applied
     /// version, or every error found (the running configuration is kept).
-    pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, String> {
+    pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, crate::Error> {
         let result = zw_config::load_path(path, limits)
             .and_then(|loaded| zw_config::validate(loaded.config, limits))
-            .map_err(|e| e.to_string())
+            .map_err(crate::Error::from)
             .and_then(|valid| {
                 self.apply(
                     valid,
@@ -44,7 +44,7 @@ impl Edge {
                 )
             });
         if let Err(e) = &result {
-            self.reject(e, crate::ConfigSource::File);
+            self.reject(&e.to_string(), crate::ConfigSource::File);
         }
         result
     }
@@ -71,7 +71,7 @@ impl FileProvider {
     }
 
     /// Loads the configuration now and applies it to `edge`.
-    pub fn load_into(&mut self, edge: &Edge) -> Result<u64, String> {
+    pub fn load_into(&mut self, edge: &Edge) -> Result<u64, crate::Error> {
         self.seen = fingerprint(&self.path, &self.limits);
         edge.load_file(&self.path, &self.limits)
     }
@@ -97,18 +97,15 @@ impl FileProvider {
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
             // The load runs on its own task, so even a bug that panics in it fails this one
             // load, and watching goes on with the running configuration.
-            let result = match tokio::task::spawn_blocking(move || e.load_file(&path, &limits))
-                .await
-            {
-                Ok(r) => r,
-                Err(join) => {
-                    let error = format!(
-                        "the configuration loader failed ({join}); this is a bug, please report it with the file"
-                    );
-                    edge.reject(&error, crate::ConfigSource::File);
-                    Err(error)
-                }
-            };
+            let result =
+                match tokio::task::spawn_blocking(move || e.load_file(&path, &limits)).await {
+                    Ok(r) => r,
+                    Err(join) => {
+                        let error = crate::Error::Panicked(join.to_string());
+                        edge.reject(&error.to_string(), crate::ConfigSource::File);
+                        Err(error)
+                    }
+                };
             match result {
                 Ok(version) => {
                     tracing::info!(path = %self.path.display(), version, "configuration change applied")

@@ -37,7 +37,8 @@ impl Trusted {
 pub async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
-) -> Result<(SocketAddr, Bytes), String> {
+) -> Result<(SocketAddr, Bytes), crate::Error> {
+    use crate::Error::ProxyProtocol as Refused;
     let read = async {
         let mut buf = BytesMut::with_capacity(512);
         loop {
@@ -48,27 +49,29 @@ pub async fn read_header<S: AsyncRead + Unpin>(
                     return Ok((client, rest));
                 }
                 Err(zw_proxy_protocol::Error::Incomplete) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Refused(e.to_string())),
             }
             if buf.len() >= zw_proxy_protocol::V2_MAX {
-                return Err("PROXY protocol header too long".into());
+                return Err(Refused("PROXY protocol header too long".into()));
             }
             buf.reserve(512);
             match stream.read_buf(&mut buf).await {
                 Ok(0) => {
-                    return Err("connection closed before a complete PROXY protocol header".into())
+                    return Err(Refused(
+                        "connection closed before a complete PROXY protocol header".into(),
+                    ))
                 }
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Refused(e.to_string())),
             }
         }
     };
     tokio::time::timeout(HEADER_TIMEOUT, read)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
+            Err(Refused(format!(
                 "no PROXY protocol header within {HEADER_TIMEOUT:?}"
-            ))
+            )))
         })
 }
 
@@ -221,7 +224,8 @@ mod tests {
         a.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let e = read_header(&mut b, "127.0.0.1:9".parse().unwrap())
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no PROXY protocol header"), "{e}");
     }
 

@@ -11,6 +11,7 @@ use crate::health::{HealthSpec, Supervisor};
 use crate::metrics::RouterMetrics;
 use crate::middleware::{self, Middleware};
 use crate::pool::{Backend, Transport};
+use crate::Error;
 
 /// One applied configuration. Requests hold an `Arc` to the snapshot they started on, so
 /// a reload never changes anything under an in-flight request.
@@ -120,7 +121,7 @@ pub fn build(
     entry_points: &[String],
     reg: &mut Registry,
     version: u64,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, Error> {
     let http = &valid.config.http;
     let service_index: HashMap<&str, u32> = http
         .services
@@ -138,14 +139,14 @@ pub fn build(
             let transport = transport_of(&valid, lb.servers_transport.as_deref());
             let mut servers = Vec::with_capacity(lb.servers.len());
             for s in &lb.servers {
-                let url =
-                    UpstreamUrl::parse(&s.url).map_err(|e| format!("http.services.{name}: {e}"))?;
+                let url = UpstreamUrl::parse(&s.url)
+                    .map_err(|e| Error::compile(format!("http.services.{name}"), e))?;
                 let instance = s
                     .instance
                     .as_deref()
                     .map(http::HeaderValue::from_str)
                     .transpose()
-                    .map_err(|e| format!("http.services.{name}: instance: {e}"))?;
+                    .map_err(|e| Error::compile(format!("http.services.{name}.instance"), e))?;
                 // Instances behind one ingress share its URL; the instance tells them apart.
                 let key = match &s.instance {
                     Some(i) => (name.clone(), format!("{}#{i}", s.url)),
@@ -199,8 +200,12 @@ pub fn build(
                     let source = match &lb.hash_key {
                         Some(k) => match (&k.header, &k.cookie) {
                             (Some(h), _) => HashSource::Header(
-                                http::HeaderName::from_bytes(h.as_bytes())
-                                    .map_err(|e| e.to_string())?,
+                                http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
+                                    Error::compile(
+                                        format!("http.services.{name}.loadBalancer.hashKey"),
+                                        e,
+                                    )
+                                })?,
                             ),
                             (None, Some(c)) => HashSource::Cookie(c.clone()),
                             (None, None) => HashSource::ClientIp,
@@ -224,9 +229,9 @@ pub fn build(
                 let idx = service_index
                     .get(zw_config::ref_name(&ws.name))
                     .ok_or_else(|| {
-                        format!(
-                            "http.services.{name}.weighted: unknown service \"{}\"",
-                            ws.name
+                        Error::compile(
+                            format!("http.services.{name}.weighted"),
+                            format!("unknown service \"{}\"", ws.name),
                         )
                     })?;
                 children.push(*idx);
@@ -237,7 +242,10 @@ pub fn build(
                 wrr: SmoothWrr::new(&weights),
             }
         } else {
-            return Err(format!("http.services.{name}: no loadBalancer or weighted"));
+            return Err(Error::compile(
+                format!("http.services.{name}"),
+                "no loadBalancer or weighted",
+            ));
         };
         services.push(ServiceRt {
             name: name.as_str().into(),
@@ -249,7 +257,7 @@ pub fn build(
     for (name, m) in &http.middlewares {
         middlewares.insert(
             name,
-            middleware::build(m).map_err(|e| format!("http.middlewares.{name}: {e}"))?,
+            middleware::build(m).map_err(|e| e.within(&format!("http.middlewares.{name}")))?,
         );
     }
 
@@ -260,9 +268,9 @@ pub fn build(
     for (name, r) in &http.routers {
         let idx = routers.len() as u32;
         let service_name = zw_config::ref_name(&r.service);
-        let service = *service_index
-            .get(service_name)
-            .ok_or_else(|| format!("http.routers.{name}.service: unknown service"))?;
+        let service = *service_index.get(service_name).ok_or_else(|| {
+            Error::compile(format!("http.routers.{name}.service"), "unknown service")
+        })?;
         let mws = r
             .middlewares
             .iter()
@@ -270,7 +278,12 @@ pub fn build(
                 middlewares
                     .get(zw_config::ref_name(m))
                     .cloned()
-                    .ok_or_else(|| format!("http.routers.{name}: unknown middleware {m}"))
+                    .ok_or_else(|| {
+                        Error::compile(
+                            format!("http.routers.{name}.middlewares"),
+                            format!("unknown middleware {m}"),
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut metrics = vec![None; entry_points.len()];

@@ -65,7 +65,8 @@ pub async fn fetch(d: &Discover, token: &str) -> Result<Vec<Wanted>, String> {
             std::time::Duration::from_secs(5),
             8 << 20,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         if status != 200 {
             return Err(format!(
                 "operator answered {status}: {}",

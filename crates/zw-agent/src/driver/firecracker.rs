@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use zw_proto::api::{DriverStatus, Runtime};
 
 use super::{vm, BoxFuture, Driver, Exit, Launch, Running};
+use crate::Error;
 
 #[derive(Debug, Clone)]
 pub struct FirecrackerConfig {
@@ -55,13 +56,17 @@ pub struct VmSpec {
 
 /// Sends one request to Firecracker's API; a non-2xx answer is an error carrying its
 /// `fault_message`.
-pub async fn api(socket: &Path, method: &str, path: &str, body: &Value) -> Result<(), String> {
+pub async fn api(socket: &Path, method: &str, path: &str, body: &Value) -> Result<(), Error> {
+    let fc = |detail: String| Error::Firecracker {
+        request: format!("{method} {path}"),
+        detail,
+    };
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .map_err(|e| format!("Firecracker API {}: {e}", socket.display()))?;
+        .map_err(|e| fc(format!("connecting to {}: {e}", socket.display())))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("Firecracker API: {e}"))?;
+        .map_err(|e| fc(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -72,11 +77,11 @@ pub async fn api(socket: &Path, method: &str, path: &str, body: &Value) -> Resul
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| fc(e.to_string()))?;
     let resp = send
         .send_request(req)
         .await
-        .map_err(|e| format!("Firecracker API {method} {path}: {e}"))?;
+        .map_err(|e| fc(e.to_string()))?;
     let status = resp.status();
     let bytes = http_body_util::Limited::new(resp.into_body(), 64 << 10)
         .collect()
@@ -90,13 +95,11 @@ pub async fn api(socket: &Path, method: &str, path: &str, body: &Value) -> Resul
         .ok()
         .and_then(|v| v["fault_message"].as_str().map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-    Err(format!(
-        "Firecracker refused {method} {path} ({status}): {fault}"
-    ))
+    Err(fc(format!("refused ({status}): {fault}")))
 }
 
 /// Configures a waiting Firecracker process and starts its VM.
-pub async fn configure(socket: &Path, spec: &VmSpec) -> Result<(), String> {
+pub async fn configure(socket: &Path, spec: &VmSpec) -> Result<(), Error> {
     let path = |p: &Path| p.to_string_lossy().to_string();
     api(
         socket,
@@ -155,7 +158,7 @@ fn tap_name(port: u16) -> String {
     format!("zwfc{port}")
 }
 
-async fn ip(args: &[&str]) -> Result<(), String> {
+async fn ip(args: &[&str]) -> Result<(), Error> {
     vm::run(
         tokio::process::Command::new("ip").args(args),
         &format!("ip {}", args.join(" ")),
@@ -164,8 +167,11 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl FirecrackerDriver {
-    async fn launch(&self, launch: &Launch) -> Result<Running, String> {
-        let config = self.setup.as_ref().map_err(|e| e.clone())?;
+    async fn launch(&self, launch: &Launch) -> Result<Running, Error> {
+        let config = self
+            .setup
+            .as_ref()
+            .map_err(|e| Error::RuntimeUnavailable(e.clone()))?;
         let r = &launch.record;
         let disk = launch.work_dir.join("root.ext4");
         vm::root_disk(launch, &launch.work_dir.join("stage"), &disk).await?;
@@ -177,12 +183,7 @@ impl FirecrackerDriver {
         ip(&["link", "set", &tap, "up"]).await?;
         let socket = launch.work_dir.join("firecracker.sock");
         let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log_file)
-            .map_err(|e| format!("opening {}: {e}", launch.log_file.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let (log, log_err) = super::open_log(&launch.log_file)?;
         let child = tokio::process::Command::new(&config.firecracker)
             .arg("--api-sock")
             .arg(&socket)
@@ -192,7 +193,10 @@ impl FirecrackerDriver {
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", config.firecracker.display()))?;
+            .map_err(|source| Error::Spawn {
+                program: config.firecracker.clone(),
+                source,
+            })?;
         let mut running = Running::owned(child)?;
         running.control = Some(socket.clone());
         running.target = Some(SocketAddr::from((guest, r.assignment.port)));
@@ -200,7 +204,10 @@ impl FirecrackerDriver {
         while !socket.exists() {
             if tokio::time::Instant::now() > deadline {
                 running.terminate(Duration::from_secs(1)).await;
-                return Err("Firecracker did not open its API socket within 5s".into());
+                return Err(Error::Boot {
+                    what: "Firecracker",
+                    detail: "did not open its API socket within 5s".into(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -369,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("fc.sock");
         let calls = fake_firecracker(&socket, Some("/boot-source")).await;
-        let err = configure(&socket, &spec()).await.unwrap_err();
+        let err = configure(&socket, &spec()).await.unwrap_err().to_string();
         assert!(
             err.contains("/boot-source") && err.contains("The kernel file cannot be opened"),
             "{err}"

@@ -61,6 +61,17 @@ impl From<&str> for LaunchError {
     }
 }
 
+/// The instance's log file (appended), twice: for its stdout and its stderr.
+pub fn open_log(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), crate::Error> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(crate::Error::file(path))?;
+    let again = log.try_clone().map_err(crate::Error::file(path))?;
+    Ok((log, again))
+}
+
 /// How an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit(pub String);
@@ -78,10 +89,8 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn owned(child: tokio::process::Child) -> Result<Running, String> {
-        let pid = child
-            .id()
-            .ok_or("the process exited before it could be watched")?;
+    pub fn owned(child: tokio::process::Child) -> Result<Running, crate::Error> {
+        let pid = child.id().ok_or(crate::Error::ExitedAtStart)?;
         Ok(Running {
             pid,
             start_ticks: start_ticks(pid),

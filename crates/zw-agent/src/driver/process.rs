@@ -44,23 +44,19 @@ impl ProcessDriver {
         let env = super::instance_env(a, r.port);
         let command = super::expand_command(&a.command, &env);
         let (program, args) = command.split_first().ok_or("the image has no command")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log_file)
-            .map_err(|e| format!("opening {}: {e}", launch.log_file.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let (log, log_err) = super::open_log(&launch.log_file)?;
         let rootfs = match &a.rootfs {
             None => None,
             Some(RootFs::Dir(dir)) => Some(PathBuf::from(dir)),
             Some(RootFs::Oci(layout)) => Some(
                 crate::oci::unpacked(std::path::Path::new(layout), &launch.work_dir)
                     .await
-                    .map_err(|e| {
-                        super::LaunchError::permanent(format!(
-                            "unpacking the OCI image {layout}: {e}"
-                        ))
-                    })?,
+                    .map_err(|source| crate::Error::Oci {
+                        layout: layout.clone(),
+                        source,
+                    })
+                    // the same layout fails the same way again
+                    .map_err(|e| super::LaunchError::permanent(e.to_string()))?,
             ),
         };
         let mut cmd = match &self.init {
@@ -76,7 +72,10 @@ impl ProcessDriver {
                 if let Some(cg) = &self.cgroups {
                     for procs in cg
                         .create(&a.id, self.memory_limit_mb, self.cpu_limit_millis)
-                        .map_err(|e| format!("creating the instance's cgroups: {e}"))?
+                        .map_err(|source| crate::Error::Cgroup {
+                            id: a.id.clone(),
+                            source,
+                        })?
                     {
                         c.arg("--cgroup-procs").arg(procs);
                     }

@@ -26,6 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use zw_proto::api::{DriverStatus, Runtime};
 
 use super::{vm, BoxFuture, Driver, Exit, Launch, Running};
+use crate::Error;
 
 const CANARY_INIT: &str =
     "#!/bin/busybox sh\n/bin/busybox echo ZEITWORK-CANARY-OK\n/bin/busybox poweroff -f\n";
@@ -129,24 +130,27 @@ impl QemuDriver {
 /// Whether KVM runs a guest here: a canary VM must boot with it within `deadline` —
 /// opening `/dev/kvm` proves nothing on hosts whose nested virtualisation fails once a
 /// guest runs.
-pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, String> {
+pub async fn probe_kvm(config: &QemuConfig, deadline: Duration) -> Result<u128, Error> {
     if !Path::new("/dev/kvm").exists() {
-        return Err("no /dev/kvm".into());
+        return Err(Error::RuntimeUnavailable("no /dev/kvm".into()));
     }
-    canary(config, Accel::Kvm, deadline)
-        .await
-        .map_err(|e| format!("the KVM canary VM {e}"))
+    canary(config, Accel::Kvm, deadline).await
 }
 
 /// Boots a canary VM that prints a mark and powers off; the milliseconds it took.
-pub async fn canary(config: &QemuConfig, accel: Accel, deadline: Duration) -> Result<u128, String> {
+pub async fn canary(config: &QemuConfig, accel: Accel, deadline: Duration) -> Result<u128, Error> {
+    let what = match accel {
+        Accel::Kvm => "KVM canary",
+        Accel::Tcg => "canary",
+    };
+    let failed = |detail: String| Error::Boot { what, detail };
     let (accel_arg, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
     let initrd = config.dir.join("canary.cpio");
     vm::write_initramfs(&config.busybox, &config.modules, &initrd, CANARY_INIT)
-        .map_err(|e| format!("canary initramfs: {e}"))?;
+        .map_err(|e| failed(format!("has no initramfs: {e}")))?;
     let start = std::time::Instant::now();
     let mut child = tokio::process::Command::new(&config.qemu)
         .args(["-M", "microvm", "-accel", accel_arg, "-cpu", cpu])
@@ -164,8 +168,14 @@ pub async fn canary(config: &QemuConfig, accel: Accel, deadline: Duration) -> Re
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", config.qemu.display()))?;
-    let stdout = child.stdout.take().ok_or("no canary output")?;
+        .map_err(|source| Error::Spawn {
+            program: config.qemu.clone(),
+            source,
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| failed("gave no output".into()))?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let seen = tokio::time::timeout(deadline, async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -185,9 +195,12 @@ pub async fn canary(config: &QemuConfig, accel: Accel, deadline: Duration) -> Re
                 use tokio::io::AsyncReadExt;
                 let _ = e.read_to_string(&mut err).await;
             }
-            Err(format!("failed: {}", zw_proto::abbreviate(err.trim(), 300)))
+            Err(failed(format!(
+                "failed: {}",
+                zw_proto::abbreviate(err.trim(), 300)
+            )))
         }
-        Err(_) => Err(format!("did not boot within {deadline:?}")),
+        Err(_) => Err(failed(format!("did not boot within {deadline:?}"))),
     }
 }
 
@@ -217,8 +230,11 @@ fn tsc_khz() -> Option<u64> {
 }
 
 impl QemuDriver {
-    async fn launch(&self, launch: &Launch) -> Result<Running, String> {
-        let (config, accel) = self.setup.as_ref().map_err(|e| e.clone())?;
+    async fn launch(&self, launch: &Launch) -> Result<Running, Error> {
+        let (config, accel) = self
+            .setup
+            .as_ref()
+            .map_err(|e| Error::RuntimeUnavailable(e.clone()))?;
         let disk = launch.work_dir.join("root.ext4");
         vm::root_disk(launch, &launch.work_dir.join("stage"), &disk).await?;
         let qmp = launch.work_dir.join("qmp.sock");
@@ -229,13 +245,8 @@ impl QemuDriver {
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg => ("tcg", "max"),
         };
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log_file)
-            .map_err(|e| format!("opening {}: {e}", launch.log_file.display()))?;
+        let (mut log, log_err) = super::open_log(&launch.log_file)?;
         let _ = writeln!(log, "zeitwork: booting a microVM ({accel_arg})");
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&config.qemu);
         cmd.args([
             "-M", "microvm", "-accel", accel_arg, "-cpu", cpu, "-smp", "1",
@@ -269,9 +280,10 @@ impl QemuDriver {
         .stderr(std::process::Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(false);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", config.qemu.display()))?;
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: config.qemu.clone(),
+            source,
+        })?;
         let mut running = Running::owned(child)?;
         running.control = Some(qmp);
         Ok(running)
@@ -279,10 +291,12 @@ impl QemuDriver {
 }
 
 /// Asks the VM's monitor to quit.
-async fn qmp_quit(socket: &Path) -> Result<(), String> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("QMP {}: {e}", socket.display()))?;
+async fn qmp_quit(socket: &Path) -> Result<(), Error> {
+    let qmp = |source| Error::Qmp {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(qmp)?;
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read).lines();
     // Greeting, then capabilities negotiation, then the command.
@@ -291,7 +305,7 @@ async fn qmp_quit(socket: &Path) -> Result<(), String> {
         write
             .write_all(format!("{cmd}\n").as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(qmp)?;
         let _ = lines.next_line().await;
     }
     Ok(())

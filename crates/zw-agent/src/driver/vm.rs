@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use zw_proto::api::RootFs;
 
 use super::Launch;
+use crate::Error;
 
 /// The guest's PID 1 inside the initramfs (run by busybox's shell).
 pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
@@ -155,57 +156,70 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-pub async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), String> {
-    let out = cmd.output().await.map_err(|e| format!("{what}: {e}"))?;
+pub async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), Error> {
+    let out = cmd.output().await.map_err(|e| Error::Command {
+        what: what.to_string(),
+        stderr: e.to_string(),
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{what}: {}",
-            zw_proto::abbreviate(String::from_utf8_lossy(&out.stderr).trim(), 500)
-        ))
+        Err(Error::Command {
+            what: what.to_string(),
+            stderr: zw_proto::abbreviate(String::from_utf8_lossy(&out.stderr).trim(), 500)
+                .to_string(),
+        })
     }
 }
 
 /// The root disk: the image's tree plus the command and environment, as ext4.
-pub async fn root_disk(launch: &Launch, stage: &Path, disk: &Path) -> Result<(), String> {
+pub async fn root_disk(launch: &Launch, stage: &Path, disk: &Path) -> Result<(), Error> {
     let a = &launch.record.assignment;
-    let tree = match &a.rootfs {
-        Some(RootFs::Oci(layout)) => crate::oci::unpacked(Path::new(layout), &launch.work_dir)
-            .await
-            .map_err(|e| format!("unpacking the OCI image {layout}: {e}"))?,
-        Some(RootFs::Dir(dir)) => {
-            let _ = std::fs::remove_dir_all(stage);
-            std::fs::create_dir_all(stage).map_err(|e| e.to_string())?;
-            run(
-                tokio::process::Command::new("cp")
-                    .arg("-a")
-                    .arg(format!("{dir}/."))
-                    .arg(stage),
-                "copying the root filesystem",
-            )
-            .await?;
-            stage.to_path_buf()
-        }
-        None => return Err("a qemu image needs a root filesystem (--rootfs or --oci)".into()),
-    };
+    let tree =
+        match &a.rootfs {
+            Some(RootFs::Oci(layout)) => crate::oci::unpacked(Path::new(layout), &launch.work_dir)
+                .await
+                .map_err(|source| Error::Oci {
+                    layout: layout.clone(),
+                    source,
+                })?,
+            Some(RootFs::Dir(dir)) => {
+                let _ = std::fs::remove_dir_all(stage);
+                std::fs::create_dir_all(stage).map_err(Error::file(stage))?;
+                run(
+                    tokio::process::Command::new("cp")
+                        .arg("-a")
+                        .arg(format!("{dir}/."))
+                        .arg(stage),
+                    "copying the root filesystem",
+                )
+                .await?;
+                stage.to_path_buf()
+            }
+            None => return Err(Error::Image(
+                "a microVM image needs a root filesystem: deploy with --rootfs DIR or --oci PATH"
+                    .into(),
+            )),
+        };
     let meta = tree.join(".zeitwork");
-    std::fs::create_dir_all(&meta).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&meta).map_err(Error::file(&meta))?;
     let vars = super::instance_env(a, a.port);
     let mut argv = String::new();
     for arg in &super::expand_command(&a.command, &vars) {
         if arg.contains('\n') {
-            return Err("command arguments cannot contain newlines in a VM".into());
+            return Err(Error::Image(
+                "command arguments cannot contain newlines in a microVM".into(),
+            ));
         }
         argv.push_str(arg);
         argv.push('\n');
     }
-    std::fs::write(meta.join("argv"), argv).map_err(|e| e.to_string())?;
+    std::fs::write(meta.join("argv"), argv).map_err(Error::file(meta.join("argv")))?;
     let mut env = String::new();
     for (k, v) in &vars {
         env.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
-    std::fs::write(meta.join("env"), env).map_err(|e| e.to_string())?;
+    std::fs::write(meta.join("env"), env).map_err(Error::file(meta.join("env")))?;
     // Room for the tree and some to spare.
     let used: u64 = dir_size(&tree);
     let size_mb = (used * 2 / (1 << 20)).max(64);

@@ -12,16 +12,23 @@ pub struct Headers {
 }
 
 fn compile(
+    field: &str,
     map: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, String> {
+) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, crate::Error> {
     map.iter()
         .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("invalid header name `{k}`"))?;
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                crate::Error::compile(
+                    format!("headers.{field}"),
+                    format!("invalid header name `{k}`"),
+                )
+            })?;
             let value = if v.is_empty() {
                 None
             } else {
-                Some(HeaderValue::from_str(v).map_err(|_| format!("invalid value for `{k}`"))?)
+                Some(HeaderValue::from_str(v).map_err(|_| {
+                    crate::Error::compile(format!("headers.{field}.{k}"), "invalid header value")
+                })?)
             };
             Ok((name, value))
         })
@@ -42,10 +49,10 @@ fn apply(headers: &mut http::HeaderMap, set: &[(HeaderName, Option<HeaderValue>)
 }
 
 impl Headers {
-    pub fn new(c: &zw_config::Headers) -> Result<Self, String> {
+    pub fn new(c: &zw_config::Headers) -> Result<Self, crate::Error> {
         Ok(Headers {
-            request: compile(&c.custom_request_headers)?,
-            response: compile(&c.custom_response_headers)?,
+            request: compile("customRequestHeaders", &c.custom_request_headers)?,
+            response: compile("customResponseHeaders", &c.custom_response_headers)?,
         })
     }
 }

@@ -45,7 +45,7 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
 }
 
 /// Builds the middleware a validated configuration describes.
-pub fn build(m: &zw_config::Middleware) -> Result<Arc<dyn Middleware>, String> {
+pub fn build(m: &zw_config::Middleware) -> Result<Arc<dyn Middleware>, crate::Error> {
     if let Some(h) = &m.headers {
         return Ok(Arc::new(Headers::new(h)?));
     }
@@ -61,7 +61,10 @@ pub fn build(m: &zw_config::Middleware) -> Result<Arc<dyn Middleware>, String> {
     if let Some(r) = &m.redirect_scheme {
         return Ok(Arc::new(RedirectScheme::new(r)));
     }
-    Err("middleware has no supported type".into())
+    Err(crate::Error::compile(
+        "",
+        "the middleware has no supported type",
+    ))
 }
 
 /// Replaces the path of a request URI, keeping its query.

@@ -38,9 +38,10 @@ pub struct RedirectRegex {
 }
 
 impl RedirectRegex {
-    pub fn new(c: &zw_config::RedirectRegex) -> Result<Self, String> {
-        let regex =
-            Regex::new(&zw_rules::translate_go_regex(&c.regex)).map_err(|e| e.to_string())?;
+    pub fn new(c: &zw_config::RedirectRegex) -> Result<Self, crate::Error> {
+        // The compiler validation used: Go's syntax translated, and its size limit.
+        let regex = zw_rules::compile_go_regex(&c.regex)
+            .map_err(|e| crate::Error::compile("redirectRegex.regex", e))?;
         Ok(RedirectRegex {
             regex,
             replacement: c.replacement.clone(),

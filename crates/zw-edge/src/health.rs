@@ -136,11 +136,9 @@ async fn run(key: (String, String), state: Arc<ServerState>, spec: HealthSpec) {
 }
 
 async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate::Error> {
-    let failed = |step: &'static str| {
-        move |e: &dyn std::fmt::Display| crate::Error::HealthCheck {
-            step,
-            detail: e.to_string(),
-        }
+    let failed = |step: &'static str, e: &dyn std::fmt::Display| crate::Error::HealthCheck {
+        step,
+        detail: e.to_string(),
     };
     let port = spec.port.unwrap_or(state.url.port);
     let host = &state.url.host;
@@ -150,20 +148,20 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate:
             .backend
             .connect(spec.timeout)
             .await
-            .map_err(|e| failed("connect")(&e))?
+            .map_err(|e| failed("connect", &e))?
     } else {
         let tcp = if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             TcpStream::connect((ip, port)).await
         } else {
             TcpStream::connect((host.as_str(), port)).await
         }
-        .map_err(|e| failed("connect")(&e))?;
+        .map_err(|e| failed("connect", &e))?;
         let _ = tcp.set_nodelay(true);
         crate::pool::Stream::Tcp(tcp)
     };
     let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
-        .map_err(|e| failed("handshake")(&e))?;
+        .map_err(|e| failed("handshake", &e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -186,11 +184,11 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate:
             req = req.header(k, v);
         }
     }
-    let req = req.body(Empty::new()).map_err(|e| failed("request")(&e))?;
+    let req = req.body(Empty::new()).map_err(|e| failed("request", &e))?;
     let resp = tx
         .send_request(req)
         .await
-        .map_err(|e| failed("request")(&e))?;
+        .map_err(|e| failed("request", &e))?;
     let status = resp.status().as_u16();
     let ok = match spec.status {
         Some(want) => status == want,

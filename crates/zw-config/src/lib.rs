@@ -16,11 +16,13 @@
 mod duration;
 mod load;
 mod model;
+mod parsed;
 mod validate;
 
 pub use duration::Dur;
 pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;
+pub use parsed::*;
 pub use validate::{ref_name, validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 
 use std::fmt;

@@ -1,11 +1,15 @@
 //! Whole-configuration validation and the content hash.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 use zw_rules::Rule;
 
-use crate::{Config, ConfigError, ConfigErrors, Limits, Middleware, Service, Strategy, Unknown};
+use crate::{
+    Config, ConfigError, ConfigErrors, HashSource, HeaderEdits, Limits, Middleware, Parsed,
+    ParsedHealthCheck, ParsedLoadBalancer, ParsedMiddleware, ParsedRouter, ParsedServer,
+    ParsedService, Service, Strategy, Unknown,
+};
 
 /// A configuration that passed validation, with its compiled rules and content hash.
 #[derive(Debug, Clone)]
@@ -16,6 +20,9 @@ pub struct ValidConfig {
     /// `sha256:<hex>` of the configuration in canonical form: the same configuration
     /// written in TOML, YAML or JSON, in one file or split over several, hashes the same.
     pub hash: String,
+    /// URLs, header names and values, methods and regexes as validation parsed them, and
+    /// every reference resolved to an index.
+    pub parsed: Parsed,
 }
 
 /// How the edge talks to an upstream server.
@@ -278,6 +285,9 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         return Err(ConfigErrors(c.errors));
     }
 
+    let service_index: HashMap<&str, u32> = index_of(http.services.keys());
+    let middleware_index: HashMap<&str, u32> = index_of(http.middlewares.keys());
+    let mut parsed_routers = Vec::with_capacity(http.routers.len());
     let mut rules = BTreeMap::new();
     let mut fallbacks: Vec<(&str, &[String])> = Vec::new();
     for (name, r) in &http.routers {
@@ -295,15 +305,24 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
                 Err(e) => c.err(format!("{p}.rule"), format!("{e}: {text}")),
             },
         }
-        if r.service.is_empty() {
+        let service = if r.service.is_empty() {
             c.err(format!("{p}.service"), "missing service");
+            None
         } else {
             match resolve_ref(&r.service) {
-                Ok(s) if http.services.contains_key(s) => {}
-                Ok(s) => c.err(format!("{p}.service"), format!("unknown service \"{s}\"")),
-                Err(e) => c.err(format!("{p}.service"), e),
+                Ok(s) => match service_index.get(s) {
+                    Some(i) => Some(*i),
+                    None => {
+                        c.err(format!("{p}.service"), format!("unknown service \"{s}\""));
+                        None
+                    }
+                },
+                Err(e) => {
+                    c.err(format!("{p}.service"), e);
+                    None
+                }
             }
-        }
+        };
         if r.middlewares.len() > limits.max_middlewares_per_router {
             c.err(
                 format!("{p}.middlewares"),
@@ -313,16 +332,23 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
                 ),
             );
         }
+        let mut middlewares = Vec::with_capacity(r.middlewares.len());
         for (i, m) in r.middlewares.iter().enumerate() {
             match resolve_ref(m) {
-                Ok(m) if http.middlewares.contains_key(m) => {}
-                Ok(m) => c.err(
-                    format!("{p}.middlewares[{i}]"),
-                    format!("unknown middleware \"{m}\""),
-                ),
+                Ok(m) => match middleware_index.get(m) {
+                    Some(idx) => middlewares.push(*idx),
+                    None => c.err(
+                        format!("{p}.middlewares[{i}]"),
+                        format!("unknown middleware \"{m}\""),
+                    ),
+                },
                 Err(e) => c.err(format!("{p}.middlewares[{i}]"), e),
             }
         }
+        parsed_routers.push(service.map(|service| ParsedRouter {
+            service,
+            middlewares,
+        }));
     }
     for (i, (a, a_eps)) in fallbacks.iter().enumerate() {
         for (b, b_eps) in &fallbacks[i + 1..] {
@@ -337,39 +363,21 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         }
     }
 
+    let transports: HashSet<&str> = http.servers_transports.keys().map(String::as_str).collect();
+    let mut parsed_services = Vec::with_capacity(http.services.len());
     for (name, s) in &http.services {
         let p = format!("http.services.{name}");
         c.name(&p, name);
-        check_service(
-            &mut c,
-            &p,
-            s,
-            config
-                .http
-                .servers_transports
-                .keys()
-                .map(String::as_str)
-                .collect(),
-        );
-        if let Some(w) = &s.weighted {
-            for (i, ws) in w.services.iter().enumerate() {
-                match resolve_ref(&ws.name) {
-                    Ok(n) if http.services.contains_key(n) => {}
-                    Ok(n) => c.err(
-                        format!("{p}.weighted.services[{i}].name"),
-                        format!("unknown service \"{n}\""),
-                    ),
-                    Err(e) => c.err(format!("{p}.weighted.services[{i}].name"), e),
-                }
-            }
-        }
+        let parsed = check_service(&mut c, &p, s, &transports, &service_index);
+        parsed_services.push(parsed);
     }
     check_cycles(&mut c, &config);
 
+    let mut parsed_middlewares = Vec::with_capacity(http.middlewares.len());
     for (name, m) in &http.middlewares {
         let p = format!("http.middlewares.{name}");
         c.name(&p, name);
-        check_middleware(&mut c, &p, m);
+        parsed_middlewares.push(check_middleware(&mut c, &p, m));
     }
     for (name, t) in &http.servers_transports {
         let p = format!("http.serversTransports.{name}");
@@ -399,6 +407,20 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
+    // Every value left unparsed above came with an error, so with none each is here.
+    let parsed = (|| {
+        Some(Parsed {
+            services: parsed_services.into_iter().collect::<Option<_>>()?,
+            routers: parsed_routers.into_iter().collect::<Option<_>>()?,
+            middlewares: parsed_middlewares.into_iter().collect::<Option<_>>()?,
+        })
+    })()
+    .ok_or_else(|| {
+        ConfigErrors::one(
+            "http",
+            "validation found no problem but left a value unparsed; this is a bug in Zeitwork, please report it with the configuration",
+        )
+    })?;
     let canonical = serde_json::to_vec(&config)
         .map_err(|e| ConfigErrors::one("", format!("cannot serialize: {e}")))?;
     let digest = Sha256::digest(&canonical);
@@ -407,17 +429,35 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         config,
         rules,
         hash,
+        parsed,
     })
 }
 
-fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<&str>) {
+/// Each name's index in its (sorted) map.
+fn index_of<'a>(names: impl Iterator<Item = &'a String>) -> HashMap<&'a str, u32> {
+    names
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i as u32))
+        .collect()
+}
+
+/// Checks one service; returns it parsed when it has no problem.
+fn check_service(
+    c: &mut Checker<'_>,
+    p: &str,
+    s: &Service,
+    transports: &HashSet<&str>,
+    service_index: &HashMap<&str, u32>,
+) -> Option<ParsedService> {
     c.unknown(p, &s.unknown);
-    match (&s.load_balancer, &s.weighted) {
+    let before = c.errors.len();
+    let parsed = match (&s.load_balancer, &s.weighted) {
         (Some(_), Some(_)) | (None, None) => {
             c.err(
                 p,
                 "a service needs exactly one of `loadBalancer` or `weighted`",
             );
+            None
         }
         (Some(lb), None) => {
             let p = format!("{p}.loadBalancer");
@@ -428,26 +468,31 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                     format!("more than {} servers", c.limits.max_servers_per_service),
                 );
             }
+            let mut servers = Vec::with_capacity(lb.servers.len());
             for (i, srv) in lb.servers.iter().enumerate() {
                 let sp = format!("{p}.servers[{i}]");
                 c.unknown(&sp, &srv.unknown);
                 match UpstreamUrl::parse(&srv.url) {
                     Err(e) => c.err(format!("{sp}.url"), e),
-                    Ok(u) => {
+                    Ok(url) => {
+                        let mut instance = None;
                         if let Some(inst) = &srv.instance {
-                            if u.scheme != UpstreamScheme::Https {
+                            if url.scheme != UpstreamScheme::Https {
                                 c.err(
                                     format!("{sp}.instance"),
                                     "only an https:// server (a worker ingress) names an instance",
                                 );
                             }
-                            if http::HeaderValue::from_str(inst).is_err() || inst.is_empty() {
-                                c.err(format!("{sp}.instance"), "not a valid instance id");
+                            match http::HeaderValue::from_str(inst) {
+                                Ok(v) if !inst.is_empty() => instance = Some(v),
+                                _ => c.err(format!("{sp}.instance"), "not a valid instance id"),
                             }
                         }
+                        servers.push(ParsedServer { url, instance });
                     }
                 }
             }
+            let mut hash_key = HashSource::ClientIp;
             match (&lb.hash_key, lb.strategy) {
                 (Some(_), s) if s != Strategy::Hrw => {
                     c.err(format!("{p}.hashKey"), "only used with strategy: hrw")
@@ -455,13 +500,14 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                 (Some(k), _) => {
                     c.unknown(&format!("{p}.hashKey"), &k.unknown);
                     match (&k.header, &k.cookie) {
-                        (Some(h), None) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
-                            c.err(
+                        (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                            Ok(name) => hash_key = HashSource::Header(name),
+                            Err(_) => c.err(
                                 format!("{p}.hashKey.header"),
                                 format!("`{h}` is not a valid header name"),
-                            );
-                        }
-                        (Some(_), None) | (None, Some(_)) => {}
+                            ),
+                        },
+                        (None, Some(cookie)) => hash_key = HashSource::Cookie(cookie.clone()),
                         _ => c.err(
                             format!("{p}.hashKey"),
                             "set exactly one of `header` or `cookie`",
@@ -470,6 +516,7 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                 }
                 (None, _) => {}
             }
+            let mut health_check = None;
             if let Some(hc) = &lb.health_check {
                 let hp = format!("{p}.healthCheck");
                 c.unknown(&hp, &hc.unknown);
@@ -490,21 +537,29 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                         c.err(format!("{hp}.{k}"), "must be at least 1");
                     }
                 }
-                if let Some(m) = &hc.method {
-                    if http::Method::from_bytes(m.as_bytes()).is_err() {
-                        c.err(
-                            format!("{hp}.method"),
-                            format!("`{m}` is not an HTTP method"),
-                        );
-                    }
-                }
+                let method = match &hc.method {
+                    None => Some(http::Method::GET),
+                    Some(m) => match http::Method::from_bytes(m.as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            c.err(
+                                format!("{hp}.method"),
+                                format!("`{m}` is not an HTTP method"),
+                            );
+                            None
+                        }
+                    },
+                };
                 if hc.status.is_some_and(|s| !(100..=599).contains(&s)) {
                     c.err(
                         format!("{hp}.status"),
                         "must be an HTTP status code (100-599)",
                     );
                 }
-                check_headers(c, &format!("{hp}.headers"), &hc.headers);
+                let headers = check_headers(c, &format!("{hp}.headers"), &hc.headers);
+                health_check = method
+                    .zip(headers)
+                    .map(|(method, headers)| ParsedHealthCheck { method, headers });
             }
             if let Some(t) = &lb.servers_transport {
                 match resolve_ref(t) {
@@ -516,6 +571,12 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
                     Err(e) => c.err(format!("{p}.serversTransport"), e),
                 }
             }
+            Some(ParsedService::LoadBalancer(Box::new(ParsedLoadBalancer {
+                config: lb.clone(),
+                servers,
+                hash_key,
+                health_check,
+            })))
         }
         (None, Some(w)) => {
             let p = format!("{p}.weighted");
@@ -523,29 +584,67 @@ fn check_service(c: &mut Checker<'_>, p: &str, s: &Service, transports: HashSet<
             if w.services.is_empty() {
                 c.err(format!("{p}.services"), "needs at least one service");
             }
+            let mut children = Vec::with_capacity(w.services.len());
             for (i, ws) in w.services.iter().enumerate() {
                 c.unknown(&format!("{p}.services[{i}]"), &ws.unknown);
+                match resolve_ref(&ws.name) {
+                    Ok(n) => match service_index.get(n) {
+                        Some(idx) => children.push((*idx, ws.weight.unwrap_or(1))),
+                        None => c.err(
+                            format!("{p}.services[{i}].name"),
+                            format!("unknown service \"{n}\""),
+                        ),
+                    },
+                    Err(e) => c.err(format!("{p}.services[{i}].name"), e),
+                }
             }
+            Some(ParsedService::Weighted(children))
         }
-    }
+    };
+    parsed.filter(|_| c.errors.len() == before)
 }
 
-fn check_headers(c: &mut Checker<'_>, p: &str, headers: &BTreeMap<String, String>) {
+/// Checks a map of header names to values; returns them parsed when all are valid.
+fn check_headers(
+    c: &mut Checker<'_>,
+    p: &str,
+    headers: &BTreeMap<String, String>,
+) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let mut parsed = Vec::with_capacity(headers.len());
+    let mut ok = true;
     for (k, v) in headers {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+        let name = http::HeaderName::from_bytes(k.as_bytes());
+        if name.is_err() {
             c.err(format!("{p}.{k}"), "not a valid header name");
         }
-        if http::HeaderValue::from_str(v).is_err() {
+        let value = http::HeaderValue::from_str(v);
+        if value.is_err() {
             c.err(
                 format!("{p}.{k}"),
                 "not a valid header value (control characters are not allowed)",
             );
         }
+        match (name, value) {
+            (Ok(n), Ok(v)) => parsed.push((n, v)),
+            _ => ok = false,
+        }
     }
+    ok.then_some(parsed)
 }
 
-fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
+/// The `headers` middleware's edits: an empty value removes the header.
+fn header_edits(parsed: Vec<(http::HeaderName, http::HeaderValue)>) -> HeaderEdits {
+    parsed
+        .into_iter()
+        .map(|(n, v)| (n, (!v.is_empty()).then_some(v)))
+        .collect()
+}
+
+/// Checks one middleware; returns it parsed when it has no problem.
+fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<ParsedMiddleware> {
     c.unknown(p, &m.unknown);
+    let before = c.errors.len();
+    let mut parsed = None;
     let set = [
         m.headers.is_some(),
         m.strip_prefix.is_some(),
@@ -561,16 +660,22 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
-        check_headers(
+        let request = check_headers(
             c,
             &format!("{p}.headers.customRequestHeaders"),
             &h.custom_request_headers,
         );
-        check_headers(
+        let response = check_headers(
             c,
             &format!("{p}.headers.customResponseHeaders"),
             &h.custom_response_headers,
         );
+        parsed = request
+            .zip(response)
+            .map(|(request, response)| ParsedMiddleware::Headers {
+                request: header_edits(request),
+                response: header_edits(response),
+            });
     }
     if let Some(s) = &m.strip_prefix {
         c.unknown(&format!("{p}.stripPrefix"), &s.unknown);
@@ -588,17 +693,26 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
                 );
             }
         }
+        parsed = Some(ParsedMiddleware::StripPrefix(s.clone()));
     }
     if let Some(a) = &m.add_prefix {
         c.unknown(&format!("{p}.addPrefix"), &a.unknown);
         if !a.prefix.starts_with('/') {
             c.err(format!("{p}.addPrefix.prefix"), "must start with `/`");
         }
+        parsed = Some(ParsedMiddleware::AddPrefix(a.clone()));
     }
     if let Some(r) = &m.redirect_regex {
         c.unknown(&format!("{p}.redirectRegex"), &r.unknown);
-        if let Err(e) = zw_rules::compile_go_regex(&r.regex) {
-            c.err(format!("{p}.redirectRegex.regex"), e);
+        match zw_rules::compile_go_regex(&r.regex) {
+            Ok(regex) => {
+                parsed = Some(ParsedMiddleware::RedirectRegex {
+                    regex,
+                    replacement: r.replacement.clone(),
+                    permanent: r.permanent,
+                })
+            }
+            Err(e) => c.err(format!("{p}.redirectRegex.regex"), e),
         }
         if r.replacement.is_empty() {
             c.err(
@@ -623,7 +737,9 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) {
                 );
             }
         }
+        parsed = Some(ParsedMiddleware::RedirectScheme(r.clone()));
     }
+    parsed.filter(|_| c.errors.len() == before)
 }
 
 /// Weighted services may nest, but not in a loop.

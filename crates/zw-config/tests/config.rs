@@ -397,3 +397,75 @@ fn yaml_that_expands_or_nests_without_bound_is_refused() {
     let cfg = zw_config::parse_str(ok, zw_config::Format::Yaml).unwrap();
     assert_eq!(cfg.http.services.len(), 2);
 }
+
+/// Validation hands over what it parsed, with references as indices, so that the edge's
+/// snapshot builds from it without parsing (and failing) a second time.
+#[test]
+fn validation_keeps_what_it_parsed() {
+    use zw_config::{HashSource, ParsedMiddleware, ParsedService};
+    let text = r#"
+http:
+  routers:
+    a: { rule: "Host(`a`)", service: mix@file, middlewares: [hdr, redir@file] }
+    b: { rule: "Host(`b`)", service: hashed }
+  services:
+    mix:
+      weighted: { services: [ { name: hashed, weight: 3 }, { name: plain } ] }
+    hashed:
+      loadBalancer:
+        strategy: hrw
+        hashKey: { header: X-User }
+        servers: [ { url: "http://127.0.0.1:8081/base/" } ]
+        healthCheck: { path: /health, headers: { X-Probe: "1" } }
+    plain:
+      loadBalancer:
+        servers: [ { url: "h2c://[::1]:9000" } ]
+        healthCheck: { path: /health, method: HEAD }
+  middlewares:
+    hdr:
+      headers: { customRequestHeaders: { X-Gone: "", X-Set: "v" } }
+    redir:
+      redirectRegex: { regex: "^http://(.*)$", replacement: "https://$1" }
+"#;
+    let v = validate(parse_str(text, Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    let p = &v.parsed;
+    // routers and services in name order: a, b / hashed, mix, plain / hdr, redir
+    assert_eq!(p.routers[0].service, 1);
+    assert_eq!(p.routers[0].middlewares, vec![0, 1]);
+    assert_eq!(p.routers[1].service, 0);
+    let ParsedService::Weighted(children) = &p.services[1] else {
+        panic!("mix is weighted")
+    };
+    assert_eq!(children, &vec![(0, 3), (2, 1)]);
+    let ParsedService::LoadBalancer(hashed) = &p.services[0] else {
+        panic!("hashed is a load balancer")
+    };
+    assert_eq!(
+        hashed.hash_key,
+        HashSource::Header("x-user".parse().unwrap())
+    );
+    assert_eq!(hashed.servers[0].url.authority, "127.0.0.1:8081");
+    assert_eq!(hashed.servers[0].url.path, "/base");
+    let hc = hashed.health_check.as_ref().unwrap();
+    assert_eq!(hc.method, http::Method::GET, "GET when no method is set");
+    assert_eq!(hc.headers[0].0, "x-probe");
+    let ParsedService::LoadBalancer(plain) = &p.services[2] else {
+        panic!("plain is a load balancer")
+    };
+    assert_eq!(plain.hash_key, HashSource::ClientIp);
+    assert_eq!(plain.servers[0].url.scheme, UpstreamScheme::H2c);
+    assert_eq!(
+        plain.health_check.as_ref().unwrap().method,
+        http::Method::HEAD
+    );
+    let ParsedMiddleware::Headers { request, .. } = &p.middlewares[0] else {
+        panic!("hdr is a headers middleware")
+    };
+    assert_eq!(request[0].0, "x-gone");
+    assert!(request[0].1.is_none(), "an empty value removes the header");
+    assert_eq!(request[1].1.as_ref().unwrap(), "v");
+    let ParsedMiddleware::RedirectRegex { regex, .. } = &p.middlewares[1] else {
+        panic!("redir is a redirectRegex")
+    };
+    assert!(regex.is_match("http://a/x"));
+}

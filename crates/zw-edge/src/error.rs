@@ -10,9 +10,6 @@ pub enum Error {
     /// path. The running configuration is kept.
     #[error("{0}")]
     Config(#[from] zw_config::ConfigErrors),
-    /// A part of a validated configuration could not be compiled into the snapshot.
-    #[error("{path}: {detail}")]
-    Compile { path: String, detail: String },
     /// A setting names an entry point this edge does not have.
     #[error("no entry point named `{0}` (the static configuration's entryPoints name them)")]
     NoEntryPoint(String),
@@ -42,28 +39,4 @@ pub enum Error {
         "applying the configuration panicked: {0} (a bug: please report it with the configuration)"
     )]
     Panicked(String),
-}
-
-impl Error {
-    /// The same error, its key path under `prefix` (`http.middlewares.NAME`).
-    pub(crate) fn within(self, prefix: &str) -> Error {
-        match self {
-            Error::Compile { path, detail } if path.is_empty() => Error::Compile {
-                path: prefix.to_string(),
-                detail,
-            },
-            Error::Compile { path, detail } => Error::Compile {
-                path: format!("{prefix}.{path}"),
-                detail,
-            },
-            other => other,
-        }
-    }
-
-    pub(crate) fn compile(path: impl Into<String>, detail: impl std::fmt::Display) -> Error {
-        Error::Compile {
-            path: path.into(),
-            detail: detail.to_string(),
-        }
-    }
 }

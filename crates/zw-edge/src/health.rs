@@ -30,30 +30,24 @@ pub struct HealthSpec {
     pub port: Option<u16>,
     pub method: Method,
     pub status: Option<u16>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub rise: u32,
     pub fall: u32,
 }
 
 impl HealthSpec {
-    pub fn from_config(c: &zw_config::HealthCheck) -> Self {
+    /// The check a service's `healthCheck` describes, with the method and headers as
+    /// validation parsed them.
+    pub fn from_config(c: &zw_config::HealthCheck, parsed: &zw_config::ParsedHealthCheck) -> Self {
         HealthSpec {
             path: c.path.clone(),
             interval: c.interval.map_or(Duration::from_secs(30), |d| d.0),
             timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
             host: c.hostname.clone(),
             port: c.port,
-            method: c
-                .method
-                .as_deref()
-                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-                .unwrap_or(Method::GET),
+            method: parsed.method.clone(),
             status: c.status,
-            headers: c
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            headers: parsed.headers.clone(),
             rise: c.healthy_threshold.unwrap_or(1).max(1),
             fall: c.unhealthy_threshold.unwrap_or(1).max(1),
         }
@@ -177,12 +171,7 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate:
         req = req.header(crate::proxy::ZEITWORK_INSTANCE, instance.clone());
     }
     for (k, v) in &spec.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            req = req.header(k, v);
-        }
+        req = req.header(k, v);
     }
     let req = req.body(Empty::new()).map_err(|e| failed("request", &e))?;
     let resp = tx

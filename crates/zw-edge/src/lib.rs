@@ -247,7 +247,7 @@ impl Edge {
         // One apply at a time; requests never take this lock.
         let mut reg = s.registry.lock().unwrap_or_else(|p| p.into_inner());
         let version = s.next_version.fetch_add(1, Relaxed);
-        let snap = snapshot::build(valid, &s.entry_points, &mut reg, version)?;
+        let snap = snapshot::build(valid, &s.entry_points, &mut reg, version);
         s.current.store(Some(Arc::new(snap)));
         drop(reg);
         s.metrics.config_applies.fetch_add(1, Relaxed);

@@ -1,27 +1,35 @@
-//! The request path: one pass through named phases that share one context ([`Ctx`]).
+//! The request path: one pass through named phases that share one context
+//! ([`RequestCtx`]).
 //!
-//! [`handle`] takes the request (request ID, CONNECT and Host checks, the snapshot), and
-//! [`proxy`] makes the context and runs:
+//! [`handle`] makes the context when the request arrives (request ID, the host, taken
+//! once, the snapshot, the request's record) and [`phases`] runs, in order:
 //!
-//! 1. request filter — path cleaning; the host, taken once into the context;
-//! 2. routing — the entry point's [`zw_rules::RoutingTable`] (400 on a bad escape, 404
-//!    when nothing matches);
-//! 3. router middlewares, request side — may rewrite the request or answer it;
-//! 4. upstream peer ([`upstream_peer`]) — the service's balancer picks a server that is
-//!    up (503 if none; 508 for a second cross-region hop);
+//! 1. [`request_filter`] — CONNECT refused, Host checked, h2c upgrades declined, the path
+//!    cleaned;
+//! 2. [`route`] — the entry point's [`zw_rules::RoutingTable`] (503 before the first
+//!    configuration, 400 on a bad escape, 404 when nothing matches);
+//! 3. [`request_middlewares`] — the router's middlewares, request side; each may rewrite
+//!    the request or answer it;
+//! 4. [`upstream_peer`] — the service's balancer picks a server that is up (503 if none;
+//!    508 for a second cross-region hop);
 //! 5. [`upstream_request`] — forwarding headers, hop-by-hop removal, Host, URI form;
 //! 6. [`forward`] — pooled connection, timeouts (502 on connect failure, 504 on a slow
-//!    upstream); a request the connection never sent goes to another server once;
+//!    upstream); a request the connection never sent goes to the balancer's next
+//!    candidate once.
 //!
-//! phases 1–6 live in [`phases`], and whichever answers — upstream, middleware or the
-//! edge itself — the answer leaves through
+//! Whichever answers — upstream, middleware or the edge itself — the answer leaves through
 //!
 //! 7. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
-//!    every middleware that ran its request side (in reverse), explain headers;
-//! 8. logging — when the response body is dropped ([`Exchange`]): metrics, access log.
+//!    every middleware that ran its request side (in reverse), explain headers, request ID;
+//! 8. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
+//!    written when the body is done: metrics, access log.
 //!
 //! Everything a request reads comes from the snapshot it loaded at the start; no phase
 //! takes a lock.
+
+// A phase that answers returns the answer as its `Err`: a response, moved once up to
+// `handle`. Boxing it (what the lint asks) would allocate for every answer the edge makes.
+#![allow(clippy::result_large_err)]
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +47,7 @@ use zw_rules::{RequestView, RouteReason};
 use crate::balance::{InFlight, PickCtx};
 use crate::body::{ProxyBody, RequestBody};
 use crate::metrics::RouterMetrics;
-use crate::middleware::{Action, RequestCtx};
+use crate::middleware::{Action, MiddlewareCtx};
 use crate::pool::{Conn, UpstreamError};
 use crate::snapshot::{LbService, RouterRt, ServiceKind, Snapshot};
 use crate::Shared;
@@ -65,8 +73,9 @@ const X_ROUTE_REASON: HeaderName = HeaderName::from_static("x-route-reason");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// One request/response exchange, recorded when it ends (its drop): latency and status
-/// metrics, the in-flight gauges, the access log line.
+/// One request/response exchange, recorded when it ends (its drop, when the response body
+/// has been sent or abandoned): latency and status metrics, the in-flight gauges, the
+/// access log line. This is the logging phase.
 pub(crate) struct Exchange {
     shared: Arc<Shared>,
     start: Instant,
@@ -74,7 +83,7 @@ pub(crate) struct Exchange {
     pub bytes: u64,
     pub body_error: bool,
     router: Option<Arc<RouterMetrics>>,
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
     log: Option<Box<LogFields>>,
 }
 
@@ -82,11 +91,47 @@ struct LogFields {
     request_id: HeaderValue,
     client_ip: IpAddr,
     method: Method,
-    host: String,
+    host: HeaderValue,
     path: String,
     router: Option<Box<str>>,
     service: Option<Box<str>>,
     upstream: Option<String>,
+}
+
+impl Exchange {
+    /// Starts the record of one request: its clock, the in-flight gauge, and (with an
+    /// access log) the fields the log line takes from the request as it arrived.
+    fn begin(
+        shared: Arc<Shared>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        host: &HeaderValue,
+        req: &Request<Incoming>,
+    ) -> Exchange {
+        shared.metrics.in_flight.fetch_add(1, Relaxed);
+        let log = shared.access_log.is_some().then(|| {
+            Box::new(LogFields {
+                request_id: request_id.clone(),
+                client_ip: conn.client_ip,
+                method: req.method().clone(),
+                host: host.clone(),
+                path: req.uri().path().to_string(),
+                router: None,
+                service: None,
+                upstream: None,
+            })
+        });
+        Exchange {
+            shared,
+            start: Instant::now(),
+            status: 0,
+            bytes: 0,
+            body_error: false,
+            router: None,
+            in_flight: None,
+            log,
+        }
+    }
 }
 
 impl Drop for Exchange {
@@ -102,7 +147,7 @@ impl Drop for Exchange {
                 "request_id": log.request_id.to_str().unwrap_or(""),
                 "client_ip": log.client_ip.to_string(),
                 "method": log.method.as_str(),
-                "host": log.host,
+                "host": log.host.to_str().unwrap_or(""),
                 "path": log.path,
                 "status": self.status,
                 "router": log.router,
@@ -144,72 +189,15 @@ impl ConnInfo {
     }
 }
 
-/// Entry point of the request path (called per request by the listener).
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    ep: usize,
-    conn: Arc<ConnInfo>,
-    mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let start = Instant::now();
-    shared.metrics.in_flight.fetch_add(1, Relaxed);
-    let request_id = request_id(req.headers());
-    let mut ex = Exchange {
-        shared: shared.clone(),
-        start,
-        status: 0,
-        bytes: 0,
-        body_error: false,
-        router: None,
-        _in_flight: None,
-        log: None,
-    };
-    if shared.access_log.is_some() {
-        ex.log = Some(Box::new(LogFields {
-            request_id: request_id.clone(),
-            client_ip: conn.client_ip,
-            method: req.method().clone(),
-            host: host_of(req.uri(), req.headers()).to_string(),
-            path: req.uri().path().to_string(),
-            router: None,
-            service: None,
-            upstream: None,
-        }));
-    }
-    strip_h2c_upgrade(req.headers_mut());
-    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let bad_host = host_problem(&req);
-    let mut resp = match shared.current.load_full() {
-        // A reverse proxy is no forward proxy: tunnels are not offered.
-        _ if req.method() == Method::CONNECT => {
-            local(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
-        }
-        _ if bad_host.is_some() => {
-            shared.metrics.bad_requests.fetch_add(1, Relaxed);
-            local(StatusCode::BAD_REQUEST, bad_host.unwrap_or_default())
-        }
-        None => {
-            shared.metrics.no_config.fetch_add(1, Relaxed);
-            local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "No configuration loaded yet\n",
-            )
-        }
-        Some(snap) => proxy(&snap, ep, &conn, &request_id, req, upgrade, &mut ex).await,
-    };
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
-    ex.status = resp.status().as_u16();
-    resp.body_mut().set_exchange(ex);
-    resp
-}
-
 /// What the phases of one request share. Made when the request arrives, filled in as
 /// the phases learn things, and read by the response filter whatever phase answered.
-struct Ctx<'s> {
-    snap: &'s Snapshot,
+struct RequestCtx<'s> {
+    /// The snapshot this request runs on from start to end (none before the first
+    /// configuration is applied).
+    snap: Option<&'s Snapshot>,
     ep: usize,
     conn: &'s ConnInfo,
-    request_id: &'s HeaderValue,
+    request_id: HeaderValue,
     /// The host as the client sent it (the authority of an absolute-form or HTTP/2
     /// request, else the Host header), taken once. A Host header value is a cheap clone:
     /// it shares the connection's read buffer.
@@ -223,85 +211,136 @@ struct Ctx<'s> {
     middlewares_ran: usize,
     /// `X-Routed-To` / `X-Route-Reason`, when the snapshot asks for them.
     explain: Option<Explain<'s>>,
+    /// Timings, log fields and the in-flight guard, handed to the response body at the
+    /// end: the logging phase runs when the body is done.
+    ex: Exchange,
 }
 
-async fn proxy(
-    snap: &Snapshot,
+/// A response that ends the request path early: the edge's own answer or a middleware's.
+/// It still leaves through [`response_filter`] and [`logging`].
+type Answer = Response<ProxyBody>;
+
+/// Entry point of the request path (called per request by the listener): makes the
+/// request's context, runs the phases, and sends whatever answered through the response
+/// filter and logging.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
     ep: usize,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let (parts, body) = req.into_parts();
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    }
-    .unwrap_or(HeaderValue::from_static(""));
-    let mut ctx = Ctx {
-        snap,
+    let request_id = request_id(req.headers());
+    let host = host_of(&req);
+    let ex = Exchange::begin(shared.clone(), &conn, &request_id, &host, &req);
+    let snap = shared.current.load_full();
+    let mut ctx = RequestCtx {
+        snap: snap.as_deref(),
         ep,
-        conn,
+        conn: &conn,
         request_id,
         host,
-        downstream_version: parts.version,
+        downstream_version: req.version(),
         router: None,
         middlewares_ran: 0,
         explain: None,
+        ex,
     };
-    let mut resp = phases(&mut ctx, parts, body, upgrade, ex).await;
-    response_filter(&mut resp, ctx);
-    resp
+    let mut resp = match phases(&mut ctx, req).await {
+        Ok(resp) | Err(resp) => resp,
+    };
+    response_filter(&mut resp, &mut ctx);
+    logging(resp, ctx)
 }
 
-/// Phases 1 to 6. Any of them may answer (a 400, a 404, a middleware's redirect, a 503 or
-/// a 502); every answer leaves through [`response_filter`], like a proxied response.
-async fn phases<'s>(
-    ctx: &mut Ctx<'s>,
-    mut parts: request::Parts,
-    body: Incoming,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ex: &mut Exchange,
-) -> Response<ProxyBody> {
-    let snap = ctx.snap;
-    // 1. request filter: dot segments and `//` are cleaned into the request itself
+/// Phases 1 to 6, in order. Each may answer (a 400, a 404, a middleware's redirect, a 503
+/// or a 502) by returning `Err`; the answer then leaves like a proxied response.
+async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answer, Answer> {
+    let (mut parts, body, upgrade) = request_filter(ctx, req)?;
+    let router = route(ctx, &parts)?;
+    request_middlewares(ctx, router, &mut parts)?;
+    let peer = upstream_peer(ctx, router, &parts)?;
+    upstream_request(
+        &mut parts,
+        peer.lb,
+        peer.server(),
+        &ctx.host,
+        ctx.conn,
+        &ctx.request_id,
+        upgrade.is_some(),
+    );
+    let body = RequestBody::new(body, crate::Edge::body_read_timeout(&ctx.ex.shared));
+    forward(ctx, peer, Request::from_parts(parts, body), upgrade).await
+}
+
+/// Phase 1, before anything is looked up: refuses what no configuration could route
+/// (CONNECT, a missing, repeated or invalid Host), declines h2c upgrades, and cleans dot
+/// segments and `//` out of the path, into the request itself. Returns the request's
+/// parts and body, and the downstream half of a protocol upgrade (WebSocket).
+#[allow(clippy::type_complexity)]
+fn request_filter(
+    ctx: &RequestCtx<'_>,
+    mut req: Request<Incoming>,
+) -> Result<(request::Parts, Incoming, Option<hyper::upgrade::OnUpgrade>), Answer> {
+    // A reverse proxy is no forward proxy: tunnels are not offered.
+    if req.method() == Method::CONNECT {
+        return Err(local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed\n",
+        ));
+    }
+    if let Some(problem) = host_problem(&req) {
+        ctx.ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
+        return Err(local(StatusCode::BAD_REQUEST, problem));
+    }
+    strip_h2c_upgrade(req.headers_mut());
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
     if let Cow::Owned(p) = zw_rules::clean_path(parts.uri.path()) {
         crate::middleware::set_path(&mut parts, &p);
     }
-    let host_value = ctx.host.clone();
-    let host_raw = host_value.to_str().unwrap_or("");
+    Ok((parts, body, upgrade))
+}
 
-    // 2. routing, on borrowed views of the request
+/// Phase 2: the entry point's [`zw_rules::RoutingTable`] picks a router, on borrowed
+/// views of the request. Answers 503 before the first configuration, 400 on a malformed
+/// percent-escape, 404 when nothing matches. Records the router in the context (metrics,
+/// log, explain).
+fn route<'s>(ctx: &mut RequestCtx<'s>, parts: &request::Parts) -> Result<&'s RouterRt, Answer> {
+    let metrics = &ctx.ex.shared.metrics;
+    let Some(snap) = ctx.snap else {
+        metrics.no_config.fetch_add(1, Relaxed);
+        return Err(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No configuration loaded yet\n",
+        ));
+    };
     let Some(table) = snap.tables.get(ctx.ep) else {
-        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+        return Err(local(StatusCode::NOT_FOUND, "Service Not Found\n"));
     };
-    let routed = {
-        let Ok(path) = zw_rules::routing_path(parts.uri.path()) else {
-            ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
-            return local(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: malformed percent-escape in path\n",
-            );
-        };
-        let host = zw_rules::normalize_host(host_raw);
-        let view = RequestView {
-            method: parts.method.as_str(),
-            host: &host,
-            path: &path,
-            query: parts.uri.query().unwrap_or(""),
-            headers: &parts.headers,
-            client_ip: Some(ctx.conn.client_ip),
-        };
-        table.route(&view).map(|r| (*r.value, r.priority, r.reason))
+    let Ok(path) = zw_rules::routing_path(parts.uri.path()) else {
+        metrics.bad_requests.fetch_add(1, Relaxed);
+        return Err(local(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: malformed percent-escape in path\n",
+        ));
     };
+    let host = zw_rules::normalize_host(ctx.host.to_str().unwrap_or(""));
+    let view = RequestView {
+        method: parts.method.as_str(),
+        host: &host,
+        path: &path,
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        client_ip: Some(ctx.conn.client_ip),
+    };
+    let routed = table.route(&view).map(|r| (*r.value, r.priority, r.reason));
     let Some((router_idx, priority, reason)) = routed else {
-        ex.shared.metrics.no_route.fetch_add(1, Relaxed);
+        metrics.no_route.fetch_add(1, Relaxed);
         let mut resp = local(StatusCode::NOT_FOUND, "Service Not Found\n");
         if snap.routing_headers {
             // The case where an explanation helps most: say that nothing matched, and where.
-            let ep_name = ex
+            let ep_name = ctx
+                .ex
                 .shared
                 .entry_points
                 .get(ctx.ep)
@@ -312,14 +351,14 @@ async fn phases<'s>(
                 resp.headers_mut().insert(X_ROUTE_REASON, v);
             }
         }
-        return resp;
+        return Err(resp);
     };
     let Some(router) = snap.routers.get(router_idx as usize) else {
-        return local(StatusCode::NOT_FOUND, "Service Not Found\n");
+        return Err(local(StatusCode::NOT_FOUND, "Service Not Found\n"));
     };
     ctx.router = Some(router);
-    ex.router = router.metrics.get(ctx.ep).cloned().flatten();
-    if let Some(log) = &mut ex.log {
+    ctx.ex.router = router.metrics.get(ctx.ep).cloned().flatten();
+    if let Some(log) = &mut ctx.ex.log {
         log.router = Some(router.name.clone());
     }
     ctx.explain = snap.routing_headers.then(|| Explain {
@@ -329,79 +368,109 @@ async fn phases<'s>(
         service: "",
         server: String::new(),
     });
+    Ok(router)
+}
 
-    // 3. middlewares, request side
-    {
-        let mut mctx = RequestCtx {
-            parts: &mut parts,
-            scheme: "http",
-            host: host_raw,
-        };
-        for m in &router.middlewares {
-            if let Action::Respond(rparts) = m.on_request(&mut mctx) {
-                return Response::from_parts(rparts, ProxyBody::empty());
-            }
-            ctx.middlewares_ran += 1;
+/// Phase 3: the router's middlewares, request side, in order. Each may rewrite the
+/// request or answer it (a redirect); the response side of those that ran runs in
+/// [`response_filter`].
+fn request_middlewares(
+    ctx: &mut RequestCtx<'_>,
+    router: &RouterRt,
+    parts: &mut request::Parts,
+) -> Result<(), Answer> {
+    let host = ctx.host.clone();
+    let mut mctx = MiddlewareCtx {
+        parts,
+        scheme: "http",
+        host: host.to_str().unwrap_or(""),
+    };
+    for m in &router.middlewares {
+        if let Action::Respond(rparts) = m.on_request(&mut mctx) {
+            return Err(Response::from_parts(rparts, ProxyBody::empty()));
         }
+        ctx.middlewares_ran += 1;
     }
+    Ok(())
+}
 
-    // 4. upstream peer
+/// The server a request goes to: its service's load balancer and the server's index.
+#[derive(Clone, Copy)]
+struct Peer<'s> {
+    service: &'s str,
+    lb: &'s LbService,
+    server: usize,
+}
+
+impl<'s> Peer<'s> {
+    fn server(&self) -> &'s crate::balance::Server {
+        &self.lb.servers[self.server]
+    }
+}
+
+/// Phase 4: the router's service picks a server that is up (503 if none; 508 for a
+/// second cross-region hop). The server's in-flight count starts here.
+fn upstream_peer<'s>(
+    ctx: &mut RequestCtx<'s>,
+    router: &RouterRt,
+    parts: &request::Parts,
+) -> Result<Peer<'s>, Answer> {
     let pick_ctx = PickCtx {
         client_ip: Some(ctx.conn.client_ip),
         headers: &parts.headers,
     };
-    let Some((svc_name, lb, server_idx)) = upstream_peer(snap, router.service, &pick_ctx) else {
-        return local(
+    let Some(peer) = ctx
+        .snap
+        .and_then(|snap| pick_peer(snap, router.service, &pick_ctx))
+    else {
+        return Err(local(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: no healthy server\n",
-        );
+        ));
     };
-    let server = &lb.servers[server_idx];
-    let state = &server.state;
+    let state = &peer.server().state;
     if state.cross_region && parts.headers.contains_key(ZEITWORK_HOP) {
-        ex.shared.metrics.cross_region_loops.fetch_add(1, Relaxed);
-        return local(
+        ctx.ex
+            .shared
+            .metrics
+            .cross_region_loops
+            .fetch_add(1, Relaxed);
+        return Err(local(
             StatusCode::LOOP_DETECTED,
             "Loop Detected: this request was forwarded here from another region and would be \
              forwarded to another region again; a region's balancer_address leads back to \
              its own edges (see `zeitwork get regions`)\n",
-        );
+        ));
     }
-    ex._in_flight = Some(state.start_request());
-    if let Some(log) = &mut ex.log {
-        log.service = Some(svc_name.into());
+    ctx.ex.in_flight = Some(state.start_request());
+    if let Some(log) = &mut ctx.ex.log {
+        log.service = Some(peer.service.into());
         log.upstream = Some(state.url.authority.clone());
     }
     if let Some(x) = &mut ctx.explain {
-        x.service = svc_name;
+        x.service = peer.service;
         x.server = state.url.authority.clone();
     }
+    Ok(peer)
+}
 
-    // 5. upstream request
-    upstream_request(
-        &mut parts,
-        lb,
-        server,
-        &host_value,
-        ctx.conn,
-        ctx.request_id,
-        upgrade.is_some(),
-    );
-    let req = Request::from_parts(
-        parts,
-        RequestBody::new(body, crate::Edge::body_read_timeout(&ex.shared)),
-    );
-
-    // 6. forward
-    let backend = &state.backend;
+/// Phase 6: sends the request over a pooled connection (502 on connect failure, 504 on a
+/// slow upstream); a request the connection never sent goes to the balancer's next
+/// candidate once, whatever its method.
+async fn forward(
+    ctx: &mut RequestCtx<'_>,
+    peer: Peer<'_>,
+    req: Request<RequestBody>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Answer, Answer> {
+    let lb = peer.lb;
+    let mut backend = &peer.server().state.backend;
     if let Some(on_upgrade) = upgrade {
-        return match forward_upgrade(lb, backend, req, on_upgrade).await {
-            Ok(resp) => resp,
-            Err(e) => upstream_error(&e, backend),
-        };
+        return forward_upgrade(lb, backend, req, on_upgrade)
+            .await
+            .map_err(|e| upstream_error(&e, backend));
     }
-    let mut sent = forward(lb, backend, req).await;
-    let mut backend = backend;
+    let mut sent = send(lb, backend, req).await;
     // Could not connect (a node or ingress that is gone): nothing was sent, so one
     // other server of the service gets the request, whatever its method.
     if let Err((e, Some(mut req))) = sent {
@@ -409,20 +478,19 @@ async fn phases<'s>(
             client_ip: Some(ctx.conn.client_ip),
             headers: req.headers(),
         };
-        let other = failover(lb, server_idx, &pick_ctx);
-        sent = match other {
+        sent = match failover(lb, peer.server, &pick_ctx) {
             Some(other) => {
                 tracing::debug!(from = %backend.label, error = %e, to = %other.state.backend.label, "upstream unreachable; trying another server");
                 retarget(&mut req, lb, other);
-                ex._in_flight = Some(other.state.start_request());
-                if let Some(log) = &mut ex.log {
+                ctx.ex.in_flight = Some(other.state.start_request());
+                if let Some(log) = &mut ctx.ex.log {
                     log.upstream = Some(other.state.url.authority.clone());
                 }
                 if let Some(x) = &mut ctx.explain {
                     x.server = other.state.url.authority.clone();
                 }
                 backend = &other.state.backend;
-                forward(lb, backend, req).await
+                send(lb, backend, req).await
             }
             None => Err((e, None)),
         };
@@ -431,9 +499,12 @@ async fn phases<'s>(
         Ok((resp, pooled)) => {
             let (rparts, body) = resp.into_parts();
             let pooled = pooled.map(|tx| (tx, backend.clone()));
-            Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
+            Ok(Response::from_parts(
+                rparts,
+                ProxyBody::upstream(body, pooled),
+            ))
         }
-        Err((e, _)) => upstream_error(&e, backend),
+        Err((e, _)) => Err(upstream_error(&e, backend)),
     }
 }
 
@@ -571,12 +642,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// The authority the client asked for: absolute-form URI first, then the Host header.
-fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-        .unwrap_or("")
+/// The authority the client asked for: absolute-form URI (and HTTP/2's `:authority`)
+/// first, then the Host header; empty for neither.
+fn host_of<B>(req: &Request<B>) -> HeaderValue {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+    .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host
@@ -626,20 +699,18 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         })
 }
 
-/// Phase 4: follows weighted services down to a load balancer and picks a server.
-fn upstream_peer<'s>(
-    snap: &'s Snapshot,
-    mut service: u32,
-    ctx: &PickCtx<'_>,
-) -> Option<(&'s str, &'s LbService, usize)> {
+/// The pure part of phase 4: follows weighted services down to a load balancer and lets
+/// it pick a server.
+fn pick_peer<'s>(snap: &'s Snapshot, mut service: u32, ctx: &PickCtx<'_>) -> Option<Peer<'s>> {
     for _ in 0..=snap.services.len() {
         let svc = snap.services.get(service as usize)?;
         match &svc.kind {
             ServiceKind::LoadBalancer(lb) => {
-                return lb
-                    .balancer
-                    .pick(&lb.servers, ctx)
-                    .map(|i| (&*svc.name, lb, i))
+                return lb.balancer.pick(&lb.servers, ctx).map(|server| Peer {
+                    service: &svc.name,
+                    lb,
+                    server,
+                })
             }
             ServiceKind::Weighted { children, wrr } => {
                 let pick = wrr.pick_by(|i| children.get(i).is_some_and(|c| snap.has_up(*c, 0)))?;
@@ -783,9 +854,10 @@ fn upstream_request(
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
-/// Phase 6: sends the request over a pooled connection. Returns the response and, for
-/// HTTP/1, the connection to give back to the pool once the body has been read.
-async fn forward(
+/// Phase 6's one attempt at a server: sends the request over a pooled connection. Returns
+/// the response and, for HTTP/1, the connection to give back to the pool once the body
+/// has been read.
+async fn send(
     lb: &LbService,
     backend: &crate::pool::Backend,
     mut req: Request<RequestBody>,
@@ -880,11 +952,11 @@ async fn forward_upgrade(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)))
 }
 
-/// Phase 7: the upstream's response on its way to the client.
 /// Phase 7, for every response: the client gets the protocol it spoke, hop-by-hop headers
 /// go, the middlewares that ran their request side run their response side in reverse,
-/// and the explain headers are added.
-fn response_filter(resp: &mut Response<ProxyBody>, ctx: Ctx<'_>) {
+/// the explain headers are added, and the request ID is set last (a middleware does not
+/// remove it).
+fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
     *resp.version_mut() = ctx.downstream_version;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut(), switching);
@@ -900,7 +972,18 @@ fn response_filter(resp: &mut Response<ProxyBody>, ctx: Ctx<'_>) {
         }
         *resp = Response::from_parts(parts, body);
     }
-    finish_explain(resp, ctx.explain);
+    finish_explain(resp, ctx.explain.take());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
+}
+
+/// Phase 8: the status goes into the request's record, and the record into the response
+/// body, which writes it (metrics, access log) when the body has been sent or dropped.
+fn logging(mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
+    let mut ex = ctx.ex;
+    ex.status = resp.status().as_u16();
+    resp.body_mut().set_exchange(ex);
+    resp
 }
 
 #[cfg(test)]
@@ -930,6 +1013,64 @@ mod tests {
         h.insert("te", "gzip".parse().unwrap());
         remove_hop_by_hop(&mut h, false);
         assert!(h.get("te").is_none());
+    }
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_host_is_the_authority_first_then_the_host_header() {
+        let r = req(Version::HTTP_11, "http://a.example:8080/x", &["b.example"]);
+        assert_eq!(host_of(&r), "a.example:8080");
+        assert_eq!(
+            host_of(&req(Version::HTTP_11, "/x", &["b.example"])),
+            "b.example"
+        );
+        assert_eq!(host_of(&req(Version::HTTP_10, "/x", &[])), "");
+    }
+
+    #[test]
+    fn a_missing_repeated_or_invalid_host_is_a_bad_request() {
+        assert!(host_problem(&req(Version::HTTP_11, "/", &["a.example"])).is_none());
+        assert!(host_problem(&req(Version::HTTP_11, "/", &[]))
+            .unwrap()
+            .contains("no Host"));
+        // HTTP/1.0 and HTTP/2 (which has :authority) may omit it.
+        assert!(host_problem(&req(Version::HTTP_10, "/", &[])).is_none());
+        assert!(host_problem(&req(Version::HTTP_2, "/", &[])).is_none());
+        assert!(host_problem(&req(Version::HTTP_11, "/", &["a", "b"]))
+            .unwrap()
+            .contains("more than one"));
+        for bad in ["a b", "user@a.example", "a.example/x"] {
+            assert!(
+                host_problem(&req(Version::HTTP_11, "/", &[bad])).is_some(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn h2c_upgrades_are_declined_and_websocket_upgrades_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket, h2c".parse().unwrap());
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+        strip_h2c_upgrade(&mut h);
+        assert!(h.is_empty());
+
+        let mut r = req(Version::HTTP_11, "/", &["a"]);
+        r.headers_mut()
+            .insert(header::UPGRADE, "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        strip_h2c_upgrade(r.headers_mut());
+        assert!(is_upgrade(&r));
+        *r.version_mut() = Version::HTTP_2;
+        assert!(!is_upgrade(&r), "HTTP/2 has no Upgrade mechanism");
     }
 
     #[test]

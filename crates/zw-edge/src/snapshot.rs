@@ -3,15 +3,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use zw_config::{Strategy, UpstreamUrl, ValidConfig};
+use zw_config::{ParsedService, Strategy, ValidConfig};
 use zw_rules::{RouterSpec, RoutingTable};
 
-use crate::balance::{Balance, HashSource, Hrw, P2c, RoundRobin, Server, ServerState, SmoothWrr};
+use crate::balance::{Balance, Hrw, P2c, RoundRobin, Server, ServerState, SmoothWrr};
 use crate::health::{HealthSpec, Supervisor};
 use crate::metrics::RouterMetrics;
 use crate::middleware::{self, Middleware};
 use crate::pool::{Backend, Transport};
-use crate::Error;
 
 /// One applied configuration. Requests hold an `Arc` to the snapshot they started on, so
 /// a reload never changes anything under an in-flight request.
@@ -115,137 +114,98 @@ fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
 }
 
 /// Builds a snapshot and brings the registry in line with it (new servers registered,
-/// removed ones dropped, health checks reconciled).
+/// removed ones dropped, health checks reconciled). Validation parsed every value and
+/// resolved every reference, so this cannot fail.
 pub fn build(
     valid: ValidConfig,
     entry_points: &[String],
     reg: &mut Registry,
     version: u64,
-) -> Result<Snapshot, Error> {
+) -> Snapshot {
     let http = &valid.config.http;
-    let service_index: HashMap<&str, u32> = http
-        .services
-        .keys()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i as u32))
-        .collect();
+    let parsed = &valid.parsed;
 
     let mut services = Vec::with_capacity(http.services.len());
     let mut used_servers = HashMap::new();
     let mut used_backends = HashMap::new();
     let mut health_desired = Vec::new();
-    for (name, svc) in &http.services {
-        let kind = if let Some(lb) = &svc.load_balancer {
-            let transport = transport_of(&valid, lb.servers_transport.as_deref());
-            let mut servers = Vec::with_capacity(lb.servers.len());
-            for s in &lb.servers {
-                let url = UpstreamUrl::parse(&s.url)
-                    .map_err(|e| Error::compile(format!("http.services.{name}"), e))?;
-                let instance = s
-                    .instance
-                    .as_deref()
-                    .map(http::HeaderValue::from_str)
-                    .transpose()
-                    .map_err(|e| Error::compile(format!("http.services.{name}.instance"), e))?;
-                // Instances behind one ingress share its URL; the instance tells them apart.
-                let key = match &s.instance {
-                    Some(i) => (name.clone(), format!("{}#{i}", s.url)),
-                    None => (name.clone(), s.url.clone()),
-                };
-                let bkey = (
-                    format!("{:?}://{}", url.scheme, url.authority),
-                    transport.max_idle,
-                );
-                let backend = used_backends
-                    .get(&bkey)
-                    .or_else(|| reg.backends.get(&bkey))
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Backend::new(&url, transport.max_idle, reg.tls.clone()))
-                    });
-                used_backends.insert(bkey, backend.clone());
-                let state = match reg.servers.get(&key) {
-                    Some(st)
-                        if st.url == url
-                            && st.cross_region == s.cross_region
-                            && Arc::ptr_eq(&st.backend, &backend) =>
-                    {
-                        st.clone()
-                    }
-                    _ => Arc::new(ServerState::new(
-                        url.clone(),
-                        s.url.clone(),
-                        instance,
-                        s.cross_region,
-                        backend,
-                    )),
-                };
-                if let Some(hc) = &lb.health_check {
-                    health_desired.push((key.clone(), state.clone(), HealthSpec::from_config(hc)));
-                }
-                used_servers.insert(key, state.clone());
-                servers.push(Server {
-                    state,
-                    weight: s.weight.unwrap_or(1),
-                    preserve_path: s.preserve_path,
-                });
-            }
-            let balancer: Box<dyn Balance> = match lb.strategy {
-                Strategy::Wrr => Box::new(SmoothWrr::new(
-                    &servers.iter().map(|s| s.weight).collect::<Vec<_>>(),
-                )),
-                Strategy::RoundRobin => Box::new(RoundRobin::default()),
-                Strategy::P2c => Box::new(P2c),
-                Strategy::Hrw => {
-                    let source = match &lb.hash_key {
-                        Some(k) => match (&k.header, &k.cookie) {
-                            (Some(h), _) => HashSource::Header(
-                                http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
-                                    Error::compile(
-                                        format!("http.services.{name}.loadBalancer.hashKey"),
-                                        e,
-                                    )
-                                })?,
-                            ),
-                            (None, Some(c)) => HashSource::Cookie(c.clone()),
-                            (None, None) => HashSource::ClientIp,
-                        },
-                        None => HashSource::ClientIp,
+    for (name, psvc) in http.services.keys().zip(&parsed.services) {
+        let kind = match psvc {
+            ParsedService::LoadBalancer(plb) => {
+                let lb = &plb.config;
+                let transport = transport_of(&valid, lb.servers_transport.as_deref());
+                let mut servers = Vec::with_capacity(plb.servers.len());
+                for (s, ps) in lb.servers.iter().zip(&plb.servers) {
+                    let url = &ps.url;
+                    // Instances behind one ingress share its URL; the instance tells them apart.
+                    let key = match &s.instance {
+                        Some(i) => (name.clone(), format!("{}#{i}", s.url)),
+                        None => (name.clone(), s.url.clone()),
                     };
-                    let urls: Vec<&str> = lb.servers.iter().map(|s| s.url.as_str()).collect();
-                    Box::new(Hrw::new(source, &urls))
+                    let bkey = (
+                        format!("{:?}://{}", url.scheme, url.authority),
+                        transport.max_idle,
+                    );
+                    let backend = used_backends
+                        .get(&bkey)
+                        .or_else(|| reg.backends.get(&bkey))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(Backend::new(url, transport.max_idle, reg.tls.clone()))
+                        });
+                    used_backends.insert(bkey, backend.clone());
+                    let state = match reg.servers.get(&key) {
+                        Some(st)
+                            if st.url == *url
+                                && st.cross_region == s.cross_region
+                                && Arc::ptr_eq(&st.backend, &backend) =>
+                        {
+                            st.clone()
+                        }
+                        _ => Arc::new(ServerState::new(
+                            url.clone(),
+                            s.url.clone(),
+                            ps.instance.clone(),
+                            s.cross_region,
+                            backend,
+                        )),
+                    };
+                    if let (Some(hc), Some(phc)) = (&lb.health_check, &plb.health_check) {
+                        health_desired.push((
+                            key.clone(),
+                            state.clone(),
+                            HealthSpec::from_config(hc, phc),
+                        ));
+                    }
+                    used_servers.insert(key, state.clone());
+                    servers.push(Server {
+                        state,
+                        weight: s.weight.unwrap_or(1),
+                        preserve_path: s.preserve_path,
+                    });
                 }
-            };
-            ServiceKind::LoadBalancer(LbService {
-                servers,
-                balancer,
-                pass_host_header: lb.pass_host_header.unwrap_or(true),
-                transport,
-            })
-        } else if let Some(w) = &svc.weighted {
-            let mut children = Vec::with_capacity(w.services.len());
-            let mut weights = Vec::with_capacity(w.services.len());
-            for ws in &w.services {
-                let idx = service_index
-                    .get(zw_config::ref_name(&ws.name))
-                    .ok_or_else(|| {
-                        Error::compile(
-                            format!("http.services.{name}.weighted"),
-                            format!("unknown service \"{}\"", ws.name),
-                        )
-                    })?;
-                children.push(*idx);
-                weights.push(ws.weight.unwrap_or(1));
+                let balancer: Box<dyn Balance> = match lb.strategy {
+                    Strategy::Wrr => Box::new(SmoothWrr::new(
+                        &servers.iter().map(|s| s.weight).collect::<Vec<_>>(),
+                    )),
+                    Strategy::RoundRobin => Box::new(RoundRobin::default()),
+                    Strategy::P2c => Box::new(P2c),
+                    Strategy::Hrw => {
+                        let urls: Vec<&str> = lb.servers.iter().map(|s| s.url.as_str()).collect();
+                        Box::new(Hrw::new(plb.hash_key.clone(), &urls))
+                    }
+                };
+                ServiceKind::LoadBalancer(LbService {
+                    servers,
+                    balancer,
+                    pass_host_header: lb.pass_host_header.unwrap_or(true),
+                    transport,
+                })
             }
-            ServiceKind::Weighted {
-                children,
-                wrr: SmoothWrr::new(&weights),
-            }
-        } else {
-            return Err(Error::compile(
-                format!("http.services.{name}"),
-                "no loadBalancer or weighted",
-            ));
+            ParsedService::Weighted(children) => ServiceKind::Weighted {
+                wrr: SmoothWrr::new(&children.iter().map(|(_, w)| *w).collect::<Vec<_>>()),
+                children: children.iter().map(|(c, _)| *c).collect(),
+            },
         };
         services.push(ServiceRt {
             name: name.as_str().into(),
@@ -253,39 +213,21 @@ pub fn build(
         });
     }
 
-    let mut middlewares: HashMap<&str, Arc<dyn Middleware>> = HashMap::new();
-    for (name, m) in &http.middlewares {
-        middlewares.insert(
-            name,
-            middleware::build(m).map_err(|e| e.within(&format!("http.middlewares.{name}")))?,
-        );
-    }
+    let middlewares: Vec<Arc<dyn Middleware>> =
+        parsed.middlewares.iter().map(middleware::build).collect();
 
     let mut specs: Vec<Vec<RouterSpec<u32>>> = entry_points.iter().map(|_| Vec::new()).collect();
     let mut fallbacks: Vec<Option<(String, u32)>> = entry_points.iter().map(|_| None).collect();
     let mut routers = Vec::with_capacity(http.routers.len());
     let mut rules = valid.rules.clone();
-    for (name, r) in &http.routers {
+    for ((name, r), pr) in http.routers.iter().zip(&parsed.routers) {
         let idx = routers.len() as u32;
         let service_name = zw_config::ref_name(&r.service);
-        let service = *service_index.get(service_name).ok_or_else(|| {
-            Error::compile(format!("http.routers.{name}.service"), "unknown service")
-        })?;
-        let mws = r
+        let mws = pr
             .middlewares
             .iter()
-            .map(|m| {
-                middlewares
-                    .get(zw_config::ref_name(m))
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::compile(
-                            format!("http.routers.{name}.middlewares"),
-                            format!("unknown middleware {m}"),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|m| middlewares.get(*m as usize).cloned())
+            .collect();
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);
         for (ep_idx, ep) in entry_points.iter().enumerate() {
@@ -315,7 +257,7 @@ pub fn build(
             name: name.as_str().into(),
             rule: r.rule.clone().unwrap_or_else(|| "(fallback)".into()).into(),
             middlewares: mws,
-            service,
+            service: pr.service,
             metrics,
         });
     }
@@ -329,12 +271,12 @@ pub fn build(
     reg.servers = used_servers;
     reg.backends = used_backends;
 
-    Ok(Snapshot {
+    Snapshot {
         version,
         hash: valid.hash,
         tables,
         routers,
         services,
         routing_headers: valid.config.edge.routing_headers,
-    })
+    }
 }

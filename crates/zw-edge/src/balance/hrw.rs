@@ -11,12 +11,8 @@ use http::HeaderMap;
 
 use super::{Balance, PickCtx, Server};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashSource {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(String),
-}
+/// What the hash is of, as validation parsed it from `hashKey`.
+pub use zw_config::HashSource;
 
 #[derive(Debug)]
 pub struct Hrw {

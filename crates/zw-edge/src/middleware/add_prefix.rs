@@ -1,6 +1,6 @@
 //! `addPrefix`: puts a prefix in front of the path.
 
-use super::{set_path, Action, Middleware, RequestCtx};
+use super::{set_path, Action, Middleware, MiddlewareCtx};
 
 #[derive(Debug)]
 pub struct AddPrefix {
@@ -16,7 +16,7 @@ impl AddPrefix {
 }
 
 impl Middleware for AddPrefix {
-    fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         let path = format!("{}{}", self.prefix, ctx.parts.uri.path());
         set_path(ctx.parts, &path);
         Action::Continue

@@ -3,36 +3,12 @@
 
 use http::{HeaderName, HeaderValue};
 
-use super::{Action, Middleware, RequestCtx};
+use super::{Action, Middleware, MiddlewareCtx};
 
 #[derive(Debug)]
 pub struct Headers {
-    request: Vec<(HeaderName, Option<HeaderValue>)>,
-    response: Vec<(HeaderName, Option<HeaderValue>)>,
-}
-
-fn compile(
-    field: &str,
-    map: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, crate::Error> {
-    map.iter()
-        .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-                crate::Error::compile(
-                    format!("headers.{field}"),
-                    format!("invalid header name `{k}`"),
-                )
-            })?;
-            let value = if v.is_empty() {
-                None
-            } else {
-                Some(HeaderValue::from_str(v).map_err(|_| {
-                    crate::Error::compile(format!("headers.{field}.{k}"), "invalid header value")
-                })?)
-            };
-            Ok((name, value))
-        })
-        .collect()
+    request: zw_config::HeaderEdits,
+    response: zw_config::HeaderEdits,
 }
 
 fn apply(headers: &mut http::HeaderMap, set: &[(HeaderName, Option<HeaderValue>)]) {
@@ -49,16 +25,16 @@ fn apply(headers: &mut http::HeaderMap, set: &[(HeaderName, Option<HeaderValue>)
 }
 
 impl Headers {
-    pub fn new(c: &zw_config::Headers) -> Result<Self, crate::Error> {
-        Ok(Headers {
-            request: compile("customRequestHeaders", &c.custom_request_headers)?,
-            response: compile("customResponseHeaders", &c.custom_response_headers)?,
-        })
+    pub fn new(request: &zw_config::HeaderEdits, response: &zw_config::HeaderEdits) -> Self {
+        Headers {
+            request: request.clone(),
+            response: response.clone(),
+        }
     }
 }
 
 impl Middleware for Headers {
-    fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         apply(&mut ctx.parts.headers, &self.request);
         Action::Continue
     }

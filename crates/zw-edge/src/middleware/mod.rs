@@ -3,7 +3,8 @@
 //! A middleware sees the request before it goes upstream ([`Middleware::on_request`]: it
 //! may rewrite it or answer it — a redirect) and the response on its way back
 //! ([`Middleware::on_response`], in reverse order). Each type is one file; adding one means
-//! a file here, a field in `zw_config::Middleware`, and a line in [`build`].
+//! a file here, a field in `zw_config::Middleware` and a variant in
+//! `zw_config::ParsedMiddleware` (its validation), and a line in [`build`].
 
 mod add_prefix;
 mod headers;
@@ -20,7 +21,7 @@ pub use redirect::{RedirectRegex, RedirectScheme};
 pub use strip_prefix::StripPrefix;
 
 /// The request as middlewares see it.
-pub struct RequestCtx<'a> {
+pub struct MiddlewareCtx<'a> {
     pub parts: &'a mut request::Parts,
     /// Scheme the client used (`http` on a plain entry point).
     pub scheme: &'static str,
@@ -37,34 +38,27 @@ pub enum Action {
 
 pub trait Middleware: Send + Sync + std::fmt::Debug {
     /// Runs before the request goes upstream, in the router's order.
-    fn on_request(&self, _ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, _ctx: &mut MiddlewareCtx<'_>) -> Action {
         Action::Continue
     }
     /// Runs on the upstream's response, in reverse order.
     fn on_response(&self, _parts: &mut response::Parts) {}
 }
 
-/// Builds the middleware a validated configuration describes.
-pub fn build(m: &zw_config::Middleware) -> Result<Arc<dyn Middleware>, crate::Error> {
-    if let Some(h) = &m.headers {
-        return Ok(Arc::new(Headers::new(h)?));
+/// Builds the middleware validation parsed; every value it needs is parsed already.
+pub fn build(m: &zw_config::ParsedMiddleware) -> Arc<dyn Middleware> {
+    use zw_config::ParsedMiddleware as P;
+    match m {
+        P::Headers { request, response } => Arc::new(Headers::new(request, response)),
+        P::StripPrefix(s) => Arc::new(StripPrefix::new(s)),
+        P::AddPrefix(a) => Arc::new(AddPrefix::new(a)),
+        P::RedirectRegex {
+            regex,
+            replacement,
+            permanent,
+        } => Arc::new(RedirectRegex::new(regex, replacement, *permanent)),
+        P::RedirectScheme(r) => Arc::new(RedirectScheme::new(r)),
     }
-    if let Some(s) = &m.strip_prefix {
-        return Ok(Arc::new(StripPrefix::new(s)));
-    }
-    if let Some(a) = &m.add_prefix {
-        return Ok(Arc::new(AddPrefix::new(a)));
-    }
-    if let Some(r) = &m.redirect_regex {
-        return Ok(Arc::new(RedirectRegex::new(r)?));
-    }
-    if let Some(r) = &m.redirect_scheme {
-        return Ok(Arc::new(RedirectScheme::new(r)));
-    }
-    Err(crate::Error::compile(
-        "",
-        "the middleware has no supported type",
-    ))
 }
 
 /// Replaces the path of a request URI, keeping its query.

@@ -6,7 +6,7 @@
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use regex::Regex;
 
-use super::{Action, Middleware, RequestCtx};
+use super::{Action, Middleware, MiddlewareCtx};
 
 fn redirect(method: &Method, permanent: bool, location: &str) -> Action {
     let keep_method = !(method == Method::GET || method == Method::HEAD);
@@ -25,7 +25,7 @@ fn redirect(method: &Method, permanent: bool, location: &str) -> Action {
     Action::Respond(parts)
 }
 
-fn full_url(ctx: &RequestCtx<'_>) -> String {
+fn full_url(ctx: &MiddlewareCtx<'_>) -> String {
     let pq = ctx.parts.uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{}://{}{}", ctx.scheme, ctx.host, pq)
 }
@@ -38,20 +38,18 @@ pub struct RedirectRegex {
 }
 
 impl RedirectRegex {
-    pub fn new(c: &zw_config::RedirectRegex) -> Result<Self, crate::Error> {
-        // The compiler validation used: Go's syntax translated, and its size limit.
-        let regex = zw_rules::compile_go_regex(&c.regex)
-            .map_err(|e| crate::Error::compile("redirectRegex.regex", e))?;
-        Ok(RedirectRegex {
-            regex,
-            replacement: c.replacement.clone(),
-            permanent: c.permanent,
-        })
+    /// `regex` as validation compiled it: Go's syntax translated, with the size limit.
+    pub fn new(regex: &Regex, replacement: &str, permanent: bool) -> Self {
+        RedirectRegex {
+            regex: regex.clone(),
+            replacement: replacement.to_string(),
+            permanent,
+        }
     }
 }
 
 impl Middleware for RedirectRegex {
-    fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         let url = full_url(ctx);
         let Some(caps) = self.regex.captures(&url) else {
             return Action::Continue;
@@ -83,7 +81,7 @@ impl RedirectScheme {
 }
 
 impl Middleware for RedirectScheme {
-    fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         if ctx.scheme == self.scheme {
             return Action::Continue; // already there; redirecting would loop
         }

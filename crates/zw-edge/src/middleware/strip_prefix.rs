@@ -3,7 +3,7 @@
 
 use http::HeaderValue;
 
-use super::{set_path, Action, Middleware, RequestCtx};
+use super::{set_path, Action, Middleware, MiddlewareCtx};
 
 #[derive(Debug)]
 pub struct StripPrefix {
@@ -19,7 +19,7 @@ impl StripPrefix {
 }
 
 impl Middleware for StripPrefix {
-    fn on_request(&self, ctx: &mut RequestCtx<'_>) -> Action {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         let path = ctx.parts.uri.path().to_string();
         for prefix in &self.prefixes {
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {

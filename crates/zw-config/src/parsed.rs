@@ -1,0 +1,87 @@
+//! The values validation parsed out of a configuration's strings, kept in
+//! [`crate::ValidConfig`] so that whoever builds on a validated configuration (the edge's
+//! snapshot) parses nothing again, and so cannot fail on it.
+
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::{AddPrefix, LoadBalancer, RedirectScheme, StripPrefix, UpstreamUrl};
+
+/// Everything parsed, each list in the order of its map in [`crate::Http`] (names
+/// sorted), so that an index here is an index there.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub services: Vec<ParsedService>,
+    pub routers: Vec<ParsedRouter>,
+    pub middlewares: Vec<ParsedMiddleware>,
+}
+
+/// A service with its references resolved to indices into [`Parsed::services`].
+#[derive(Debug, Clone)]
+pub enum ParsedService {
+    LoadBalancer(Box<ParsedLoadBalancer>),
+    /// Children as (service index, weight).
+    Weighted(Vec<(u32, u32)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ParsedLoadBalancer {
+    /// The `loadBalancer` as written (strategy, transport, weights).
+    pub config: LoadBalancer,
+    /// In the order of `config.servers`.
+    pub servers: Vec<ParsedServer>,
+    /// What `strategy: hrw` hashes (the client's address when no `hashKey` is set).
+    pub hash_key: HashSource,
+    pub health_check: Option<ParsedHealthCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParsedServer {
+    pub url: UpstreamUrl,
+    /// `instance`, as the `Zeitwork-Instance` header it is sent in.
+    pub instance: Option<HeaderValue>,
+}
+
+/// The source of the key an `hrw` balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashSource {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ParsedHealthCheck {
+    /// `method`, GET when none is set (as in Traefik).
+    pub method: Method,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A router with its service and middlewares resolved to indices.
+#[derive(Debug, Clone)]
+pub struct ParsedRouter {
+    pub service: u32,
+    /// Into [`Parsed::middlewares`], in the router's order.
+    pub middlewares: Vec<u32>,
+}
+
+/// Header edits of the `headers` middleware: a value to set, or `None` to remove the
+/// header (an empty value in the configuration, as in Traefik).
+pub type HeaderEdits = Vec<(HeaderName, Option<HeaderValue>)>;
+
+/// A middleware of one type, its strings parsed.
+#[derive(Debug, Clone)]
+pub enum ParsedMiddleware {
+    Headers {
+        request: HeaderEdits,
+        response: HeaderEdits,
+    },
+    StripPrefix(StripPrefix),
+    AddPrefix(AddPrefix),
+    RedirectRegex {
+        /// Go's syntax translated, compiled with the rule engine's size limit.
+        regex: regex::Regex,
+        replacement: String,
+        permanent: bool,
+    },
+    RedirectScheme(RedirectScheme),
+}

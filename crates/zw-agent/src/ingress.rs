@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::supervise::Routes;
 
-pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
+pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static(zw_proto::INSTANCE_HEADER);
 pub const ZEITWORK_UNAVAILABLE: HeaderName = HeaderName::from_static("zeitwork-unavailable");
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

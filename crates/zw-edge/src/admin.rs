@@ -22,9 +22,9 @@ pub(crate) async fn handle(
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/health") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         ("GET" | "HEAD", "/ready") => {
-            if shared.current.load().is_some() && !shared.draining.load(Relaxed) {
+            if shared.config.current.load().is_some() && !shared.conns.draining.load(Relaxed) {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
-            } else if shared.draining.load(Relaxed) {
+            } else if shared.conns.draining.load(Relaxed) {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -72,7 +72,11 @@ pub(crate) async fn handle(
 fn render_metrics(shared: &Shared) -> String {
     let mut out = String::with_capacity(64 * 1024);
     render_edge(&mut out, &shared.metrics);
-    let reg = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+    let reg = shared
+        .config
+        .registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     out.push_str("# TYPE zeitwork_requests_total counter\n# TYPE zeitwork_request_duration_seconds histogram\n");
     for m in reg.routers.values() {
         render_router(&mut out, m);

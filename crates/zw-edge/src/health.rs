@@ -168,7 +168,7 @@ async fn check_once(state: &ServerState, spec: &HealthSpec) -> Result<(), crate:
         .uri(spec.path.as_str())
         .header(http::header::HOST, host_header);
     if let Some(instance) = &state.instance {
-        req = req.header(crate::proxy::ZEITWORK_INSTANCE, instance.clone());
+        req = req.header(zw_proto::INSTANCE_HEADER, instance.clone());
     }
     for (k, v) in &spec.headers {
         req = req.header(k, v);

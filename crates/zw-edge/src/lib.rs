@@ -16,6 +16,7 @@ mod control_plane;
 #[cfg(feature = "database")]
 mod database;
 mod error;
+mod exchange;
 mod health;
 mod lkg;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod pool;
 mod provider;
 mod proxy;
 pub mod proxy_protocol;
+mod request_body;
 pub mod snapshot;
 mod stall;
 use zw_proto::time;
@@ -113,27 +115,49 @@ pub struct ConfigStatus {
 }
 
 pub(crate) struct Shared {
-    pub(crate) current: ArcSwapOption<Snapshot>,
-    pub(crate) entry_points: Vec<String>,
-    pub(crate) registry: Mutex<Registry>,
-    /// Expiry of the platform certificate in `registry.tls` (0: none).
-    tls_not_after: std::sync::atomic::AtomicI64,
-    status: Mutex<ConfigStatus>,
+    /// Fixed when the edge is built.
+    pub(crate) settings: Settings,
+    /// Changes with each applied configuration.
+    pub(crate) config: Configured,
+    /// The client connections, as they come and go.
+    conns: Connections,
     pub(crate) metrics: EdgeMetrics,
-    pub(crate) access_log: Option<AccessLog>,
-    pub(crate) draining: AtomicBool,
+}
+
+/// What an edge is for the life of its process: its entry points, whom each trusts with
+/// PROXY protocol headers, its limits and timeouts, its access log. Plain values: set by
+/// [`EdgeBuilder`] before anything runs, read without synchronization after.
+pub(crate) struct Settings {
+    pub(crate) entry_points: Vec<String>,
     /// Per entry point: the PROXY protocol senders it trusts, if it expects the protocol.
-    proxy_protocol: Mutex<Vec<Option<proxy_protocol::Trusted>>>,
-    next_version: AtomicU64,
-    connections: AtomicUsize,
-    connections_done: Notify,
+    proxy_protocol: Vec<Option<proxy_protocol::Trusted>>,
     /// Client connections the entry points hold at most (all together); more are closed at
     /// accept, so the process keeps file descriptors for upstreams and the admin listener.
-    max_connections: AtomicUsize,
-    /// How long a request body may go without a byte (milliseconds).
-    body_read_timeout_ms: AtomicU64,
-    /// How long a response may go without the client taking a byte (milliseconds).
-    write_timeout_ms: AtomicU64,
+    max_connections: usize,
+    /// How long a request body may go without a byte.
+    pub(crate) body_read_timeout: Duration,
+    /// How long a response may go without the client taking a byte.
+    pub(crate) write_timeout: Duration,
+    pub(crate) access_log: Option<AccessLog>,
+}
+
+/// The applied configuration: the snapshot requests run on, and what changes with it.
+pub(crate) struct Configured {
+    pub(crate) current: ArcSwapOption<Snapshot>,
+    /// What outlives snapshots; its lock is held by one apply at a time, never by requests.
+    pub(crate) registry: Mutex<Registry>,
+    status: Mutex<ConfigStatus>,
+    next_version: AtomicU64,
+    /// Expiry of the platform certificate in `registry.tls` (0: none).
+    tls_not_after: std::sync::atomic::AtomicI64,
+}
+
+/// The client connections of all entry points.
+struct Connections {
+    open: AtomicUsize,
+    /// Woken when the last connection closes (the drain waits for it).
+    done: Notify,
+    pub(crate) draining: AtomicBool,
     /// Connections that have not sent their first bytes yet, oldest first (accept path
     /// only; the request path never touches it).
     silent: Mutex<std::collections::VecDeque<std::sync::Weak<Silent>>>,
@@ -148,7 +172,7 @@ struct Silent {
     evict: Notify,
 }
 
-impl Shared {
+impl Connections {
     fn register_silent(&self, max: usize) -> Arc<Silent> {
         let s = Arc::new(Silent::default());
         let mut q = self.silent.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,7 +198,8 @@ impl Shared {
 
 impl Shared {
     pub(crate) fn status(&self) -> ConfigStatus {
-        self.status
+        self.config
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -188,33 +213,25 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// An edge with the given entry point names (routers' `entryPoints` refer to them) and
-    /// no configuration yet (it answers 503 until one is applied).
+    /// An edge with the given entry point names (routers' `entryPoints` refer to them),
+    /// an access log or none, and the default limits and timeouts. It has no configuration
+    /// yet (it answers 503 until one is applied).
     pub fn new(entry_points: Vec<String>, access_log: Option<AccessLog>) -> Edge {
-        let proxy_protocol = Mutex::new(vec![None; entry_points.len()]);
-        let status = ConfigStatus {
-            entry_points: entry_points.clone(),
-            ..ConfigStatus::default()
-        };
-        Edge {
-            shared: Arc::new(Shared {
-                current: ArcSwapOption::empty(),
+        Edge::builder(entry_points).access_log(access_log).build()
+    }
+
+    /// An edge with the given entry point names, to be given its settings before it is
+    /// built.
+    pub fn builder(entry_points: Vec<String>) -> EdgeBuilder {
+        EdgeBuilder {
+            settings: Settings {
+                proxy_protocol: vec![None; entry_points.len()],
                 entry_points,
-                registry: Mutex::new(Registry::default()),
-                tls_not_after: Default::default(),
-                status: Mutex::new(status),
-                metrics: EdgeMetrics::default(),
-                access_log,
-                draining: AtomicBool::new(false),
-                proxy_protocol,
-                next_version: AtomicU64::new(1),
-                connections: AtomicUsize::new(0),
-                connections_done: Notify::new(),
-                max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
-                body_read_timeout_ms: AtomicU64::new(proxy::BODY_READ_TIMEOUT.as_millis() as u64),
-                write_timeout_ms: AtomicU64::new(WRITE_TIMEOUT.as_millis() as u64),
-                silent: Mutex::new(Default::default()),
-            }),
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                body_read_timeout: proxy::BODY_READ_TIMEOUT,
+                write_timeout: WRITE_TIMEOUT,
+                access_log: None,
+            },
         }
     }
 
@@ -245,17 +262,17 @@ impl Edge {
         );
         let hash = valid.hash.clone();
         // One apply at a time; requests never take this lock.
-        let mut reg = s.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let version = s.next_version.fetch_add(1, Relaxed);
-        let snap = snapshot::build(valid, &s.entry_points, &mut reg, version);
-        s.current.store(Some(Arc::new(snap)));
+        let mut reg = s.config.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let version = s.config.next_version.fetch_add(1, Relaxed);
+        let snap = snapshot::build(valid, &s.settings.entry_points, &mut reg, version);
+        s.config.current.store(Some(Arc::new(snap)));
         drop(reg);
         s.metrics.config_applies.fetch_add(1, Relaxed);
         s.metrics.config_version.store(version, Relaxed);
         s.metrics
             .config_applied_unix
             .store(time::unix_now(), Relaxed);
-        let mut st = s.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = s.config.status.lock().unwrap_or_else(|p| p.into_inner());
         *st = ConfigStatus {
             version,
             hash: Some(hash.clone()),
@@ -266,7 +283,7 @@ impl Edge {
             routers,
             services,
             middlewares,
-            entry_points: s.entry_points.clone(),
+            entry_points: s.settings.entry_points.clone(),
             last_error: None,
             last_error_at: None,
         };
@@ -274,37 +291,15 @@ impl Edge {
         Ok(version)
     }
 
-    /// Makes `entry_point` expect a PROXY protocol (v1 or v2) header on every connection,
-    /// from the `trusted` networks only. Call before [`Edge::serve`].
-    pub fn set_proxy_protocol(
-        &self,
-        entry_point: &str,
-        trusted: Vec<zw_rules::IpNet>,
-    ) -> Result<(), Error> {
-        let idx = self
-            .shared
-            .entry_points
-            .iter()
-            .position(|e| e == entry_point)
-            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
-        if trusted.is_empty() {
-            return Err(Error::NoTrustedNetworks(entry_point.to_string()));
-        }
-        let mut pp = self
-            .shared
-            .proxy_protocol
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = pp.get_mut(idx) {
-            *slot = Some(proxy_protocol::Trusted(trusted));
-        }
-        Ok(())
-    }
-
     /// Records a rejected configuration (shown at `/debug/config`, counted in metrics).
     pub fn reject(&self, errors: &dyn std::fmt::Display, source: ConfigSource) {
         self.shared.metrics.config_rejections.fetch_add(1, Relaxed);
-        let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self
+            .shared
+            .config
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         st.last_error = Some(format!("{source}: {errors}"));
         st.last_error_at = Some(time::rfc3339_now());
     }
@@ -314,49 +309,22 @@ impl Edge {
     pub fn set_platform_tls(&self, config: Arc<rustls::ClientConfig>, not_after: i64) {
         let reg = self
             .shared
+            .config
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         reg.tls.store(Some(config));
-        self.shared.tls_not_after.store(not_after, Relaxed);
+        self.shared.config.tls_not_after.store(not_after, Relaxed);
     }
 
     /// When the edge's platform certificate expires (seconds since the epoch); `None`
     /// while it has none.
     pub fn platform_tls_expiry(&self) -> Option<i64> {
-        Some(self.shared.tls_not_after.load(Relaxed)).filter(|t| *t > 0)
+        Some(self.shared.config.tls_not_after.load(Relaxed)).filter(|t| *t > 0)
     }
 
     pub fn status(&self) -> ConfigStatus {
         self.shared.status()
-    }
-
-    /// At most `n` client connections at once over all entry points (default
-    /// [`DEFAULT_MAX_CONNECTIONS`]); see [`connection_limit_for_fds`].
-    pub fn set_max_connections(&self, n: usize) {
-        self.shared.max_connections.store(n.max(1), Relaxed);
-    }
-
-    /// A request body that sends nothing for this long ends its request with a 408
-    /// (default [`proxy::BODY_READ_TIMEOUT`], 60 s).
-    pub fn set_body_read_timeout(&self, d: Duration) {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.shared.body_read_timeout_ms.store(ms, Relaxed);
-    }
-
-    pub(crate) fn body_read_timeout(shared: &Shared) -> Duration {
-        Duration::from_millis(shared.body_read_timeout_ms.load(Relaxed))
-    }
-
-    /// A response the client takes nothing of for this long ends: the HTTP/1 connection,
-    /// or the HTTP/2 stream (default [`WRITE_TIMEOUT`], 60 s; read at each connection).
-    pub fn set_write_timeout(&self, d: Duration) {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.shared.write_timeout_ms.store(ms, Relaxed);
-    }
-
-    pub(crate) fn write_timeout(shared: &Shared) -> Duration {
-        Duration::from_millis(shared.write_timeout_ms.load(Relaxed))
     }
 
     /// Serves the entry points (`listeners[i]` is entry point `i`) and the admin
@@ -387,18 +355,18 @@ impl Edge {
             )));
         }
         shutdown.await;
-        self.shared.draining.store(true, Relaxed);
+        self.shared.conns.draining.store(true, Relaxed);
         // Listeners close when their accept loops end: only then is "no new connections" true.
         let _ = stop_tx.send(true);
         for t in tasks {
             let _ = t.await;
         }
-        let open = self.shared.connections.load(Relaxed);
+        let open = self.shared.conns.open.load(Relaxed);
         tracing::info!(open_connections = open, drain_timeout = ?drain, "shutting down: no new connections; finishing in-flight requests");
         let wait = async {
             loop {
-                let notified = self.shared.connections_done.notified();
-                if self.shared.connections.load(Relaxed) == 0 {
+                let notified = self.shared.conns.done.notified();
+                if self.shared.conns.open.load(Relaxed) == 0 {
                     return;
                 }
                 notified.await;
@@ -406,16 +374,100 @@ impl Edge {
         };
         if tokio::time::timeout(drain, wait).await.is_err() {
             tracing::warn!(
-                open_connections = self.shared.connections.load(Relaxed),
+                open_connections = self.shared.conns.open.load(Relaxed),
                 "drain deadline passed; closing the remaining connections"
             );
         }
         self.shared
+            .config
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .health
             .stop_all();
+    }
+}
+
+/// An edge's settings, given before it is built ([`Edge::builder`]); none of them changes
+/// while it runs.
+pub struct EdgeBuilder {
+    settings: Settings,
+}
+
+impl EdgeBuilder {
+    /// Writes one JSON line per request (none by default).
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.settings.access_log = log;
+        self
+    }
+
+    /// Makes `entry_point` expect a PROXY protocol (v1 or v2) header on every connection,
+    /// from the `trusted` networks only.
+    pub fn proxy_protocol(
+        mut self,
+        entry_point: &str,
+        trusted: Vec<zw_rules::IpNet>,
+    ) -> Result<Self, Error> {
+        let idx = self
+            .settings
+            .entry_points
+            .iter()
+            .position(|e| e == entry_point)
+            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
+        if trusted.is_empty() {
+            return Err(Error::NoTrustedNetworks(entry_point.to_string()));
+        }
+        if let Some(slot) = self.settings.proxy_protocol.get_mut(idx) {
+            *slot = Some(proxy_protocol::Trusted(trusted));
+        }
+        Ok(self)
+    }
+
+    /// At most `n` client connections at once over all entry points (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); see [`connection_limit_for_fds`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.settings.max_connections = n.max(1);
+        self
+    }
+
+    /// A request body that sends nothing for this long ends its request with a 408
+    /// (default [`proxy::BODY_READ_TIMEOUT`], 60 s).
+    pub fn body_read_timeout(mut self, d: Duration) -> Self {
+        self.settings.body_read_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A response the client takes nothing of for this long ends: the HTTP/1 connection,
+    /// or the HTTP/2 stream (default [`WRITE_TIMEOUT`], 60 s).
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.settings.write_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    pub fn build(self) -> Edge {
+        let status = ConfigStatus {
+            entry_points: self.settings.entry_points.clone(),
+            ..ConfigStatus::default()
+        };
+        Edge {
+            shared: Arc::new(Shared {
+                settings: self.settings,
+                config: Configured {
+                    current: ArcSwapOption::empty(),
+                    registry: Mutex::new(Registry::default()),
+                    status: Mutex::new(status),
+                    next_version: AtomicU64::new(1),
+                    tls_not_after: Default::default(),
+                },
+                conns: Connections {
+                    open: AtomicUsize::new(0),
+                    done: Notify::new(),
+                    draining: AtomicBool::new(false),
+                    silent: Mutex::new(Default::default()),
+                },
+                metrics: EdgeMetrics::default(),
+            }),
+        }
     }
 }
 
@@ -476,13 +528,7 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(server_builder(&shared));
     let local_port = listener.local_addr().map_or(0, |a| a.port());
-    let trusted = shared
-        .proxy_protocol
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(ep)
-        .cloned()
-        .flatten();
+    let trusted = shared.settings.proxy_protocol.get(ep).cloned().flatten();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -496,10 +542,10 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let open = shared.connections.load(Relaxed);
-        let max = shared.max_connections.load(Relaxed);
+        let open = shared.conns.open.load(Relaxed);
+        let max = shared.settings.max_connections;
         if open >= max {
-            if shared.evict_silent() {
+            if shared.conns.evict_silent() {
                 // The newcomer takes the place of a connection that never said anything
                 // (it closes at once; the count dips back under the limit).
                 shared.metrics.connections_evicted.fetch_add(1, Relaxed);
@@ -518,14 +564,14 @@ async fn accept_loop(
                 continue;
             }
         }
-        let silent = shared.register_silent(max);
+        let silent = shared.conns.register_silent(max);
         let idle = if open > max / 2 {
             IDLE_TIMEOUT_UNDER_PRESSURE
         } else {
             IDLE_TIMEOUT
         };
         let _ = stream.set_nodelay(true);
-        shared.connections.fetch_add(1, Relaxed);
+        shared.conns.open.fetch_add(1, Relaxed);
         shared.metrics.connections_open.fetch_add(1, Relaxed);
         let shared = shared.clone();
         let builder = builder.clone();
@@ -548,8 +594,8 @@ async fn accept_loop(
             )
             .await;
             shared.metrics.connections_open.fetch_sub(1, Relaxed);
-            if shared.connections.fetch_sub(1, Relaxed) == 1 {
-                shared.connections_done.notify_waiters();
+            if shared.conns.open.fetch_sub(1, Relaxed) == 1 {
+                shared.conns.done.notify_waiters();
             }
         });
     }
@@ -640,7 +686,7 @@ async fn serve_connection(
         }
     });
     let io = proxy_protocol::Prefixed::new(prefix, stream)
-        .with_write_timeout(Edge::write_timeout(shared));
+        .with_write_timeout(shared.settings.write_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

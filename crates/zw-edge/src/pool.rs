@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use zw_config::{UpstreamScheme, UpstreamUrl};
 
-use crate::body::{RequestBody, RequestBodyError};
 use crate::metrics::BackendMetrics;
+use crate::request_body::{RequestBody, RequestBodyError};
 
 /// Per-transport settings (Traefik's `serversTransports`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,7 +35,6 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
@@ -44,19 +43,20 @@ use hyper_util::rt::TokioIo;
 use zw_config::UpstreamScheme;
 use zw_rules::{RequestView, RouteReason};
 
-use crate::balance::{InFlight, PickCtx};
-use crate::body::{ProxyBody, RequestBody};
-use crate::metrics::RouterMetrics;
+use crate::balance::PickCtx;
+use crate::body::ProxyBody;
+use crate::exchange::Exchange;
 use crate::middleware::{Action, MiddlewareCtx};
 use crate::pool::{Conn, UpstreamError};
+use crate::request_body::RequestBody;
 use crate::snapshot::{LbService, RouterRt, ServiceKind, Snapshot};
 use crate::Shared;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the instance behind a worker ingress (see `zw_config::Server::instance`).
-pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static("zeitwork-instance");
+const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static(zw_proto::INSTANCE_HEADER);
 /// How long a request body may go without a byte before the request ends with 408, unless
-/// [`crate::Edge::set_body_read_timeout`] says otherwise.
+/// [`crate::EdgeBuilder::body_read_timeout`] says otherwise.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Set on requests forwarded to another region's balancer. One cross-region hop is the
@@ -72,97 +72,6 @@ const X_ROUTED_TO: HeaderName = HeaderName::from_static("x-routed-to");
 const X_ROUTE_REASON: HeaderName = HeaderName::from_static("x-route-reason");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// One request/response exchange, recorded when it ends (its drop, when the response body
-/// has been sent or abandoned): latency and status metrics, the in-flight gauges, the
-/// access log line. This is the logging phase.
-pub(crate) struct Exchange {
-    shared: Arc<Shared>,
-    start: Instant,
-    status: u16,
-    pub bytes: u64,
-    pub body_error: bool,
-    router: Option<Arc<RouterMetrics>>,
-    in_flight: Option<InFlight>,
-    log: Option<Box<LogFields>>,
-}
-
-struct LogFields {
-    request_id: HeaderValue,
-    client_ip: IpAddr,
-    method: Method,
-    host: HeaderValue,
-    path: String,
-    router: Option<Box<str>>,
-    service: Option<Box<str>>,
-    upstream: Option<String>,
-}
-
-impl Exchange {
-    /// Starts the record of one request: its clock, the in-flight gauge, and (with an
-    /// access log) the fields the log line takes from the request as it arrived.
-    fn begin(
-        shared: Arc<Shared>,
-        conn: &ConnInfo,
-        request_id: &HeaderValue,
-        host: &HeaderValue,
-        req: &Request<Incoming>,
-    ) -> Exchange {
-        shared.metrics.in_flight.fetch_add(1, Relaxed);
-        let log = shared.access_log.is_some().then(|| {
-            Box::new(LogFields {
-                request_id: request_id.clone(),
-                client_ip: conn.client_ip,
-                method: req.method().clone(),
-                host: host.clone(),
-                path: req.uri().path().to_string(),
-                router: None,
-                service: None,
-                upstream: None,
-            })
-        });
-        Exchange {
-            shared,
-            start: Instant::now(),
-            status: 0,
-            bytes: 0,
-            body_error: false,
-            router: None,
-            in_flight: None,
-            log,
-        }
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
-        if let Some(m) = &self.router {
-            m.record(self.status, elapsed);
-        }
-        self.shared.metrics.in_flight.fetch_sub(1, Relaxed);
-        if let (Some(log), Some(sink)) = (self.log.take(), &self.shared.access_log) {
-            let line = serde_json::json!({
-                "time": zw_proto::time::rfc3339_now(),
-                "request_id": log.request_id.to_str().unwrap_or(""),
-                "client_ip": log.client_ip.to_string(),
-                "method": log.method.as_str(),
-                "host": log.host.to_str().unwrap_or(""),
-                "path": log.path,
-                "status": self.status,
-                "router": log.router,
-                "service": log.service,
-                "upstream": log.upstream,
-                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "bytes": self.bytes,
-                "body_error": self.body_error,
-            });
-            if !sink.send(line.to_string()) {
-                self.shared.metrics.access_log_dropped.fetch_add(1, Relaxed);
-            }
-        }
-    }
-}
 
 /// What the request path needs to know about the client connection, computed once per
 /// connection rather than per request.
@@ -231,8 +140,8 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let request_id = request_id(req.headers());
     let host = host_of(&req);
-    let ex = Exchange::begin(shared.clone(), &conn, &request_id, &host, &req);
-    let snap = shared.current.load_full();
+    let ex = Exchange::begin(shared.clone(), conn.client_ip, &request_id, &host, &req);
+    let snap = shared.config.current.load_full();
     let mut ctx = RequestCtx {
         snap: snap.as_deref(),
         ep,
@@ -268,7 +177,7 @@ async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answ
         &ctx.request_id,
         upgrade.is_some(),
     );
-    let body = RequestBody::new(body, crate::Edge::body_read_timeout(&ctx.ex.shared));
+    let body = RequestBody::new(body, ctx.ex.shared.settings.body_read_timeout);
     forward(ctx, peer, Request::from_parts(parts, body), upgrade).await
 }
 
@@ -342,6 +251,7 @@ fn route<'s>(ctx: &mut RequestCtx<'s>, parts: &request::Parts) -> Result<&'s Rou
             let ep_name = ctx
                 .ex
                 .shared
+                .settings
                 .entry_points
                 .get(ctx.ep)
                 .map_or("?", String::as_str);

@@ -93,7 +93,7 @@ impl<F: Future<Output = ()>> Future for StallGuard<F> {
         if polled.is_ready() {
             return Poll::Ready(());
         }
-        let timeout = crate::Edge::write_timeout(this.shared);
+        let timeout = this.shared.settings.write_timeout;
         match seen {
             Mark::Yielded => {
                 // fresh data went out: the client's patience starts now

@@ -308,7 +308,7 @@ impl TestEdge {
     }
 
     pub async fn start_with(config: &str, drain: Duration) -> TestEdge {
-        Self::start_full(config, drain, None, None).await
+        Self::start_built(config, drain, Edge::builder(vec!["web".into()])).await
     }
 
     /// Starts an edge whose entry point expects PROXY protocol headers from `trusted`
@@ -318,30 +318,30 @@ impl TestEdge {
             .split(',')
             .map(|n| n.parse().expect("CIDR"))
             .collect();
-        Self::start_full(config, Duration::from_secs(5), None, Some(nets)).await
+        let builder = Edge::builder(vec!["web".into()])
+            .proxy_protocol("web", nets)
+            .expect("entry point web");
+        Self::start_built(config, Duration::from_secs(5), builder).await
     }
 
     /// Starts an edge that writes its JSON access log to `access_log`.
     pub async fn start_with_access_log(config: &str, access_log: &std::path::Path) -> TestEdge {
         let log = crate::AccessLog::start(&crate::AccessLogTarget::File(access_log.to_path_buf()))
             .expect("open access log");
-        Self::start_full(config, Duration::from_secs(5), Some(log), None).await
+        let builder = Edge::builder(vec!["web".into()]).access_log(Some(log));
+        Self::start_built(config, Duration::from_secs(5), builder).await
     }
 
-    async fn start_full(
+    /// Starts the edge `builder` makes (its one entry point named `web`).
+    pub async fn start_built(
         config: &str,
         drain: Duration,
-        access_log: Option<crate::AccessLog>,
-        proxy_protocol: Option<Vec<zw_rules::IpNet>>,
+        builder: crate::EdgeBuilder,
     ) -> TestEdge {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("dynamic.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let edge = Edge::new(vec!["web".into()], access_log);
-        if let Some(nets) = proxy_protocol {
-            edge.set_proxy_protocol("web", nets)
-                .expect("entry point web");
-        }
+        let edge = builder.build();
         let limits = zw_config::Limits::default();
         let mut provider = crate::FileProvider::new(config_path.clone(), limits);
         if let Err(e) = provider.load_into(&edge) {

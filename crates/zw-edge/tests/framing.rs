@@ -139,8 +139,14 @@ async fn both_framings_cannot_smuggle_a_second_request() {
 #[tokio::test]
 async fn a_stalled_request_body_is_a_request_timeout() {
     let up = Upstream::start("u").await;
-    let edge = TestEdge::start(&one_route("PathPrefix(`/`)", &up.url())).await;
-    edge.edge.set_body_read_timeout(Duration::from_millis(300));
+    let builder =
+        zw_edge::Edge::builder(vec!["web".into()]).body_read_timeout(Duration::from_millis(300));
+    let edge = TestEdge::start_built(
+        &one_route("PathPrefix(`/`)", &up.url()),
+        Duration::from_secs(5),
+        builder,
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\n0123456789")
         .await

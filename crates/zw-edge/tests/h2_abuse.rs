@@ -212,8 +212,14 @@ async fn an_hpack_bomb_is_refused() {
 #[tokio::test]
 async fn a_stream_with_a_closed_window_is_reset_and_its_upstream_released() {
     let up = Upstream::start("u").await;
-    let edge = TestEdge::start(&one_route("PathPrefix(`/`)", &up.url())).await;
-    edge.edge.set_write_timeout(Duration::from_millis(300));
+    let builder =
+        zw_edge::Edge::builder(vec!["web".into()]).write_timeout(Duration::from_millis(300));
+    let edge = TestEdge::start_built(
+        &one_route("PathPrefix(`/`)", &up.url()),
+        Duration::from_secs(5),
+        builder,
+    )
+    .await;
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0

@@ -8,6 +8,11 @@
 //! operator, the edges and the CLI agree on every type, and it is tested without I/O.
 #![forbid(unsafe_code)]
 
+/// The header an edge names the instance in when it sends a request to a worker node's
+/// ingress (several instances of a node share the ingress's address). Only the edge sets
+/// it; the ingress strips it before the instance sees the request.
+pub const INSTANCE_HEADER: &str = "zeitwork-instance";
+
 pub mod agent;
 pub mod api;
 pub mod backoff;

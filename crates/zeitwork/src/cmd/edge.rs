@@ -139,10 +139,11 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             Some("stdout" | "-") => Some(AccessLog::start(&AccessLogTarget::Stdout)?),
             Some(p) => Some(AccessLog::start(&AccessLogTarget::File(p.into())).with_context(|| format!("opening access log {p}"))?),
         };
-        let edge = Edge::new(eps.iter().map(|(n, _)| n.clone()).collect(), access_log);
         let fds = super::raise_fd_limit();
         let max = args.max_connections.unwrap_or_else(|| zw_edge::connection_limit_for_fds(fds));
-        edge.set_max_connections(max);
+        let mut builder = Edge::builder(eps.iter().map(|(n, _)| n.clone()).collect())
+            .access_log(access_log)
+            .max_connections(max);
         tracing::info!(max_connections = max, open_file_limit = fds, "connection limit");
         for spec in &args.proxy_protocol {
             let (name, nets) = spec
@@ -152,9 +153,10 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<zw_rules::IpNet>().map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: `{n}`: {e}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            edge.set_proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
+            builder = builder.proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
             tracing::info!(entry_point = %name, "PROXY protocol required");
         }
+        let edge = builder.build();
         let mut limits = Limits::default();
         if let Some(n) = args.max_routers {
             limits.max_routers = n;

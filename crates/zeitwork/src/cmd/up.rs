@@ -135,18 +135,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let operator = tokio::spawn(operator.serve(api, stopped(stop_rx.clone())));
 
     // The edge: snapshots from the operator, PROXY protocol from the balancer only.
-    let edge = Edge::new(vec!["web".into()], None);
     // One process holds the balancer's and the edge's connections: half the descriptors
     // each (the balancer derives its own share the same way).
     let fds = super::raise_fd_limit();
-    edge.set_max_connections(zw_edge::connection_limit_for_fds(fds / 2));
     let loopback = ["127.0.0.0/8", "::1/128"]
         .iter()
         .map(|n| n.parse::<zw_rules::IpNet>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    edge.set_proxy_protocol("web", loopback)
-        .map_err(anyhow::Error::msg)?;
+    let edge = Edge::builder(vec!["web".into()])
+        .max_connections(zw_edge::connection_limit_for_fds(fds / 2))
+        .proxy_protocol("web", loopback)
+        .map_err(anyhow::Error::msg)?
+        .build();
     let cp = ControlPlane {
         url: format!("ws://{api_addr}/api/v1/edge/connect"),
         token: edge_token.clone(),

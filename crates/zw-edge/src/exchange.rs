@@ -1,0 +1,105 @@
+//! The record of one request (the request path's logging phase): made when the request
+//! arrives, filled in by the phases, written when the response body is done.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request};
+use hyper::body::Incoming;
+
+use crate::balance::InFlight;
+use crate::metrics::RouterMetrics;
+use crate::Shared;
+
+/// One request/response exchange, recorded when it ends (its drop, when the response body
+/// has been sent or abandoned): latency and status metrics, the in-flight gauges, the
+/// access log line. This is the logging phase.
+pub(crate) struct Exchange {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) start: Instant,
+    pub(crate) status: u16,
+    pub bytes: u64,
+    pub body_error: bool,
+    pub(crate) router: Option<Arc<RouterMetrics>>,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) log: Option<Box<LogFields>>,
+}
+
+pub(crate) struct LogFields {
+    request_id: HeaderValue,
+    client_ip: IpAddr,
+    method: Method,
+    host: HeaderValue,
+    path: String,
+    pub(crate) router: Option<Box<str>>,
+    pub(crate) service: Option<Box<str>>,
+    pub(crate) upstream: Option<String>,
+}
+
+impl Exchange {
+    /// Starts the record of one request: its clock, the in-flight gauge, and (with an
+    /// access log) the fields the log line takes from the request as it arrived.
+    pub(crate) fn begin(
+        shared: Arc<Shared>,
+        client_ip: IpAddr,
+        request_id: &HeaderValue,
+        host: &HeaderValue,
+        req: &Request<Incoming>,
+    ) -> Exchange {
+        shared.metrics.in_flight.fetch_add(1, Relaxed);
+        let log = shared.settings.access_log.is_some().then(|| {
+            Box::new(LogFields {
+                request_id: request_id.clone(),
+                client_ip,
+                method: req.method().clone(),
+                host: host.clone(),
+                path: req.uri().path().to_string(),
+                router: None,
+                service: None,
+                upstream: None,
+            })
+        });
+        Exchange {
+            shared,
+            start: Instant::now(),
+            status: 0,
+            bytes: 0,
+            body_error: false,
+            router: None,
+            in_flight: None,
+            log,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if let Some(m) = &self.router {
+            m.record(self.status, elapsed);
+        }
+        self.shared.metrics.in_flight.fetch_sub(1, Relaxed);
+        if let (Some(log), Some(sink)) = (self.log.take(), &self.shared.settings.access_log) {
+            let line = serde_json::json!({
+                "time": zw_proto::time::rfc3339_now(),
+                "request_id": log.request_id.to_str().unwrap_or(""),
+                "client_ip": log.client_ip.to_string(),
+                "method": log.method.as_str(),
+                "host": log.host.to_str().unwrap_or(""),
+                "path": log.path,
+                "status": self.status,
+                "router": log.router,
+                "service": log.service,
+                "upstream": log.upstream,
+                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                "bytes": self.bytes,
+                "body_error": self.body_error,
+            });
+            if !sink.send(line.to_string()) {
+                self.shared.metrics.access_log_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod duration;
 mod load;
 mod model;
 mod parsed;
+mod tls;
 mod validate;
 
 pub use duration::Dur;

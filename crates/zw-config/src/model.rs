@@ -20,9 +20,175 @@ pub type Unknown = BTreeMap<String, Value>;
 pub struct Config {
     #[serde(default)]
     pub http: Http,
+    /// Certificates, TLS options and certificate stores (Traefik's `tls` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     /// *Zeitwork addition*: options of the edge proxy that travel with the routes.
     #[serde(default)]
     pub edge: EdgeOptions,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Config {
+    /// The files the `tls` section names (certificates, keys, client CAs): a change to one
+    /// is a change to the configuration.
+    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let pairs = tls
+            .certificates
+            .iter()
+            .flat_map(|c| [&c.cert_file, &c.key_file])
+            .chain(
+                tls.stores
+                    .values()
+                    .filter_map(|s| s.default_certificate.as_ref())
+                    .flat_map(|d| [&d.cert_file, &d.key_file]),
+            )
+            .chain(
+                tls.options
+                    .values()
+                    .filter_map(|o| o.client_auth.as_ref())
+                    .flat_map(|a| a.ca_files.iter()),
+            );
+        pairs
+            .filter(|f| !f.is_content() && !f.0.is_empty())
+            .map(|f| std::path::PathBuf::from(&f.0))
+            .collect()
+    }
+}
+
+/// Traefik's dynamic `tls` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    /// Certificates served by SNI, each in the stores it names (none: `default`).
+    #[serde(default)]
+    pub certificates: Vec<TlsCertificate>,
+    /// Named TLS options; `default` applies where no other is named.
+    #[serde(default)]
+    pub options: BTreeMap<String, TlsOptions>,
+    /// Certificate stores; only `default` exists, as in Traefik.
+    #[serde(default)]
+    pub stores: BTreeMap<String, TlsStore>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// A certificate file or its PEM content, as Traefik's `FileOrContent`: a value that
+/// holds a PEM block is the content, anything else a path.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileOrContent(pub String);
+
+impl FileOrContent {
+    pub fn is_content(&self) -> bool {
+        self.0.contains("-----BEGIN")
+    }
+}
+
+impl std::fmt::Debug for FileOrContent {
+    /// Inline content may be a private key: it is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_content() {
+            f.write_str("<inline PEM>")
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCertificate {
+    pub cert_file: FileOrContent,
+    pub key_file: FileOrContent,
+    #[serde(default)]
+    pub stores: Vec<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsOptions {
+    /// `VersionTLS12` (the default) or `VersionTLS13`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<String>,
+    /// Go's names of the TLS 1.2 suites allowed.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    #[serde(default)]
+    pub curve_preferences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Refuse handshakes whose server name no certificate names.
+    #[serde(default)]
+    pub sni_strict: bool,
+    #[serde(default)]
+    pub alpn_protocols: Vec<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuth {
+    #[serde(default)]
+    pub ca_files: Vec<FileOrContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth_type: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStore {
+    /// Served when no certificate names the server name (else a generated self-signed
+    /// one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<StoreCertificate>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCertificate {
+    pub cert_file: FileOrContent,
+    pub key_file: FileOrContent,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// A router's `tls`: the router takes requests that came over TLS, and only those.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterTls {
+    /// The TLS options (`tls.options.<name>`) for the router's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
+    /// An ACME resolver (not supported yet: validation says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_resolver: Option<String>,
+    /// The names to get a certificate for (with `certResolver`).
+    #[serde(default)]
+    pub domains: Vec<TlsDomain>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsDomain {
+    pub main: String,
+    #[serde(default)]
+    pub sans: Vec<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -73,6 +239,10 @@ pub struct Router {
     /// lowest-priority catch-all). It has no `rule`; at most one per entry point.
     #[serde(default)]
     pub fallback: bool,
+    /// Set (even empty: `tls: {}`), the router takes only requests that came over TLS;
+    /// unset, only those that did not (as in Traefik).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouterTls>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

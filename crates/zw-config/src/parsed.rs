@@ -8,11 +8,25 @@ use crate::{AddPrefix, LoadBalancer, RedirectScheme, StripPrefix, UpstreamUrl};
 
 /// Everything parsed, each list in the order of its map in [`crate::Http`] (names
 /// sorted), so that an index here is an index there.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Parsed {
     pub services: Vec<ParsedService>,
     pub routers: Vec<ParsedRouter>,
     pub middlewares: Vec<ParsedMiddleware>,
+    pub tls: ParsedTls,
+}
+
+/// The `tls` section, loaded: certificates read and checked against their keys, each
+/// set of options made into a rustls server configuration (without sessions: see
+/// [`zw_tls::Sessions::apply`]). Present without a `tls` section too: a TLS client
+/// then gets the default certificate, as from Traefik.
+#[derive(Debug, Clone)]
+pub struct ParsedTls {
+    pub store: std::sync::Arc<zw_tls::CertStore>,
+    /// `tls.options.default`, or Traefik's built-in default (TLS 1.2 and up).
+    pub default: zw_tls::rustls::ServerConfig,
+    /// The other options, by name.
+    pub named: std::collections::BTreeMap<String, zw_tls::rustls::ServerConfig>,
 }
 
 /// A service with its references resolved to indices into [`Parsed::services`].
@@ -60,6 +74,8 @@ pub struct ParsedHealthCheck {
 #[derive(Debug, Clone)]
 pub struct ParsedRouter {
     pub service: u32,
+    /// For a TLS router (`tls` set), the name of its TLS options.
+    pub tls: Option<String>,
     /// Into [`Parsed::middlewares`], in the router's order.
     pub middlewares: Vec<u32>,
 }

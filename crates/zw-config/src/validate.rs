@@ -210,17 +210,17 @@ const TRAEFIK_KEYS: &[&str] = &[
     "readIdleTimeout",
 ];
 
-struct Checker<'a> {
-    errors: Vec<ConfigError>,
+pub(crate) struct Checker<'a> {
+    pub(crate) errors: Vec<ConfigError>,
     limits: &'a Limits,
 }
 
 impl Checker<'_> {
-    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(ConfigError::new(path, msg));
     }
 
-    fn unknown(&mut self, path: &str, unknown: &Unknown) {
+    pub(crate) fn unknown(&mut self, path: &str, unknown: &Unknown) {
         for key in unknown.keys() {
             let full = if path.is_empty() {
                 key.clone()
@@ -332,6 +332,38 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
                 ),
             );
         }
+        let tls = r.tls.as_ref().map(|t| {
+            let tp = format!("{p}.tls");
+            c.unknown(&tp, &t.unknown);
+            for (i, d) in t.domains.iter().enumerate() {
+                c.unknown(&format!("{tp}.domains[{i}]"), &d.unknown);
+            }
+            if let Some(res) = &t.cert_resolver {
+                c.err(
+                    format!("{tp}.certResolver"),
+                    format!("certificate resolvers (ACME) are not supported by Zeitwork yet: remove `{res}` and list the certificate under tls.certificates"),
+                );
+            }
+            let name = t
+                .options
+                .as_deref()
+                .map_or(crate::tls::DEFAULT_OPTIONS, |o| match resolve_ref(o) {
+                    Ok(n) => n,
+                    Err(_) => o,
+                });
+            let known = name == crate::tls::DEFAULT_OPTIONS
+                || config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|tls| tls.options.contains_key(name));
+            if !known {
+                c.err(
+                    format!("{tp}.options"),
+                    format!("unknown TLS options \"{name}\" (define them under tls.options)"),
+                );
+            }
+            name.to_string()
+        });
         let mut middlewares = Vec::with_capacity(r.middlewares.len());
         for (i, m) in r.middlewares.iter().enumerate() {
             match resolve_ref(m) {
@@ -347,6 +379,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         }
         parsed_routers.push(service.map(|service| ParsedRouter {
             service,
+            tls,
             middlewares,
         }));
     }
@@ -404,6 +437,9 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         }
     }
 
+    let mut digest = Vec::new();
+    let parsed_tls = crate::tls::check_tls(&mut c, config.tls.as_ref(), &mut digest);
+
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -413,6 +449,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
             services: parsed_services.into_iter().collect::<Option<_>>()?,
             routers: parsed_routers.into_iter().collect::<Option<_>>()?,
             middlewares: parsed_middlewares.into_iter().collect::<Option<_>>()?,
+            tls: parsed_tls?,
         })
     })()
     .ok_or_else(|| {
@@ -423,8 +460,12 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     })?;
     let canonical = serde_json::to_vec(&config)
         .map_err(|e| ConfigErrors::one("", format!("cannot serialize: {e}")))?;
-    let digest = Sha256::digest(&canonical);
-    let hash = format!("sha256:{}", hex::encode(digest));
+    let mut hasher = Sha256::new();
+    hasher.update(&canonical);
+    // The certificate files' bytes: the same configuration with a renewed certificate
+    // file is a new configuration.
+    hasher.update(&digest);
+    let hash = format!("sha256:{}", hex::encode(hasher.finalize()));
     Ok(ValidConfig {
         config,
         rules,

@@ -166,18 +166,18 @@ fn every_error_is_reported_at_once() {
 fn unknown_and_unsupported_keys_are_reported_by_name() {
     let bad = YAML.replace(
         "      entryPoints: [web]",
-        "      entryPoints: [web]\n      tls: {}\n      rulz: x",
+        "      entryPoints: [web]\n      observability: {}\n      rulz: x",
     );
     let errs = errors_of(&bad, Format::Yaml);
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert!(
-        errs[0].starts_with("http.routers.api.rulz: unknown key"),
+        errs[0].starts_with(
+            "http.routers.api.observability: this Traefik option is not supported by Zeitwork yet"
+        ),
         "{errs:?}"
     );
     assert!(
-        errs[1].starts_with(
-            "http.routers.api.tls: this Traefik option is not supported by Zeitwork yet"
-        ),
+        errs[1].starts_with("http.routers.api.rulz: unknown key"),
         "{errs:?}"
     );
     let errs = errors_of(
@@ -468,4 +468,100 @@ http:
         panic!("redir is a redirectRegex")
     };
     assert!(regex.is_match("http://a/x"));
+}
+
+fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// Traefik's `tls` keys load as they are; what cannot be served is an error naming its
+/// path, found before the configuration is applied.
+#[test]
+fn tls_material_and_options_are_checked_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(&["a.test"]);
+    let (_, other_key) = self_signed(&["a.test"]);
+    let put = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert_f, key_f, other_f) = (
+        put("a.pem", &cert),
+        put("a.key", &key),
+        put("b.key", &other_key),
+    );
+    let routes = "http:\n  routers:\n    r: {rule: \"Host(`a.test`)\", service: s, tls: {options: modern}}\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\n";
+    let good = format!(
+        "{routes}tls:\n  certificates:\n    - {{certFile: {cert_f}, keyFile: {key_f}}}\n  options:\n    modern: {{minVersion: VersionTLS13, cipherSuites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], curvePreferences: [X25519, CurveP256]}}\n  stores:\n    default: {{defaultCertificate: {{certFile: {cert_f}, keyFile: {key_f}}}}}\n"
+    );
+    let v = validate(parse_str(&good, Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    assert_eq!(v.parsed.routers[0].tls.as_deref(), Some("modern"));
+    assert!(v.parsed.tls.named.contains_key("modern"));
+    assert!(v.parsed.tls.store.lookup("a.test").is_some());
+
+    let errors = errors_of(
+        &format!(
+            "{}tls:\n  certificates:\n    - {{certFile: {cert_f}, keyFile: {other_f}}}\n    - {{certFile: {}/missing.pem, keyFile: {key_f}}}\n    - {{certFile: {key_f}, keyFile: {key_f}, stores: [other]}}\n  options:\n    modern: {{maxVersion: VersionTLS11, cipherSuites: [TLS_RSA_WITH_RC4_128_SHA], curvePreferences: [CurveP521], clientAuth: {{clientAuthType: RequireAndVerifyClientCert}}, sniStrict: true, alpnProtocols: [spdy/3]}}\n",
+            routes.replace("options: modern", "options: modern, certResolver: le"),
+            dir.path().display()
+        ),
+        Format::Yaml,
+    );
+    let want = [
+        "http.routers.r.tls.certResolver: certificate resolvers (ACME) are not supported",
+        "tls.certificates[0]: the private key does not belong to the certificate",
+        "tls.certificates[1].certFile: cannot read",
+        "tls.certificates[2].stores[0]: unknown store `other`",
+        "tls.certificates[2].certFile: no certificate in it",
+        "tls.options.modern.maxVersion: TLS 1.0 and 1.1 are not offered",
+        "tls.options.modern.cipherSuites[0]: `TLS_RSA_WITH_RC4_128_SHA` is not a cipher suite",
+        "tls.options.modern.curvePreferences[0]: `CurveP521` is not a curve",
+        "tls.options.modern.clientAuth: `RequireAndVerifyClientCert` verifies client certificates: name their CAs in `caFiles`",
+        "tls.options.modern.alpnProtocols[0]: `spdy/3` is not a protocol",
+    ];
+    for w in want {
+        assert!(
+            errors.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), want.len(), "{errors:#?}");
+
+    let errors = errors_of(&routes.replace("modern", "nope"), Format::Yaml);
+    assert_eq!(
+        errors,
+        vec!["http.routers.r.tls.options: unknown TLS options \"nope\" (define them under tls.options)"]
+    );
+}
+
+/// A renewed certificate file is a new configuration (its hash changes), though the
+/// configuration's text does not.
+#[test]
+fn a_changed_certificate_file_changes_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let text = format!(
+        "tls:\n  certificates:\n    - {{certFile: {}, keyFile: {}}}\n",
+        c.display(),
+        k.display()
+    );
+    let hash = || {
+        validate(parse_str(&text, Format::Yaml).unwrap(), &Limits::default())
+            .unwrap()
+            .hash
+    };
+    let (cert, key) = self_signed(&["a.test"]);
+    fs::write(&c, cert).unwrap();
+    fs::write(&k, key).unwrap();
+    let first = hash();
+    assert_eq!(first, hash());
+    let (cert, key) = self_signed(&["a.test"]);
+    fs::write(&c, cert).unwrap();
+    fs::write(&k, key).unwrap();
+    assert_ne!(first, hash());
 }

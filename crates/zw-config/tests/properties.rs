@@ -37,6 +37,29 @@ proptest! {
         }
     }
 
+    /// The `tls` section: any value in any of its fields is loaded or refused with
+    /// errors, never a panic.
+    #[test]
+    fn tls_shaped_yaml_never_panics(
+        pem in "(-----BEGIN (CERTIFICATE|PRIVATE KEY|EC PRIVATE KEY)-----\n[A-Za-z0-9+/=\n]{0,80}-----END [A-Z ]{0,20}-----\n){0,2}",
+        path in "(/nonexistent/[a-z]{1,5}|/dev/null|)",
+        version in "(VersionTLS1[0-4]|bogus|)",
+        suite in "(TLS_[A-Z0-9_]{0,40})",
+        curve in "(X25519|CurveP(256|384|521)|[a-z]{0,4})",
+        auth in "(NoClientCert|VerifyClientCertIfGiven|RequireAndVerifyClientCert|RequestClientCert|[A-Za-z]{0,6})",
+        alpn in "(h2|http/1.1|acme-tls/1|[a-z/0-9.]{0,8})",
+        store in "(default|[a-z]{1,5})",
+        strict in any::<bool>(),
+        options in "(default|modern|[a-z]{1,4})",
+    ) {
+        let y = format!(
+            "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, tls: {{options: {options}}}}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"http://127.0.0.1:1\"}}]}}}}\ntls:\n  certificates:\n    - {{certFile: {pem:?}, keyFile: {pem:?}, stores: [{store}]}}\n    - {{certFile: {path:?}, keyFile: {path:?}}}\n  stores:\n    {store}: {{defaultCertificate: {{certFile: {pem:?}, keyFile: {path:?}}}}}\n  options:\n    {options}: {{minVersion: {version:?}, maxVersion: {version:?}, cipherSuites: [{suite:?}], curvePreferences: [{curve:?}], sniStrict: {strict}, alpnProtocols: [{alpn:?}], clientAuth: {{caFiles: [{pem:?}, {path:?}], clientAuthType: {auth:?}}}}}\n"
+        );
+        if let Ok(cfg) = parse_str(&y, Format::Yaml) {
+            let _ = validate(cfg, &Limits::default());
+        }
+    }
+
     #[test]
     fn hash_is_independent_of_format(
         routers in prop::collection::btree_map("[a-z]{1,8}", ("[a-z]{1,8}\\.test", 0i64..100), 1..6),

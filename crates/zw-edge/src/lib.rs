@@ -28,6 +28,7 @@ pub mod proxy_protocol;
 mod request_body;
 pub mod snapshot;
 mod stall;
+mod tls;
 use zw_proto::time;
 
 pub use access_log::{AccessLog, AccessLogTarget};
@@ -526,7 +527,11 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(server_builder(&shared));
+    let builders = Arc::new(Builders {
+        sniff: server_builder(&shared),
+        h1: server_builder(&shared).http1_only(),
+        h2: server_builder(&shared).http2_only(),
+    });
     let local_port = listener.local_addr().map_or(0, |a| a.port());
     let trusted = shared.settings.proxy_protocol.get(ep).cloned().flatten();
     loop {
@@ -574,7 +579,7 @@ async fn accept_loop(
         shared.conns.open.fetch_add(1, Relaxed);
         shared.metrics.connections_open.fetch_add(1, Relaxed);
         let shared = shared.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let (stop, trusted) = (stop.clone(), trusted.clone());
         tokio::spawn(async move {
             let at = Accepted {
@@ -585,7 +590,7 @@ async fn accept_loop(
             };
             serve_connection(
                 &shared,
-                &builder,
+                &builders,
                 stream,
                 at,
                 trusted.as_ref(),
@@ -614,7 +619,7 @@ struct Accepted {
 /// HTTP until the client leaves or the edge stops.
 async fn serve_connection(
     shared: &Arc<Shared>,
-    builder: &auto::Builder<stall::Exec>,
+    builders: &Builders,
     mut stream: tokio::net::TcpStream,
     Accepted {
         ep,
@@ -656,11 +661,33 @@ async fn serve_connection(
         // hyper-util's protocol detection waits for the first bytes without a deadline,
         // and hyper's header timeout starts only after it: a connection that sends nothing
         // would be kept for ever. Read until the protocol is known, within `idle`.
-        match first_bytes(&mut stream, prefix, idle).await {
-            Some(p) => Some((client, p)),
-            None => {
-                shared.metrics.connections_idle_closed.fetch_add(1, Relaxed);
-                tracing::debug!(%peer, ?idle, "connection closed: no request");
+        let Some(prefix) = first_bytes(&mut stream, prefix, idle).await else {
+            shared.metrics.connections_idle_closed.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, ?idle, "connection closed: no request");
+            return None;
+        };
+        let tls = prefix.first() == Some(&tls::HANDSHAKE);
+        let io = proxy_protocol::Prefixed::new(prefix, stream)
+            .with_write_timeout(shared.settings.write_timeout);
+        if !tls {
+            return Some((client, tls::ClientIo::Plain(io), Proto::Sniff));
+        }
+        // The handshake is part of the opening: bounded by `idle`, and the connection is
+        // still one of the silent ones until it is done.
+        match tokio::time::timeout(idle, tls::accept(shared, io)).await {
+            Ok(Ok((stream, h2))) => {
+                shared.metrics.tls_handshakes.fetch_add(1, Relaxed);
+                let proto = if h2 { Proto::H2 } else { Proto::H1 };
+                Some((client, tls::ClientIo::Tls(Box::new(stream)), proto))
+            }
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, ?idle, "TLS handshake not finished in time");
                 None
             }
         }
@@ -673,10 +700,14 @@ async fn serve_connection(
         }
     };
     drop(silent);
-    let Some((client, prefix)) = opened else {
+    let Some((client, io, proto)) = opened else {
         return;
     };
-    let conn_info = Arc::new(proxy::ConnInfo::new(client, local_port));
+    let conn_info = Arc::new(proxy::ConnInfo::new(
+        client,
+        local_port,
+        matches!(io, tls::ClientIo::Tls(_)),
+    ));
     let svc_shared = shared.clone();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let shared = svc_shared.clone();
@@ -685,8 +716,11 @@ async fn serve_connection(
             shared,
         }
     });
-    let io = proxy_protocol::Prefixed::new(prefix, stream)
-        .with_write_timeout(shared.settings.write_timeout);
+    let builder = match proto {
+        Proto::Sniff => &builders.sniff,
+        Proto::H1 => &builders.h1,
+        Proto::H2 => &builders.h2,
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -696,6 +730,24 @@ async fn serve_connection(
             let _ = conn.await;
         }
     }
+}
+
+/// How a connection's HTTP version is known.
+enum Proto {
+    /// From its first bytes (plain connections: the HTTP/2 preface or not).
+    Sniff,
+    /// By ALPN: `http/1.1`, or none.
+    H1,
+    /// By ALPN: `h2`.
+    H2,
+}
+
+/// The connection builders: one that tells HTTP/1 from HTTP/2 by the first bytes, and one
+/// for each, for TLS connections whose ALPN said.
+struct Builders {
+    sniff: auto::Builder<stall::Exec>,
+    h1: auto::Builder<stall::Exec>,
+    h2: auto::Builder<stall::Exec>,
 }
 
 /// The HTTP/2 connection preface; a connection whose first bytes differ speaks HTTP/1.

@@ -121,6 +121,11 @@ pub struct EdgeMetrics {
     pub connections_idle_closed: AtomicU64,
     /// Client connections open now.
     pub connections_open: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS openings that ended without a connection: a refused or malformed handshake
+    /// (no certificate under `sniStrict`, no common version or suite), or none in time.
+    pub tls_handshake_failures: AtomicU64,
     /// Requests refused with 508: already forwarded from another region, they would
     /// have been forwarded to another region again.
     pub cross_region_loops: AtomicU64,
@@ -189,7 +194,7 @@ pub(crate) fn render_backend(out: &mut String, backend: &str, m: &BackendMetrics
 }
 
 pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
-    let pairs: [(&str, &str, &AtomicU64); 17] = [
+    let pairs: [(&str, &str, &AtomicU64); 19] = [
         ("zeitwork_requests_no_route_total", "counter", &m.no_route),
         ("zeitwork_requests_bad_total", "counter", &m.bad_requests),
         ("zeitwork_requests_no_config_total", "counter", &m.no_config),
@@ -232,6 +237,16 @@ pub(crate) fn render_edge(out: &mut String, m: &EdgeMetrics) {
             &m.connections_idle_closed,
         ),
         ("zeitwork_connections_open", "gauge", &m.connections_open),
+        (
+            "zeitwork_tls_handshakes_total",
+            "counter",
+            &m.tls_handshakes,
+        ),
+        (
+            "zeitwork_tls_handshake_failures_total",
+            "counter",
+            &m.tls_handshake_failures,
+        ),
         (
             "zeitwork_connections_evicted_total",
             "counter",

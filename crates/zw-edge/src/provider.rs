@@ -16,8 +16,11 @@ use crate::Edge;
 
 type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
 
-fn fingerprint(path: &Path, limits: &Limits) -> Option<Fingerprint> {
-    let files = zw_config::config_files(path, limits).ok()?;
+/// The configuration files' metadata, and that of the certificate files the last
+/// configuration read named.
+fn fingerprint(path: &Path, limits: &Limits, tls_files: &[PathBuf]) -> Option<Fingerprint> {
+    let mut files = zw_config::config_files(path, limits).ok()?;
+    files.extend(tls_files.iter().cloned());
     Some(
         files
             .into_iter()
@@ -33,8 +36,22 @@ impl Edge {
     /// Loads, validates and applies the configuration at `path`. Returns the applied
     /// version, or every error found (the running configuration is kept).
     pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, crate::Error> {
+        self.load_file_tls(path, limits).0
+    }
+
+    /// [`Edge::load_file`], and the certificate files the configuration names (read or
+    /// not: one that is missing now may appear).
+    fn load_file_tls(
+        &self,
+        path: &Path,
+        limits: &Limits,
+    ) -> (Result<u64, crate::Error>, Vec<PathBuf>) {
+        let mut tls_files = Vec::new();
         let result = zw_config::load_path(path, limits)
-            .and_then(|loaded| zw_config::validate(loaded.config, limits))
+            .and_then(|loaded| {
+                tls_files = loaded.config.tls_files();
+                zw_config::validate(loaded.config, limits)
+            })
             .map_err(crate::Error::from)
             .and_then(|valid| {
                 self.apply(
@@ -46,7 +63,7 @@ impl Edge {
         if let Err(e) = &result {
             self.reject(&e.to_string(), crate::ConfigSource::File);
         }
-        result
+        (result, tls_files)
     }
 }
 
@@ -59,6 +76,7 @@ pub struct FileProvider {
     path: PathBuf,
     limits: Limits,
     seen: Option<Fingerprint>,
+    tls_files: Vec<PathBuf>,
 }
 
 impl FileProvider {
@@ -67,13 +85,16 @@ impl FileProvider {
             path,
             limits,
             seen: None,
+            tls_files: Vec::new(),
         }
     }
 
     /// Loads the configuration now and applies it to `edge`.
     pub fn load_into(&mut self, edge: &Edge) -> Result<u64, crate::Error> {
-        self.seen = fingerprint(&self.path, &self.limits);
-        edge.load_file(&self.path, &self.limits)
+        let (result, tls_files) = edge.load_file_tls(&self.path, &self.limits);
+        self.seen = fingerprint(&self.path, &self.limits, &tls_files);
+        self.tls_files = tls_files;
+        result
     }
 
     /// Re-applies the configuration whenever its files change, until `stop` fires.
@@ -88,18 +109,25 @@ impl FileProvider {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
             }
-            if fingerprint(&self.path, &self.limits) == self.seen {
+            if fingerprint(&self.path, &self.limits, &self.tls_files) == self.seen {
                 continue;
             }
             // Taken before the load: a change that lands while it runs is seen next poll.
-            self.seen = fingerprint(&self.path, &self.limits);
+            self.seen = fingerprint(&self.path, &self.limits, &self.tls_files);
             let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits);
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
             // The load runs on its own task, so even a bug that panics in it fails this one
             // load, and watching goes on with the running configuration.
             let result =
-                match tokio::task::spawn_blocking(move || e.load_file(&path, &limits)).await {
-                    Ok(r) => r,
+                match tokio::task::spawn_blocking(move || e.load_file_tls(&path, &limits)).await {
+                    Ok((r, tls_files)) => {
+                        if tls_files != self.tls_files {
+                            // Other certificate files: watched from now on.
+                            self.seen = fingerprint(&self.path, &self.limits, &tls_files);
+                            self.tls_files = tls_files;
+                        }
+                        r
+                    }
                     Err(join) => {
                         let error = crate::Error::Panicked(join.to_string());
                         edge.reject(&error.to_string(), crate::ConfigSource::File);

@@ -81,10 +81,13 @@ pub(crate) struct ConnInfo {
     client_ip_header: HeaderValue,
     /// The entry point's port, for `X-Forwarded-Port`.
     port_header: HeaderValue,
+    /// Whether the connection is TLS: its requests are routed among the routers with
+    /// `tls`, and go upstream with `X-Forwarded-Proto: https`.
+    tls: bool,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, local_port: u16) -> Self {
+    pub(crate) fn new(peer: SocketAddr, local_port: u16, tls: bool) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
         // want a.b.c.d.
         let client_ip = zw_rules::canonical_ip(peer.ip());
@@ -94,6 +97,7 @@ impl ConnInfo {
             client_ip,
             client_ip_header,
             port_header: HeaderValue::from(local_port),
+            tls,
         }
     }
 }
@@ -223,7 +227,7 @@ fn route<'s>(ctx: &mut RequestCtx<'s>, parts: &request::Parts) -> Result<&'s Rou
             "No configuration loaded yet\n",
         ));
     };
-    let Some(table) = snap.tables.get(ctx.ep) else {
+    let Some(table) = snap.tables.get(ctx.ep).map(|t| t.get(ctx.conn.tls)) else {
         return Err(local(StatusCode::NOT_FOUND, "Service Not Found\n"));
     };
     let Ok(path) = zw_rules::routing_path(parts.uri.path()) else {
@@ -292,7 +296,7 @@ fn request_middlewares(
     let host = ctx.host.clone();
     let mut mctx = MiddlewareCtx {
         parts,
-        scheme: "http",
+        scheme: if ctx.conn.tls { "https" } else { "http" },
         host: host.to_str().unwrap_or(""),
     };
     for m in &router.middlewares {
@@ -544,11 +548,8 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let mut buf = [0u8; 32];
-    let n = fastrand::u128(..);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
-    }
+    // 16 random bytes are 32 hex digits: the buffer's size, so this cannot fail
+    let _ = hex::encode_to_slice(fastrand::u128(..).to_le_bytes(), &mut buf);
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
@@ -750,9 +751,10 @@ fn upstream_request(
     parts
         .headers
         .insert(X_REAL_IP, conn.client_ip_header.clone());
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    parts.headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     parts
         .headers
         .insert(X_FORWARDED_PORT, conn.port_header.clone());

@@ -11,6 +11,7 @@ use crate::health::{HealthSpec, Supervisor};
 use crate::metrics::RouterMetrics;
 use crate::middleware::{self, Middleware};
 use crate::pool::{Backend, Transport};
+use crate::tls::TlsRuntime;
 
 /// One applied configuration. Requests hold an `Arc` to the snapshot they started on, so
 /// a reload never changes anything under an in-flight request.
@@ -18,11 +19,31 @@ use crate::pool::{Backend, Transport};
 pub struct Snapshot {
     pub version: u64,
     pub hash: String,
-    /// One routing table per entry point, indexed like the edge's entry points.
-    pub tables: Vec<RoutingTable<u32>>,
+    /// The routing tables of each entry point, indexed like the edge's entry points.
+    pub tables: Vec<EntryTables>,
+    /// The TLS server configurations handshakes get.
+    pub tls: TlsRuntime,
     pub routers: Vec<RouterRt>,
     pub services: Vec<ServiceRt>,
     pub routing_headers: bool,
+}
+
+/// An entry point's routers: those for requests that came over TLS (routers with `tls`)
+/// and those for the others.
+#[derive(Debug)]
+pub struct EntryTables {
+    pub plain: RoutingTable<u32>,
+    pub tls: RoutingTable<u32>,
+}
+
+impl EntryTables {
+    pub fn get(&self, tls: bool) -> &RoutingTable<u32> {
+        if tls {
+            &self.tls
+        } else {
+            &self.plain
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -82,6 +103,9 @@ pub struct Registry {
     pub health: Supervisor,
     /// The platform client certificate for `https://` servers, once the edge has one.
     pub tls: crate::pool::PlatformTls,
+    /// TLS session cache and ticket keys: kept across snapshots, so that a new
+    /// configuration does not make every returning client do a full handshake.
+    pub sessions: zw_tls::Sessions,
 }
 
 fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
@@ -216,8 +240,11 @@ pub fn build(
     let middlewares: Vec<Arc<dyn Middleware>> =
         parsed.middlewares.iter().map(middleware::build).collect();
 
-    let mut specs: Vec<Vec<RouterSpec<u32>>> = entry_points.iter().map(|_| Vec::new()).collect();
-    let mut fallbacks: Vec<Option<(String, u32)>> = entry_points.iter().map(|_| None).collect();
+    // Per entry point, twice: [plain, tls].
+    let mut specs: Vec<[Vec<RouterSpec<u32>>; 2]> =
+        entry_points.iter().map(|_| Default::default()).collect();
+    let mut fallbacks: Vec<[Option<(String, u32)>; 2]> =
+        entry_points.iter().map(|_| Default::default()).collect();
     let mut routers = Vec::with_capacity(http.routers.len());
     let mut rules = valid.rules.clone();
     for ((name, r), pr) in http.routers.iter().zip(&parsed.routers) {
@@ -240,14 +267,15 @@ pub fn build(
                 .or_insert_with(|| Arc::new(RouterMetrics::new(ep, name, service_name)))
                 .clone();
             metrics[ep_idx] = Some(m);
+            let side = usize::from(pr.tls.is_some());
             match &rule {
-                Some(rule) => specs[ep_idx].push(RouterSpec {
+                Some(rule) => specs[ep_idx][side].push(RouterSpec {
                     name: name.clone(),
                     rule: rule.clone(),
                     priority: r.priority,
                     value: idx,
                 }),
-                None => fallbacks[ep_idx] = Some((name.clone(), idx)),
+                None => fallbacks[ep_idx][side] = Some((name.clone(), idx)),
             }
         }
         if metrics.iter().all(Option::is_none) {
@@ -264,8 +292,26 @@ pub fn build(
     let tables = specs
         .into_iter()
         .zip(fallbacks)
-        .map(|(s, f)| RoutingTable::new(s, f))
+        .map(|([plain, tls], [plain_fb, tls_fb])| EntryTables {
+            plain: RoutingTable::new(plain, plain_fb),
+            tls: RoutingTable::new(tls, tls_fb),
+        })
         .collect();
+    let tls = TlsRuntime::new(
+        &parsed.tls,
+        &reg.sessions,
+        http.routers
+            .iter()
+            .zip(&parsed.routers)
+            .filter_map(|((name, _), pr)| {
+                let options = pr.tls.as_deref()?;
+                Some((
+                    name.as_str(),
+                    options,
+                    valid.rules.get(name).and_then(|r| r.host_names()),
+                ))
+            }),
+    );
 
     reg.health.reconcile(health_desired, &used_servers);
     reg.servers = used_servers;
@@ -275,6 +321,7 @@ pub fn build(
         version,
         hash: valid.hash,
         tables,
+        tls,
         routers,
         services,
         routing_headers: valid.config.edge.routing_headers,

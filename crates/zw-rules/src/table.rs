@@ -105,6 +105,22 @@ fn host_keys(node: &Node) -> Option<Vec<HostKey>> {
     }
 }
 
+impl Rule {
+    /// The host names the rule can match — exact names, and `*.parent` for a one-label
+    /// wildcard — or `None` when it matches hosts not known in advance (no `Host`, or a
+    /// `HostRegexp`). What TLS options and certificates are chosen by, before routing.
+    pub fn host_names(&self) -> Option<Vec<String>> {
+        host_keys(self.node()).map(|keys| {
+            keys.into_iter()
+                .map(|k| match k {
+                    HostKey::Exact(h) => h.into(),
+                    HostKey::Wildcard(p) => format!("*.{p}"),
+                })
+                .collect()
+        })
+    }
+}
+
 impl<T> RoutingTable<T> {
     /// Builds a table. Router names must be unique (the configuration layer checks);
     /// `fallback` takes requests no rule matches.

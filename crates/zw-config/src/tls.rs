@@ -1,0 +1,240 @@
+//! Validation of the `tls` section and of routers' `tls`: certificates loaded and checked
+//! against their keys, options parsed into rustls server configurations.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use zw_tls::{ClientAuth, TlsOptions as Options, TlsVersion};
+
+use crate::validate::Checker;
+use crate::{FileOrContent, ParsedTls, Tls, TlsOptions};
+
+/// The only certificate store, as in Traefik v3.
+const DEFAULT_STORE: &str = "default";
+pub(crate) const DEFAULT_OPTIONS: &str = "default";
+
+/// Reads a `FileOrContent` (at most [`zw_tls::MAX_PEM_BYTES`]); a file's bytes are also
+/// fed to `digest`, so that a changed certificate file changes the configuration's hash.
+fn read(
+    c: &mut Checker<'_>,
+    path: &str,
+    v: &FileOrContent,
+    digest: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    if v.is_content() {
+        return Some(v.0.as_bytes().to_vec());
+    }
+    if v.0.is_empty() {
+        c.err(path, "missing (a PEM file's path, or the PEM itself)");
+        return None;
+    }
+    let mut buf = Vec::new();
+    let read = std::fs::File::open(&v.0).and_then(|f| {
+        f.take(zw_tls::MAX_PEM_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+    });
+    match read {
+        Ok(_) => {
+            digest.extend_from_slice(&buf);
+            Some(buf)
+        }
+        Err(e) => {
+            c.err(path, format!("cannot read `{}`: {e}", v.0));
+            None
+        }
+    }
+}
+
+fn pair(
+    c: &mut Checker<'_>,
+    p: &str,
+    cert: &FileOrContent,
+    key: &FileOrContent,
+    digest: &mut Vec<u8>,
+) -> Option<zw_tls::Certified> {
+    let cert_pem = read(c, &format!("{p}.certFile"), cert, digest);
+    let key_pem = read(c, &format!("{p}.keyFile"), key, digest);
+    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    match zw_tls::load_pair(&cert_pem, &key_pem) {
+        Ok(k) => Some(k),
+        Err(e @ (zw_tls::TlsError::NoKey | zw_tls::TlsError::Key(_))) => {
+            c.err(format!("{p}.keyFile"), e.to_string());
+            None
+        }
+        Err(e @ zw_tls::TlsError::KeyMismatch) => {
+            c.err(p, e.to_string());
+            None
+        }
+        Err(e) => {
+            c.err(format!("{p}.certFile"), e.to_string());
+            None
+        }
+    }
+}
+
+fn options(c: &mut Checker<'_>, p: &str, o: &TlsOptions, digest: &mut Vec<u8>) -> Option<Options> {
+    c.unknown(p, &o.unknown);
+    let before = c.errors.len();
+    let mut out = Options::default();
+    let version = |field: &str, v: &Option<String>, c: &mut Checker<'_>| match v {
+        None => None,
+        Some(v) => match TlsVersion::parse(v) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                c.err(format!("{p}.{field}"), e.to_string());
+                None
+            }
+        },
+    };
+    // TLS 1.0 / 1.1 as the minimum: served from 1.2 (see zw_tls's options).
+    if let Some(Some(v)) = version("minVersion", &o.min_version, c) {
+        out.min_version = v;
+    }
+    match version("maxVersion", &o.max_version, c) {
+        Some(Some(v)) => out.max_version = v,
+        Some(None) => c.err(
+            format!("{p}.maxVersion"),
+            "TLS 1.0 and 1.1 are not offered (rustls implements TLS 1.2 and 1.3)",
+        ),
+        None => {}
+    }
+    if !o.cipher_suites.is_empty() {
+        let mut suites = Vec::new();
+        for (i, name) in o.cipher_suites.iter().enumerate() {
+            match zw_tls::cipher_suite(name) {
+                Ok(Some(s)) => suites.push(s),
+                Ok(None) => {}
+                Err(e) => c.err(format!("{p}.cipherSuites[{i}]"), e.to_string()),
+            }
+        }
+        out.cipher_suites = Some(suites);
+    }
+    if !o.curve_preferences.is_empty() {
+        let mut groups = Vec::new();
+        for (i, name) in o.curve_preferences.iter().enumerate() {
+            match zw_tls::curve(name) {
+                Ok(g) => groups.push(g),
+                Err(e) => c.err(format!("{p}.curvePreferences[{i}]"), e.to_string()),
+            }
+        }
+        out.kx_groups = Some(groups);
+    }
+    if !o.alpn_protocols.is_empty() {
+        out.alpn = o
+            .alpn_protocols
+            .iter()
+            // acme-tls/1 is answered only where TLS-ALPN-01 is (not yet): not offered.
+            .filter(|a| a.as_str() != "acme-tls/1")
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
+        for (i, a) in o.alpn_protocols.iter().enumerate() {
+            if !matches!(a.as_str(), "h2" | "http/1.1" | "acme-tls/1") {
+                c.err(
+                    format!("{p}.alpnProtocols[{i}]"),
+                    format!("`{a}` is not a protocol the edge speaks (h2, http/1.1)"),
+                );
+            }
+        }
+    }
+    out.sni_strict = o.sni_strict;
+    if let Some(ca) = &o.client_auth {
+        let cp = format!("{p}.clientAuth");
+        c.unknown(&cp, &ca.unknown);
+        let mut pems = Vec::new();
+        for (i, f) in ca.ca_files.iter().enumerate() {
+            if let Some(pem) = read(c, &format!("{cp}.caFiles[{i}]"), f, digest) {
+                pems.push(pem);
+            }
+        }
+        match zw_tls::client_roots(&pems).and_then(|roots| {
+            ClientAuth::parse(ca.client_auth_type.as_deref().unwrap_or(""), roots)
+        }) {
+            Ok(auth) => out.client_auth = auth,
+            Err(e) => c.err(cp, e.to_string()),
+        }
+    }
+    (c.errors.len() == before).then_some(out)
+}
+
+/// Checks the `tls` section; returns it loaded when it has no problem. `digest` collects
+/// the bytes of every file read.
+pub(crate) fn check_tls(
+    c: &mut Checker<'_>,
+    tls: Option<&Tls>,
+    digest: &mut Vec<u8>,
+) -> Option<ParsedTls> {
+    let empty = Tls::default();
+    let tls = tls.unwrap_or(&empty);
+    c.unknown("tls", &tls.unknown);
+    let before = c.errors.len();
+    let mut certs = Vec::with_capacity(tls.certificates.len());
+    for (i, cert) in tls.certificates.iter().enumerate() {
+        let p = format!("tls.certificates[{i}]");
+        c.unknown(&p, &cert.unknown);
+        for (j, store) in cert.stores.iter().enumerate() {
+            if store != DEFAULT_STORE {
+                c.err(
+                    format!("{p}.stores[{j}]"),
+                    format!("unknown store `{store}` (only `default` exists)"),
+                );
+            }
+        }
+        if let Some(k) = pair(c, &p, &cert.cert_file, &cert.key_file, digest) {
+            certs.push(k);
+        }
+    }
+    let mut default = None;
+    for (name, store) in &tls.stores {
+        let p = format!("tls.stores.{name}");
+        c.unknown(&p, &store.unknown);
+        if name != DEFAULT_STORE {
+            c.err(&p, "only the `default` store exists (as in Traefik v3)");
+            continue;
+        }
+        if let Some(d) = &store.default_certificate {
+            let dp = format!("{p}.defaultCertificate");
+            c.unknown(&dp, &d.unknown);
+            default = pair(c, &dp, &d.cert_file, &d.key_file, digest).map(|k| k.key);
+        }
+    }
+    let default = match default {
+        Some(d) => d,
+        None => match zw_tls::default_certificate() {
+            Ok(d) => d,
+            Err(e) => {
+                c.err("tls.stores.default", e.to_string());
+                return None;
+            }
+        },
+    };
+    let mut parsed = BTreeMap::new();
+    for (name, o) in &tls.options {
+        if let Some(o) = options(c, &format!("tls.options.{name}"), o, digest) {
+            parsed.insert(name.clone(), o);
+        }
+    }
+    if c.errors.len() != before {
+        return None;
+    }
+    let store = Arc::new(zw_tls::CertStore::new(&certs, default));
+    let config = |name: &str, o: &Options, c: &mut Checker<'_>| {
+        zw_tls::server_config(o, store.clone())
+            .map_err(|e| c.err(format!("tls.options.{name}"), e.to_string()))
+            .ok()
+    };
+    let default_options = parsed.remove(DEFAULT_OPTIONS).unwrap_or_default();
+    let default = config(DEFAULT_OPTIONS, &default_options, c);
+    let mut named = BTreeMap::new();
+    for (name, o) in &parsed {
+        if let Some(cfg) = config(name, o, c) {
+            named.insert(name.clone(), cfg);
+        }
+    }
+    let default = default?;
+    (c.errors.len() == before).then_some(ParsedTls {
+        store,
+        default,
+        named,
+    })
+}

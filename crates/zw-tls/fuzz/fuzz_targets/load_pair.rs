@@ -1,0 +1,19 @@
+//! Certificate and key loading: any bytes, as certificate and key PEM (split at the first
+//! NUL), load or fail with an error; they never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let (cert, key) = match data.iter().position(|b| *b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, data),
+    };
+    if let Ok(c) = zw_tls::load_pair(cert, key) {
+        let store = zw_tls::CertStore::new(std::slice::from_ref(&c), c.key.clone());
+        for name in &c.names {
+            let _ = store.lookup(name);
+        }
+    }
+    let _ = zw_tls::client_roots(&[data.to_vec()]);
+});

@@ -103,8 +103,7 @@ fn options(c: &mut Checker<'_>, p: &str, o: &TlsOptions, digest: &mut Vec<u8>) -
         let mut suites = Vec::new();
         for (i, name) in o.cipher_suites.iter().enumerate() {
             match zw_tls::cipher_suite(name) {
-                Ok(Some(s)) => suites.push(s),
-                Ok(None) => {}
+                Ok(s) => suites.push(s),
                 Err(e) => c.err(format!("{p}.cipherSuites[{i}]"), e.to_string()),
             }
         }

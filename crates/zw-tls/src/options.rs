@@ -1,8 +1,10 @@
 //! Traefik's TLS options (`tls.options.<name>`) as rustls server configurations.
 //!
 //! As in Traefik (`pkg/tls/tlsmanager.go`, `buildTLSConfig`): the minimum version is TLS
-//! 1.2 unless set; `cipherSuites` chooses among the TLS 1.2 suites only (Go does not let
-//! TLS 1.3 suites be configured, so their names are accepted and change nothing);
+//! 1.2 unless set; `cipherSuites` chooses the TLS 1.2 suites. Go does not let TLS 1.3
+//! suites be configured and ignores their names; we honour them: a list that names TLS 1.3
+//! suites allows only those in TLS 1.3 (one that names none leaves TLS 1.3 as it is, as
+//! in Traefik);
 //! `curvePreferences` restricts the key exchange groups; ALPN offers `h2` and `http/1.1`.
 //! rustls implements neither TLS 1.0/1.1 nor CBC suites: a `minVersion` below 1.2 is
 //! served as 1.2 (what such a config allows, less the versions no client should use), and
@@ -101,25 +103,21 @@ pub fn client_roots(pems: &[Vec<u8>]) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A TLS 1.2 cipher suite by its Go name; `Ok(None)` for a TLS 1.3 suite (not
-/// configurable, as in Go).
-pub fn cipher_suite(name: &str) -> Result<Option<SupportedCipherSuite>, TlsError> {
-    if matches!(
-        name,
-        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256"
-    ) {
-        return Ok(None);
-    }
-    // Go writes the ChaCha20 suites without the hash (`..._CHACHA20_POLY1305`) too.
-    let full = if name.ends_with("_CHACHA20_POLY1305") {
-        format!("{name}_SHA256")
-    } else {
-        name.to_string()
+/// A cipher suite by its Go (IANA) name.
+pub fn cipher_suite(name: &str) -> Result<SupportedCipherSuite, TlsError> {
+    let full = match name {
+        // rustls names the TLS 1.3 suites `TLS13_…`.
+        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256" => {
+            name.replacen("TLS_", "TLS13_", 1)
+        }
+        // Go writes the ChaCha20 suites without the hash (`..._CHACHA20_POLY1305`) too.
+        n if n.ends_with("_CHACHA20_POLY1305") => format!("{n}_SHA256"),
+        n => n.to_string(),
     };
     rustls::crypto::ring::ALL_CIPHER_SUITES
         .iter()
         .find(|s| s.suite().as_str() == Some(full.as_str()))
-        .map(|s| Some(*s))
+        .copied()
         .ok_or_else(|| {
             TlsError::Option(format!(
                 "`{name}` is not a cipher suite Zeitwork offers (rustls implements the ECDHE AES-GCM and ChaCha20-Poly1305 suites; CBC and RSA key exchange are not offered)"
@@ -145,7 +143,8 @@ pub fn curve(name: &str) -> Result<&'static dyn SupportedKxGroup, TlsError> {
 pub struct TlsOptions {
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
-    /// TLS 1.2 suites allowed; `None`: all.
+    /// Suites allowed; `None`: all. TLS 1.3 suites are restricted only when the list
+    /// names at least one.
     pub cipher_suites: Option<Vec<SupportedCipherSuite>>,
     /// `None`: rustls' defaults.
     pub kx_groups: Option<Vec<&'static dyn SupportedKxGroup>>,
@@ -226,9 +225,10 @@ pub fn server_config(
     let base = crate::provider();
     let mut provider = CryptoProvider::clone(&base);
     if let Some(suites) = &options.cipher_suites {
+        let names_tls13 = suites.iter().any(|s| s.tls13().is_some());
         provider
             .cipher_suites
-            .retain(|s| s.tls13().is_some() || suites.contains(s));
+            .retain(|s| suites.contains(s) || (s.tls13().is_some() && !names_tls13));
     }
     if let Some(groups) = &options.kx_groups {
         provider.kx_groups = groups.clone();
@@ -281,21 +281,52 @@ mod tests {
 
     #[test]
     fn go_names_map_to_rustls_suites() {
-        let s = cipher_suite("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
-            .unwrap()
-            .unwrap();
+        let s = cipher_suite("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256").unwrap();
         assert_eq!(
             s.suite().as_str(),
             Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
         );
-        assert!(cipher_suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305")
+        assert!(cipher_suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305").is_ok());
+        assert!(cipher_suite("TLS_AES_128_GCM_SHA256")
             .unwrap()
+            .tls13()
             .is_some());
-        assert!(cipher_suite("TLS_AES_128_GCM_SHA256").unwrap().is_none());
         assert!(cipher_suite("TLS_RSA_WITH_AES_128_CBC_SHA").is_err());
         assert!(curve("CurveP521").is_err());
         assert_eq!(TlsVersion::parse("VersionTLS11").unwrap(), None);
         assert!(TlsVersion::parse("TLS12").is_err());
+    }
+
+    #[test]
+    fn tls13_suites_are_restricted_only_when_named() {
+        let store = Arc::new(CertStore::new(&[], crate::default_certificate().unwrap()));
+        let suites = |names: &[&str]| {
+            let opts = TlsOptions {
+                cipher_suites: Some(names.iter().map(|n| cipher_suite(n).unwrap()).collect()),
+                ..TlsOptions::default()
+            };
+            let c = server_config(&opts, store.clone()).unwrap();
+            let mut v: Vec<String> = c
+                .crypto_provider()
+                .cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect();
+            v.sort();
+            v
+        };
+        let only12 = suites(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]);
+        assert_eq!(only12.len(), 4, "{only12:?}");
+        assert_eq!(
+            suites(&[
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            ]),
+            vec![
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            ]
+        );
     }
 
     #[test]

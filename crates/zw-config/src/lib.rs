@@ -17,6 +17,7 @@ mod duration;
 mod load;
 mod model;
 mod parsed;
+mod static_config;
 mod tls;
 mod validate;
 
@@ -24,6 +25,9 @@ pub use duration::Dur;
 pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;
 pub use parsed::*;
+pub use static_config::{
+    is_static, load_static, parse_static, Redirection, StaticConfig, StaticEntryPoint,
+};
 pub use validate::{ref_name, validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 
 use std::fmt;

@@ -221,7 +221,7 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
-fn parse_value(text: &str, format: Format) -> Result<Value, String> {
+pub(crate) fn parse_value(text: &str, format: Format) -> Result<Value, String> {
     let v: Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?,
         Format::Yaml => serde_saphyr::from_str_with_options(text, yaml_options())
@@ -268,6 +268,12 @@ fn merge(
             }
             Some(existing) if existing.is_object() && v.is_object() && !named_object => {
                 merge(existing, v, path, file, origin, errors);
+            }
+            // Certificates are a list that files add to, as in Traefik.
+            Some(Value::Array(existing)) if dotted == "tls.certificates" && v.is_array() => {
+                if let Value::Array(more) = v {
+                    existing.extend(more);
+                }
             }
             Some(_) => {
                 let first = origin

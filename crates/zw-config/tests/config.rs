@@ -565,3 +565,58 @@ fn a_changed_certificate_file_changes_the_hash() {
     fs::write(&k, key).unwrap();
     assert_ne!(first, hash());
 }
+
+/// Traefik's static configuration: entry points (`:port` is every interface), the file
+/// provider, and what the entry points add to every dynamic configuration — the
+/// redirection router (Traefik: `<from>-to-<to>`, priority MaxInt32 - 1) and entry point
+/// TLS on the routers that name the entry point.
+#[test]
+fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
+    use zw_config::{is_static, parse_static};
+    let text = "entryPoints:\n  web:\n    address: :80\n    http:\n      redirections:\n        entryPoint: {to: websecure, scheme: https, permanent: true}\n  websecure:\n    address: 127.0.0.1:443\n    http:\n      tls: {options: modern}\n    proxyProtocol: {trustedIPs: [10.0.0.0/8]}\n    transport: {respondingTimeouts: {writeTimeout: 5s}}\nproviders:\n  file: {directory: /etc/zeitwork/dynamic, watch: false}\n";
+    assert!(is_static(text, Format::Yaml));
+    assert!(!is_static(YAML, Format::Yaml));
+    let st = parse_static(text, Format::Yaml).unwrap();
+    assert_eq!(st.entry_points[0].name, "web");
+    assert_eq!(st.entry_points[0].address.to_string(), "0.0.0.0:80");
+    let r = st.entry_points[0].redirect.as_ref().unwrap();
+    assert_eq!(
+        (r.to.as_str(), r.port, r.priority),
+        ("websecure", 443, 2_147_483_646)
+    );
+    assert_eq!(st.entry_points[1].proxy_protocol.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        st.entry_points[1].write_timeout,
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        st.dynamic.as_deref(),
+        Some(std::path::Path::new("/etc/zeitwork/dynamic"))
+    );
+    assert!(!st.watch);
+
+    let mut dynamic = parse_str(
+        "http:\n  routers:\n    app: {rule: \"Host(`a.test`)\", service: s, entryPoints: [websecure]}\n    other: {rule: \"Host(`b.test`)\", service: s}\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\ntls:\n  options:\n    modern: {minVersion: VersionTLS13}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    st.apply_to(&mut dynamic).unwrap();
+    let app = &dynamic.http.routers["app"];
+    assert_eq!(app.tls.as_ref().unwrap().options.as_deref(), Some("modern"));
+    assert!(
+        dynamic.http.routers["other"].tls.is_none(),
+        "it does not name websecure"
+    );
+    let redirect = &dynamic.http.routers["web-to-websecure"];
+    assert_eq!(redirect.entry_points, vec!["web"]);
+    assert_eq!(redirect.middlewares, vec!["redirect-web-to-websecure"]);
+    let m = dynamic.http.middlewares["redirect-web-to-websecure"]
+        .redirect_scheme
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (m.scheme.as_str(), m.port.as_deref(), m.permanent),
+        ("https", Some("443"), true)
+    );
+    validate(dynamic, &Limits::default()).unwrap();
+}

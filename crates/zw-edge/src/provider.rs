@@ -36,20 +36,26 @@ impl Edge {
     /// Loads, validates and applies the configuration at `path`. Returns the applied
     /// version, or every error found (the running configuration is kept).
     pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, crate::Error> {
-        self.load_file_tls(path, limits).0
+        self.load_file_tls(path, limits, None).0
     }
 
     /// [`Edge::load_file`], and the certificate files the configuration names (read or
     /// not: one that is missing now may appear).
+    /// With `statics`, what its entry points add (redirections, entry point TLS) goes
+    /// into the configuration before validation.
     fn load_file_tls(
         &self,
         path: &Path,
         limits: &Limits,
+        statics: Option<&zw_config::StaticConfig>,
     ) -> (Result<u64, crate::Error>, Vec<PathBuf>) {
         let mut tls_files = Vec::new();
         let result = zw_config::load_path(path, limits)
-            .and_then(|loaded| {
+            .and_then(|mut loaded| {
                 tls_files = loaded.config.tls_files();
+                if let Some(st) = statics {
+                    st.apply_to(&mut loaded.config)?;
+                }
                 zw_config::validate(loaded.config, limits)
             })
             .map_err(crate::Error::from)
@@ -77,6 +83,7 @@ pub struct FileProvider {
     limits: Limits,
     seen: Option<Fingerprint>,
     tls_files: Vec<PathBuf>,
+    statics: Option<std::sync::Arc<zw_config::StaticConfig>>,
 }
 
 impl FileProvider {
@@ -86,12 +93,21 @@ impl FileProvider {
             limits,
             seen: None,
             tls_files: Vec::new(),
+            statics: None,
         }
+    }
+
+    /// Applies what a Traefik static configuration's entry points add to every
+    /// configuration read (see [`zw_config::StaticConfig::apply_to`]).
+    pub fn with_static(mut self, statics: std::sync::Arc<zw_config::StaticConfig>) -> Self {
+        self.statics = Some(statics);
+        self
     }
 
     /// Loads the configuration now and applies it to `edge`.
     pub fn load_into(&mut self, edge: &Edge) -> Result<u64, crate::Error> {
-        let (result, tls_files) = edge.load_file_tls(&self.path, &self.limits);
+        let (result, tls_files) =
+            edge.load_file_tls(&self.path, &self.limits, self.statics.as_deref());
         self.seen = fingerprint(&self.path, &self.limits, &tls_files);
         self.tls_files = tls_files;
         result
@@ -115,25 +131,29 @@ impl FileProvider {
             // Taken before the load: a change that lands while it runs is seen next poll.
             self.seen = fingerprint(&self.path, &self.limits, &self.tls_files);
             let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits);
+            let statics = self.statics.clone();
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
             // The load runs on its own task, so even a bug that panics in it fails this one
             // load, and watching goes on with the running configuration.
-            let result =
-                match tokio::task::spawn_blocking(move || e.load_file_tls(&path, &limits)).await {
-                    Ok((r, tls_files)) => {
-                        if tls_files != self.tls_files {
-                            // Other certificate files: watched from now on.
-                            self.seen = fingerprint(&self.path, &self.limits, &tls_files);
-                            self.tls_files = tls_files;
-                        }
-                        r
+            let result = match tokio::task::spawn_blocking(move || {
+                e.load_file_tls(&path, &limits, statics.as_deref())
+            })
+            .await
+            {
+                Ok((r, tls_files)) => {
+                    if tls_files != self.tls_files {
+                        // Other certificate files: watched from now on.
+                        self.seen = fingerprint(&self.path, &self.limits, &tls_files);
+                        self.tls_files = tls_files;
                     }
-                    Err(join) => {
-                        let error = crate::Error::Panicked(join.to_string());
-                        edge.reject(&error.to_string(), crate::ConfigSource::File);
-                        Err(error)
-                    }
-                };
+                    r
+                }
+                Err(join) => {
+                    let error = crate::Error::Panicked(join.to_string());
+                    edge.reject(&error.to_string(), crate::ConfigSource::File);
+                    Err(error)
+                }
+            };
             match result {
                 Ok(version) => {
                     tracing::info!(path = %self.path.display(), version, "configuration change applied")

@@ -13,11 +13,14 @@ use zw_edge::{AccessLog, AccessLogTarget, ControlPlane, DatabaseProvider, Edge, 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
 zeitwork edge --config ./dynamic.yaml --http 127.0.0.1:8080\n  \
+zeitwork edge --config ./traefik.yml            (a Traefik static configuration)\n  \
 zeitwork edge --control-plane ws://127.0.0.1:7070 --token $JOIN_TOKEN --region eu --state-dir ./edge-state\n  \
 zeitwork edge --database-url postgres://zeitwork@db/zeitwork --region eu\n\n\
 One source of configuration, exactly:\n  \
 --config         Traefik's file-provider format (TOML, YAML or JSON; a file or a directory),\n                   \
-watched; a valid change is applied atomically.\n  \
+watched; a valid change is applied atomically. A Traefik static configuration\n                   \
+(entryPoints, providers.file, accessLog, log) is read as one: its entry points are\n                   \
+served and its file provider's configuration loaded; the flags override it.\n  \
 --control-plane  snapshots pushed by the operator; the last one applied is kept in\n                   \
 --state-dir and served at the next start if the operator is unreachable.\n  \
 --database-url   reads the operator's database every --update-interval (no operator needed).\n\
@@ -25,7 +28,8 @@ An invalid configuration is refused whole and shown at http://ADMIN/debug/config
 running one stays.")]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control_plane", "database_url"])))]
 pub struct EdgeArgs {
-    /// Configuration file or directory (Traefik dynamic configuration).
+    /// Configuration file or directory (Traefik dynamic configuration), or a Traefik
+    /// static configuration file.
     #[arg(long, short = 'c', value_name = "PATH")]
     config: Option<PathBuf>,
     /// The operator to take snapshots from: ws://HOST:PORT.
@@ -71,14 +75,10 @@ pub struct EdgeArgs {
     /// Refuse configurations with more routers than this (protects small edges).
     #[arg(long, value_name = "N")]
     max_routers: Option<usize>,
-    /// Address of the HTTP entry point, named `web` in routers' `entryPoints`.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "0.0.0.0:8080",
-        env = "EDGEPROXY_HTTP_ADDR"
-    )]
-    http: SocketAddr,
+    /// Address of the HTTP entry point, named `web` in routers' `entryPoints`. Default:
+    /// 0.0.0.0:8080, unless a static configuration names the entry points.
+    #[arg(long, value_name = "ADDR", env = "EDGEPROXY_HTTP_ADDR")]
+    http: Option<SocketAddr>,
     /// More entry points, as NAME=ADDR (repeatable).
     #[arg(long = "entry-point", value_name = "NAME=ADDR")]
     entry_points: Vec<String>,
@@ -113,12 +113,67 @@ pub struct EdgeArgs {
 }
 
 pub fn run(args: EdgeArgs) -> ExitCode {
-    let json = args.log_format == "json";
-    super::service("edge", json, || run_inner(args))
+    // A static configuration is read before logging starts: it may choose the format and
+    // the level (RUST_LOG and --log-format still win).
+    let statics = args.config.as_deref().map(read_static).transpose();
+    let statics = match statics {
+        Ok(s) => s.flatten(),
+        Err(e) => {
+            eprintln!("zeitwork edge: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut json = args.log_format == "json";
+    if let Some(st) = &statics {
+        if args.log_format == "text" && st.log_json {
+            json = true;
+        }
+        if let Some(level) = &st.log_level {
+            if std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", level);
+            }
+        }
+    }
+    super::service("edge", json, || run_inner(args, statics))
 }
 
-fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
-    let mut eps: Vec<(String, SocketAddr)> = vec![("web".into(), args.http)];
+/// The static configuration `path` holds, if it is one (a dynamic configuration, or a
+/// directory of them, is `None`).
+fn read_static(path: &std::path::Path) -> anyhow::Result<Option<zw_config::StaticConfig>> {
+    if path.is_dir() {
+        return Ok(None);
+    }
+    let Some(format) = zw_config::Format::from_path(path) else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None); // the file provider reports it
+    };
+    if !zw_config::is_static(&text, format) {
+        return Ok(None);
+    }
+    zw_config::load_static(path)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("invalid static configuration in {}:\n{e}", path.display()))
+}
+
+fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow::Result<()> {
+    let mut eps: Vec<(String, SocketAddr)> = Vec::new();
+    match &statics {
+        Some(st) => {
+            eps.extend(st.entry_points.iter().map(|e| (e.name.clone(), e.address)));
+            if let Some(http) = args.http {
+                match eps.iter_mut().find(|(n, _)| n == "web") {
+                    Some(web) => web.1 = http,
+                    None => eps.push(("web".into(), http)),
+                }
+            }
+        }
+        None => eps.push((
+            "web".into(),
+            args.http.unwrap_or(([0, 0, 0, 0], 8080).into()),
+        )),
+    }
     for spec in &args.entry_points {
         let (name, addr) = spec
             .split_once('=')
@@ -126,15 +181,27 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         let addr: SocketAddr = addr.parse().with_context(|| {
             format!("--entry-point {spec}: `{addr}` is not an address like 0.0.0.0:8443")
         })?;
-        if eps.iter().any(|(n, _)| n == name) {
-            bail!("entry point `{name}` is defined twice");
+        match eps.iter_mut().find(|(n, _)| n == name) {
+            // The flag overrides the static configuration's address.
+            Some(ep)
+                if statics
+                    .as_ref()
+                    .is_some_and(|s| s.entry_points.iter().any(|e| e.name == name)) =>
+            {
+                ep.1 = addr
+            }
+            Some(_) => bail!("entry point `{name}` is defined twice"),
+            None => eps.push((name.to_string(), addr)),
         }
-        eps.push((name.to_string(), addr));
     }
     let runtime = super::runtime(args.workers)?;
 
     runtime.block_on(async move {
-        let access_log = match args.access_log.as_deref() {
+        let from_static = statics.as_ref().and_then(|s| s.access_log.clone()).map(|p| match p {
+            Some(p) => p.display().to_string(),
+            None => "stdout".to_string(),
+        });
+        let access_log = match args.access_log.as_deref().or(from_static.as_deref()) {
             None => None,
             Some("stdout" | "-") => Some(AccessLog::start(&AccessLogTarget::Stdout)?),
             Some(p) => Some(AccessLog::start(&AccessLogTarget::File(p.into())).with_context(|| format!("opening access log {p}"))?),
@@ -145,6 +212,21 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
             .access_log(access_log)
             .max_connections(max);
         tracing::info!(max_connections = max, open_file_limit = fds, "connection limit");
+        if let Some(st) = &statics {
+            for ep in &st.entry_points {
+                if let Some(nets) = &ep.proxy_protocol {
+                    builder = builder.proxy_protocol(&ep.name, nets.clone()).map_err(|e| anyhow::anyhow!("entryPoints.{}.proxyProtocol: {e}", ep.name))?;
+                    tracing::info!(entry_point = %ep.name, "PROXY protocol required");
+                }
+            }
+            // The edge has one of each: the smallest an entry point sets applies to all.
+            if let Some(d) = st.entry_points.iter().filter_map(|e| e.write_timeout).min() {
+                builder = builder.write_timeout(d);
+            }
+            if let Some(d) = st.entry_points.iter().filter_map(|e| e.read_timeout).min() {
+                builder = builder.body_read_timeout(d);
+            }
+        }
         for spec in &args.proxy_protocol {
             let (name, nets) = spec
                 .split_once('=')
@@ -170,9 +252,9 @@ fn run_inner(args: EdgeArgs) -> anyhow::Result<()> {
         }
         let admin = tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("binding admin to {}", args.admin))?;
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
-        let web = listeners[0].local_addr()?;
+        let web = listeners.first().context("no entry point")?.local_addr()?;
         let admin_addr = admin.local_addr()?;
-        let provider = start_provider(&args, &edge, limits, (web, admin_addr), stop_rx).await?;
+        let provider = start_provider(&args, statics, &edge, limits, (web, admin_addr), stop_rx).await?;
 
         let provider = tokio::spawn(provider);
         edge.serve(listeners, Some(admin), super::shutdown_signal(), args.drain_timeout).await;
@@ -189,15 +271,30 @@ type ProviderTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 /// it current.
 async fn start_provider(
     args: &EdgeArgs,
+    statics: Option<zw_config::StaticConfig>,
     edge: &Edge,
     limits: Limits,
     (web, admin): (SocketAddr, SocketAddr),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ProviderTask> {
     if let Some(path) = &args.config {
+        let (path, watch) = match &statics {
+            Some(st) => match &st.dynamic {
+                Some(d) => (d.clone(), st.watch),
+                None => anyhow::bail!(
+                    "{}: providers.file names no dynamic configuration",
+                    path.display()
+                ),
+            },
+            None => (path.clone(), true),
+        };
+        let path = &path;
         // Refuse to start on a broken configuration: an edge that silently serves nothing
         // is worse than one that says why it did not start.
         let mut provider = FileProvider::new(path.clone(), limits);
+        if let Some(st) = statics {
+            provider = provider.with_static(std::sync::Arc::new(st));
+        }
         let e2 = edge.clone();
         let (provider, loaded) = tokio::task::spawn_blocking(move || {
             let r = provider.load_into(&e2);
@@ -205,6 +302,10 @@ async fn start_provider(
         })
         .await?;
         loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", path.display()))?;
+        if !watch {
+            tracing::info!(path = %path.display(), "providers.file.watch is false: the configuration is not watched");
+            return Ok(Box::pin(async {}));
+        }
         return Ok(Box::pin(provider.watch(
             edge.clone(),
             args.watch_interval,

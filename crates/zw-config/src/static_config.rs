@@ -1,0 +1,673 @@
+//! Traefik's **static** configuration (`traefik.yml`): entry points, the file provider,
+//! the access log, logs and metrics. `zeitwork edge --config traefik.yml` reads it as it
+//! is; what Zeitwork does not do is an error naming the key, as for the dynamic
+//! configuration.
+//!
+//! Semantics follow Traefik's (`pkg/config/static/`): an address `:8080` listens on every
+//! interface; `providers.file` names the dynamic configuration (`filename` or `directory`,
+//! relative to the working directory, as in Traefik), watched unless `watch: false`; an
+//! entry point's `http.redirections.entryPoint` sends every request on it to another
+//! entry point (Traefik's generated `<from>-to-<to>` router, priority 2147483646, with a
+//! `redirectScheme` to the target's port); `http.tls` gives TLS to the routers that name
+//! that entry point and set none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Config, ConfigError, ConfigErrors, Dur, Format, RouterTls, Unknown};
+
+/// Top-level keys that only a static configuration has: a file with one of them is read
+/// as one.
+const STATIC_KEYS: &[&str] = &[
+    "entryPoints",
+    "providers",
+    "certificatesResolvers",
+    "accessLog",
+    "log",
+    "api",
+    "ping",
+    "metrics",
+    "global",
+    "experimental",
+    "tracing",
+    "serversTransport",
+    "tcpServersTransport",
+    "hostResolver",
+    "spiffe",
+    "core",
+    "ocsp",
+];
+
+/// Traefik static keys Zeitwork does not implement (yet).
+const UNSUPPORTED: &[&str] = &[
+    "certificatesResolvers",
+    "api",
+    "ping",
+    "experimental",
+    "tracing",
+    "serversTransport",
+    "tcpServersTransport",
+    "hostResolver",
+    "spiffe",
+    "core",
+    "ocsp",
+    "forwardedHeaders",
+    "udp",
+    "observability",
+    "allowACMEByPass",
+    "reusePort",
+    "asDefault",
+    "http2",
+    "http3",
+    "keepAliveMaxRequests",
+    "keepAliveMaxTime",
+    "lifeCycle",
+    "middlewares",
+    "encodeQuerySemicolons",
+    "sanitizePath",
+    "maxHeaderBytes",
+    "docker",
+    "kubernetesCRD",
+    "kubernetesIngress",
+    "kubernetesGateway",
+    "consulCatalog",
+    "nomad",
+    "ecs",
+    "consul",
+    "etcd",
+    "zooKeeper",
+    "redis",
+    "http",
+    "plugin",
+    "providersThrottleDuration",
+    "filters",
+    "fields",
+    "bufferingSize",
+    "compress",
+    "maxSize",
+    "maxAge",
+    "maxBackups",
+    "noColor",
+    "filePath",
+    "format",
+    "addEntryPointsLabels",
+    "addRoutersLabels",
+    "addServicesLabels",
+    "buckets",
+    "headerLabels",
+    "manualRouting",
+    "datadog",
+    "statsD",
+    "influxDB2",
+    "otlp",
+    "idleTimeout",
+];
+
+/// Whether `text` (of `format`) is a static configuration rather than a dynamic one.
+pub fn is_static(text: &str, format: Format) -> bool {
+    match crate::load::parse_value(text, format) {
+        Ok(Value::Object(m)) => m.keys().any(|k| STATIC_KEYS.contains(&k.as_str())),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    #[serde(default)]
+    entry_points: BTreeMap<String, RawEntryPoint>,
+    #[serde(default)]
+    providers: Option<RawProviders>,
+    #[serde(default)]
+    access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    log: Option<RawLog>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    global: Option<RawGlobal>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEntryPoint {
+    address: String,
+    #[serde(default)]
+    http: Option<RawEpHttp>,
+    #[serde(default)]
+    proxy_protocol: Option<RawTrusted>,
+    #[serde(default)]
+    transport: Option<RawTransport>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEpHttp {
+    #[serde(default)]
+    redirections: Option<RawRedirections>,
+    #[serde(default)]
+    tls: Option<RouterTls>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRedirections {
+    entry_point: Option<RawRedirect>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRedirect {
+    to: String,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    permanent: Option<bool>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTrusted {
+    #[serde(default)]
+    trusted_i_ps: Vec<String>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTransport {
+    #[serde(default)]
+    responding_timeouts: Option<RawTimeouts>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTimeouts {
+    #[serde(default)]
+    read_timeout: Option<Dur>,
+    #[serde(default)]
+    write_timeout: Option<Dur>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawProviders {
+    #[serde(default)]
+    file: Option<RawFile>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawFile {
+    #[serde(default)]
+    filename: Option<String>,
+    #[serde(default)]
+    directory: Option<String>,
+    #[serde(default)]
+    watch: Option<bool>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAccessLog {
+    #[serde(default)]
+    file_path: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLog {
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMetrics {
+    #[serde(default)]
+    prometheus: Option<RawPrometheus>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPrometheus {
+    #[serde(default)]
+    entry_point: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// `global`: Zeitwork never checks for new versions nor sends usage data, so both keys
+/// are what it does anyway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawGlobal {
+    #[serde(default)]
+    check_new_version: Option<bool>,
+    #[serde(default)]
+    send_anonymous_usage: Option<bool>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// An entry point of a validated static configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticEntryPoint {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `proxyProtocol.trustedIPs`: connections must come from these and start with a
+    /// PROXY protocol header.
+    pub proxy_protocol: Option<Vec<zw_rules::IpNet>>,
+    pub redirect: Option<Redirection>,
+    /// `http.tls`: the TLS of the routers that name this entry point and set none.
+    pub tls: Option<RouterTls>,
+    pub read_timeout: Option<std::time::Duration>,
+    pub write_timeout: Option<std::time::Duration>,
+}
+
+/// `http.redirections.entryPoint`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirection {
+    pub to: String,
+    pub scheme: String,
+    /// The target entry point's port.
+    pub port: u16,
+    pub permanent: bool,
+    pub priority: i64,
+}
+
+/// A validated static configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticConfig {
+    pub entry_points: Vec<StaticEntryPoint>,
+    /// The dynamic configuration: `providers.file.filename` or `.directory`.
+    pub dynamic: Option<PathBuf>,
+    pub watch: bool,
+    /// `accessLog`: `None` off; `Some(None)` to stdout; `Some(Some(path))` to a file.
+    pub access_log: Option<Option<PathBuf>>,
+    /// `log.level` (Traefik's names, lowercased: `debug`, `info`, `warn`, `error`).
+    pub log_level: Option<String>,
+    pub log_json: bool,
+    /// `metrics.prometheus` is set: the metrics are served at the admin endpoint's
+    /// `/metrics`.
+    pub prometheus: bool,
+}
+
+/// Traefik's default redirection priority (`math.MaxInt32 - 1`).
+const REDIRECT_PRIORITY: i64 = 2_147_483_646;
+
+/// Reads and validates a static configuration file.
+pub fn load_static(path: &Path) -> Result<StaticConfig, ConfigErrors> {
+    let fail = |m: String| ConfigErrors::one(path.display().to_string(), m);
+    let format = Format::from_path(path).ok_or_else(|| {
+        fail("unknown format: the file name must end in .toml, .yaml, .yml or .json".into())
+    })?;
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if meta.len() > 1 << 20 {
+        return Err(fail("a static configuration of more than 1 MiB".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    parse_static(&text, format)
+}
+
+/// Parses and validates static configuration text.
+pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigErrors> {
+    let v = crate::load::parse_value(text, format).map_err(|m| ConfigErrors::one("", m))?;
+    let raw: Raw = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigErrors::one(
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    let mut errors = Vec::new();
+    let mut err = |path: String, msg: &str| errors.push(ConfigError::new(path, msg));
+    let unknown = |path: &str, u: &Unknown, err: &mut dyn FnMut(String, &str)| {
+        for k in u.keys() {
+            let full = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if UNSUPPORTED.contains(&k.as_str()) {
+                err(full, "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options");
+            } else {
+                err(
+                    full,
+                    "unknown key (keys are camelCase, as in Traefik's static configuration)",
+                );
+            }
+        }
+    };
+    unknown("", &raw.unknown, &mut err);
+
+    let mut ports = BTreeMap::new();
+    let mut entry_points = Vec::new();
+    for (name, ep) in &raw.entry_points {
+        let p = format!("entryPoints.{name}");
+        unknown(&p, &ep.unknown, &mut err);
+        let address = match parse_address(&ep.address) {
+            Ok(a) => a,
+            Err(m) => {
+                err(format!("{p}.address"), &m);
+                continue;
+            }
+        };
+        ports.insert(name.clone(), address.port());
+        let proxy_protocol = match &ep.proxy_protocol {
+            None => None,
+            Some(t) => {
+                unknown(&format!("{p}.proxyProtocol"), &t.unknown, &mut err);
+                if t.insecure {
+                    err(format!("{p}.proxyProtocol.insecure"), "trusting a PROXY protocol header from anyone lets any client choose its address; list the balancers in trustedIPs");
+                }
+                let mut nets = Vec::new();
+                for (i, n) in t.trusted_i_ps.iter().enumerate() {
+                    match n.parse::<zw_rules::IpNet>() {
+                        Ok(n) => nets.push(n),
+                        Err(e) => err(format!("{p}.proxyProtocol.trustedIPs[{i}]"), &e.to_string()),
+                    }
+                }
+                if t.trusted_i_ps.is_empty() && !t.insecure {
+                    err(
+                        format!("{p}.proxyProtocol.trustedIPs"),
+                        "name the networks trusted to send PROXY protocol headers",
+                    );
+                }
+                Some(nets)
+            }
+        };
+        let (mut read_timeout, mut write_timeout) = (None, None);
+        if let Some(t) = &ep.transport {
+            unknown(&format!("{p}.transport"), &t.unknown, &mut err);
+            if let Some(r) = &t.responding_timeouts {
+                unknown(
+                    &format!("{p}.transport.respondingTimeouts"),
+                    &r.unknown,
+                    &mut err,
+                );
+                read_timeout = r.read_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+                write_timeout = r.write_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+            }
+        }
+        let mut redirect_raw = None;
+        let mut tls = None;
+        if let Some(h) = &ep.http {
+            unknown(&format!("{p}.http"), &h.unknown, &mut err);
+            if let Some(r) = &h.redirections {
+                unknown(&format!("{p}.http.redirections"), &r.unknown, &mut err);
+                if let Some(e) = &r.entry_point {
+                    unknown(
+                        &format!("{p}.http.redirections.entryPoint"),
+                        &e.unknown,
+                        &mut err,
+                    );
+                    redirect_raw = Some(e);
+                }
+            }
+            if let Some(t) = &h.tls {
+                unknown(&format!("{p}.http.tls"), &t.unknown, &mut err);
+                tls = Some(t.clone());
+            }
+        }
+        entry_points.push((
+            StaticEntryPoint {
+                name: name.clone(),
+                address,
+                proxy_protocol,
+                redirect: None,
+                tls,
+                read_timeout,
+                write_timeout,
+            },
+            redirect_raw,
+        ));
+    }
+    let mut eps = Vec::with_capacity(entry_points.len());
+    for (mut ep, redirect) in entry_points {
+        if let Some(r) = redirect {
+            let p = format!("entryPoints.{}.http.redirections.entryPoint", ep.name);
+            match ports.get(&r.to) {
+                None => err(
+                    format!("{p}.to"),
+                    "names no entry point of this configuration",
+                ),
+                Some(_) if r.to == ep.name => err(
+                    format!("{p}.to"),
+                    "an entry point cannot redirect to itself",
+                ),
+                Some(port) => {
+                    let scheme = r.scheme.clone().unwrap_or_else(|| "https".into());
+                    if !matches!(scheme.as_str(), "http" | "https") {
+                        err(format!("{p}.scheme"), "must be `http` or `https`");
+                    }
+                    ep.redirect = Some(Redirection {
+                        to: r.to.clone(),
+                        scheme,
+                        port: *port,
+                        permanent: r.permanent.unwrap_or(true),
+                        priority: r.priority.unwrap_or(REDIRECT_PRIORITY),
+                    });
+                }
+            }
+        }
+        eps.push(ep);
+    }
+    if eps.is_empty() {
+        err(
+            "entryPoints".into(),
+            "no entry point: name at least one, e.g. entryPoints: {web: {address: \":80\"}}",
+        );
+    }
+
+    let (mut dynamic, mut watch) = (None, true);
+    match &raw.providers {
+        None => err(
+            "providers".into(),
+            "no provider: set providers.file.filename (or .directory) to the dynamic configuration",
+        ),
+        Some(pr) => {
+            unknown("providers", &pr.unknown, &mut err);
+            match &pr.file {
+                None => err("providers.file".into(), "the file provider is the only one Zeitwork reads: set providers.file.filename (or .directory)"),
+                Some(f) => {
+                    unknown("providers.file", &f.unknown, &mut err);
+                    match (&f.filename, &f.directory) {
+                        (Some(p), None) | (None, Some(p)) => dynamic = Some(PathBuf::from(p)),
+                        _ => err("providers.file".into(), "set exactly one of `filename` or `directory`"),
+                    }
+                    watch = f.watch.unwrap_or(true);
+                }
+            }
+        }
+    }
+
+    let access_log = match &raw.access_log {
+        None => None,
+        Some(a) => {
+            unknown("accessLog", &a.unknown, &mut err);
+            if let Some(f) = &a.format {
+                if f != "json" {
+                    err("accessLog.format".into(), "Zeitwork writes JSON access logs only: set `format: json` (Traefik's default `common` is not written)");
+                }
+            }
+            Some(a.file_path.as_ref().map(PathBuf::from))
+        }
+    };
+    let (mut log_level, mut log_json) = (None, false);
+    if let Some(l) = &raw.log {
+        unknown("log", &l.unknown, &mut err);
+        if let Some(level) = &l.level {
+            let lower = level.to_ascii_lowercase();
+            match lower.as_str() {
+                "trace" | "debug" | "info" | "warn" | "error" => log_level = Some(lower),
+                "fatal" | "panic" => log_level = Some("error".into()),
+                _ => err(
+                    "log.level".into(),
+                    "one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL, PANIC",
+                ),
+            }
+        }
+        match l.format.as_deref() {
+            None | Some("common") => {}
+            Some("json") => log_json = true,
+            Some(_) => err("log.format".into(), "`common` or `json`"),
+        }
+    }
+    let mut prometheus = false;
+    if let Some(m) = &raw.metrics {
+        unknown("metrics", &m.unknown, &mut err);
+        if let Some(p) = &m.prometheus {
+            unknown("metrics.prometheus", &p.unknown, &mut err);
+            if p.entry_point.is_some() {
+                err("metrics.prometheus.entryPoint".into(), "metrics are served at the admin endpoint's /metrics (--admin), not on an entry point");
+            }
+            prometheus = true;
+        }
+    }
+    if let Some(g) = &raw.global {
+        unknown("global", &g.unknown, &mut err);
+        let _ = (g.check_new_version, g.send_anonymous_usage);
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(StaticConfig {
+        entry_points: eps,
+        dynamic,
+        watch,
+        access_log,
+        log_level,
+        log_json,
+        prometheus,
+    })
+}
+
+/// Traefik's entry point address: `[host]:port`, an empty host for every interface, an
+/// optional `/tcp` (UDP is not served).
+fn parse_address(a: &str) -> Result<SocketAddr, String> {
+    let a = a.strip_suffix("/tcp").unwrap_or(a);
+    if a.ends_with("/udp") {
+        return Err("UDP entry points are not supported by Zeitwork".into());
+    }
+    let full = if let Some(port) = a.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        a.to_string()
+    };
+    full.parse::<SocketAddr>()
+        .map_err(|_| format!("`{a}` is not an address like `:443` or `127.0.0.1:8080`"))
+}
+
+impl StaticConfig {
+    /// What the entry points add to every dynamic configuration: the redirections'
+    /// routers and middlewares, and entry point TLS on the routers that name the entry
+    /// point and set none. Names the configuration already uses are an error then.
+    pub fn apply_to(&self, config: &mut Config) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for ep in &self.entry_points {
+            if let Some(tls) = &ep.tls {
+                for r in config.http.routers.values_mut() {
+                    if r.tls.is_none() && r.entry_points.iter().any(|e| e == &ep.name) {
+                        r.tls = Some(tls.clone());
+                    }
+                }
+            }
+            let Some(r) = &ep.redirect else { continue };
+            let name = format!("{}-to-{}", ep.name, r.to);
+            let middleware = format!("redirect-{name}");
+            let path = format!("entryPoints.{}.http.redirections", ep.name);
+            for (kind, taken) in [
+                ("router", config.http.routers.contains_key(&name)),
+                (
+                    "middleware",
+                    config.http.middlewares.contains_key(&middleware),
+                ),
+            ] {
+                if taken {
+                    errors.push(ConfigError::new(
+                        path.clone(),
+                        format!("the dynamic configuration already has a {kind} named like the one this redirection makes (`{name}`)"),
+                    ));
+                }
+            }
+            config.http.middlewares.insert(
+                middleware.clone(),
+                crate::Middleware {
+                    redirect_scheme: Some(crate::RedirectScheme {
+                        scheme: r.scheme.clone(),
+                        port: Some(r.port.to_string()),
+                        permanent: r.permanent,
+                        unknown: Unknown::new(),
+                    }),
+                    ..Default::default()
+                },
+            );
+            config.http.routers.insert(
+                name.clone(),
+                crate::Router {
+                    rule: Some("HostRegexp(`.*`)".into()),
+                    priority: Some(r.priority),
+                    service: NOOP_SERVICE.into(),
+                    middlewares: vec![middleware],
+                    entry_points: vec![ep.name.clone()],
+                    ..Default::default()
+                },
+            );
+            config
+                .http
+                .services
+                .entry(NOOP_SERVICE.into())
+                .or_insert_with(|| crate::Service {
+                    load_balancer: Some(crate::LoadBalancer::default()),
+                    ..Default::default()
+                });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The service behind the redirections' routers (Traefik's `noop@internal`): never
+/// reached, since the redirect answers first.
+const NOOP_SERVICE: &str = "noop-internal";

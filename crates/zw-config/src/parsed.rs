@@ -27,6 +27,16 @@ pub struct ParsedTls {
     pub default: zw_tls::rustls::ServerConfig,
     /// The other options, by name.
     pub named: std::collections::BTreeMap<String, zw_tls::rustls::ServerConfig>,
+    /// What each certificate of `tls.certificates` serves, and until when.
+    pub certificates: Vec<CertificateInfo>,
+}
+
+/// A certificate as an operator checks it: its names and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateInfo {
+    pub names: Vec<String>,
+    /// Seconds since the epoch.
+    pub not_after: i64,
 }
 
 /// A service with its references resolved to indices into [`Parsed::services`].

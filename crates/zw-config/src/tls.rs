@@ -231,9 +231,17 @@ pub(crate) fn check_tls(
         }
     }
     let default = default?;
+    let certificates = certs
+        .iter()
+        .map(|k| crate::CertificateInfo {
+            names: k.names.clone(),
+            not_after: k.not_after,
+        })
+        .collect();
     (c.errors.len() == before).then_some(ParsedTls {
         store,
         default,
         named,
+        certificates,
     })
 }

@@ -93,6 +93,14 @@ impl std::fmt::Display for ConfigSource {
     }
 }
 
+/// A certificate of the running configuration, as `/debug/config` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateStatus {
+    pub names: Vec<String>,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
 /// What `/debug/config` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigStatus {
@@ -110,6 +118,8 @@ pub struct ConfigStatus {
     pub services: usize,
     pub middlewares: usize,
     pub entry_points: Vec<String>,
+    /// The running configuration's certificates (`tls.certificates`): names and expiry.
+    pub certificates: Vec<CertificateStatus>,
     /// The last rejected change, if it came after the last applied one.
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
@@ -262,6 +272,16 @@ impl Edge {
             valid.config.http.middlewares.len(),
         );
         let hash = valid.hash.clone();
+        let certificates = valid
+            .parsed
+            .tls
+            .certificates
+            .iter()
+            .map(|c| CertificateStatus {
+                names: c.names.clone(),
+                not_after: time::rfc3339(u64::try_from(c.not_after).unwrap_or(0), 0),
+            })
+            .collect();
         // One apply at a time; requests never take this lock.
         let mut reg = s.config.registry.lock().unwrap_or_else(|p| p.into_inner());
         let version = s.config.next_version.fetch_add(1, Relaxed);
@@ -285,6 +305,7 @@ impl Edge {
             services,
             middlewares,
             entry_points: s.settings.entry_points.clone(),
+            certificates,
             last_error: None,
             last_error_at: None,
         };

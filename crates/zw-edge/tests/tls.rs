@@ -155,6 +155,17 @@ async fn https_requests_reach_the_tls_routers_over_http1_and_http2() {
         );
         assert_eq!(v["headers"]["x-forwarded-proto"], "https");
     }
+    // An operator sees what is served, and until when.
+    let status = edge.admin_get("/debug/config").await.json();
+    let names = &status["certificates"][0]["names"];
+    assert_eq!(
+        names,
+        &serde_json::json!(["*.w.test", "a.test"]),
+        "{status}"
+    );
+    assert!(status["certificates"][0]["not_after"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
     // The wildcard covers one label.
     let (status, body) = curl(edge.addr, "b.w.test", &ca, &[]).await;
     assert_eq!(status, "2 200", "{body}");

@@ -478,6 +478,20 @@ pub struct ServersTransport {
     /// Idle keep-alive connections kept per server (default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_conns_per_host: Option<u32>,
+    /// For `https://` servers: the name the server's certificate must have (default: the
+    /// URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// For `https://` servers: accept any certificate. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// For `https://` servers: the CAs their certificates are checked against, instead
+    /// of the system's.
+    #[serde(default, rename = "rootCAs")]
+    pub root_cas: Vec<FileOrContent>,
+    /// For `https://` servers: the client certificate to present (the first one).
+    #[serde(default)]
+    pub certificates: Vec<StoreCertificate>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

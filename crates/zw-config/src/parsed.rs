@@ -53,6 +53,10 @@ pub struct ParsedLoadBalancer {
     pub config: LoadBalancer,
     /// In the order of `config.servers`.
     pub servers: Vec<ParsedServer>,
+    /// For its `https://` servers that are not worker ingresses: the TLS client
+    /// configuration (its transport's, else the system's roots) and the server name to
+    /// ask for (`serverName`; `None`: the URL's host).
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     /// What `strategy: hrw` hashes (the client's address when no `hashKey` is set).
     pub hash_key: HashSource,
     pub health_check: Option<ParsedHealthCheck>,
@@ -63,6 +67,17 @@ pub struct ParsedServer {
     pub url: UpstreamUrl,
     /// `instance`, as the `Zeitwork-Instance` header it is sent in.
     pub instance: Option<HeaderValue>,
+}
+
+/// TLS to an upstream server.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsConfig {
+    pub config: std::sync::Arc<zw_tls::rustls::ClientConfig>,
+    pub server_name: Option<String>,
+    /// What the connections were made with (a digest of the transport's TLS settings and
+    /// files): servers share connections only under the same one, and a changed CA file
+    /// means new connections.
+    pub identity: String,
 }
 
 /// The source of the key an `hrw` balancer hashes.

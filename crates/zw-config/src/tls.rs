@@ -245,3 +245,122 @@ pub(crate) fn check_tls(
         certificates,
     })
 }
+
+/// The upstream TLS of each `serversTransports` entry, and the default (the system's
+/// roots) for servers with none, made once per configuration.
+pub(crate) struct UpstreamTls {
+    by_transport: BTreeMap<String, crate::UpstreamTlsConfig>,
+    default: Option<crate::UpstreamTlsConfig>,
+}
+
+impl UpstreamTls {
+    pub(crate) fn for_transport(&self, name: Option<&str>) -> Option<crate::UpstreamTlsConfig> {
+        match name {
+            Some(n) => self.by_transport.get(n).cloned(),
+            None => self.default.clone(),
+        }
+    }
+}
+
+/// Checks the TLS keys of `serversTransports`.
+pub(crate) fn check_transports(
+    c: &mut Checker<'_>,
+    transports: &BTreeMap<String, crate::ServersTransport>,
+    digest: &mut Vec<u8>,
+) -> UpstreamTls {
+    let mut by_transport = BTreeMap::new();
+    for (name, t) in transports {
+        let p = format!("http.serversTransports.{name}");
+        let before = c.errors.len();
+        // What this transport's TLS is made of, for its identity.
+        let mut material =
+            format!("{name}\n{}\n{:?}\n", t.insecure_skip_verify, t.server_name).into_bytes();
+        let digest_before = digest.len();
+        let roots = if t.root_cas.is_empty() {
+            None
+        } else {
+            let mut pems = Vec::new();
+            for (i, f) in t.root_cas.iter().enumerate() {
+                if let Some(pem) = read(c, &format!("{p}.rootCAs[{i}]"), f, digest) {
+                    pems.push(pem);
+                }
+            }
+            match zw_tls::client_roots(&pems) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    c.err(format!("{p}.rootCAs"), e.to_string());
+                    None
+                }
+            }
+        };
+        let mut client = None;
+        for (i, cert) in t.certificates.iter().enumerate() {
+            let cp = format!("{p}.certificates[{i}]");
+            c.unknown(&cp, &cert.unknown);
+            let k = pair(c, &cp, &cert.cert_file, &cert.key_file, digest);
+            if i == 0 {
+                client = k;
+            }
+        }
+        if t.certificates.len() > 1 {
+            c.err(
+                format!("{p}.certificates"),
+                "one client certificate is presented; list one",
+            );
+        }
+        if let Some(n) = &t.server_name {
+            if zw_tls::rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                c.err(
+                    format!("{p}.serverName"),
+                    format!("`{n}` is not a DNS name or IP address"),
+                );
+            }
+        }
+        if c.errors.len() != before {
+            continue;
+        }
+        material.extend_from_slice(digest.get(digest_before..).unwrap_or_default());
+        for f in t.root_cas.iter().chain(
+            t.certificates
+                .iter()
+                .flat_map(|c| [&c.cert_file, &c.key_file]),
+        ) {
+            if f.is_content() {
+                material.extend_from_slice(f.0.as_bytes());
+            }
+        }
+        use sha2::Digest as _;
+        let identity = hex::encode(sha2::Sha256::digest(&material));
+        match zw_tls::client_config(roots, t.insecure_skip_verify, client.as_ref()) {
+            Ok(cfg) => {
+                by_transport.insert(
+                    name.clone(),
+                    crate::UpstreamTlsConfig {
+                        config: Arc::new(cfg),
+                        server_name: t.server_name.clone(),
+                        identity,
+                    },
+                );
+            }
+            Err(e) => c.err(&p, e.to_string()),
+        }
+    }
+    let default = match zw_tls::client_config(None, false, None) {
+        Ok(cfg) => Some(crate::UpstreamTlsConfig {
+            config: Arc::new(cfg),
+            server_name: None,
+            identity: "system".into(),
+        }),
+        Err(e) => {
+            c.err(
+                "http.serversTransports",
+                format!("the default upstream TLS configuration: {e}"),
+            );
+            None
+        }
+    };
+    UpstreamTls {
+        by_transport,
+        default,
+    }
+}

@@ -397,11 +397,13 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     }
 
     let transports: HashSet<&str> = http.servers_transports.keys().map(String::as_str).collect();
+    let mut digest = Vec::new();
+    let upstream_tls = crate::tls::check_transports(&mut c, &http.servers_transports, &mut digest);
     let mut parsed_services = Vec::with_capacity(http.services.len());
     for (name, s) in &http.services {
         let p = format!("http.services.{name}");
         c.name(&p, name);
-        let parsed = check_service(&mut c, &p, s, &transports, &service_index);
+        let parsed = check_service(&mut c, &p, s, &transports, &service_index, &upstream_tls);
         parsed_services.push(parsed);
     }
     check_cycles(&mut c, &config);
@@ -437,7 +439,6 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         }
     }
 
-    let mut digest = Vec::new();
     let parsed_tls = crate::tls::check_tls(&mut c, config.tls.as_ref(), &mut digest);
 
     if !c.errors.is_empty() {
@@ -489,6 +490,7 @@ fn check_service(
     s: &Service,
     transports: &HashSet<&str>,
     service_index: &HashMap<&str, u32>,
+    upstream_tls: &crate::tls::UpstreamTls,
 ) -> Option<ParsedService> {
     c.unknown(p, &s.unknown);
     let before = c.errors.len();
@@ -612,8 +614,15 @@ fn check_service(
                     Err(e) => c.err(format!("{p}.serversTransport"), e),
                 }
             }
+            // `https://` servers that are not worker ingresses: TLS as the transport says.
+            let public_tls = servers
+                .iter()
+                .any(|s| s.url.scheme == UpstreamScheme::Https && s.instance.is_none())
+                .then(|| upstream_tls.for_transport(lb.servers_transport.as_deref().map(ref_name)))
+                .flatten();
             Some(ParsedService::LoadBalancer(Box::new(ParsedLoadBalancer {
                 config: lb.clone(),
+                upstream_tls: public_tls,
                 servers,
                 hash_key,
                 health_check,

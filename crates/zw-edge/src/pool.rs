@@ -169,6 +169,12 @@ pub struct Backend {
     pub authority: String,
     host: String,
     tls: PlatformTls,
+    /// For an `https://` server that is not a worker ingress: TLS as its transport says,
+    /// instead of the platform's mutual TLS.
+    public_tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     addr: Addr,
     idle: SegQueue<Idle>,
     idle_len: AtomicUsize,
@@ -197,6 +203,23 @@ pub enum Conn {
 
 impl Backend {
     pub fn new(url: &UpstreamUrl, max_idle: usize, tls: PlatformTls) -> Backend {
+        Backend::with_tls(url, max_idle, tls, None)
+    }
+
+    /// A backend whose `https://` connections use `public_tls` (a client configuration and
+    /// the server name to ask for; `None` in the name: the URL's host).
+    pub fn with_tls(
+        url: &UpstreamUrl,
+        max_idle: usize,
+        tls: PlatformTls,
+        public_tls: Option<(Arc<rustls::ClientConfig>, Option<&str>)>,
+    ) -> Backend {
+        let public_tls = public_tls.and_then(|(config, name)| {
+            let name = name.unwrap_or(url.host.as_str());
+            rustls::pki_types::ServerName::try_from(name.to_string())
+                .ok()
+                .map(|n| (config, n))
+        });
         let addr = match url.host.parse::<std::net::IpAddr>() {
             Ok(ip) => Addr::Ip(SocketAddr::new(ip, url.port)),
             Err(_) => Addr::Name(url.authority.clone()),
@@ -212,6 +235,7 @@ impl Backend {
             authority: url.authority.clone(),
             host: url.host.clone(),
             tls,
+            public_tls,
             addr,
             idle: SegQueue::new(),
             idle_len: AtomicUsize::new(0),
@@ -263,6 +287,15 @@ impl Backend {
             self.metrics.connect_errors.fetch_add(1, Relaxed);
             UpstreamError::Tls(self.authority.clone(), e)
         };
+        if let Some((config, name)) = &self.public_tls {
+            let handshake =
+                tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp);
+            return match tokio::time::timeout(dial_timeout, handshake).await {
+                Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+                Ok(Err(e)) => Err(tls_err(e.to_string())),
+                Err(_) => Err(tls_err(format!("no handshake within {dial_timeout:?}"))),
+            };
+        }
         let Some(config) = self.tls.load_full() else {
             return Err(tls_err(
                 "this edge has no platform certificate (it gets one from the operator with --control-plane and a join token)".into(),

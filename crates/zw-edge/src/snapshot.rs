@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use zw_config::{ParsedService, Strategy, ValidConfig};
+use zw_config::{ParsedService, Strategy, UpstreamScheme, ValidConfig};
 use zw_rules::{RouterSpec, RoutingTable};
 
 use crate::balance::{Balance, Hrw, P2c, RoundRobin, Server, ServerState, SmoothWrr};
@@ -166,8 +166,19 @@ pub fn build(
                         Some(i) => (name.clone(), format!("{}#{i}", s.url)),
                         None => (name.clone(), s.url.clone()),
                     };
+                    // A worker ingress (an instance) speaks the platform's mutual TLS; another
+                    // `https://` server the TLS of its transport.
+                    let public_tls = plb
+                        .upstream_tls
+                        .as_ref()
+                        .filter(|_| ps.instance.is_none() && url.scheme == UpstreamScheme::Https);
                     let bkey = (
-                        format!("{:?}://{}", url.scheme, url.authority),
+                        format!(
+                            "{:?}://{}#{}",
+                            url.scheme,
+                            url.authority,
+                            public_tls.map_or("", |t| t.identity.as_str())
+                        ),
                         transport.max_idle,
                     );
                     let backend = used_backends
@@ -175,7 +186,12 @@ pub fn build(
                         .or_else(|| reg.backends.get(&bkey))
                         .cloned()
                         .unwrap_or_else(|| {
-                            Arc::new(Backend::new(url, transport.max_idle, reg.tls.clone()))
+                            Arc::new(Backend::with_tls(
+                                url,
+                                transport.max_idle,
+                                reg.tls.clone(),
+                                public_tls.map(|t| (t.config.clone(), t.server_name.as_deref())),
+                            ))
                         });
                     used_backends.insert(bkey, backend.clone());
                     let state = match reg.servers.get(&key) {

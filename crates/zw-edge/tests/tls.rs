@@ -46,8 +46,12 @@ impl Pki {
 }
 
 fn indent(pem: &str) -> String {
+    indent_by(pem, 10)
+}
+
+fn indent_by(pem: &str, n: usize) -> String {
     pem.lines()
-        .map(|l| format!("          {l}\n"))
+        .map(|l| format!("{:n$}{l}\n", ""))
         .collect::<String>()
 }
 
@@ -456,4 +460,105 @@ async fn a_renewed_certificate_file_is_served_without_touching_the_configuration
     std::fs::rename(dir.path().join("a.pem.tmp"), &cert_f).unwrap();
     edge.wait_version_above(v).await;
     assert!(s_client(edge.addr, "a.test", &[]).await.contains("second"));
+}
+
+/// An HTTPS upstream with a certificate of `pki` for `names`; with `clients`, it requires
+/// a client certificate of that CA. It answers `tls upstream` and closes.
+async fn tls_upstream(pki: &Pki, names: &[&str], clients: Option<&Pki>) -> SocketAddr {
+    use zw_tls::rustls;
+    let (cert, key) = pki.leaf(names[0], names);
+    let certified = zw_tls::load_pair(cert.as_bytes(), key.as_bytes()).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(zw_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        Some(ca) => {
+            let roots = zw_tls::client_roots(&[ca.ca_pem.as_bytes().to_vec()]).unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    zw_tls::provider(),
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let store = std::sync::Arc::new(zw_tls::CertStore::new(&[], certified.key));
+    let config = builder.with_cert_resolver(std::sync::Arc::new(zw_tls::Resolver {
+        store,
+        sni_strict: false,
+    }));
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\ntls upstream")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Traefik's `serversTransports` TLS keys for `https://` servers (that are not worker
+/// ingresses): `rootCAs` (else the system's roots), `serverName`, `insecureSkipVerify`,
+/// `certificates` for a server that asks for a client certificate.
+#[tokio::test]
+async fn https_upstreams_are_verified_as_the_transport_says() {
+    let pki = Pki::new("upstream CA");
+    let clients = Pki::new("client CA");
+    let plain_addr = tls_upstream(&pki, &["upstream.test"], None).await;
+    let mtls_addr = tls_upstream(&pki, &["upstream.test"], Some(&clients)).await;
+    let (client_cert, client_key) = clients.leaf("edge", &["edge.test"]);
+    let config = |addr: SocketAddr, transport: &str| {
+        format!(
+            "http:\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"https://{addr}\"}}], serversTransport: t}}}}\n  serversTransports:\n    t:\n{transport}"
+        )
+    };
+    let ca = format!("      rootCAs:\n        - |\n{}", indent(&pki.ca_pem));
+    let cases = [
+        // the system's roots do not know the test CA
+        (config(plain_addr, "      serverName: upstream.test\n"), plain_addr, 502),
+        (config(plain_addr, &format!("      serverName: upstream.test\n{ca}")), plain_addr, 200),
+        // the certificate is for upstream.test, not for the IP address in the URL
+        (config(plain_addr, &ca), plain_addr, 502),
+        (config(plain_addr, "      insecureSkipVerify: true\n"), plain_addr, 200),
+        (config(mtls_addr, &format!("      serverName: upstream.test\n{ca}")), mtls_addr, 502),
+        (
+            config(
+                mtls_addr,
+                &format!(
+                    "      serverName: upstream.test\n{ca}      certificates:\n        - certFile: |\n{}          keyFile: |\n{}",
+                    indent_by(&client_cert, 12),
+                    indent_by(&client_key, 12)
+                ),
+            ),
+            mtls_addr,
+            200,
+        ),
+    ];
+    for (cfg, _, want) in cases {
+        let edge = TestEdge::start(&cfg).await;
+        let r = zw_edge::testkit::get(edge.addr, "a.test", "/").await;
+        assert_eq!(r.status, want, "{cfg}\n{}", r.body);
+        if want == 200 {
+            assert_eq!(r.body, "tls upstream");
+        }
+    }
 }

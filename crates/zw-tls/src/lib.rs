@@ -8,6 +8,7 @@
 //! the edge does per handshake ([`CertStore::lookup`]) cannot.
 #![forbid(unsafe_code)]
 
+mod client;
 mod options;
 mod store;
 
@@ -18,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+pub use client::client_config;
 pub use options::{
     cipher_suite, client_roots, curve, server_config, ClientAuth, Sessions, TlsOptions, TlsVersion,
 };

@@ -13,6 +13,7 @@
 //! This crate does no network I/O; [`load_path`] reads files.
 #![forbid(unsafe_code)]
 
+mod access;
 mod duration;
 mod load;
 mod model;

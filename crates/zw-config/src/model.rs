@@ -412,6 +412,79 @@ pub struct Middleware {
     pub redirect_regex: Option<RedirectRegex>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_scheme: Option<RedirectScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// `ipWhiteList`, Traefik's older name, is read as this.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "ipWhiteList"
+    )]
+    pub ip_allow_list: Option<IpAllowList>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `rateLimit`: a token bucket per source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per `period` on average; 0 means no limit.
+    #[serde(default)]
+    pub average: i64,
+    /// Default 1 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Dur>,
+    /// Requests admitted at once above the average (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_criterion: Option<SourceCriterion>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// What requests are counted by: the client's address (the default), a header, or the
+/// host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCriterion {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_strategy: Option<IpStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_name: Option<String>,
+    #[serde(default)]
+    pub request_host: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpStrategy {
+    /// The address `depth` entries from the right of `X-Forwarded-For`.
+    #[serde(default)]
+    pub depth: u32,
+    #[serde(default, rename = "excludedIPs")]
+    pub excluded_ips: Vec<String>,
+    /// IPv6 addresses count by their network of this prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<u8>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `ipAllowList`: only clients from these networks get through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAllowList {
+    #[serde(default)]
+    pub source_range: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_strategy: Option<IpStrategy>,
+    /// Default 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_status_code: Option<u16>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

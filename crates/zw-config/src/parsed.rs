@@ -125,4 +125,34 @@ pub enum ParsedMiddleware {
         permanent: bool,
     },
     RedirectScheme(RedirectScheme),
+    RateLimit(RateLimitSpec),
+    IpAllowList {
+        ranges: Vec<zw_rules::IpNet>,
+        ipv6_subnet: Option<u8>,
+        reject: http::StatusCode,
+    },
+}
+
+/// A `rateLimit` in the units its token bucket works in (Traefik's
+/// `pkg/middlewares/ratelimiter`: rate = average / period; a request that would wait up to
+/// `max_delay` — half a token's time, at most 500 ms — waits; a longer wait is a 429).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSpec {
+    /// Tokens per second; `None`: no limit (`average: 0`).
+    pub rate: Option<f64>,
+    pub burst: u32,
+    pub max_delay: std::time::Duration,
+    pub source: Source,
+}
+
+/// The key a request is counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The client's address (the PROXY protocol's, behind a balancer); an IPv6 address
+    /// by its network of `ipv6_subnet` bits when set.
+    ClientIp {
+        ipv6_subnet: Option<u8>,
+    },
+    Header(HeaderName),
+    Host,
 }

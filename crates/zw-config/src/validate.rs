@@ -147,7 +147,7 @@ const TRAEFIK_KEYS: &[&str] = &[
     "passiveHealthCheck",
     "mirroring",
     "failover",
-    "rateLimit",
+    "redis",
     "retry",
     "circuitBreaker",
     "basicAuth",
@@ -157,8 +157,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "chain",
     "buffering",
     "inFlightReq",
-    "ipAllowList",
-    "ipWhiteList",
     "errors",
     "replacePath",
     "replacePathRegex",
@@ -701,12 +699,14 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
         m.add_prefix.is_some(),
         m.redirect_regex.is_some(),
         m.redirect_scheme.is_some(),
+        m.rate_limit.is_some(),
+        m.ip_allow_list.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -788,6 +788,12 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
             }
         }
         parsed = Some(ParsedMiddleware::RedirectScheme(r.clone()));
+    }
+    if let Some(r) = &m.rate_limit {
+        parsed = crate::access::check_rate_limit(c, &format!("{p}.rateLimit"), r);
+    }
+    if let Some(a) = &m.ip_allow_list {
+        parsed = crate::access::check_ip_allow_list(c, &format!("{p}.ipAllowList"), a);
     }
     parsed.filter(|_| c.errors.len() == before)
 }

@@ -181,12 +181,12 @@ fn unknown_and_unsupported_keys_are_reported_by_name() {
         "{errs:?}"
     );
     let errs = errors_of(
-        "http:\n  middlewares:\n    rl:\n      rateLimit:\n        average: 10\n",
+        "http:\n  middlewares:\n    rl:\n      basicAuth:\n        users: [a]\n",
         Format::Yaml,
     );
     assert!(
         errs.iter().any(|e| e
-            .starts_with("http.middlewares.rl.rateLimit: this Traefik option is not supported")),
+            .starts_with("http.middlewares.rl.basicAuth: this Traefik option is not supported")),
         "{errs:?}"
     );
     let errs = errors_of("tcp:\n  routers: {}\n", Format::Yaml);
@@ -619,4 +619,51 @@ fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
         ("https", Some("443"), true)
     );
     validate(dynamic, &Limits::default()).unwrap();
+}
+
+/// `rateLimit` and `ipAllowList` as Traefik writes them; what would read a spoofable
+/// `X-Forwarded-For` is refused by path.
+#[test]
+fn access_middlewares_validate_by_path() {
+    use zw_config::{ParsedMiddleware, Source};
+    let ok = "http:\n  middlewares:\n    rl: {rateLimit: {average: 100, burst: 50, sourceCriterion: {ipStrategy: {ipv6Subnet: 64}}}}\n    al: {ipAllowList: {sourceRange: [10.0.0.0/8, \"::1\"]}}\n";
+    let v = validate(parse_str(ok, Format::Yaml).unwrap(), &Limits::default()).unwrap();
+    // sorted: al, rl
+    let ParsedMiddleware::RateLimit(spec) = &v.parsed.middlewares[1] else {
+        panic!("rateLimit")
+    };
+    assert_eq!(spec.rate, Some(100.0));
+    assert_eq!(spec.burst, 50);
+    assert_eq!(
+        spec.max_delay,
+        std::time::Duration::from_millis(5),
+        "half a token at 100/s"
+    );
+    assert_eq!(
+        spec.source,
+        Source::ClientIp {
+            ipv6_subnet: Some(64)
+        }
+    );
+    let ParsedMiddleware::IpAllowList { ranges, reject, .. } = &v.parsed.middlewares[0] else {
+        panic!("ipAllowList")
+    };
+    assert_eq!((ranges.len(), reject.as_u16()), (2, 403));
+
+    let errs = errors_of(
+        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n",
+        Format::Yaml,
+    );
+    for want in [
+        "http.middlewares.a.rateLimit.redis: this Traefik option is not supported",
+        "http.middlewares.a.rateLimit.average: must not be negative",
+        "http.middlewares.a.rateLimit.sourceCriterion: set one of",
+        "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.depth: reading X-Forwarded-For",
+        "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.excludedIPs: reading X-Forwarded-For",
+        "http.middlewares.b.ipAllowList.sourceRange[0]:",
+        "http.middlewares.b.ipAllowList.rejectStatusCode: must be an HTTP status code",
+        "http.middlewares.c.ipAllowList.sourceRange: needs at least one",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
 }

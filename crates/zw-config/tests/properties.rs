@@ -60,6 +60,27 @@ proptest! {
         }
     }
 
+    /// The access middlewares: any value in any field loads or is refused with errors.
+    #[test]
+    fn access_middlewares_never_panic(
+        average in -5i64..1_000_000,
+        period in "([0-9]{1,4}(ns|ms|s|m|h)|0|-1s|)",
+        burst in -5i64..100_000,
+        depth in 0u32..4,
+        subnet in 0u16..300,
+        header in "[A-Za-z-]{0,8}|[ \t:]{1,3}",
+        host in any::<bool>(),
+        range in "([0-9.]{1,15}(/[0-9]{1,3})?|[0-9a-f:]{2,20}(/[0-9]{1,3})?|[a-z]{0,5})",
+        status in 0u16..1000,
+    ) {
+        let y = format!(
+            "http:\n  middlewares:\n    rl:\n      rateLimit: {{average: {average}, period: {period:?}, burst: {burst}, sourceCriterion: {{ipStrategy: {{depth: {depth}, ipv6Subnet: {subnet}}}, requestHeaderName: {header:?}, requestHost: {host}}}}}\n    al:\n      ipAllowList: {{sourceRange: [{range:?}], rejectStatusCode: {status}, ipStrategy: {{ipv6Subnet: {subnet}}}}}\n"
+        );
+        if let Ok(cfg) = parse_str(&y, Format::Yaml) {
+            let _ = validate(cfg, &Limits::default());
+        }
+    }
+
     #[test]
     fn hash_is_independent_of_format(
         routers in prop::collection::btree_map("[a-z]{1,8}", ("[a-z]{1,8}\\.test", 0i64..100), 1..6),

@@ -87,6 +87,16 @@ fn render_metrics(shared: &Shared) -> String {
     for b in reg.backends.values() {
         render_backend(&mut out, &b.label, &b.metrics);
     }
+    out.push_str("# TYPE zeitwork_ratelimit_sources gauge\n# TYPE zeitwork_ratelimit_evictions_total counter\n");
+    for ((name, _), b) in &reg.kept {
+        let _ = writeln!(
+            out,
+            "zeitwork_ratelimit_sources{{middleware=\"{0}\"}} {1}\nzeitwork_ratelimit_evictions_total{{middleware=\"{0}\"}} {2}",
+            esc(name),
+            b.len(),
+            b.evictions.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     out.push_str("# TYPE zeitwork_server_up gauge\n");
     for ((svc, url), s) in &reg.servers {
         let _ = writeln!(

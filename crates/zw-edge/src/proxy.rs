@@ -170,7 +170,7 @@ pub(crate) async fn handle(
 async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answer, Answer> {
     let (mut parts, body, upgrade) = request_filter(ctx, req)?;
     let router = route(ctx, &parts)?;
-    request_middlewares(ctx, router, &mut parts)?;
+    request_middlewares(ctx, router, &mut parts).await?;
     let peer = upstream_peer(ctx, router, &parts)?;
     upstream_request(
         &mut parts,
@@ -286,9 +286,9 @@ fn route<'s>(ctx: &mut RequestCtx<'s>, parts: &request::Parts) -> Result<&'s Rou
 }
 
 /// Phase 3: the router's middlewares, request side, in order. Each may rewrite the
-/// request or answer it (a redirect); the response side of those that ran runs in
-/// [`response_filter`].
-fn request_middlewares(
+/// request, answer it (a redirect, a 429), or hold it for a moment (a rate limit's wait
+/// for its token); the response side of those that ran runs in [`response_filter`].
+async fn request_middlewares(
     ctx: &mut RequestCtx<'_>,
     router: &RouterRt,
     parts: &mut request::Parts,
@@ -298,10 +298,15 @@ fn request_middlewares(
         parts,
         scheme: if ctx.conn.tls { "https" } else { "http" },
         host: host.to_str().unwrap_or(""),
+        client_ip: ctx.conn.client_ip,
     };
     for m in &router.middlewares {
-        if let Action::Respond(rparts) = m.on_request(&mut mctx) {
-            return Err(Response::from_parts(rparts, ProxyBody::empty()));
+        match m.on_request(&mut mctx) {
+            Action::Continue => {}
+            Action::Respond(rparts) => {
+                return Err(Response::from_parts(rparts, ProxyBody::empty()));
+            }
+            Action::Wait(d) => tokio::time::sleep(d).await,
         }
         ctx.middlewares_ran += 1;
     }

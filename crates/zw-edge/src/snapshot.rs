@@ -106,6 +106,8 @@ pub struct Registry {
     /// TLS session cache and ticket keys: kept across snapshots, so that a new
     /// configuration does not make every returning client do a full handshake.
     pub sessions: zw_tls::Sessions,
+    /// Middleware state kept across snapshots (rate-limit buckets).
+    pub kept: middleware::Kept,
 }
 
 fn transport_of(valid: &ValidConfig, name: Option<&str>) -> Transport {
@@ -253,8 +255,14 @@ pub fn build(
         });
     }
 
-    let middlewares: Vec<Arc<dyn Middleware>> =
-        parsed.middlewares.iter().map(middleware::build).collect();
+    let mut kept = middleware::Kept::new();
+    let middlewares: Vec<Arc<dyn Middleware>> = http
+        .middlewares
+        .keys()
+        .zip(&parsed.middlewares)
+        .map(|(name, m)| middleware::build(name, m, &reg.kept, &mut kept))
+        .collect();
+    reg.kept = kept;
 
     // Per entry point, twice: [plain, tls].
     let mut specs: Vec<[Vec<RouterSpec<u32>>; 2]> =

@@ -8,6 +8,8 @@
 
 mod add_prefix;
 mod headers;
+mod ip_allow_list;
+pub mod rate_limit;
 mod redirect;
 mod strip_prefix;
 
@@ -17,6 +19,8 @@ use http::{request, response};
 
 pub use add_prefix::AddPrefix;
 pub use headers::Headers;
+pub use ip_allow_list::IpAllowList;
+pub use rate_limit::RateLimit;
 pub use redirect::{RedirectRegex, RedirectScheme};
 pub use strip_prefix::StripPrefix;
 
@@ -27,6 +31,8 @@ pub struct MiddlewareCtx<'a> {
     pub scheme: &'static str,
     /// Host as the client sent it (authority or Host header, port included).
     pub host: &'a str,
+    /// The client's address (the PROXY protocol's behind a balancer).
+    pub client_ip: std::net::IpAddr,
 }
 
 /// What to do after a middleware ran.
@@ -34,6 +40,8 @@ pub enum Action {
     Continue,
     /// Answer the client now with this status and headers, empty body.
     Respond(response::Parts),
+    /// Go on once this has passed (a rate limit's short wait for a token).
+    Wait(std::time::Duration),
 }
 
 pub trait Middleware: Send + Sync + std::fmt::Debug {
@@ -45,10 +53,28 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn on_response(&self, _parts: &mut response::Parts) {}
 }
 
+/// State a middleware keeps across configurations (a rate limit's buckets), by the
+/// middleware's name and settings.
+pub type Kept = std::collections::HashMap<(String, String), Arc<rate_limit::Buckets>>;
+
 /// Builds the middleware validation parsed; every value it needs is parsed already.
-pub fn build(m: &zw_config::ParsedMiddleware) -> Arc<dyn Middleware> {
+/// `name` and `kept` carry state over from the previous configuration (`used` collects
+/// what this one keeps).
+pub fn build(
+    name: &str,
+    m: &zw_config::ParsedMiddleware,
+    kept: &Kept,
+    used: &mut Kept,
+) -> Arc<dyn Middleware> {
     use zw_config::ParsedMiddleware as P;
     match m {
+        P::RateLimit(spec) => {
+            let key = (name.to_string(), format!("{spec:?}"));
+            let buckets = kept.get(&key).cloned().unwrap_or_default();
+            used.insert(key, buckets.clone());
+            Arc::new(RateLimit::new(spec, buckets))
+        }
+        P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
         P::Headers { request, response } => Arc::new(Headers::new(request, response)),
         P::StripPrefix(s) => Arc::new(StripPrefix::new(s)),
         P::AddPrefix(a) => Arc::new(AddPrefix::new(a)),

@@ -1,0 +1,155 @@
+//! Access-control middlewares over real sockets: `rateLimit` and `ipAllowList`, each
+//! client from its own loopback address. Semantics: Traefik's
+//! `pkg/middlewares/ratelimiter` (`rate_limiter_test.go`: burst then average, 429 with
+//! `Retry-After`, the client address as the default source) and
+//! `pkg/middlewares/ipallowlist` (`ip_allowlist_test.go`: 403 outside `sourceRange`).
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zw_edge::testkit::{TestEdge, Upstream};
+
+/// One HTTP/1.1 request from `from` (a loopback address) to the edge; the status and the
+/// response head.
+async fn get_from(edge: SocketAddr, from: [u8; 4], headers: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = socket.connect(edge).await.unwrap();
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+fn config(up: &Upstream, middleware: &str) -> String {
+    format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [m]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    m:\n{middleware}",
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn a_rate_limit_admits_the_burst_per_client_then_answers_429_with_retry_after() {
+    let up = Upstream::start("u").await;
+    // 5 a minute: the burst is all a test run sees of it, whatever the machine's speed.
+    let limit = "      rateLimit: {average: 5, period: 1m, burst: 5}\n";
+    let edge = TestEdge::start(&config(&up, limit)).await;
+    let mut statuses = Vec::new();
+    let mut retry = String::new();
+    for _ in 0..8 {
+        let (status, head) = get_from(edge.addr, [127, 0, 0, 1], "").await;
+        if status == 429 {
+            retry = head;
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let after: u64 = retry
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=12).contains(&after),
+        "a token comes every 12 s: {retry}"
+    );
+
+    // Another client has its own bucket; a forged X-Forwarded-For changes nothing.
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 2], "").await.0, 200);
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "x-forwarded-for: 10.9.9.9\r\n")
+            .await
+            .0,
+        429
+    );
+
+    // A reload that leaves the limit as it was keeps the buckets; one that changes it
+    // starts afresh.
+    let v = edge.edge.status().version;
+    edge.write_config(&config(&up, limit).replace("service: s,", "service: s, priority: 5,"));
+    edge.wait_version_above(v).await;
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 1], "").await.0, 429);
+    let v = edge.edge.status().version;
+    edge.write_config(&config(&up, &limit.replace("burst: 5", "burst: 6")));
+    edge.wait_version_above(v).await;
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 1], "").await.0, 200);
+
+    let metrics = edge.admin_get("/metrics").await.body;
+    // After the change only the one client asked again.
+    assert!(
+        metrics.contains("zeitwork_ratelimit_sources{middleware=\"m\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zeitwork_ratelimit_evictions_total{middleware=\"m\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_by_header_counts_each_value_apart() {
+    let up = Upstream::start("u").await;
+    let limit = "      rateLimit:\n        average: 1\n        period: 1m\n        sourceCriterion: {requestHeaderName: X-User}\n";
+    let edge = TestEdge::start(&config(&up, limit)).await;
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "x-user: ann\r\n")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "x-user: ann\r\n")
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "x-user: bob\r\n")
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_allow_list_admits_its_ranges_only() {
+    let up = Upstream::start("u").await;
+    let edge = TestEdge::start(&config(
+        &up,
+        "      ipAllowList: {sourceRange: [127.0.0.2/32, 10.0.0.0/8]}\n",
+    ))
+    .await;
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 2], "").await.0, 200);
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 1], "").await.0, 403);
+    // X-Forwarded-For from the client is not believed.
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "x-forwarded-for: 10.1.2.3\r\n")
+            .await
+            .0,
+        403
+    );
+
+    // Traefik's older name, and another status.
+    let edge = TestEdge::start(&config(
+        &up,
+        "      ipWhiteList: {sourceRange: [127.0.0.2], rejectStatusCode: 404}\n",
+    ))
+    .await;
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 3], "").await.0, 404);
+    assert_eq!(get_from(edge.addr, [127, 0, 0, 2], "").await.0, 200);
+}

@@ -48,38 +48,12 @@ pub(crate) fn check_rate_limit(
         period
     };
     let burst = r.burst.unwrap_or(1).clamp(1, i64::from(u32::MAX));
-    let source = match &r.source_criterion {
-        None => Some(Source::ClientIp { ipv6_subnet: None }),
-        Some(sc) => {
-            let sp = format!("{p}.sourceCriterion");
-            c.unknown(&sp, &sc.unknown);
-            let set = usize::from(sc.ip_strategy.is_some())
-                + usize::from(sc.request_header_name.is_some())
-                + usize::from(sc.request_host);
-            if set > 1 {
-                c.err(
-                    &sp,
-                    "set one of ipStrategy, requestHeaderName or requestHost",
-                );
-            }
-            match (&sc.ip_strategy, &sc.request_header_name, sc.request_host) {
-                (Some(s), _, _) => check_ip_strategy(c, &format!("{sp}.ipStrategy"), s)
-                    .map(|ipv6_subnet| Source::ClientIp { ipv6_subnet }),
-                (None, Some(h), _) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(h) => Some(Source::Header(h)),
-                    Err(_) => {
-                        c.err(
-                            format!("{sp}.requestHeaderName"),
-                            format!("`{h}` is not a header name"),
-                        );
-                        None
-                    }
-                },
-                (None, None, true) => Some(Source::Host),
-                (None, None, false) => Some(Source::ClientIp { ipv6_subnet: None }),
-            }
-        }
-    };
+    let source = source_of(
+        c,
+        p,
+        r.source_criterion.as_ref(),
+        Source::ClientIp { ipv6_subnet: None },
+    );
     let rate = (r.average > 0).then(|| r.average as f64 / period.as_secs_f64());
     // Traefik: a request may wait half a token's time; below one token a second, 500 ms.
     let max_delay = match rate {
@@ -138,5 +112,63 @@ pub(crate) fn check_ip_allow_list(
         ranges,
         ipv6_subnet,
         reject: reject.unwrap_or(http::StatusCode::FORBIDDEN),
+    })
+}
+
+/// `sourceCriterion`, or `default` without one.
+fn source_of(
+    c: &mut Checker<'_>,
+    p: &str,
+    criterion: Option<&crate::SourceCriterion>,
+    default: Source,
+) -> Option<Source> {
+    match criterion {
+        None => Some(default),
+        Some(sc) => {
+            let sp = format!("{p}.sourceCriterion");
+            c.unknown(&sp, &sc.unknown);
+            let set = usize::from(sc.ip_strategy.is_some())
+                + usize::from(sc.request_header_name.is_some())
+                + usize::from(sc.request_host);
+            if set > 1 {
+                c.err(
+                    &sp,
+                    "set one of ipStrategy, requestHeaderName or requestHost",
+                );
+            }
+            match (&sc.ip_strategy, &sc.request_header_name, sc.request_host) {
+                (Some(s), _, _) => check_ip_strategy(c, &format!("{sp}.ipStrategy"), s)
+                    .map(|ipv6_subnet| Source::ClientIp { ipv6_subnet }),
+                (None, Some(h), _) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(h) => Some(Source::Header(h)),
+                    Err(_) => {
+                        c.err(
+                            format!("{sp}.requestHeaderName"),
+                            format!("`{h}` is not a header name"),
+                        );
+                        None
+                    }
+                },
+                (None, None, true) => Some(Source::Host),
+                (None, None, false) => Some(default),
+            }
+        }
+    }
+}
+
+pub(crate) fn check_in_flight(
+    c: &mut Checker<'_>,
+    p: &str,
+    f: &crate::InFlightReq,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &f.unknown);
+    let before = c.errors.len();
+    if f.amount < 1 {
+        c.err(format!("{p}.amount"), "must be at least 1");
+    }
+    let source = source_of(c, p, f.source_criterion.as_ref(), Source::Host)?;
+    (c.errors.len() == before).then(|| ParsedMiddleware::InFlightReq {
+        amount: u64::try_from(f.amount).unwrap_or(1),
+        source,
     })
 }

@@ -414,6 +414,8 @@ pub struct Middleware {
     pub redirect_scheme: Option<RedirectScheme>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_req: Option<InFlightReq>,
     /// `ipWhiteList`, Traefik's older name, is read as this.
     #[serde(
         default,
@@ -470,6 +472,19 @@ pub struct IpStrategy {
     /// IPv6 addresses count by their network of this prefix length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_subnet: Option<u8>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `inFlightReq`: at most `amount` requests at once per source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlightReq {
+    #[serde(default)]
+    pub amount: i64,
+    /// Default: the request's host (as in Traefik).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_criterion: Option<SourceCriterion>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

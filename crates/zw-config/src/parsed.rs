@@ -126,6 +126,11 @@ pub enum ParsedMiddleware {
     },
     RedirectScheme(RedirectScheme),
     RateLimit(RateLimitSpec),
+    /// At most `amount` requests in flight per source.
+    InFlightReq {
+        amount: u64,
+        source: Source,
+    },
     IpAllowList {
         ranges: Vec<zw_rules::IpNet>,
         ipv6_subnet: Option<u8>,

@@ -156,7 +156,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "compress",
     "chain",
     "buffering",
-    "inFlightReq",
     "errors",
     "replacePath",
     "replacePathRegex",
@@ -701,12 +700,13 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
         m.redirect_scheme.is_some(),
         m.rate_limit.is_some(),
         m.ip_allow_list.is_some(),
+        m.in_flight_req.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -791,6 +791,9 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
     }
     if let Some(r) = &m.rate_limit {
         parsed = crate::access::check_rate_limit(c, &format!("{p}.rateLimit"), r);
+    }
+    if let Some(f) = &m.in_flight_req {
+        parsed = crate::access::check_in_flight(c, &format!("{p}.inFlightReq"), f);
     }
     if let Some(a) = &m.ip_allow_list {
         parsed = crate::access::check_ip_allow_list(c, &format!("{p}.ipAllowList"), a);

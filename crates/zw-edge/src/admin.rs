@@ -89,6 +89,9 @@ fn render_metrics(shared: &Shared) -> String {
     }
     out.push_str("# TYPE zeitwork_ratelimit_sources gauge\n# TYPE zeitwork_ratelimit_evictions_total counter\n");
     for ((name, _), b) in &reg.kept {
+        let Some(b) = b.downcast_ref::<crate::middleware::rate_limit::Buckets>() else {
+            continue;
+        };
         let _ = writeln!(
             out,
             "zeitwork_ratelimit_sources{{middleware=\"{0}\"}} {1}\nzeitwork_ratelimit_evictions_total{{middleware=\"{0}\"}} {2}",

@@ -25,6 +25,8 @@ pub(crate) struct Exchange {
     pub(crate) router: Option<Arc<RouterMetrics>>,
     pub(crate) in_flight: Option<InFlight>,
     pub(crate) log: Option<Box<LogFields>>,
+    /// What middlewares keep until the response is done (in-flight counts).
+    pub(crate) held: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 pub(crate) struct LogFields {
@@ -70,6 +72,7 @@ impl Exchange {
             router: None,
             in_flight: None,
             log,
+            held: Vec::new(),
         }
     }
 }

@@ -307,6 +307,7 @@ async fn request_middlewares(
                 return Err(Response::from_parts(rparts, ProxyBody::empty()));
             }
             Action::Wait(d) => tokio::time::sleep(d).await,
+            Action::Hold(guard) => ctx.ex.held.push(guard),
         }
         ctx.middlewares_ran += 1;
     }

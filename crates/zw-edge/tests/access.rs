@@ -153,3 +153,40 @@ async fn an_allow_list_admits_its_ranges_only() {
     assert_eq!(get_from(edge.addr, [127, 0, 0, 3], "").await.0, 404);
     assert_eq!(get_from(edge.addr, [127, 0, 0, 2], "").await.0, 200);
 }
+
+/// Traefik's `inflightreq_test.go`: over `amount` requests at once, 429; a request counts
+/// until its response is done.
+#[tokio::test]
+async fn in_flight_requests_are_capped_per_host_until_their_responses_end() {
+    let up = Upstream::start("u").await;
+    let edge = TestEdge::start(&config(&up, "      inFlightReq: {amount: 2}\n")).await;
+    let slow = |addr: SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow/700 HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf)
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (a, b) = (tokio::spawn(slow(edge.addr)), tokio::spawn(slow(edge.addr)));
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "").await.0,
+        429,
+        "a third at once"
+    );
+    assert_eq!(
+        (a.await.unwrap(), b.await.unwrap()),
+        ("200".into(), "200".into())
+    );
+    assert_eq!(
+        get_from(edge.addr, [127, 0, 0, 1], "").await.0,
+        200,
+        "counted down when done"
+    );
+}

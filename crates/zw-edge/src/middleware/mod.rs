@@ -8,6 +8,7 @@
 
 mod add_prefix;
 mod headers;
+mod in_flight;
 mod ip_allow_list;
 pub mod rate_limit;
 mod redirect;
@@ -19,6 +20,7 @@ use http::{request, response};
 
 pub use add_prefix::AddPrefix;
 pub use headers::Headers;
+pub use in_flight::InFlightReq;
 pub use ip_allow_list::IpAllowList;
 pub use rate_limit::RateLimit;
 pub use redirect::{RedirectRegex, RedirectScheme};
@@ -42,6 +44,8 @@ pub enum Action {
     Respond(response::Parts),
     /// Go on once this has passed (a rate limit's short wait for a token).
     Wait(std::time::Duration),
+    /// Go on, and keep this until the response body is done (an in-flight count).
+    Hold(Box<dyn std::any::Any + Send>),
 }
 
 pub trait Middleware: Send + Sync + std::fmt::Debug {
@@ -53,9 +57,24 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn on_response(&self, _parts: &mut response::Parts) {}
 }
 
-/// State a middleware keeps across configurations (a rate limit's buckets), by the
-/// middleware's name and settings.
-pub type Kept = std::collections::HashMap<(String, String), Arc<rate_limit::Buckets>>;
+/// State a middleware keeps across configurations (a rate limit's buckets, in-flight
+/// counts), by the middleware's name and settings.
+pub type Kept = std::collections::HashMap<(String, String), Arc<dyn std::any::Any + Send + Sync>>;
+
+/// The state `kept` has for this middleware, or a new one; recorded in `used`.
+fn keep<T: Default + Send + Sync + 'static>(
+    key: (String, String),
+    kept: &Kept,
+    used: &mut Kept,
+) -> Arc<T> {
+    let state = kept
+        .get(&key)
+        .cloned()
+        .and_then(|s| s.downcast::<T>().ok())
+        .unwrap_or_default();
+    used.insert(key, state.clone());
+    state
+}
 
 /// Builds the middleware validation parsed; every value it needs is parsed already.
 /// `name` and `kept` carry state over from the previous configuration (`used` collects
@@ -69,10 +88,17 @@ pub fn build(
     use zw_config::ParsedMiddleware as P;
     match m {
         P::RateLimit(spec) => {
-            let key = (name.to_string(), format!("{spec:?}"));
-            let buckets = kept.get(&key).cloned().unwrap_or_default();
-            used.insert(key, buckets.clone());
+            let buckets = keep((name.to_string(), format!("{spec:?}")), kept, used);
             Arc::new(RateLimit::new(spec, buckets))
+        }
+        P::InFlightReq { amount, source } => {
+            // Counts are kept whatever the amount: the requests in flight are still so.
+            let counts = keep(
+                (name.to_string(), format!("inFlight {source:?}")),
+                kept,
+                used,
+            );
+            Arc::new(InFlightReq::new(*amount, source, counts))
         }
         P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
         P::Headers { request, response } => Arc::new(Headers::new(request, response)),

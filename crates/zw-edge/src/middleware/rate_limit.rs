@@ -158,7 +158,7 @@ impl RateLimit {
 }
 
 /// `ip` as a key: an IPv6 address masked to its `/subnet` network.
-fn ip_key(ip: IpAddr, subnet: Option<u8>) -> [u8; 17] {
+pub(crate) fn ip_key(ip: IpAddr, subnet: Option<u8>) -> [u8; 17] {
     let mut k = [0u8; 17];
     match ip {
         IpAddr::V4(v4) => {

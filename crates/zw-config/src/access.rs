@@ -172,3 +172,145 @@ pub(crate) fn check_in_flight(
         source,
     })
 }
+
+type HeadersExtra = (
+    Vec<(http::HeaderName, http::HeaderValue)>,
+    Option<(http::HeaderValue, bool)>,
+    Option<Box<crate::Cors>>,
+);
+
+/// The security and CORS keys of a `headers` middleware, as Traefik's
+/// `pkg/middlewares/headers` sets them (`secure.go` over unrolled/secure, `header.go`).
+pub(crate) fn check_headers_extra(
+    c: &mut Checker<'_>,
+    p: &str,
+    h: &crate::Headers,
+) -> Option<HeadersExtra> {
+    let before = c.errors.len();
+    let value = |field: &str, v: &str, c: &mut Checker<'_>| match http::HeaderValue::from_str(v) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            c.err(
+                format!("{p}.{field}"),
+                "not a valid header value (control characters are not allowed)",
+            );
+            None
+        }
+    };
+    let mut security = Vec::new();
+    let frame = if !h.custom_frame_options_value.is_empty() {
+        Some(h.custom_frame_options_value.as_str())
+    } else if h.frame_deny {
+        Some("DENY")
+    } else {
+        None
+    };
+    let xss = if !h.custom_browser_xss_value.is_empty() {
+        Some(h.custom_browser_xss_value.as_str())
+    } else if h.browser_xss_filter {
+        Some("1; mode=block")
+    } else {
+        None
+    };
+    for (field, name, v) in [
+        ("customFrameOptionsValue", "x-frame-options", frame),
+        (
+            "contentTypeNosniff",
+            "x-content-type-options",
+            h.content_type_nosniff.then_some("nosniff"),
+        ),
+        ("customBrowserXSSValue", "x-xss-protection", xss),
+        (
+            "contentSecurityPolicy",
+            "content-security-policy",
+            Some(h.content_security_policy.as_str()).filter(|v| !v.is_empty()),
+        ),
+        (
+            "contentSecurityPolicyReportOnly",
+            "content-security-policy-report-only",
+            Some(h.content_security_policy_report_only.as_str()).filter(|v| !v.is_empty()),
+        ),
+        (
+            "referrerPolicy",
+            "referrer-policy",
+            Some(h.referrer_policy.as_str()).filter(|v| !v.is_empty()),
+        ),
+        (
+            "permissionsPolicy",
+            "permissions-policy",
+            Some(h.permissions_policy.as_str()).filter(|v| !v.is_empty()),
+        ),
+    ] {
+        if let Some(v) = v {
+            if let Some(v) = value(field, v, c) {
+                security.push((http::HeaderName::from_static(name), v));
+            }
+        }
+    }
+    if h.sts_seconds < 0 {
+        c.err(format!("{p}.stsSeconds"), "must not be negative");
+    }
+    let sts = (h.sts_seconds > 0 && !h.is_development).then(|| {
+        let mut v = format!("max-age={}", h.sts_seconds);
+        if h.sts_include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if h.sts_preload {
+            v.push_str("; preload");
+        }
+        (
+            http::HeaderValue::from_str(&v).unwrap_or(http::HeaderValue::from_static("max-age=0")),
+            h.force_sts_header,
+        )
+    });
+    let has_cors = h.access_control_allow_credentials
+        || !h.access_control_allow_headers.is_empty()
+        || !h.access_control_allow_methods.is_empty()
+        || !h.access_control_allow_origin_list.is_empty()
+        || !h.access_control_allow_origin_list_regex.is_empty()
+        || !h.access_control_expose_headers.is_empty()
+        || h.access_control_max_age != 0
+        || h.add_vary_header;
+    let joined = |field: &str, list: &[String], c: &mut Checker<'_>| {
+        if list.is_empty() {
+            None
+        } else {
+            value(field, &list.join(","), c)
+        }
+    };
+    let allow_headers = joined(
+        "accessControlAllowHeaders",
+        &h.access_control_allow_headers,
+        c,
+    );
+    let allow_methods = joined(
+        "accessControlAllowMethods",
+        &h.access_control_allow_methods,
+        c,
+    );
+    let expose_headers = joined(
+        "accessControlExposeHeaders",
+        &h.access_control_expose_headers,
+        c,
+    );
+    let mut origin_regexes = Vec::new();
+    for (i, r) in h.access_control_allow_origin_list_regex.iter().enumerate() {
+        match zw_rules::compile_go_regex(r) {
+            Ok(re) => origin_regexes.push(re),
+            Err(e) => c.err(format!("{p}.accessControlAllowOriginListRegex[{i}]"), e),
+        }
+    }
+    let cors = has_cors.then(|| {
+        Box::new(crate::Cors {
+            allow_credentials: h.access_control_allow_credentials,
+            allow_headers,
+            allow_methods,
+            origins: h.access_control_allow_origin_list.clone(),
+            origin_regexes,
+            expose_headers,
+            max_age: h.access_control_max_age,
+            add_vary: h.add_vary_header,
+        })
+    });
+    (c.errors.len() == before).then_some((security, sts, cors))
+}

@@ -513,6 +513,53 @@ pub struct Headers {
     /// Set on the response to the client; an empty value removes the header.
     #[serde(default)]
     pub custom_response_headers: BTreeMap<String, String>,
+    // CORS
+    #[serde(default)]
+    pub access_control_allow_credentials: bool,
+    #[serde(default)]
+    pub access_control_allow_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_methods: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list_regex: Vec<String>,
+    #[serde(default)]
+    pub access_control_expose_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_max_age: i64,
+    #[serde(default)]
+    pub add_vary_header: bool,
+    // Security
+    #[serde(default)]
+    pub sts_seconds: i64,
+    #[serde(default)]
+    pub sts_include_subdomains: bool,
+    #[serde(default)]
+    pub sts_preload: bool,
+    #[serde(default, rename = "forceSTSHeader")]
+    pub force_sts_header: bool,
+    #[serde(default)]
+    pub frame_deny: bool,
+    #[serde(default)]
+    pub custom_frame_options_value: String,
+    #[serde(default)]
+    pub content_type_nosniff: bool,
+    #[serde(default)]
+    pub browser_xss_filter: bool,
+    #[serde(default, rename = "customBrowserXSSValue")]
+    pub custom_browser_xss_value: String,
+    #[serde(default)]
+    pub content_security_policy: String,
+    #[serde(default)]
+    pub content_security_policy_report_only: String,
+    #[serde(default)]
+    pub referrer_policy: String,
+    #[serde(default)]
+    pub permissions_policy: String,
+    /// Turns the HSTS header off (Traefik's development mode).
+    #[serde(default)]
+    pub is_development: bool,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -109,12 +109,33 @@ pub struct ParsedRouter {
 /// header (an empty value in the configuration, as in Traefik).
 pub type HeaderEdits = Vec<(HeaderName, Option<HeaderValue>)>;
 
+/// The CORS keys of a `headers` middleware.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub allow_credentials: bool,
+    pub allow_headers: Option<HeaderValue>,
+    pub allow_methods: Option<HeaderValue>,
+    /// Exact origins, or `*`.
+    pub origins: Vec<String>,
+    /// Go regular expressions, translated, with the rule engine's size limit.
+    pub origin_regexes: Vec<regex::Regex>,
+    pub expose_headers: Option<HeaderValue>,
+    pub max_age: i64,
+    pub add_vary: bool,
+}
+
 /// A middleware of one type, its strings parsed.
 #[derive(Debug, Clone)]
 pub enum ParsedMiddleware {
     Headers {
         request: HeaderEdits,
         response: HeaderEdits,
+        /// Set on every response (security headers: frame options, nosniff, CSP, ...).
+        security: Vec<(HeaderName, HeaderValue)>,
+        /// `Strict-Transport-Security`, and whether it goes on plain-HTTP responses too
+        /// (`forceSTSHeader`).
+        sts: Option<(HeaderValue, bool)>,
+        cors: Option<Box<Cors>>,
     },
     StripPrefix(StripPrefix),
     AddPrefix(AddPrefix),

@@ -168,32 +168,10 @@ const TRAEFIK_KEYS: &[&str] = &[
     "mode",
     "followRedirects",
     "unhealthyInterval",
-    "accessControlAllowCredentials",
-    "accessControlAllowHeaders",
-    "accessControlAllowMethods",
-    "accessControlAllowOriginList",
-    "accessControlAllowOriginListRegex",
-    "accessControlExposeHeaders",
-    "accessControlMaxAge",
-    "addVaryHeader",
     "allowedHosts",
     "hostsProxyHeaders",
     "sslProxyHeaders",
-    "stsSeconds",
-    "stsIncludeSubdomains",
-    "stsPreload",
-    "forceSTSHeader",
-    "frameDeny",
-    "customFrameOptionsValue",
-    "contentTypeNosniff",
-    "browserXssFilter",
-    "customBrowserXSSValue",
-    "contentSecurityPolicy",
-    "contentSecurityPolicyReportOnly",
     "publicKey",
-    "referrerPolicy",
-    "permissionsPolicy",
-    "isDevelopment",
     "forceSlash",
     "serverName",
     "insecureSkipVerify",
@@ -720,12 +698,20 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
             &format!("{p}.headers.customResponseHeaders"),
             &h.custom_response_headers,
         );
-        parsed = request
-            .zip(response)
-            .map(|(request, response)| ParsedMiddleware::Headers {
-                request: header_edits(request),
-                response: header_edits(response),
-            });
+        let extra = crate::access::check_headers_extra(c, &format!("{p}.headers"), h);
+        parsed =
+            request
+                .zip(response)
+                .zip(extra)
+                .map(
+                    |((request, response), (security, sts, cors))| ParsedMiddleware::Headers {
+                        request: header_edits(request),
+                        response: header_edits(response),
+                        security,
+                        sts,
+                        cors,
+                    },
+                );
     }
     if let Some(s) = &m.strip_prefix {
         c.unknown(&format!("{p}.stripPrefix"), &s.unknown);

@@ -124,6 +124,8 @@ struct RequestCtx<'s> {
     middlewares_ran: usize,
     /// `X-Routed-To` / `X-Route-Reason`, when the snapshot asks for them.
     explain: Option<Explain<'s>>,
+    /// What the middlewares' response side knows of the request (its `Origin`).
+    origin: Option<HeaderValue>,
     /// Timings, log fields and the in-flight guard, handed to the response body at the
     /// end: the logging phase runs when the body is done.
     ex: Exchange,
@@ -156,6 +158,7 @@ pub(crate) async fn handle(
         router: None,
         middlewares_ran: 0,
         explain: None,
+        origin: None,
         ex,
     };
     let mut resp = match phases(&mut ctx, req).await {
@@ -294,6 +297,9 @@ async fn request_middlewares(
     parts: &mut request::Parts,
 ) -> Result<(), Answer> {
     let host = ctx.host.clone();
+    if !router.middlewares.is_empty() {
+        ctx.origin = parts.headers.get(header::ORIGIN).cloned();
+    }
     let mut mctx = MiddlewareCtx {
         parts,
         scheme: if ctx.conn.tls { "https" } else { "http" },
@@ -885,8 +891,12 @@ fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
     if !ran.is_empty() {
         let (mut parts, body) =
             std::mem::replace(resp, Response::new(ProxyBody::empty())).into_parts();
+        let rctx = crate::middleware::ResponseCtx {
+            origin: ctx.origin.take(),
+            tls: ctx.conn.tls,
+        };
         for m in ran.iter().rev() {
-            m.on_response(&mut parts);
+            m.on_response(&mut parts, &rctx);
         }
         *resp = Response::from_parts(parts, body);
     }

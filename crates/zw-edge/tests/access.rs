@@ -190,3 +190,96 @@ async fn in_flight_requests_are_capped_per_host_until_their_responses_end() {
         "counted down when done"
     );
 }
+
+/// One request with `method` and `headers`; the status and the response head.
+async fn request(edge: SocketAddr, method: &str, headers: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(edge).await.unwrap();
+    s.write_all(
+        format!("{method} / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Traefik's `header_test.go` (`TestNewHeader_CORSPreflights`, `TestNewHeader_CORSResponses`)
+/// and the security headers of `secure_test.go`.
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_carry_cors_and_security_headers() {
+    let up = Upstream::start("u").await;
+    let m = "      headers:\n        accessControlAllowMethods: [GET, OPTIONS, PUT]\n        accessControlAllowHeaders: [origin, X-Requested-With]\n        accessControlAllowOriginList: [https://foo.bar.org]\n        accessControlAllowOriginListRegex: [\"^https://([a-z]+)\\\\.bar\\\\.org$\"]\n        accessControlMaxAge: 600\n        accessControlExposeHeaders: [X-Custom]\n        accessControlAllowCredentials: true\n        addVaryHeader: true\n        frameDeny: true\n        contentTypeNosniff: true\n        browserXssFilter: true\n        contentSecurityPolicy: \"default-src 'self'\"\n        referrerPolicy: same-origin\n        stsSeconds: 31536000\n        stsIncludeSubdomains: true\n        stsPreload: true\n";
+    let edge = TestEdge::start(&config(&up, m)).await;
+
+    let (status, head) = request(
+        edge.addr,
+        "OPTIONS",
+        "origin: https://foo.bar.org\r\naccess-control-request-method: GET\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    for want in [
+        "access-control-allow-origin: https://foo.bar.org",
+        "access-control-allow-methods: GET,OPTIONS,PUT",
+        "access-control-allow-headers: origin,X-Requested-With",
+        "access-control-allow-credentials: true",
+        "access-control-max-age: 600",
+    ] {
+        assert!(
+            head.contains(&want.to_ascii_lowercase()),
+            "preflight lacks {want}: {head}"
+        );
+    }
+    assert!(
+        !head.contains("x-upstream"),
+        "a preflight does not reach the upstream"
+    );
+
+    // An origin matching the regex is echoed; an unlisted one gets no Allow-Origin.
+    let (status, head) = request(edge.addr, "GET", "origin: https://baz.bar.org\r\n").await;
+    assert_eq!(status, 200);
+    for want in [
+        "access-control-allow-origin: https://baz.bar.org",
+        "access-control-expose-headers: x-custom",
+        "vary: origin",
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+        "x-xss-protection: 1; mode=block",
+        "content-security-policy: default-src 'self'",
+        "referrer-policy: same-origin",
+    ] {
+        assert!(head.contains(want), "lacks {want}: {head}");
+    }
+    assert!(
+        !head.contains("strict-transport-security"),
+        "no HSTS over plain HTTP: {head}"
+    );
+    let (_, head) = request(edge.addr, "GET", "origin: https://evil.example\r\n").await;
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+
+    // forceSTSHeader puts HSTS on plain HTTP too.
+    let edge = TestEdge::start(&config(
+        &up,
+        "      headers: {stsSeconds: 60, forceSTSHeader: true}\n",
+    ))
+    .await;
+    let (_, head) = request(edge.addr, "GET", "").await;
+    assert!(
+        head.contains("strict-transport-security: max-age=60"),
+        "{head}"
+    );
+}

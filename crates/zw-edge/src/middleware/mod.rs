@@ -37,6 +37,15 @@ pub struct MiddlewareCtx<'a> {
     pub client_ip: std::net::IpAddr,
 }
 
+/// What the response side knows of the request.
+#[derive(Debug, Default)]
+pub struct ResponseCtx {
+    /// The request's `Origin` (CORS).
+    pub origin: Option<http::HeaderValue>,
+    /// Whether it came over TLS (HSTS).
+    pub tls: bool,
+}
+
 /// What to do after a middleware ran.
 pub enum Action {
     Continue,
@@ -53,8 +62,8 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn on_request(&self, _ctx: &mut MiddlewareCtx<'_>) -> Action {
         Action::Continue
     }
-    /// Runs on the upstream's response, in reverse order.
-    fn on_response(&self, _parts: &mut response::Parts) {}
+    /// Runs on the upstream's response (or whatever answered), in reverse order.
+    fn on_response(&self, _parts: &mut response::Parts, _req: &ResponseCtx) {}
 }
 
 /// State a middleware keeps across configurations (a rate limit's buckets, in-flight
@@ -101,7 +110,19 @@ pub fn build(
             Arc::new(InFlightReq::new(*amount, source, counts))
         }
         P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
-        P::Headers { request, response } => Arc::new(Headers::new(request, response)),
+        P::Headers {
+            request,
+            response,
+            security,
+            sts,
+            cors,
+        } => Arc::new(Headers::new(
+            request,
+            response,
+            security,
+            sts,
+            cors.as_deref(),
+        )),
         P::StripPrefix(s) => Arc::new(StripPrefix::new(s)),
         P::AddPrefix(a) => Arc::new(AddPrefix::new(a)),
         P::RedirectRegex {

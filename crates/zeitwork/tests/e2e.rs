@@ -338,7 +338,7 @@ fn config_validate_prints_ok_and_hash_or_every_error() {
     let bad = write_config(
         dir.path(),
         "bad.yaml",
-        "http:\n  routers:\n    r: {rule: \"Path(`x`)\", service: s, tls: {}}\n",
+        "http:\n  routers:\n    r: {rule: \"Path(`x`)\", service: s, observability: {}}\n",
     );
     let out = Command::new(BIN)
         .args(["config", "validate"])
@@ -370,7 +370,8 @@ fn config_validate_prints_ok_and_hash_or_every_error() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("http.routers.r.tls: this Traefik option is not supported")),
+            .any(|l| l
+                .starts_with("http.routers.r.observability: this Traefik option is not supported")),
         "{stdout}"
     );
 }

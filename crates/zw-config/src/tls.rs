@@ -250,14 +250,27 @@ pub(crate) fn check_tls(
 /// roots) for servers with none, made once per configuration.
 pub(crate) struct UpstreamTls {
     by_transport: BTreeMap<String, crate::UpstreamTlsConfig>,
-    default: Option<crate::UpstreamTlsConfig>,
+    /// Made when a server first needs it: reading the system's CAs costs a moment, and
+    /// most configurations have no `https://` server.
+    default: std::cell::OnceCell<Option<crate::UpstreamTlsConfig>>,
 }
 
 impl UpstreamTls {
     pub(crate) fn for_transport(&self, name: Option<&str>) -> Option<crate::UpstreamTlsConfig> {
         match name {
             Some(n) => self.by_transport.get(n).cloned(),
-            None => self.default.clone(),
+            None => self
+                .default
+                .get_or_init(|| {
+                    zw_tls::client_config(None, false, None).ok().map(|cfg| {
+                        crate::UpstreamTlsConfig {
+                            config: Arc::new(cfg),
+                            server_name: None,
+                            identity: "system".into(),
+                        }
+                    })
+                })
+                .clone(),
         }
     }
 }
@@ -345,22 +358,8 @@ pub(crate) fn check_transports(
             Err(e) => c.err(&p, e.to_string()),
         }
     }
-    let default = match zw_tls::client_config(None, false, None) {
-        Ok(cfg) => Some(crate::UpstreamTlsConfig {
-            config: Arc::new(cfg),
-            server_name: None,
-            identity: "system".into(),
-        }),
-        Err(e) => {
-            c.err(
-                "http.serversTransports",
-                format!("the default upstream TLS configuration: {e}"),
-            );
-            None
-        }
-    };
     UpstreamTls {
         by_transport,
-        default,
+        default: std::cell::OnceCell::new(),
     }
 }

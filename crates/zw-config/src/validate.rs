@@ -590,11 +590,18 @@ fn check_service(
                 }
             }
             // `https://` servers that are not worker ingresses: TLS as the transport says.
-            let public_tls = servers
+            let needs_tls = servers
                 .iter()
-                .any(|s| s.url.scheme == UpstreamScheme::Https && s.instance.is_none())
+                .any(|s| s.url.scheme == UpstreamScheme::Https && s.instance.is_none());
+            let public_tls = needs_tls
                 .then(|| upstream_tls.for_transport(lb.servers_transport.as_deref().map(ref_name)))
                 .flatten();
+            if needs_tls && public_tls.is_none() && c.errors.is_empty() {
+                c.err(
+                    &p,
+                    "no TLS client configuration could be made for its https:// servers",
+                );
+            }
             Some(ParsedService::LoadBalancer(Box::new(ParsedLoadBalancer {
                 config: lb.clone(),
                 upstream_tls: public_tls,

@@ -293,8 +293,17 @@ async fn every_endpoint_works() {
             "http://127.0.0.1:31000",
             "{backend:?}: {snap}"
         );
-        // us has no instance: its edges forward to eu's balancer
-        let us = api.ok("GET", "/api/v1/snapshots/us", None).await;
+        // us has no instance: its edges forward to eu's balancer (its snapshot is
+        // compiled after eu's; give it the same moment)
+        let mut us = Value::Null;
+        for _ in 0..100 {
+            let (s, v) = api.call("GET", "/api/v1/snapshots/us", None).await;
+            if s == 200 && v["snapshot"]["http"]["routers"]["domain-app.example.com"].is_object() {
+                us = v;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         assert_eq!(
             us["snapshot"]["http"]["services"]["deployment-web"]["loadBalancer"]["servers"][0]
                 ["url"],

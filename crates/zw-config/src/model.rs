@@ -416,6 +416,12 @@ pub struct Middleware {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_req: Option<InFlightReq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_path: Option<ReplacePath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_path_regex: Option<ReplacePathRegex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix_regex: Option<StripPrefixRegex>,
     /// `ipWhiteList`, Traefik's older name, is read as this.
     #[serde(
         default,
@@ -472,6 +478,36 @@ pub struct IpStrategy {
     /// IPv6 addresses count by their network of this prefix length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_subnet: Option<u8>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `replacePath`: the path becomes `path`; the old one goes in `X-Replaced-Path`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacePath {
+    pub path: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `replacePathRegex`: a path that matches `regex` is replaced by `replacement` (`$1`
+/// and `${name}` expand); the old one goes in `X-Replaced-Path`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacePathRegex {
+    pub regex: String,
+    pub replacement: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `stripPrefixRegex`: the first expression whose match starts the path is stripped; it
+/// goes in `X-Forwarded-Prefix`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StripPrefixRegex {
+    pub regex: Vec<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -147,6 +147,12 @@ pub enum ParsedMiddleware {
     },
     RedirectScheme(RedirectScheme),
     RateLimit(RateLimitSpec),
+    ReplacePath(String),
+    ReplacePathRegex {
+        regex: regex::Regex,
+        replacement: String,
+    },
+    StripPrefixRegex(Vec<regex::Regex>),
     /// At most `amount` requests in flight per source.
     InFlightReq {
         amount: u64,

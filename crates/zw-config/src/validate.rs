@@ -157,9 +157,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "chain",
     "buffering",
     "errors",
-    "replacePath",
-    "replacePathRegex",
-    "stripPrefixRegex",
     "contentType",
     "passTLSClientCert",
     "grpcWeb",
@@ -686,12 +683,15 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
         m.rate_limit.is_some(),
         m.ip_allow_list.is_some(),
         m.in_flight_req.is_some(),
+        m.replace_path.is_some(),
+        m.replace_path_regex.is_some(),
+        m.strip_prefix_regex.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -784,6 +784,49 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
     }
     if let Some(r) = &m.rate_limit {
         parsed = crate::access::check_rate_limit(c, &format!("{p}.rateLimit"), r);
+    }
+    if let Some(r) = &m.replace_path {
+        c.unknown(&format!("{p}.replacePath"), &r.unknown);
+        if !r.path.starts_with('/') {
+            c.err(format!("{p}.replacePath.path"), "must start with `/`");
+        }
+        parsed = Some(ParsedMiddleware::ReplacePath(r.path.clone()));
+    }
+    if let Some(r) = &m.replace_path_regex {
+        c.unknown(&format!("{p}.replacePathRegex"), &r.unknown);
+        // Traefik trims both (`strings.TrimSpace`).
+        match zw_rules::compile_go_regex(r.regex.trim()) {
+            Ok(regex) => {
+                parsed = Some(ParsedMiddleware::ReplacePathRegex {
+                    regex,
+                    replacement: r.replacement.trim().to_string(),
+                })
+            }
+            Err(e) => c.err(format!("{p}.replacePathRegex.regex"), e),
+        }
+        if r.replacement.trim().is_empty() {
+            c.err(
+                format!("{p}.replacePathRegex.replacement"),
+                "must not be empty (Traefik then changes nothing)",
+            );
+        }
+    }
+    if let Some(r) = &m.strip_prefix_regex {
+        c.unknown(&format!("{p}.stripPrefixRegex"), &r.unknown);
+        if r.regex.is_empty() {
+            c.err(
+                format!("{p}.stripPrefixRegex.regex"),
+                "needs at least one expression",
+            );
+        }
+        let mut out = Vec::with_capacity(r.regex.len());
+        for (i, re) in r.regex.iter().enumerate() {
+            match zw_rules::compile_go_regex(re.trim()) {
+                Ok(re) => out.push(re),
+                Err(e) => c.err(format!("{p}.stripPrefixRegex.regex[{i}]"), e),
+            }
+        }
+        parsed = Some(ParsedMiddleware::StripPrefixRegex(out));
     }
     if let Some(f) = &m.in_flight_req {
         parsed = crate::access::check_in_flight(c, &format!("{p}.inFlightReq"), f);

@@ -651,7 +651,7 @@ fn access_middlewares_validate_by_path() {
     assert_eq!((ranges.len(), reject.as_u16()), (2, 403));
 
     let errs = errors_of(
-        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n",
+        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n    e: {replacePath: {path: x}}\n    f: {replacePathRegex: {regex: \"(\", replacement: \" \"}}\n    g: {stripPrefixRegex: {regex: []}}\n",
         Format::Yaml,
     );
     for want in [
@@ -664,6 +664,10 @@ fn access_middlewares_validate_by_path() {
         "http.middlewares.b.ipAllowList.rejectStatusCode: must be an HTTP status code",
         "http.middlewares.c.ipAllowList.sourceRange: needs at least one",
         "http.middlewares.d.inFlightReq.amount: must be at least 1",
+        "http.middlewares.e.replacePath.path: must start with `/`",
+        "http.middlewares.f.replacePathRegex.regex:",
+        "http.middlewares.f.replacePathRegex.replacement: must not be empty",
+        "http.middlewares.g.stripPrefixRegex.regex: needs at least one expression",
     ] {
         assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
     }

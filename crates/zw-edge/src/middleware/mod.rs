@@ -12,6 +12,7 @@ mod in_flight;
 mod ip_allow_list;
 pub mod rate_limit;
 mod redirect;
+mod replace_path;
 mod strip_prefix;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use in_flight::InFlightReq;
 pub use ip_allow_list::IpAllowList;
 pub use rate_limit::RateLimit;
 pub use redirect::{RedirectRegex, RedirectScheme};
+pub use replace_path::{ReplacePath, ReplacePathRegex, StripPrefixRegex};
 pub use strip_prefix::StripPrefix;
 
 /// The request as middlewares see it.
@@ -110,6 +112,12 @@ pub fn build(
             Arc::new(InFlightReq::new(*amount, source, counts))
         }
         P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
+        P::ReplacePath(path) => Arc::new(ReplacePath(path.clone())),
+        P::ReplacePathRegex { regex, replacement } => Arc::new(ReplacePathRegex {
+            regex: regex.clone(),
+            replacement: replacement.clone(),
+        }),
+        P::StripPrefixRegex(res) => Arc::new(StripPrefixRegex(res.clone())),
         P::Headers {
             request,
             response,

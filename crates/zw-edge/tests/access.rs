@@ -9,14 +9,24 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zw_edge::testkit::{TestEdge, Upstream};
 
-/// One HTTP/1.1 request from `from` (a loopback address) to the edge; the status and the
-/// response head.
+/// One HTTP/1.1 `GET /` from `from` (a loopback address) to the edge; the status and the
+/// response head, lowercased.
 async fn get_from(edge: SocketAddr, from: [u8; 4], headers: &str) -> (u16, String) {
+    send(edge, from, "GET", headers).await
+}
+
+/// One HTTP/1.1 request from 127.0.0.1.
+async fn request(edge: SocketAddr, method: &str, headers: &str) -> (u16, String) {
+    send(edge, [127, 0, 0, 1], method, headers).await
+}
+
+async fn send(edge: SocketAddr, from: [u8; 4], method: &str, headers: &str) -> (u16, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     let mut s = socket.connect(edge).await.unwrap();
     s.write_all(
-        format!("GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n").as_bytes(),
+        format!("{method} / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -189,32 +199,6 @@ async fn in_flight_requests_are_capped_per_host_until_their_responses_end() {
         200,
         "counted down when done"
     );
-}
-
-/// One request with `method` and `headers`; the status and the response head.
-async fn request(edge: SocketAddr, method: &str, headers: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(edge).await.unwrap();
-    s.write_all(
-        format!("{method} / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split("\r\n\r\n")
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase(),
-    )
 }
 
 /// Traefik's `header_test.go` (`TestNewHeader_CORSPreflights`, `TestNewHeader_CORSResponses`)

@@ -84,7 +84,7 @@ impl Middleware for Headers {
                     .is_some_and(|v| !v.is_empty())
                 && h.get(header::ORIGIN).is_some_and(|v| !v.is_empty());
             if preflight {
-                let (mut parts, ()) = http::Response::new(()).into_parts();
+                let mut parts = super::answer(http::StatusCode::OK);
                 let out = &mut parts.headers;
                 if cors.allow_credentials {
                     out.insert(

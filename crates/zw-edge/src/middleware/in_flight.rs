@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 use zw_config::Source;
 
 use super::{Action, Middleware, MiddlewareCtx};
@@ -67,9 +67,7 @@ impl Middleware for InFlightReq {
         let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(key.clone()).or_insert(0);
         if *n >= self.amount {
-            let (mut parts, ()) = Response::new(()).into_parts();
-            parts.status = StatusCode::TOO_MANY_REQUESTS;
-            return Action::Respond(parts);
+            return Action::Respond(super::answer(StatusCode::TOO_MANY_REQUESTS));
         }
         *n += 1;
         drop(m);

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 
 use super::{Action, Middleware, MiddlewareCtx};
 
@@ -32,8 +32,6 @@ impl Middleware for IpAllowList {
         if self.allows(ctx.client_ip) {
             return Action::Continue;
         }
-        let (mut parts, ()) = Response::new(()).into_parts();
-        parts.status = self.reject;
-        Action::Respond(parts)
+        Action::Respond(super::answer(self.reject))
     }
 }

@@ -68,6 +68,14 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn on_response(&self, _parts: &mut response::Parts, _req: &ResponseCtx) {}
 }
 
+/// An answer with `status` and no body, for a middleware to fill in and return as
+/// [`Action::Respond`].
+pub(crate) fn answer(status: http::StatusCode) -> response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts
+}
+
 /// State a middleware keeps across configurations (a rate limit's buckets, in-flight
 /// counts), by the middleware's name and settings.
 pub type Kept = std::collections::HashMap<(String, String), Arc<dyn std::any::Any + Send + Sync>>;

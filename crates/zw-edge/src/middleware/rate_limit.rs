@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use zw_config::{RateLimitSpec, Source};
 
 use super::{Action, Middleware, MiddlewareCtx};
@@ -180,21 +180,24 @@ impl Middleware for RateLimit {
         let Some(rate) = self.spec.rate else {
             return Action::Continue;
         };
-        let ip;
+        let (ip, host);
         let key: &[u8] = match &self.spec.source {
             Source::ClientIp { ipv6_subnet } => {
                 ip = ip_key(ctx.client_ip, *ipv6_subnet);
                 &ip
             }
             Source::Header(h) => ctx.parts.headers.get(h).map_or(b"", |v| v.as_bytes()),
-            Source::Host => ctx.host.as_bytes(),
+            // As routing sees it (lowercase, no port), as inFlightReq counts it.
+            Source::Host => {
+                host = zw_rules::normalize_host(ctx.host);
+                host.as_bytes()
+            }
         };
         match self.buckets.decide(key, Instant::now(), &self.spec, rate) {
             Decision::Now => Action::Continue,
             Decision::After(d) => Action::Wait(d),
             Decision::Refuse(d) => {
-                let (mut parts, ()) = Response::new(()).into_parts();
-                parts.status = StatusCode::TOO_MANY_REQUESTS;
+                let mut parts = super::answer(StatusCode::TOO_MANY_REQUESTS);
                 let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
                 parts
                     .headers

@@ -3,7 +3,7 @@
 //! As in Traefik v3, a permanent redirect is 301 for GET and HEAD and 308 otherwise (so
 //! that the method and body are kept), a temporary one 302 / 307.
 
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{Action, Middleware, MiddlewareCtx};
@@ -19,8 +19,7 @@ fn redirect(method: &Method, permanent: bool, location: &str) -> Action {
     let Ok(loc) = HeaderValue::from_str(location) else {
         return Action::Continue;
     };
-    let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = status;
+    let mut parts = super::answer(status);
     parts.headers.insert(header::LOCATION, loc);
     Action::Respond(parts)
 }

@@ -148,7 +148,7 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
     let traefik = dir.path().join("traefik.yml");
     std::fs::write(
         &traefik,
-        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c}}\n",
+        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c, keyType: RSA4096, dnsChallenge: {provider: x}}}\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -160,7 +160,8 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         "api: this Traefik option is not supported by Zeitwork yet",
-        "certificatesResolvers: this Traefik option is not supported by Zeitwork yet",
+        "certificatesResolvers.le.acme.dnsChallenge: this Traefik option is not supported by Zeitwork yet",
+        "certificatesResolvers.le.acme.keyType: Zeitwork issues ECDSA certificates only",
         "entryPoints.web.forwardedHeaders: this Traefik option is not supported",
         "entryPoints.tls.http.redirections.entryPoint.to: names no entry point",
         "providers.docker: this Traefik option is not supported",
@@ -336,4 +337,264 @@ fn traefik_and_zeitwork_answer_alike_on_the_same_files() {
     assert!(z[3].contains("200") && z[3].ends_with("app https"), "{z:?}");
     assert!(z[4].starts_with("2 200"), "{z:?}");
     assert!(z[5].starts_with("1.1 404"), "{z:?}");
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate it signs for 127.0.0.1 (pebble's own HTTPS listener), made with
+/// `openssl` as an operator would.
+fn pebble_tls(dir: &Path) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args([
+                "-subj",
+                "/CN=zeitwork test ACME server CA",
+                "-days",
+                "2",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.crt"),
+            ]),
+    );
+    run_ok(Command::new("openssl").args(["req"]).args(ec).args([
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &p("srv.key"),
+        "-out",
+        &p("srv.csr"),
+    ]));
+    std::fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p("srv.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("srv.ext"),
+        "-out",
+        &p("srv.crt"),
+    ]));
+    (p("ca.crt"), p("srv.crt"), p("srv.key"))
+}
+
+/// pebble (Debian's package: Let's Encrypt's test ACME server, a real one) and
+/// pebble-challtestsrv as its DNS, which answers 127.0.0.1 for every name; pebble validates
+/// HTTP-01 on `http_port` of that address.
+struct Pebble {
+    _dns: Child,
+    _pebble: Child,
+    directory: String,
+    management: u16,
+}
+
+fn pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+    let (_, cert, key) = pebble_tls(dir);
+    let (dns, dns_mgmt, acme, mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let dns_srv = Child(
+        Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv"),
+    );
+    let config = dir.join("pebble.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http_port, "tlsPort": tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
+    let srv = Child(
+        Command::new("pebble")
+            .arg("-config")
+            .arg(&config)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            // No artificial validation delays, and no random nonce rejections: the test is
+            // about our client, not about pebble's chaos.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pebble"),
+    );
+    support::eventually(Duration::from_secs(15), "pebble listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", acme)).ok()
+    });
+    Pebble {
+        _dns: dns_srv,
+        _pebble: srv,
+        directory: format!("https://127.0.0.1:{acme}/dir"),
+        management: mgmt,
+    }
+}
+
+/// Traefik's ACME set-up, as-is, against a real ACME server: the certificate for the
+/// router's `Host` is ordered once (HTTP-01 answered on the `web` entry point), served over
+/// HTTP/1.1 and HTTP/2, kept in Traefik's `acme.json` (mode 0600), and after a restart
+/// served from there without a new order. Traefik's docs: `https/acme.md` ("Storage",
+/// "httpChallenge"); the challenge path answered as `pkg/provider/acme/challenge_http.go`.
+#[test]
+fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
+    if !tool("curl") || !tool("openssl") || !tool("pebble") {
+        return;
+    }
+    let (_rt, up) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let (web, websecure) = (free_port(), free_port());
+    let pb = pebble(dir.path(), web, websecure);
+    let storage = dir.path().join("acme.json");
+    let dynamic = dir.path().join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    app:\n      rule: Host(`app.test`)\n      entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: pebble\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: {}\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let traefik = dir.path().join("traefik.yml");
+    std::fs::write(
+        &traefik,
+        format!(
+            "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    filename: {}\ncertificatesResolvers:\n  pebble:\n    acme:\n      email: ops@app.test\n      caServer: {}\n      storage: {}\n      keyType: EC256\n      httpChallenge:\n        entryPoint: web\n      caCertificates: [{}]\nlog:\n  format: json\n",
+            dynamic.display(),
+            pb.directory,
+            storage.display(),
+            dir.path().join("ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    let args = [
+        "edge".to_string(),
+        "--config".into(),
+        traefik.display().to_string(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut edge = Proc::spawn("edge", &args);
+    edge.wait_log(Duration::from_secs(60), |v| {
+        message(v) == "certificate obtained"
+    });
+    let logs = edge.logs();
+    let count =
+        |m: &str, logs: &[serde_json::Value]| logs.iter().filter(|v| message(v) == m).count();
+    assert_eq!(
+        count("ACME account registered", &logs),
+        1,
+        "{}",
+        edge.dump()
+    );
+    // The CA's root for what it issues, from pebble's management interface.
+    let root = dir.path().join("issued-root.pem");
+    let out = curl(&[
+        "--cacert",
+        &dir.path().join("ca.crt").display().to_string(),
+        "-o",
+        &root.display().to_string(),
+        &format!("https://127.0.0.1:{}/roots/0", pb.management),
+    ]);
+    assert!(out.ends_with("200 "), "pebble's root: {out}");
+    let https = |flag: &str| {
+        support::eventually(
+            Duration::from_secs(10),
+            "the issued certificate served",
+            || {
+                let out = curl(&[
+                    flag,
+                    "--cacert",
+                    &root.display().to_string(),
+                    "--resolve",
+                    &format!("app.test:{websecure}:127.0.0.1"),
+                    &format!("https://app.test:{websecure}/hello"),
+                ]);
+                out.contains(" 200 ").then_some(out)
+            },
+        )
+    };
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = https(flag);
+        assert!(out.contains(&format!("\n{version} 200 ")), "{flag}: {out}");
+        let body: serde_json::Value =
+            serde_json::from_str(out.lines().next().unwrap_or("")).unwrap();
+        assert_eq!(body["upstream"], "app");
+    }
+    // Traefik's acme.json: the resolver's certificate for the router's host, mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&storage).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&storage).unwrap()).unwrap();
+    let certs = stored["pebble"]["Certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1);
+    assert_eq!(certs[0]["domain"]["main"], "app.test");
+    assert_eq!(certs[0]["Store"], "default");
+
+    // Restarted: served from storage at once, and no new order.
+    edge.kill();
+    let edge = Proc::spawn("edge", &args);
+    edge.wait_log(Duration::from_secs(15), |v| {
+        message(v).starts_with("configuration applied")
+    });
+    let out = https("--http2");
+    assert!(out.contains("\n2 200 "), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = edge.logs();
+    assert!(
+        logs.iter()
+            .any(|v| message(v) == "ACME certificates read from storage"
+                && v["fields"]["certificates"] == 1),
+        "{}",
+        edge.dump()
+    );
+    assert_eq!(count("certificate obtained", &logs), 0, "{}", edge.dump());
+    assert_eq!(
+        count("ACME account registered", &logs),
+        0,
+        "{}",
+        edge.dump()
+    );
 }

@@ -27,7 +27,8 @@ pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig}
 pub use model::*;
 pub use parsed::*;
 pub use static_config::{
-    is_static, load_static, parse_static, Redirection, StaticConfig, StaticEntryPoint,
+    acme_domains, is_static, load_static, parse_static, AcmeDomains, AcmeResolver, KeyType,
+    Redirection, StaticConfig, StaticEntryPoint, LETS_ENCRYPT,
 };
 pub use validate::{ref_name, validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 

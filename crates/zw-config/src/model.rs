@@ -26,6 +26,11 @@ pub struct Config {
     /// *Zeitwork addition*: options of the edge proxy that travel with the routes.
     #[serde(default)]
     pub edge: EdgeOptions,
+    /// The certificate resolvers (ACME) a static configuration defines: the names routers
+    /// may give as `tls.certResolver`. Not part of the file: set by
+    /// [`crate::StaticConfig::apply_to`].
+    #[serde(skip)]
+    pub resolvers: std::collections::BTreeSet<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -173,7 +178,8 @@ pub struct RouterTls {
     /// The TLS options (`tls.options.<name>`) for the router's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<String>,
-    /// An ACME resolver (not supported yet: validation says so).
+    /// A certificate resolver of the static configuration (`certificatesResolvers`) that
+    /// gets this router's certificate: for `domains`, else for the rule's `Host` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_resolver: Option<String>,
     /// The names to get a certificate for (with `certResolver`).

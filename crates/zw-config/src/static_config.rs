@@ -44,7 +44,6 @@ const STATIC_KEYS: &[&str] = &[
 
 /// Traefik static keys Zeitwork does not implement (yet).
 const UNSUPPORTED: &[&str] = &[
-    "certificatesResolvers",
     "api",
     "ping",
     "experimental",
@@ -105,6 +104,18 @@ const UNSUPPORTED: &[&str] = &[
     "influxDB2",
     "otlp",
     "idleTimeout",
+    "dnsChallenge",
+    "eab",
+    "preferredChain",
+    "profile",
+    "emailAddresses",
+    "caSystemCertPool",
+    "caServerName",
+    "clientTimeout",
+    "clientResponseHeaderTimeout",
+    "disableCommonName",
+    "tailscale",
+    "delay",
 ];
 
 /// Whether `text` (of `format`) is a static configuration rather than a dynamic one.
@@ -130,6 +141,49 @@ struct Raw {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     global: Option<RawGlobal>,
+    #[serde(default)]
+    certificates_resolvers: BTreeMap<String, RawResolver>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawResolver {
+    #[serde(default)]
+    acme: Option<RawAcme>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAcme {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    ca_server: Option<String>,
+    #[serde(default)]
+    storage: Option<String>,
+    #[serde(default)]
+    key_type: Option<String>,
+    #[serde(default)]
+    certificates_duration: Option<i64>,
+    #[serde(default)]
+    http_challenge: Option<RawHttpChallenge>,
+    #[serde(default)]
+    tls_challenge: Option<serde_json::Value>,
+    #[serde(default)]
+    ca_certificates: Vec<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHttpChallenge {
+    #[serde(default)]
+    entry_point: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -328,6 +382,41 @@ pub struct StaticConfig {
     /// `metrics.prometheus` is set: the metrics are served at the admin endpoint's
     /// `/metrics`.
     pub prometheus: bool,
+    /// `certificatesResolvers`: the ACME resolvers routers may name in `tls.certResolver`.
+    pub resolvers: Vec<AcmeResolver>,
+}
+
+/// Let's Encrypt's production directory, Traefik's default `caServer`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `certificatesResolvers.<name>.acme`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeResolver {
+    pub name: String,
+    /// The account's contact (Traefik requires none; the CA may).
+    pub email: Option<String>,
+    /// The ACME directory URL (default: Let's Encrypt's production directory).
+    pub ca_server: String,
+    /// Traefik's `acme.json`, read and written as Traefik does (default `acme.json`).
+    pub storage: PathBuf,
+    pub key_type: KeyType,
+    /// How long the CA's certificates live (Traefik's `certificatesDuration`, in hours,
+    /// default 2160 = 90 days): renewal starts when a third of it is left, at most 30 days
+    /// before expiry.
+    pub certificates_duration: std::time::Duration,
+    /// `httpChallenge.entryPoint`: where HTTP-01 is answered.
+    pub http_challenge: String,
+    /// `caCertificates`: PEM files of the roots that sign the ACME server's own HTTPS
+    /// certificate, when it is not publicly trusted (a test CA such as pebble).
+    pub ca_certificates: Vec<PathBuf>,
+}
+
+/// The certificate key types issued: ECDSA only (ring, the edge's crypto provider, signs
+/// with RSA but cannot generate RSA keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Ec256,
+    Ec384,
 }
 
 /// Traefik's default redirection priority (`math.MaxInt32 - 1`).
@@ -566,6 +655,92 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
         unknown("global", &g.unknown, &mut err);
         let _ = (g.check_new_version, g.send_anonymous_usage);
     }
+    let mut resolvers = Vec::new();
+    for (name, r) in &raw.certificates_resolvers {
+        let p = format!("certificatesResolvers.{name}");
+        unknown(&p, &r.unknown, &mut err);
+        let Some(a) = &r.acme else {
+            err(p, "only ACME resolvers exist: set `acme`");
+            continue;
+        };
+        let p = format!("{p}.acme");
+        unknown(&p, &a.unknown, &mut err);
+        let key_type = match a.key_type.as_deref() {
+            None | Some("EC256") => KeyType::Ec256,
+            Some("EC384") => KeyType::Ec384,
+            Some("RSA2048" | "RSA3072" | "RSA4096" | "RSA8192") => {
+                err(format!("{p}.keyType"), "Zeitwork issues ECDSA certificates only (its crypto provider cannot generate RSA keys): set EC256 or EC384");
+                continue;
+            }
+            Some(_) => {
+                err(format!("{p}.keyType"), "one of EC256, EC384");
+                continue;
+            }
+        };
+        let hours = a.certificates_duration.unwrap_or(2160);
+        if !(1..=24 * 3650).contains(&hours) {
+            err(
+                format!("{p}.certificatesDuration"),
+                "hours from 1 to 87600 (default 2160, 90 days)",
+            );
+            continue;
+        }
+        let ca_server = a.ca_server.clone().unwrap_or_else(|| LETS_ENCRYPT.into());
+        if !ca_server.starts_with("https://") {
+            err(
+                format!("{p}.caServer"),
+                "an ACME directory URL starting with https://",
+            );
+        }
+        if a.tls_challenge.is_some() {
+            err(format!("{p}.tlsChallenge"), "TLS-ALPN-01 is not supported by Zeitwork yet: use httpChallenge.entryPoint (an entry point on port 80)");
+        }
+        let http_challenge = match &a.http_challenge {
+            None => {
+                err(
+                    format!("{p}.httpChallenge"),
+                    "set httpChallenge.entryPoint: the entry point (port 80) that answers HTTP-01",
+                );
+                continue;
+            }
+            Some(h) => {
+                unknown(&format!("{p}.httpChallenge"), &h.unknown, &mut err);
+                match &h.entry_point {
+                    Some(e) if ports.contains_key(e) => e.clone(),
+                    Some(_) => {
+                        err(
+                            format!("{p}.httpChallenge.entryPoint"),
+                            "names no entry point of this configuration",
+                        );
+                        continue;
+                    }
+                    None => {
+                        err(
+                            format!("{p}.httpChallenge.entryPoint"),
+                            "name the entry point (port 80) that answers HTTP-01",
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        if a.ca_certificates.len() > 1 {
+            err(
+                format!("{p}.caCertificates"),
+                "one CA certificate file at most (the root of the ACME server's HTTPS certificate)",
+            );
+        }
+        resolvers.push(AcmeResolver {
+            name: name.clone(),
+            email: a.email.clone().filter(|e| !e.is_empty()),
+            ca_server,
+            storage: PathBuf::from(a.storage.as_deref().unwrap_or("acme.json")),
+            key_type,
+            certificates_duration: std::time::Duration::from_secs(hours as u64 * 3600),
+            http_challenge,
+            ca_certificates: a.ca_certificates.iter().map(PathBuf::from).collect(),
+        });
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -577,6 +752,7 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
         log_level,
         log_json,
         prometheus,
+        resolvers,
     })
 }
 
@@ -602,6 +778,7 @@ impl StaticConfig {
     /// point and set none. Names the configuration already uses are an error then.
     pub fn apply_to(&self, config: &mut Config) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
+        config.resolvers = self.resolvers.iter().map(|r| r.name.clone()).collect();
         for ep in &self.entry_points {
             if let Some(tls) = &ep.tls {
                 for r in config.http.routers.values_mut() {
@@ -671,3 +848,61 @@ impl StaticConfig {
 /// The service behind the redirections' routers (Traefik's `noop@internal`): never
 /// reached, since the redirect answers first.
 const NOOP_SERVICE: &str = "noop-internal";
+
+/// One certificate a resolver is asked for: the names it must carry, the first as its
+/// subject (Traefik's `domains[].main` and `.sans`, or a router's `Host` names).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AcmeDomains {
+    pub resolver: String,
+    pub names: Vec<String>,
+}
+
+/// The certificates the routers of `config` ask their `tls.certResolver` for, as Traefik
+/// collects them (`pkg/provider/acme/provider.go`, `watchNewDomains`): a router's
+/// `tls.domains`, one certificate each, else one certificate for the `Host` names of its
+/// rule. Wildcards need DNS-01, which Zeitwork does not do: they are left out (validation
+/// of the static configuration refuses `dnsChallenge`). Sorted, without duplicates.
+pub fn acme_domains(config: &Config) -> Vec<AcmeDomains> {
+    let mut out = Vec::new();
+    for r in config.http.routers.values() {
+        let Some(tls) = &r.tls else { continue };
+        let Some(resolver) = &tls.cert_resolver else {
+            continue;
+        };
+        let mut sets: Vec<Vec<String>> = Vec::new();
+        if tls.domains.is_empty() {
+            let hosts = r
+                .rule
+                .as_deref()
+                .and_then(|rule| zw_rules::Rule::compile(rule).ok())
+                .and_then(|rule| rule.host_names())
+                .unwrap_or_default();
+            sets.push(hosts);
+        } else {
+            for d in &tls.domains {
+                sets.push(
+                    std::iter::once(d.main.clone())
+                        .chain(d.sans.iter().cloned())
+                        .collect(),
+                );
+            }
+        }
+        for names in sets {
+            let mut seen = std::collections::BTreeSet::new();
+            let names: Vec<String> = names
+                .into_iter()
+                .map(|n| n.to_ascii_lowercase())
+                .filter(|n| !n.is_empty() && !n.starts_with("*.") && seen.insert(n.clone()))
+                .collect();
+            if !names.is_empty() {
+                out.push(AcmeDomains {
+                    resolver: resolver.clone(),
+                    names,
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

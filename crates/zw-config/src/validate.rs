@@ -311,10 +311,16 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
                 c.unknown(&format!("{tp}.domains[{i}]"), &d.unknown);
             }
             if let Some(res) = &t.cert_resolver {
-                c.err(
-                    format!("{tp}.certResolver"),
-                    format!("certificate resolvers (ACME) are not supported by Zeitwork yet: remove `{res}` and list the certificate under tls.certificates"),
-                );
+                if !config.resolvers.contains(res) {
+                    c.err(
+                        format!("{tp}.certResolver"),
+                        if config.resolvers.is_empty() {
+                            format!("names no certificate resolver: `{res}` must be defined in the static configuration (certificatesResolvers.{res}.acme), or list the certificate under tls.certificates")
+                        } else {
+                            format!("names no certificate resolver of the static configuration (it defines {})", config.resolvers.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "))
+                        },
+                    );
+                }
             }
             let name = t
                 .options

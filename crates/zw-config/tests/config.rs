@@ -513,7 +513,7 @@ fn tls_material_and_options_are_checked_by_path() {
         Format::Yaml,
     );
     let want = [
-        "http.routers.r.tls.certResolver: certificate resolvers (ACME) are not supported",
+        "http.routers.r.tls.certResolver: names no certificate resolver: `le` must be defined in the static configuration",
         "tls.certificates[0]: the private key does not belong to the certificate",
         "tls.certificates[1].certFile: cannot read",
         "tls.certificates[2].stores[0]: unknown store `other`",
@@ -619,6 +619,75 @@ fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
         ("https", Some("443"), true)
     );
     validate(dynamic, &Limits::default()).unwrap();
+}
+
+/// `certificatesResolvers.<name>.acme` as Traefik documents it (`https/acme.md`): defaults
+/// (Let's Encrypt, `acme.json`, 2160 hours), routers that name the resolver validate, and
+/// the certificates asked for are a router's `domains`, else its rule's `Host` names.
+#[test]
+fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
+    use zw_config::{acme_domains, parse_static, AcmeDomains, KeyType, LETS_ENCRYPT};
+    let text = "entryPoints:\n  web: {address: \":80\"}\n  websecure:\n    address: \":443\"\n    http: {tls: {certResolver: le}}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  le:\n    acme: {email: ops@a.test, httpChallenge: {entryPoint: web}}\n  staging:\n    acme: {caServer: \"https://acme-staging.example/dir\", storage: /var/lib/st.json, keyType: EC384, certificatesDuration: 24, httpChallenge: {entryPoint: web}}\n";
+    let st = parse_static(text, Format::Yaml).unwrap();
+    let le = &st.resolvers[0];
+    assert_eq!(le.name, "le");
+    assert_eq!(le.ca_server, LETS_ENCRYPT);
+    assert_eq!(le.storage, std::path::PathBuf::from("acme.json"));
+    assert_eq!(le.key_type, KeyType::Ec256);
+    assert_eq!(le.certificates_duration.as_secs(), 2160 * 3600);
+    assert_eq!(le.http_challenge, "web");
+    assert_eq!(le.email.as_deref(), Some("ops@a.test"));
+    let staging = &st.resolvers[1];
+    assert_eq!(staging.key_type, KeyType::Ec384);
+    assert_eq!(staging.certificates_duration.as_secs(), 24 * 3600);
+
+    let mut dynamic = parse_str(
+        "http:\n  routers:\n    app: {rule: \"Host(`A.test`) || Host(`b.test`)\", service: s, entryPoints: [websecure]}\n    api: {rule: \"Host(`api.test`)\", service: s, tls: {certResolver: staging, domains: [{main: api.test, sans: [www.api.test]}]}}\n    open: {rule: \"PathPrefix(`/`)\", service: s}\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:1\"}]}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    st.apply_to(&mut dynamic).unwrap();
+    let names = |r: &str, n: &[&str]| AcmeDomains {
+        resolver: r.into(),
+        names: n.iter().map(|s| s.to_string()).collect(),
+    };
+    assert_eq!(
+        acme_domains(&dynamic),
+        vec![
+            names("le", &["a.test", "b.test"]),
+            names("staging", &["api.test", "www.api.test"])
+        ]
+    );
+    validate(dynamic.clone(), &Limits::default()).unwrap();
+    dynamic
+        .http
+        .routers
+        .get_mut("api")
+        .unwrap()
+        .tls
+        .as_mut()
+        .unwrap()
+        .cert_resolver = Some("nope".into());
+    let e = validate(dynamic, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("http.routers.api.tls.certResolver: names no certificate resolver of the static configuration (it defines `le`, `staging`)"),
+        "{e}"
+    );
+
+    let bad = "entryPoints:\n  web: {address: \":80\"}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  a: {acme: {caServer: \"http://plain\", httpChallenge: {entryPoint: nowhere}, caCertificates: [x, y]}}\n  b: {acme: {tlsChallenge: {}, keyType: RSA2048}}\n  c: {acme: {certificatesDuration: 0, httpChallenge: {entryPoint: web}}}\n  d: {other: {}}\n";
+    let e = parse_static(bad, Format::Yaml).unwrap_err().to_string();
+    for want in [
+        "certificatesResolvers.a.acme.caServer: an ACME directory URL starting with https://",
+        "certificatesResolvers.a.acme.httpChallenge.entryPoint: names no entry point",
+        "certificatesResolvers.b.acme.keyType: Zeitwork issues ECDSA certificates only",
+        "certificatesResolvers.c.acme.certificatesDuration: hours from 1",
+        "certificatesResolvers.d: only ACME resolvers exist",
+        "certificatesResolvers.d.other: unknown key",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
 }
 
 /// `rateLimit` and `ipAllowList` as Traefik writes them; what would read a spoofable

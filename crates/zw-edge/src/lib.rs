@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+pub mod acme;
 mod admin;
 pub mod balance;
 mod body;
@@ -150,6 +151,8 @@ pub(crate) struct Settings {
     /// How long a response may go without the client taking a byte.
     pub(crate) write_timeout: Duration,
     pub(crate) access_log: Option<AccessLog>,
+    /// Per entry point: the ACME HTTP-01 tokens it answers, if it answers them.
+    pub(crate) http01: Vec<Option<Arc<acme::Http01Tokens>>>,
 }
 
 /// The applied configuration: the snapshot requests run on, and what changes with it.
@@ -234,14 +237,16 @@ impl Edge {
     /// An edge with the given entry point names, to be given its settings before it is
     /// built.
     pub fn builder(entry_points: Vec<String>) -> EdgeBuilder {
+        let n = entry_points.len();
         EdgeBuilder {
             settings: Settings {
-                proxy_protocol: vec![None; entry_points.len()],
+                proxy_protocol: vec![None; n],
                 entry_points,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 body_read_timeout: proxy::BODY_READ_TIMEOUT,
                 write_timeout: WRITE_TIMEOUT,
                 access_log: None,
+                http01: vec![None; n],
             },
         }
     }
@@ -421,6 +426,25 @@ impl EdgeBuilder {
     pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
         self.settings.access_log = log;
         self
+    }
+
+    /// Makes `entry_point` answer ACME HTTP-01 challenges (every request under
+    /// `/.well-known/acme-challenge/`, ahead of routing) from `tokens`.
+    pub fn http01(
+        mut self,
+        entry_point: &str,
+        tokens: Arc<acme::Http01Tokens>,
+    ) -> Result<Self, Error> {
+        let idx = self
+            .settings
+            .entry_points
+            .iter()
+            .position(|e| e == entry_point)
+            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
+        if let Some(slot) = self.settings.http01.get_mut(idx) {
+            *slot = Some(tokens);
+        }
+        Ok(self)
     }
 
     /// Makes `entry_point` expect a PROXY protocol (v1 or v2) header on every connection,

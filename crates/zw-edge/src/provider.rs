@@ -36,27 +36,47 @@ impl Edge {
     /// Loads, validates and applies the configuration at `path`. Returns the applied
     /// version, or every error found (the running configuration is kept).
     pub fn load_file(&self, path: &Path, limits: &Limits) -> Result<u64, crate::Error> {
-        self.load_file_tls(path, limits, None).0
+        self.load_file_tls(path, limits, None, None).0
     }
 
     /// [`Edge::load_file`], and the certificate files the configuration names (read or
     /// not: one that is missing now may appear).
     /// With `statics`, what its entry points add (redirections, entry point TLS) goes
-    /// into the configuration before validation.
+    /// into the configuration before validation; with `acme`, the certificates its
+    /// resolvers hold, and once the configuration is valid, the resolvers learn which
+    /// certificates its routers ask for.
     fn load_file_tls(
         &self,
         path: &Path,
         limits: &Limits,
         statics: Option<&zw_config::StaticConfig>,
+        acme: Option<&zw_acme::Acme>,
     ) -> (Result<u64, crate::Error>, Vec<PathBuf>) {
         let mut tls_files = Vec::new();
+        let mut wanted = Vec::new();
         let result = zw_config::load_path(path, limits)
             .and_then(|mut loaded| {
                 tls_files = loaded.config.tls_files();
                 if let Some(st) = statics {
                     st.apply_to(&mut loaded.config)?;
                 }
+                if let Some(acme) = acme {
+                    wanted = zw_config::acme_domains(&loaded.config);
+                    let tls = loaded.config.tls.get_or_insert_with(Default::default);
+                    for held in acme.certificates().iter() {
+                        tls.certificates.push(zw_config::TlsCertificate {
+                            cert_file: zw_config::FileOrContent(held.cert_pem.clone()),
+                            key_file: zw_config::FileOrContent(held.key_pem.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
                 zw_config::validate(loaded.config, limits)
+            })
+            .inspect(|_| {
+                if let Some(acme) = acme {
+                    acme.want(std::mem::take(&mut wanted));
+                }
             })
             .map_err(crate::Error::from)
             .and_then(|valid| {
@@ -84,6 +104,8 @@ pub struct FileProvider {
     seen: Option<Fingerprint>,
     tls_files: Vec<PathBuf>,
     statics: Option<std::sync::Arc<zw_config::StaticConfig>>,
+    acme: Option<zw_acme::Acme>,
+    watch_files: bool,
 }
 
 impl FileProvider {
@@ -94,7 +116,23 @@ impl FileProvider {
             seen: None,
             tls_files: Vec::new(),
             statics: None,
+            acme: None,
+            watch_files: true,
         }
+    }
+
+    /// Whether [`FileProvider::watch`] looks for changed files (Traefik's
+    /// `providers.file.watch`); without it, it reloads only for new ACME certificates.
+    pub fn watch_files(mut self, on: bool) -> Self {
+        self.watch_files = on;
+        self
+    }
+
+    /// Adds the certificates `acme` holds to every configuration read, tells it what the
+    /// routers ask for, and reloads when it gets a new certificate.
+    pub fn with_acme(mut self, acme: zw_acme::Acme) -> Self {
+        self.acme = Some(acme);
+        self
     }
 
     /// Applies what a Traefik static configuration's entry points add to every
@@ -106,37 +144,64 @@ impl FileProvider {
 
     /// Loads the configuration now and applies it to `edge`.
     pub fn load_into(&mut self, edge: &Edge) -> Result<u64, crate::Error> {
-        let (result, tls_files) =
-            edge.load_file_tls(&self.path, &self.limits, self.statics.as_deref());
+        let (result, tls_files) = edge.load_file_tls(
+            &self.path,
+            &self.limits,
+            self.statics.as_deref(),
+            self.acme.as_ref(),
+        );
         self.seen = fingerprint(&self.path, &self.limits, &tls_files);
         self.tls_files = tls_files;
         result
     }
 
-    /// Re-applies the configuration whenever its files change, until `stop` fires.
+    /// Re-applies the configuration whenever its files change or an ACME resolver gets a
+    /// new certificate, until `stop` fires.
     pub async fn watch(
         mut self,
         edge: Edge,
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut certificates = self.acme.as_ref().map(|a| a.subscribe());
         loop {
+            let certificate = async {
+                let open = match &mut certificates {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => false,
+                };
+                if !open {
+                    std::future::pending::<()>().await
+                }
+            };
+            let files = async {
+                if self.watch_files {
+                    tokio::time::sleep(interval).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let mut new_certificate = false;
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = files => {}
+                _ = certificate => new_certificate = true,
                 _ = stop.changed() => return,
             }
-            if fingerprint(&self.path, &self.limits, &self.tls_files) == self.seen {
+            if !new_certificate
+                && fingerprint(&self.path, &self.limits, &self.tls_files) == self.seen
+            {
                 continue;
             }
             // Taken before the load: a change that lands while it runs is seen next poll.
             self.seen = fingerprint(&self.path, &self.limits, &self.tls_files);
             let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits);
             let statics = self.statics.clone();
+            let acme = self.acme.clone();
             // Parsing and compiling 100k rules takes a while: keep it off the request threads.
             // The load runs on its own task, so even a bug that panics in it fails this one
             // load, and watching goes on with the running configuration.
             let result = match tokio::task::spawn_blocking(move || {
-                e.load_file_tls(&path, &limits, statics.as_deref())
+                e.load_file_tls(&path, &limits, statics.as_deref(), acme.as_ref())
             })
             .await
             {

@@ -189,7 +189,8 @@ async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answ
 }
 
 /// Phase 1, before anything is looked up: refuses what no configuration could route
-/// (CONNECT, a missing, repeated or invalid Host), declines h2c upgrades, and cleans dot
+/// (CONNECT, a missing, repeated or invalid Host), answers ACME HTTP-01 challenges on the
+/// challenge entry point, declines h2c upgrades, and cleans dot
 /// segments and `//` out of the path, into the request itself. Returns the request's
 /// parts and body, and the downstream half of a protocol upgrade (WebSocket).
 #[allow(clippy::type_complexity)]
@@ -207,6 +208,18 @@ fn request_filter(
     if let Some(problem) = host_problem(&req) {
         ctx.ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
         return Err(local(StatusCode::BAD_REQUEST, problem));
+    }
+    if let Some(Some(tokens)) = ctx.ex.shared.settings.http01.get(ctx.ep) {
+        if let Some(answer) = tokens.answer(req.uri().path()) {
+            return Err(match answer {
+                Some(key_authorization) => {
+                    let mut resp = local(StatusCode::OK, "");
+                    *resp.body_mut() = ProxyBody::full(key_authorization);
+                    resp
+                }
+                None => local(StatusCode::NOT_FOUND, "No such ACME challenge\n"),
+            });
+        }
     }
     strip_h2c_upgrade(req.headers_mut());
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));

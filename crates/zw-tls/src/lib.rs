@@ -75,6 +75,8 @@ pub struct Certified {
     pub key: Arc<CertifiedKey>,
     pub names: Vec<String>,
     /// Seconds since the epoch.
+    pub not_before: i64,
+    /// Seconds since the epoch.
     pub not_after: i64,
 }
 
@@ -95,7 +97,7 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Certified, TlsError>
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey,
         e => TlsError::Pem(e.to_string()),
     })?;
-    let (names, not_after) = names_of(leaf)?;
+    let (names, not_before, not_after) = names_of(leaf)?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -110,11 +112,12 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Certified, TlsError>
     Ok(Certified {
         key: Arc::new(key),
         names,
+        not_before,
         not_after,
     })
 }
 
-fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), TlsError> {
+fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), TlsError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) =
         X509Certificate::from_der(leaf).map_err(|e| TlsError::Certificate(e.to_string()))?;
@@ -147,7 +150,12 @@ fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), TlsError> {
     if names.is_empty() {
         return Err(TlsError::NoNames);
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let validity = cert.validity();
+    Ok((
+        names,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// The certificate served when no other matches and the store names no default: a

@@ -238,6 +238,19 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
             builder = builder.proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
             tracing::info!(entry_point = %name, "PROXY protocol required");
         }
+        // ACME resolvers: their certificates are read from storage now (served from the
+        // first configuration on), HTTP-01 answered on each resolver's entry point.
+        let acme = match statics.as_ref().filter(|s| !s.resolvers.is_empty()) {
+            None => None,
+            Some(st) => {
+                let tokens = zw_edge::acme::Http01Tokens::new();
+                for r in &st.resolvers {
+                    builder = builder.http01(&r.http_challenge, tokens.clone()).map_err(|e| anyhow::anyhow!("certificatesResolvers.{}.acme.httpChallenge.entryPoint: {e}", r.name))?;
+                    tracing::info!(resolver = %r.name, ca = %r.ca_server, storage = %r.storage.display(), entry_point = %r.http_challenge, "ACME resolver (HTTP-01)");
+                }
+                Some(zw_acme::Acme::new(st.resolvers.clone(), tokens)?)
+            }
+        };
         let edge = builder.build();
         let mut limits = Limits::default();
         if let Some(n) = args.max_routers {
@@ -254,12 +267,16 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
         tracing::info!(addr = %admin.local_addr()?, "admin listening (/health /ready /metrics /debug/config)");
         let web = listeners.first().context("no entry point")?.local_addr()?;
         let admin_addr = admin.local_addr()?;
-        let provider = start_provider(&args, statics, &edge, limits, (web, admin_addr), stop_rx).await?;
+        let acme_task = acme.clone().map(|a| tokio::spawn(a.run(stop_rx.clone())));
+        let provider = start_provider(&args, statics, acme, &edge, limits, (web, admin_addr), stop_rx).await?;
 
         let provider = tokio::spawn(provider);
         edge.serve(listeners, Some(admin), super::shutdown_signal(), args.drain_timeout).await;
         let _ = stop_tx.send(true);
         let _ = provider.await;
+        if let Some(t) = acme_task {
+            let _ = t.await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -269,9 +286,11 @@ type ProviderTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 
 /// Loads the first configuration from the chosen source and returns the task that keeps
 /// it current.
+#[allow(clippy::too_many_arguments)]
 async fn start_provider(
     args: &EdgeArgs,
     statics: Option<zw_config::StaticConfig>,
+    acme: Option<zw_acme::Acme>,
     edge: &Edge,
     limits: Limits,
     (web, admin): (SocketAddr, SocketAddr),
@@ -295,6 +314,10 @@ async fn start_provider(
         if let Some(st) = statics {
             provider = provider.with_static(std::sync::Arc::new(st));
         }
+        let has_acme = acme.is_some();
+        if let Some(acme) = acme {
+            provider = provider.with_acme(acme);
+        }
         let e2 = edge.clone();
         let (provider, loaded) = tokio::task::spawn_blocking(move || {
             let r = provider.load_into(&e2);
@@ -304,9 +327,11 @@ async fn start_provider(
         loaded.map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", path.display()))?;
         if !watch {
             tracing::info!(path = %path.display(), "providers.file.watch is false: the configuration is not watched");
-            return Ok(Box::pin(async {}));
+            if !has_acme {
+                return Ok(Box::pin(async {}));
+            }
         }
-        return Ok(Box::pin(provider.watch(
+        return Ok(Box::pin(provider.watch_files(watch).watch(
             edge.clone(),
             args.watch_interval,
             stop,

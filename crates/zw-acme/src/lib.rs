@@ -1,0 +1,497 @@
+//! The ACME client of a standalone edge (Traefik's `certificatesResolvers.<name>.acme`):
+//! certificates ordered from the CA for the names routers ask for, answered by HTTP-01 on
+//! the resolver's entry point, kept in Traefik's `acme.json` ([`storage`]) and renewed
+//! ahead of expiry ([`policy`]).
+//!
+//! [`Acme`] is shared: the edge's configuration loader tells it what is wanted
+//! ([`Acme::want`]) and adds what it has to every configuration ([`Acme::certificates`]);
+//! [`Acme::run`] orders what is missing and wakes the loader ([`Acme::subscribe`]) when a
+//! certificate arrives, so a new certificate reaches new handshakes with the next
+//! snapshot, without a restart.
+#![forbid(unsafe_code)]
+
+pub mod policy;
+pub mod storage;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use zw_config::{AcmeDomains, AcmeResolver, KeyType};
+
+use policy::Attempts;
+use storage::{Domain, ResolverData, Storage, StoredAccount, StoredCertificate};
+
+/// Why a certificate could not be had. Each says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ACME storage {path}: {reason}")]
+    Storage { path: PathBuf, reason: String },
+    #[error("caCertificates {path}: {reason}")]
+    CaCertificate { path: PathBuf, reason: String },
+    /// The CA's answer, with its problem document when it sent one.
+    #[error("the ACME server {ca} refused: {source}")]
+    Acme {
+        ca: String,
+        #[source]
+        source: instant_acme::Error,
+    },
+    #[error("the order for {names} ended {status}: {detail}")]
+    Order {
+        names: String,
+        status: String,
+        detail: String,
+    },
+    #[error("the CA offers no HTTP-01 challenge for {0} (Zeitwork answers HTTP-01 only)")]
+    NoHttp01(String),
+    #[error("making the certificate request failed: {0}")]
+    Csr(#[from] rcgen::Error),
+    #[error("the CA's certificate cannot be served: {0}")]
+    Issued(#[from] zw_tls::TlsError),
+    #[error("the order for {0} took longer than {ORDER_TIMEOUT:?}")]
+    Timeout(String),
+}
+
+/// How long one order may take, challenges and polling included.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+/// The longest sleep between two looks at what is due (a renewal far off is looked at
+/// again after this, so a clock jump cannot hide it).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Where HTTP-01 tokens are presented: the edge answers
+/// `GET /.well-known/acme-challenge/<token>` with the key authorization while it is there.
+pub trait Http01: Send + Sync + 'static {
+    fn present(&self, token: &str, key_authorization: &str);
+    fn clean_up(&self, token: &str);
+}
+
+/// A certificate a resolver holds, ready to add to a configuration.
+#[derive(Clone)]
+pub struct Held {
+    pub resolver: String,
+    pub names: Vec<String>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("resolver", &self.resolver)
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Held {
+    fn covers(&self, names: &[String]) -> bool {
+        names.iter().all(|n| self.names.contains(n))
+    }
+}
+
+/// What the run loop needs from the rest of the edge, and what it counts.
+struct Inner {
+    resolvers: Vec<AcmeResolver>,
+    http01: Arc<dyn Http01>,
+    storage: Mutex<BTreeMap<PathBuf, Storage>>,
+    held: ArcSwap<Vec<Held>>,
+    wanted: tokio::sync::watch::Sender<Vec<AcmeDomains>>,
+    /// Counts the certificates obtained: a receiver sees every change, even one made
+    /// while it was busy.
+    changed: tokio::sync::watch::Sender<u64>,
+    orders: AtomicU64,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The resolvers of a static configuration. Cheap to clone.
+#[derive(Clone)]
+pub struct Acme {
+    inner: Arc<Inner>,
+}
+
+impl Acme {
+    /// Reads each resolver's storage (certificates kept there are served at once; a
+    /// storage that cannot be read is an error naming it, so nothing is overwritten).
+    pub fn new(resolvers: Vec<AcmeResolver>, http01: Arc<dyn Http01>) -> Result<Acme, Error> {
+        let mut storage = BTreeMap::new();
+        let mut held = Vec::new();
+        for r in &resolvers {
+            if !storage.contains_key(&r.storage) {
+                storage.insert(r.storage.clone(), Storage::open(&r.storage)?);
+            }
+            let Some(st) = storage.get(&r.storage) else {
+                continue;
+            };
+            for c in st.resolver(&r.name)?.certificates {
+                match held_of(&r.name, &c) {
+                    Ok(h) => held.push(h),
+                    // Traefik would fail the same way on this entry; the others serve.
+                    Err(e) => {
+                        tracing::warn!(resolver = %r.name, names = ?c.names(), error = %e, storage = %r.storage.display(), "stored certificate skipped")
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            certificates = held.len(),
+            "ACME certificates read from storage"
+        );
+        Ok(Acme {
+            inner: Arc::new(Inner {
+                resolvers,
+                http01,
+                storage: Mutex::new(storage),
+                held: ArcSwap::from_pointee(held),
+                wanted: tokio::sync::watch::channel(Vec::new()).0,
+                changed: tokio::sync::watch::channel(0).0,
+                orders: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The certificates held now, for every configuration loaded.
+    pub fn certificates(&self) -> Arc<Vec<Held>> {
+        self.inner.held.load_full()
+    }
+
+    /// What the applied configuration's routers ask for; what is missing is ordered.
+    pub fn want(&self, wanted: Vec<AcmeDomains>) {
+        self.inner.wanted.send_if_modified(|w| {
+            if *w == wanted {
+                false
+            } else {
+                *w = wanted;
+                true
+            }
+        });
+    }
+
+    /// Changes each time a new certificate is held.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Orders placed since the start (each a new order at the CA).
+    pub fn orders(&self) -> u64 {
+        self.inner.orders.load(Ordering::Relaxed)
+    }
+
+    /// Orders that failed since the start.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// The last failure, as logged.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Orders and renews until `stop` fires.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let origin = Instant::now();
+        let mut attempts: BTreeMap<AcmeDomains, Attempts> = BTreeMap::new();
+        let mut accounts: BTreeMap<String, Account> = BTreeMap::new();
+        let mut wanted_rx = self.inner.wanted.subscribe();
+        loop {
+            let wanted = wanted_rx.borrow_and_update().clone();
+            let mut next = MAX_SLEEP;
+            for w in &wanted {
+                let now_epoch = epoch_now();
+                let held = self.inner.held.load();
+                let have = held
+                    .iter()
+                    .filter(|h| h.resolver == w.resolver && h.covers(&w.names))
+                    .max_by_key(|h| h.not_after);
+                if let Some(h) = have {
+                    let at = policy::renew_at(h.not_before, h.not_after);
+                    if now_epoch < at {
+                        next = next.min(Duration::from_secs((at - now_epoch) as u64));
+                        continue;
+                    }
+                }
+                let a = attempts.entry(w.clone()).or_default();
+                let now = origin.elapsed();
+                let allowed = a.next_allowed(now);
+                if allowed > now {
+                    next = next.min(allowed - now);
+                    continue;
+                }
+                a.started(now);
+                self.inner.orders.fetch_add(1, Ordering::Relaxed);
+                match self.obtain(w, &mut accounts).await {
+                    Ok(h) => {
+                        a.succeeded();
+                        tracing::info!(resolver = %w.resolver, names = ?w.names, not_after = h.not_after, renewing = have.is_some(), "certificate obtained");
+                        let mut all: Vec<Held> = self.inner.held.load().as_ref().clone();
+                        all.retain(|o| !(o.resolver == h.resolver && o.names == h.names));
+                        all.push(h);
+                        self.inner.held.store(Arc::new(all));
+                        self.inner.changed.send_modify(|n| *n += 1);
+                    }
+                    Err(e) => {
+                        a.failed(origin.elapsed());
+                        self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                        let retry = a.backoff();
+                        tracing::error!(resolver = %w.resolver, names = ?w.names, error = %e, failures = a.failures(), retry_in = ?retry, "ACME order failed");
+                        if let Ok(mut last) = self.inner.last_error.lock() {
+                            *last = Some(format!("{}: {e}", w.names.join(",")));
+                        }
+                        next = next.min(retry);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                r = wanted_rx.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    fn resolver(&self, name: &str) -> Option<&AcmeResolver> {
+        self.inner.resolvers.iter().find(|r| r.name == name)
+    }
+
+    /// One order, bounded in time; the result stored before it is returned.
+    async fn obtain(
+        &self,
+        w: &AcmeDomains,
+        accounts: &mut BTreeMap<String, Account>,
+    ) -> Result<Held, Error> {
+        let Some(r) = self.resolver(&w.resolver).cloned() else {
+            return Err(Error::Order {
+                names: w.names.join(","),
+                status: "unordered".into(),
+                detail: format!("no resolver `{}`", w.resolver),
+            });
+        };
+        let account = match accounts.get(&r.name) {
+            Some(a) => a.clone(),
+            None => {
+                let a = self.account(&r).await?;
+                accounts.insert(r.name.clone(), a.clone());
+                a
+            }
+        };
+        let tokens = Mutex::new(Vec::new());
+        let result =
+            tokio::time::timeout(ORDER_TIMEOUT, self.order(&r, &account, &w.names, &tokens))
+                .await
+                .unwrap_or_else(|_| Err(Error::Timeout(w.names.join(","))));
+        for t in tokens.lock().map(|t| t.clone()).unwrap_or_default() {
+            self.inner.http01.clean_up(&t);
+        }
+        let (cert_pem, key_pem) = result?;
+        let stored = StoredCertificate {
+            domain: Domain {
+                main: w.names.first().cloned().unwrap_or_default(),
+                sans: w.names.iter().skip(1).cloned().collect(),
+            },
+            certificate: cert_pem.clone().into_bytes(),
+            key: key_pem.clone().into_bytes(),
+            store: "default".into(),
+        };
+        let held = held_of(&r.name, &stored)?;
+        self.update(&r, |d| {
+            d.certificates.retain(|c| c.names() != stored.names());
+            d.certificates.push(stored.clone());
+        })?;
+        Ok(held)
+    }
+
+    /// Applies `f` to the resolver's stored data and writes the storage.
+    fn update(&self, r: &AcmeResolver, f: impl FnOnce(&mut ResolverData)) -> Result<(), Error> {
+        let mut all = self.inner.storage.lock().map_err(|_| Error::Storage {
+            path: r.storage.clone(),
+            reason: "an earlier write panicked".into(),
+        })?;
+        let st = match all.get_mut(&r.storage) {
+            Some(st) => st,
+            None => all
+                .entry(r.storage.clone())
+                .or_insert(Storage::open(&r.storage)?),
+        };
+        let mut data = st.resolver(&r.name)?;
+        f(&mut data);
+        st.save(&r.name, &data)
+    }
+
+    /// The resolver's account: the stored one for this CA, else a new registration,
+    /// stored before it is used.
+    async fn account(&self, r: &AcmeResolver) -> Result<Account, Error> {
+        let acme = |source| Error::Acme {
+            ca: r.ca_server.clone(),
+            source,
+        };
+        let stored = {
+            let all = self.inner.storage.lock().ok();
+            all.and_then(|all| all.get(&r.storage).and_then(|st| st.resolver(&r.name).ok()))
+                .and_then(|d| d.account)
+                .filter(|a| a.ca_server == r.ca_server)
+        };
+        if let Some(a) = stored {
+            if let Ok(creds) = serde_json::from_value::<AccountCredentials>(a.credentials) {
+                return self.builder(r)?.from_credentials(creds).await.map_err(acme);
+            }
+        }
+        let contact = r.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, creds) = self
+            .builder(r)?
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                r.ca_server.clone(),
+                None,
+            )
+            .await
+            .map_err(acme)?;
+        tracing::info!(resolver = %r.name, ca = %r.ca_server, account = %account.id(), "ACME account registered");
+        let credentials = serde_json::to_value(&creds).map_err(|e| Error::Storage {
+            path: r.storage.clone(),
+            reason: e.to_string(),
+        })?;
+        self.update(r, |d| {
+            d.account = Some(StoredAccount {
+                ca_server: r.ca_server.clone(),
+                credentials,
+            })
+        })?;
+        Ok(account)
+    }
+
+    fn builder(&self, r: &AcmeResolver) -> Result<instant_acme::AccountBuilder, Error> {
+        let acme = |source| Error::Acme {
+            ca: r.ca_server.clone(),
+            source,
+        };
+        match r.ca_certificates.first() {
+            None => Account::builder().map_err(acme),
+            Some(path) => {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(Error::CaCertificate {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                Account::builder_with_root(path).map_err(|e| Error::CaCertificate {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Order, HTTP-01 for each name, finalize with a key made here, download the chain.
+    async fn order(
+        &self,
+        r: &AcmeResolver,
+        account: &Account,
+        names: &[String],
+        tokens: &Mutex<Vec<String>>,
+    ) -> Result<(String, String), Error> {
+        let acme = |source| Error::Acme {
+            ca: r.ca_server.clone(),
+            source,
+        };
+        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(acme)?;
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut a = a.map_err(acme)?;
+            match a.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                s => {
+                    return Err(Error::Order {
+                        names: names.join(","),
+                        status: format!("{s:?}").to_lowercase(),
+                        detail: "an authorization is no longer pending".into(),
+                    })
+                }
+            }
+            let id = a.identifier().to_string();
+            let mut ch = a
+                .challenge(ChallengeType::Http01)
+                .ok_or(Error::NoHttp01(id))?;
+            let key_auth = ch.key_authorization();
+            self.inner.http01.present(&ch.token, key_auth.as_str());
+            if let Ok(mut t) = tokens.lock() {
+                t.push(ch.token.clone());
+            }
+            ch.set_ready().await.map_err(acme)?;
+        }
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(ORDER_TIMEOUT);
+        let status = order.poll_ready(&retry).await.map_err(acme)?;
+        if status != OrderStatus::Ready {
+            let detail = order
+                .state()
+                .error
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "the CA gave no reason".into());
+            return Err(Error::Order {
+                names: names.join(","),
+                status: format!("{status:?}").to_lowercase(),
+                detail,
+            });
+        }
+        let alg = match r.key_type {
+            KeyType::Ec256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::Ec384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = rcgen::KeyPair::generate_for(alg)?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key)?;
+        order.finalize_csr(csr.der()).await.map_err(acme)?;
+        let chain = order.poll_certificate(&retry).await.map_err(acme)?;
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// A stored certificate, checked (PEM, key against certificate) and with its validity.
+fn held_of(resolver: &str, c: &StoredCertificate) -> Result<Held, Error> {
+    let loaded = zw_tls::load_pair(&c.certificate, &c.key)?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(Held {
+        resolver: resolver.to_string(),
+        names: c
+            .names()
+            .into_iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+        cert_pem: text(&c.certificate),
+        key_pem: text(&c.key),
+        not_before: loaded.not_before,
+        not_after: loaded.not_after,
+    })
+}
+
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

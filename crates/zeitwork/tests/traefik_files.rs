@@ -477,6 +477,18 @@ fn pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
 /// "httpChallenge"); the challenge path answered as `pkg/provider/acme/challenge_http.go`.
 #[test]
 fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
+    acme_with("httpChallenge:\n        entryPoint: web");
+}
+
+/// The same with TLS-ALPN-01 (`tlsChallenge: {}`): pebble validates in a TLS handshake
+/// on the TLS entry point offering only `acme-tls/1` (RFC 8737;
+/// `pkg/provider/acme/challenge_tls.go`).
+#[test]
+fn an_acme_resolver_answers_tls_alpn_01_in_the_handshake() {
+    acme_with("tlsChallenge: {}");
+}
+
+fn acme_with(challenge: &str) {
     if !tool("curl") || !tool("openssl") || !tool("pebble") {
         return;
     }
@@ -498,7 +510,7 @@ fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
     std::fs::write(
         &traefik,
         format!(
-            "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    filename: {}\ncertificatesResolvers:\n  pebble:\n    acme:\n      email: ops@app.test\n      caServer: {}\n      storage: {}\n      keyType: EC256\n      httpChallenge:\n        entryPoint: web\n      caCertificates: [{}]\nlog:\n  format: json\n",
+            "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    filename: {}\ncertificatesResolvers:\n  pebble:\n    acme:\n      email: ops@app.test\n      caServer: {}\n      storage: {}\n      keyType: EC256\n      {challenge}\n      caCertificates: [{}]\nlog:\n  format: json\n",
             dynamic.display(),
             pb.directory,
             storage.display(),
@@ -572,6 +584,16 @@ fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["domain"]["main"], "app.test");
     assert_eq!(certs[0]["Store"], "default");
+    // The admin endpoint shows the order and the certificate.
+    let admin = edge.addr("admin listening");
+    let out = curl(&[&format!("http://{admin}/debug/config")]);
+    let status: serde_json::Value = serde_json::from_str(out.rsplit_once('\n').unwrap().0).unwrap();
+    assert_eq!(status["acme"]["orders"], 1, "{status}");
+    assert_eq!(status["acme"]["failures"], 0, "{status}");
+    assert_eq!(
+        status["acme"]["certificates"][0]["names"][0], "app.test",
+        "{status}"
+    );
 
     // Restarted: served from storage at once, and no new order.
     edge.kill();

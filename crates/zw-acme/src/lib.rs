@@ -49,8 +49,10 @@ pub enum Error {
         status: String,
         detail: String,
     },
-    #[error("the CA offers no HTTP-01 challenge for {0} (Zeitwork answers HTTP-01 only)")]
-    NoHttp01(String),
+    #[error(
+        "the CA offers no {1} challenge for {0}: set the other one (httpChallenge or tlsChallenge)"
+    )]
+    NoChallenge(String, String),
     #[error("making the certificate request failed: {0}")]
     Csr(#[from] rcgen::Error),
     #[error("the CA's certificate cannot be served: {0}")]
@@ -65,11 +67,22 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// again after this, so a clock jump cannot hide it).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
-/// Where HTTP-01 tokens are presented: the edge answers
-/// `GET /.well-known/acme-challenge/<token>` with the key authorization while it is there.
-pub trait Http01: Send + Sync + 'static {
-    fn present(&self, token: &str, key_authorization: &str);
-    fn clean_up(&self, token: &str);
+/// Where challenges are presented. HTTP-01: the edge answers
+/// `GET /.well-known/acme-challenge/<token>` with the key authorization. TLS-ALPN-01
+/// (RFC 8737): a handshake for the name that offers only `acme-tls/1` gets the given
+/// self-signed certificate carrying the key authorization's digest.
+pub trait Challenges: Send + Sync + 'static {
+    fn present_http01(&self, token: &str, key_authorization: &str);
+    fn clean_up_http01(&self, token: &str);
+    fn present_tls_alpn01(&self, name: &str, certificate: Arc<zw_tls::rustls::sign::CertifiedKey>);
+    fn clean_up_tls_alpn01(&self, name: &str);
+}
+
+/// A challenge presented for an order, to clean up when the order ends.
+#[derive(Debug, Clone)]
+enum Presented {
+    Http01(String),
+    TlsAlpn01(String),
 }
 
 /// A certificate a resolver holds, ready to add to a configuration.
@@ -102,7 +115,7 @@ impl Held {
 /// What the run loop needs from the rest of the edge, and what it counts.
 struct Inner {
     resolvers: Vec<AcmeResolver>,
-    http01: Arc<dyn Http01>,
+    challenges: Arc<dyn Challenges>,
     storage: Mutex<BTreeMap<PathBuf, Storage>>,
     held: ArcSwap<Vec<Held>>,
     wanted: tokio::sync::watch::Sender<Vec<AcmeDomains>>,
@@ -123,7 +136,10 @@ pub struct Acme {
 impl Acme {
     /// Reads each resolver's storage (certificates kept there are served at once; a
     /// storage that cannot be read is an error naming it, so nothing is overwritten).
-    pub fn new(resolvers: Vec<AcmeResolver>, http01: Arc<dyn Http01>) -> Result<Acme, Error> {
+    pub fn new(
+        resolvers: Vec<AcmeResolver>,
+        challenges: Arc<dyn Challenges>,
+    ) -> Result<Acme, Error> {
         let mut storage = BTreeMap::new();
         let mut held = Vec::new();
         for r in &resolvers {
@@ -150,7 +166,7 @@ impl Acme {
         Ok(Acme {
             inner: Arc::new(Inner {
                 resolvers,
-                http01,
+                challenges,
                 storage: Mutex::new(storage),
                 held: ArcSwap::from_pointee(held),
                 wanted: tokio::sync::watch::channel(Vec::new()).0,
@@ -286,13 +302,18 @@ impl Acme {
                 a
             }
         };
-        let tokens = Mutex::new(Vec::new());
-        let result =
-            tokio::time::timeout(ORDER_TIMEOUT, self.order(&r, &account, &w.names, &tokens))
-                .await
-                .unwrap_or_else(|_| Err(Error::Timeout(w.names.join(","))));
-        for t in tokens.lock().map(|t| t.clone()).unwrap_or_default() {
-            self.inner.http01.clean_up(&t);
+        let presented = Mutex::new(Vec::new());
+        let result = tokio::time::timeout(
+            ORDER_TIMEOUT,
+            self.order(&r, &account, &w.names, &presented),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Error::Timeout(w.names.join(","))));
+        for p in presented.lock().map(|t| t.clone()).unwrap_or_default() {
+            match p {
+                Presented::Http01(token) => self.inner.challenges.clean_up_http01(&token),
+                Presented::TlsAlpn01(name) => self.inner.challenges.clean_up_tls_alpn01(&name),
+            }
         }
         let (cert_pem, key_pem) = result?;
         let stored = StoredCertificate {
@@ -398,13 +419,14 @@ impl Acme {
         }
     }
 
-    /// Order, HTTP-01 for each name, finalize with a key made here, download the chain.
+    /// Order, a challenge for each name (HTTP-01 where the resolver has an HTTP
+    /// entry point, else TLS-ALPN-01), finalize with a key made here, download the chain.
     async fn order(
         &self,
         r: &AcmeResolver,
         account: &Account,
         names: &[String],
-        tokens: &Mutex<Vec<String>>,
+        presented: &Mutex<Vec<Presented>>,
     ) -> Result<(String, String), Error> {
         let acme = |source| Error::Acme {
             ca: r.ca_server.clone(),
@@ -430,13 +452,27 @@ impl Acme {
                 }
             }
             let id = a.identifier().to_string();
+            let kind = if r.http_challenge.is_some() {
+                ChallengeType::Http01
+            } else {
+                ChallengeType::TlsAlpn01
+            };
             let mut ch = a
-                .challenge(ChallengeType::Http01)
-                .ok_or(Error::NoHttp01(id))?;
+                .challenge(kind.clone())
+                .ok_or_else(|| Error::NoChallenge(id.clone(), format!("{kind:?}")))?;
             let key_auth = ch.key_authorization();
-            self.inner.http01.present(&ch.token, key_auth.as_str());
-            if let Ok(mut t) = tokens.lock() {
-                t.push(ch.token.clone());
+            let p = if kind == ChallengeType::Http01 {
+                self.inner
+                    .challenges
+                    .present_http01(&ch.token, key_auth.as_str());
+                Presented::Http01(ch.token.clone())
+            } else {
+                let cert = tls_alpn01_certificate(&id, key_auth.digest().as_ref())?;
+                self.inner.challenges.present_tls_alpn01(&id, cert);
+                Presented::TlsAlpn01(id.clone())
+            };
+            if let Ok(mut t) = presented.lock() {
+                t.push(p);
             }
             ch.set_ready().await.map_err(acme)?;
         }
@@ -469,6 +505,29 @@ impl Acme {
         let chain = order.poll_certificate(&retry).await.map_err(acme)?;
         Ok((chain, key.serialize_pem()))
     }
+}
+
+/// The self-signed certificate TLS-ALPN-01 answers with (RFC 8737 §3): the name as its one
+/// DNS name and the digest of the key authorization in the critical `acmeIdentifier`
+/// extension.
+fn tls_alpn01_certificate(
+    name: &str,
+    digest: &[u8],
+) -> Result<Arc<zw_tls::rustls::sign::CertifiedKey>, Error> {
+    if digest.len() != 32 {
+        // rcgen would panic; a SHA-256 digest is always 32 bytes.
+        return Err(Error::Order {
+            names: name.into(),
+            status: "unanswered".into(),
+            detail: format!("a key authorization digest of {} bytes", digest.len()),
+        });
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key)?;
+    Ok(zw_tls::load_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes())?.key)
 }
 
 /// A stored certificate, checked (PEM, key against certificate) and with its validity.

@@ -404,8 +404,10 @@ pub struct AcmeResolver {
     /// default 2160 = 90 days): renewal starts when a third of it is left, at most 30 days
     /// before expiry.
     pub certificates_duration: std::time::Duration,
-    /// `httpChallenge.entryPoint`: where HTTP-01 is answered.
-    pub http_challenge: String,
+    /// `httpChallenge.entryPoint`: where HTTP-01 is answered (preferred when both are set).
+    pub http_challenge: Option<String>,
+    /// `tlsChallenge`: TLS-ALPN-01, answered in the TLS handshake on every entry point.
+    pub tls_challenge: bool,
     /// `caCertificates`: PEM files of the roots that sign the ACME server's own HTTPS
     /// certificate, when it is not publicly trusted (a test CA such as pebble).
     pub ca_certificates: Vec<PathBuf>,
@@ -692,21 +694,20 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 "an ACME directory URL starting with https://",
             );
         }
-        if a.tls_challenge.is_some() {
-            err(format!("{p}.tlsChallenge"), "TLS-ALPN-01 is not supported by Zeitwork yet: use httpChallenge.entryPoint (an entry point on port 80)");
-        }
+        let tls_challenge = a.tls_challenge.is_some();
         let http_challenge = match &a.http_challenge {
+            None if tls_challenge => None,
             None => {
                 err(
-                    format!("{p}.httpChallenge"),
-                    "set httpChallenge.entryPoint: the entry point (port 80) that answers HTTP-01",
+                    p.clone(),
+                    "set httpChallenge.entryPoint (an entry point on port 80) or tlsChallenge: {} (answered on the entry points' TLS port)",
                 );
                 continue;
             }
             Some(h) => {
                 unknown(&format!("{p}.httpChallenge"), &h.unknown, &mut err);
                 match &h.entry_point {
-                    Some(e) if ports.contains_key(e) => e.clone(),
+                    Some(e) if ports.contains_key(e) => Some(e.clone()),
                     Some(_) => {
                         err(
                             format!("{p}.httpChallenge.entryPoint"),
@@ -738,6 +739,7 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
             key_type,
             certificates_duration: std::time::Duration::from_secs(hours as u64 * 3600),
             http_challenge,
+            tls_challenge,
             ca_certificates: a.ca_certificates.iter().map(PathBuf::from).collect(),
         });
     }

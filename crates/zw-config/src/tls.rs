@@ -123,7 +123,8 @@ fn options(c: &mut Checker<'_>, p: &str, o: &TlsOptions, digest: &mut Vec<u8>) -
         out.alpn = o
             .alpn_protocols
             .iter()
-            // acme-tls/1 is answered only where TLS-ALPN-01 is (not yet): not offered.
+            // acme-tls/1 is answered before these options are chosen (a TLS-ALPN-01
+            // handshake gets its own configuration), and never for HTTP: not offered here.
             .filter(|a| a.as_str() != "acme-tls/1")
             .map(|a| a.as_bytes().to_vec())
             .collect();

@@ -627,7 +627,7 @@ fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
 #[test]
 fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
     use zw_config::{acme_domains, parse_static, AcmeDomains, KeyType, LETS_ENCRYPT};
-    let text = "entryPoints:\n  web: {address: \":80\"}\n  websecure:\n    address: \":443\"\n    http: {tls: {certResolver: le}}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  le:\n    acme: {email: ops@a.test, httpChallenge: {entryPoint: web}}\n  staging:\n    acme: {caServer: \"https://acme-staging.example/dir\", storage: /var/lib/st.json, keyType: EC384, certificatesDuration: 24, httpChallenge: {entryPoint: web}}\n";
+    let text = "entryPoints:\n  web: {address: \":80\"}\n  websecure:\n    address: \":443\"\n    http: {tls: {certResolver: le}}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  le:\n    acme: {email: ops@a.test, httpChallenge: {entryPoint: web}}\n  staging:\n    acme: {caServer: \"https://acme-staging.example/dir\", storage: /var/lib/st.json, keyType: EC384, certificatesDuration: 24, tlsChallenge: {}}\n";
     let st = parse_static(text, Format::Yaml).unwrap();
     let le = &st.resolvers[0];
     assert_eq!(le.name, "le");
@@ -635,9 +635,11 @@ fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
     assert_eq!(le.storage, std::path::PathBuf::from("acme.json"));
     assert_eq!(le.key_type, KeyType::Ec256);
     assert_eq!(le.certificates_duration.as_secs(), 2160 * 3600);
-    assert_eq!(le.http_challenge, "web");
+    assert_eq!(le.http_challenge.as_deref(), Some("web"));
+    assert!(!le.tls_challenge);
     assert_eq!(le.email.as_deref(), Some("ops@a.test"));
     let staging = &st.resolvers[1];
+    assert!(staging.tls_challenge);
     assert_eq!(staging.key_type, KeyType::Ec384);
     assert_eq!(staging.certificates_duration.as_secs(), 24 * 3600);
 
@@ -676,7 +678,7 @@ fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
         "{e}"
     );
 
-    let bad = "entryPoints:\n  web: {address: \":80\"}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  a: {acme: {caServer: \"http://plain\", httpChallenge: {entryPoint: nowhere}, caCertificates: [x, y]}}\n  b: {acme: {tlsChallenge: {}, keyType: RSA2048}}\n  c: {acme: {certificatesDuration: 0, httpChallenge: {entryPoint: web}}}\n  d: {other: {}}\n";
+    let bad = "entryPoints:\n  web: {address: \":80\"}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  a: {acme: {caServer: \"http://plain\", httpChallenge: {entryPoint: nowhere}, caCertificates: [x, y]}}\n  b: {acme: {tlsChallenge: {}, keyType: RSA2048}}\n  e: {acme: {email: a@b.c}}\n  c: {acme: {certificatesDuration: 0, httpChallenge: {entryPoint: web}}}\n  d: {other: {}}\n";
     let e = parse_static(bad, Format::Yaml).unwrap_err().to_string();
     for want in [
         "certificatesResolvers.a.acme.caServer: an ACME directory URL starting with https://",
@@ -684,6 +686,7 @@ fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
         "certificatesResolvers.b.acme.keyType: Zeitwork issues ECDSA certificates only",
         "certificatesResolvers.c.acme.certificatesDuration: hours from 1",
         "certificatesResolvers.d: only ACME resolvers exist",
+        "certificatesResolvers.e.acme: set httpChallenge.entryPoint",
         "certificatesResolvers.d.other: unknown key",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");

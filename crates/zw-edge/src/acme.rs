@@ -1,29 +1,48 @@
-//! HTTP-01 challenge answers: while an ACME order runs, the CA fetches
+//! ACME challenge answers.
+//!
+//! HTTP-01: while an order runs, the CA fetches
 //! `http://<name>/.well-known/acme-challenge/<token>` from the resolver's entry point and
 //! expects the key authorization. Traefik answers every request under that prefix on the
 //! challenge entry point itself (`pkg/provider/acme/challenge_http.go`: the token's answer,
 //! else 404), ahead of any router; so does the edge, in the request filter.
 //!
-//! Tokens are written a few times per order and read only by requests under the prefix:
-//! a map swapped whole (no lock on the request path).
+//! TLS-ALPN-01 (RFC 8737): the CA opens a TLS connection offering only `acme-tls/1` for the
+//! name and checks the certificate it gets; the handshake is answered with the challenge
+//! certificate and the connection closed (`pkg/provider/acme/challenge_tls.go`).
+//!
+//! Challenges are written a few times per order and read only by those requests and
+//! handshakes: maps swapped whole (no lock on the request path).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use zw_tls::rustls::sign::CertifiedKey;
 
 /// The path prefix the CA fetches tokens under (RFC 8555, section 8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Tokens presented for HTTP-01, and their key authorizations.
+/// The ALPN protocol of TLS-ALPN-01.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Tokens presented for HTTP-01 and their key authorizations; certificates presented for
+/// TLS-ALPN-01 by name.
 #[derive(Default)]
-pub struct Http01Tokens {
+pub struct AcmeChallenges {
     map: ArcSwap<HashMap<String, String>>,
+    tls_alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
 
-impl Http01Tokens {
-    pub fn new() -> Arc<Http01Tokens> {
-        Arc::new(Http01Tokens::default())
+impl AcmeChallenges {
+    pub fn new() -> Arc<AcmeChallenges> {
+        Arc::new(AcmeChallenges::default())
+    }
+
+    /// The TLS-ALPN-01 certificate for a handshake naming `server_name`, if one is
+    /// presented.
+    pub(crate) fn tls_alpn01(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        self.tls_alpn.load().get(&name).cloned()
     }
 
     pub fn present(&self, token: &str, key_authorization: &str) {
@@ -55,12 +74,28 @@ impl Http01Tokens {
     }
 }
 
-impl zw_acme::Http01 for Http01Tokens {
-    fn present(&self, token: &str, key_authorization: &str) {
-        Http01Tokens::present(self, token, key_authorization)
+impl zw_acme::Challenges for AcmeChallenges {
+    fn present_http01(&self, token: &str, key_authorization: &str) {
+        self.present(token, key_authorization)
     }
-    fn clean_up(&self, token: &str) {
-        Http01Tokens::clean_up(self, token)
+    fn clean_up_http01(&self, token: &str) {
+        self.clean_up(token)
+    }
+    fn present_tls_alpn01(&self, name: &str, certificate: Arc<CertifiedKey>) {
+        let name = name.to_ascii_lowercase();
+        self.tls_alpn.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(name.clone(), certificate.clone());
+            m
+        });
+    }
+    fn clean_up_tls_alpn01(&self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.tls_alpn.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(&name);
+            m
+        });
     }
 }
 
@@ -70,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_presented_token_is_answered_until_cleaned_up() {
-        let t = Http01Tokens::new();
+        let t = AcmeChallenges::new();
         assert_eq!(t.answer("/index.html"), None);
         assert_eq!(t.answer("/.well-known/acme-challenge/abc"), Some(None));
         t.present("abc", "abc.thumb");

@@ -72,6 +72,15 @@ pub(crate) async fn handle(
 fn render_metrics(shared: &Shared) -> String {
     let mut out = String::with_capacity(64 * 1024);
     render_edge(&mut out, &shared.metrics);
+    if let Some(acme) = &shared.settings.acme {
+        let _ = writeln!(
+            out,
+            "# TYPE zeitwork_acme_orders_total counter\nzeitwork_acme_orders_total {}\n# TYPE zeitwork_acme_order_failures_total counter\nzeitwork_acme_order_failures_total {}\n# TYPE zeitwork_acme_certificates gauge\nzeitwork_acme_certificates {}",
+            acme.orders(),
+            acme.failures(),
+            acme.certificates().len()
+        );
+    }
     let reg = shared
         .config
         .registry

@@ -124,6 +124,29 @@ pub struct ConfigStatus {
     /// The last rejected change, if it came after the last applied one.
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// The ACME resolvers' work, when the static configuration has resolvers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeStatus>,
+}
+
+/// What `/debug/config` shows of the ACME resolvers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AcmeStatus {
+    /// Orders placed since the start, and how many failed.
+    pub orders: u64,
+    pub failures: u64,
+    /// The last failure, with the CA's problem document when it sent one.
+    pub last_error: Option<String>,
+    /// The certificates the resolvers hold.
+    pub certificates: Vec<AcmeCertificate>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AcmeCertificate {
+    pub resolver: String,
+    pub names: Vec<String>,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 pub(crate) struct Shared {
@@ -152,7 +175,11 @@ pub(crate) struct Settings {
     pub(crate) write_timeout: Duration,
     pub(crate) access_log: Option<AccessLog>,
     /// Per entry point: the ACME HTTP-01 tokens it answers, if it answers them.
-    pub(crate) http01: Vec<Option<Arc<acme::Http01Tokens>>>,
+    pub(crate) http01: Vec<Option<Arc<acme::AcmeChallenges>>>,
+    /// TLS-ALPN-01 certificates, answered on every entry point.
+    pub(crate) tls_alpn01: Option<Arc<acme::AcmeChallenges>>,
+    /// The ACME resolvers, for `/debug/config` and `/metrics`.
+    pub(crate) acme: Option<zw_acme::Acme>,
 }
 
 /// The applied configuration: the snapshot requests run on, and what changes with it.
@@ -212,11 +239,27 @@ impl Connections {
 
 impl Shared {
     pub(crate) fn status(&self) -> ConfigStatus {
-        self.config
+        let mut status = self
+            .config
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        status.acme = self.settings.acme.as_ref().map(|a| AcmeStatus {
+            orders: a.orders(),
+            failures: a.failures(),
+            last_error: a.last_error(),
+            certificates: a
+                .certificates()
+                .iter()
+                .map(|c| AcmeCertificate {
+                    resolver: c.resolver.clone(),
+                    names: c.names.clone(),
+                    not_after: time::rfc3339(u64::try_from(c.not_after).unwrap_or(0), 0),
+                })
+                .collect(),
+        });
+        status
     }
 }
 
@@ -247,6 +290,8 @@ impl Edge {
                 write_timeout: WRITE_TIMEOUT,
                 access_log: None,
                 http01: vec![None; n],
+                tls_alpn01: None,
+                acme: None,
             },
         }
     }
@@ -313,6 +358,7 @@ impl Edge {
             certificates,
             last_error: None,
             last_error_at: None,
+            acme: None,
         };
         tracing::info!(version, ?snapshot_version, %hash, %source, origin, routers, services, "configuration applied");
         Ok(version)
@@ -433,7 +479,7 @@ impl EdgeBuilder {
     pub fn http01(
         mut self,
         entry_point: &str,
-        tokens: Arc<acme::Http01Tokens>,
+        tokens: Arc<acme::AcmeChallenges>,
     ) -> Result<Self, Error> {
         let idx = self
             .settings
@@ -445,6 +491,20 @@ impl EdgeBuilder {
             *slot = Some(tokens);
         }
         Ok(self)
+    }
+
+    /// Answers ACME TLS-ALPN-01 handshakes (only `acme-tls/1` offered) on every entry
+    /// point with the certificates presented in `challenges`.
+    pub fn tls_alpn01(mut self, challenges: Arc<acme::AcmeChallenges>) -> Self {
+        self.settings.tls_alpn01 = Some(challenges);
+        self
+    }
+
+    /// Shows the ACME resolvers' orders and certificates at `/debug/config` and
+    /// `/metrics`.
+    pub fn acme(mut self, acme: zw_acme::Acme) -> Self {
+        self.settings.acme = Some(acme);
+        self
     }
 
     /// Makes `entry_point` expect a PROXY protocol (v1 or v2) header on every connection,
@@ -724,6 +784,10 @@ async fn serve_connection(
                 shared.metrics.tls_handshakes.fetch_add(1, Relaxed);
                 let proto = if h2 { Proto::H2 } else { Proto::H1 };
                 Some((client, tls::ClientIo::Tls(Box::new(stream)), proto))
+            }
+            Ok(Err(tls::HandshakeError::AcmeChallenge)) => {
+                tracing::info!(%peer, "ACME TLS-ALPN-01 challenge answered");
+                None
             }
             Ok(Err(e)) => {
                 shared.metrics.tls_handshake_failures.fetch_add(1, Relaxed);

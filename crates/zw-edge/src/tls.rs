@@ -99,6 +99,9 @@ pub(crate) type TlsStream = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>
 pub(crate) enum HandshakeError {
     #[error("no configuration applied yet")]
     NoConfig,
+    /// Not an error: the connection served its purpose in the handshake.
+    #[error("ACME TLS-ALPN-01 challenge answered")]
+    AcmeChallenge,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -112,6 +115,15 @@ pub(crate) async fn accept(
     let start =
         tokio_rustls::LazyConfigAcceptor::new(zw_tls::rustls::server::Acceptor::default(), io)
             .await?;
+    if let Some(challenges) = &shared.settings.tls_alpn01 {
+        if let Some(cert) = tls_alpn01(challenges, &start.client_hello()) {
+            let config = acme_config(cert)?;
+            let mut stream = start.into_stream(config).await?;
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.shutdown().await;
+            return Err(HandshakeError::AcmeChallenge);
+        }
+    }
     let config = {
         let snap = shared.config.current.load();
         let Some(snap) = snap.as_ref() else {
@@ -122,6 +134,43 @@ pub(crate) async fn accept(
     let stream = start.into_stream(config).await?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     Ok((stream, h2))
+}
+
+/// The TLS-ALPN-01 certificate for this handshake: RFC 8737 §3 has the CA offer
+/// `acme-tls/1` alone, for the name being validated.
+fn tls_alpn01(
+    challenges: &crate::acme::AcmeChallenges,
+    hello: &zw_tls::rustls::server::ClientHello<'_>,
+) -> Option<Arc<zw_tls::rustls::sign::CertifiedKey>> {
+    let mut alpn = hello.alpn()?;
+    if alpn.next()? != crate::acme::ACME_TLS_ALPN || alpn.next().is_some() {
+        return None;
+    }
+    challenges.tls_alpn01(hello.server_name()?)
+}
+
+/// A configuration that serves `cert` and negotiates `acme-tls/1` (TLS 1.2 or 1.3, as
+/// the RFC requires).
+fn acme_config(
+    cert: Arc<zw_tls::rustls::sign::CertifiedKey>,
+) -> Result<Arc<ServerConfig>, HandshakeError> {
+    #[derive(Debug)]
+    struct One(Arc<zw_tls::rustls::sign::CertifiedKey>);
+    impl zw_tls::rustls::server::ResolvesServerCert for One {
+        fn resolve(
+            &self,
+            _: zw_tls::rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<zw_tls::rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    let mut config = ServerConfig::builder_with_provider(zw_tls::provider())
+        .with_protocol_versions(zw_tls::rustls::ALL_VERSIONS)
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(One(cert)));
+    config.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A client connection, plain or TLS.

@@ -243,12 +243,23 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
         let acme = match statics.as_ref().filter(|s| !s.resolvers.is_empty()) {
             None => None,
             Some(st) => {
-                let tokens = zw_edge::acme::Http01Tokens::new();
+                let challenges = zw_edge::acme::AcmeChallenges::new();
                 for r in &st.resolvers {
-                    builder = builder.http01(&r.http_challenge, tokens.clone()).map_err(|e| anyhow::anyhow!("certificatesResolvers.{}.acme.httpChallenge.entryPoint: {e}", r.name))?;
-                    tracing::info!(resolver = %r.name, ca = %r.ca_server, storage = %r.storage.display(), entry_point = %r.http_challenge, "ACME resolver (HTTP-01)");
+                    match &r.http_challenge {
+                        Some(ep) => {
+                            builder = builder.http01(ep, challenges.clone()).map_err(|e| anyhow::anyhow!("certificatesResolvers.{}.acme.httpChallenge.entryPoint: {e}", r.name))?;
+                            tracing::info!(resolver = %r.name, ca = %r.ca_server, storage = %r.storage.display(), entry_point = %ep, "ACME resolver (HTTP-01)");
+                        }
+                        None => tracing::info!(resolver = %r.name, ca = %r.ca_server, storage = %r.storage.display(), "ACME resolver (TLS-ALPN-01)"),
+                    }
                 }
-                Some(zw_acme::Acme::new(st.resolvers.clone(), tokens)?)
+                if st.resolvers.iter().any(|r| r.tls_challenge) {
+                    builder = builder.tls_alpn01(challenges.clone());
+                }
+                let tokens = challenges;
+                let acme = zw_acme::Acme::new(st.resolvers.clone(), tokens)?;
+                builder = builder.acme(acme.clone());
+                Some(acme)
             }
         };
         let edge = builder.build();

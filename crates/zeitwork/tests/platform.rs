@@ -672,3 +672,160 @@ fn acknowledged_writes_survive_kill_9() {
         acked.len()
     );
 }
+
+fn curl_https(root: &std::path::Path, host: &str, port: u16, flag: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            flag,
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(root)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("curl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The operator is the fleet's one ACME client: a verified domain gets one certificate
+/// from a real ACME server (pebble), ordered once whatever the number of edges; HTTP-01 is
+/// answered by whichever edge the balancer picks (the token travels in every snapshot);
+/// both edges serve the same certificate over HTTPS through the balancer (HTTP/1.1 and
+/// HTTP/2), `zeitwork get certificates` shows it, and HTTPS keeps working through an
+/// operator outage. Traefik cannot do this in HA (its docs: not possible to run multiple
+/// instances with Let's Encrypt enabled; traefik#2025).
+#[test]
+fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() {
+    if !tool("curl") || !tool("pebble") {
+        return;
+    }
+    let (_rt, up) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let lb_port = free_port();
+    let pb = support::acme::pebble(dir.path(), lb_port, free_port());
+    let ca = pb.ca.clone();
+    let mut op = Operator::start_with(
+        &dir.path().join("op"),
+        free_port(),
+        &[
+            "--acme-ca",
+            &pb.directory,
+            "--acme-ca-certificate",
+            &ca,
+            "--acme-email",
+            "ops@app.test",
+        ],
+    );
+    let token = seed(&op, up.addr);
+    let token2 = edge_token(&op);
+    let edges = [
+        Edge::start(
+            op.addr,
+            &token,
+            "e1",
+            &dir.path().join("e1"),
+            &["--proxy-protocol", "web=127.0.0.1/32"],
+        ),
+        Edge::start(
+            op.addr,
+            &token2,
+            "e2",
+            &dir.path().join("e2"),
+            &["--proxy-protocol", "web=127.0.0.1/32"],
+        ),
+    ];
+    eventually(Duration::from_secs(15), "both edges connected", || {
+        connected_and_current(&op, 2).then_some(())
+    });
+    let (a1, a2) = (edges[0].http.to_string(), edges[1].http.to_string());
+    let listen = format!("127.0.0.1:{lb_port}");
+    let lb = Balancer::start(&[
+        "--listen",
+        &listen,
+        "--backend",
+        &a1,
+        "--backend",
+        &a2,
+        "--algorithm",
+        "round_robin",
+        "--health-interval",
+        "200ms",
+    ]);
+
+    add_domain(&op, "app.test");
+    op.proc.wait_log(Duration::from_secs(60), |v| {
+        message(v).starts_with("certificate obtained")
+    });
+    let certs = op.ok("GET", "/api/v1/tls-certificates", None);
+    let c = &certs["items"][0];
+    assert_eq!(c["domain"], "app.test", "{certs}");
+    assert_eq!(c["status"], "valid", "{certs}");
+    assert_eq!(c["orders"], 1, "one order for the fleet: {certs}");
+    assert!(
+        c["issuer"].as_str().unwrap_or("").contains("Pebble"),
+        "{certs}"
+    );
+    // Both edges run it: the same names and expiry in each one's running configuration.
+    let served = |e: &Edge| {
+        e.status()["certificates"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["names"][0] == "app.test").cloned())
+    };
+    let first = eventually(
+        Duration::from_secs(10),
+        "edge 1 holds the certificate",
+        || served(&edges[0]),
+    );
+    let second = eventually(
+        Duration::from_secs(10),
+        "edge 2 holds the certificate",
+        || served(&edges[1]),
+    );
+    assert_eq!(first, second);
+
+    let root = dir.path().join("issued-root.pem");
+    pb.issued_root(&root);
+    let before: Vec<u64> = edges.iter().map(edge_requests).collect();
+    for flag in ["--http1.1", "--http2", "--http1.1", "--http2"] {
+        let out = curl_https(&root, "app.test", lb.addr.port(), flag);
+        assert!(out.ends_with(" 200"), "{flag}: {out}");
+        assert!(
+            out.contains("\"upstream\": \"app\"") || out.contains("\"upstream\":\"app\""),
+            "{out}"
+        );
+    }
+    let after: Vec<u64> = edges.iter().map(edge_requests).collect();
+    assert!(
+        after[0] > before[0] && after[1] > before[1],
+        "round robin reaches both edges over HTTPS: {before:?} -> {after:?}"
+    );
+    // The CLI shows it.
+    let out = std::process::Command::new(BIN)
+        .args(["get", "certificates", "--operator"])
+        .arg(format!("http://{}", op.addr))
+        .env("ZEITWORK_TOKEN", &op.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("app.test") && text.contains("valid"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The operator goes away; the edges keep serving HTTPS with what they have.
+    op.proc.kill();
+    for flag in ["--http1.1", "--http2"] {
+        let out = curl_https(&root, "app.test", lb.addr.port(), flag);
+        assert!(out.ends_with(" 200"), "during the outage, {flag}: {out}");
+    }
+}

@@ -76,6 +76,14 @@ pub trait Challenges: Send + Sync + 'static {
     fn clean_up_http01(&self, token: &str);
     fn present_tls_alpn01(&self, name: &str, certificate: Arc<zw_tls::rustls::sign::CertifiedKey>);
     fn clean_up_tls_alpn01(&self, name: &str);
+    /// Called after a challenge is presented and before the CA is told to validate it:
+    /// where presenting takes a while (the operator's token must reach every edge), this
+    /// waits until it has; an error ends the order.
+    fn ready(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A challenge presented for an order, to clean up when the order ends.
@@ -302,20 +310,17 @@ impl Acme {
                 a
             }
         };
-        let presented = Mutex::new(Vec::new());
-        let result = tokio::time::timeout(
-            ORDER_TIMEOUT,
-            self.order(&r, &account, &w.names, &presented),
+        let (cert_pem, key_pem) = order_certificate(
+            &account,
+            &OrderRequest {
+                ca: &r.ca_server,
+                names: &w.names,
+                key_type: r.key_type,
+                http01: r.http_challenge.is_some(),
+            },
+            self.inner.challenges.as_ref(),
         )
-        .await
-        .unwrap_or_else(|_| Err(Error::Timeout(w.names.join(","))));
-        for p in presented.lock().map(|t| t.clone()).unwrap_or_default() {
-            match p {
-                Presented::Http01(token) => self.inner.challenges.clean_up_http01(&token),
-                Presented::TlsAlpn01(name) => self.inner.challenges.clean_up_tls_alpn01(&name),
-            }
-        }
-        let (cert_pem, key_pem) = result?;
+        .await?;
         let stored = StoredCertificate {
             domain: Domain {
                 main: w.names.first().cloned().unwrap_or_default(),
@@ -365,24 +370,14 @@ impl Acme {
         };
         if let Some(a) = stored {
             if let Ok(creds) = serde_json::from_value::<AccountCredentials>(a.credentials) {
-                return self.builder(r)?.from_credentials(creds).await.map_err(acme);
+                return client(&r.ca_server, r.ca_certificates.first())?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(acme);
             }
         }
-        let contact = r.email.as_ref().map(|e| format!("mailto:{e}"));
-        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-        let (account, creds) = self
-            .builder(r)?
-            .create(
-                &NewAccount {
-                    contact: &contacts,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                r.ca_server.clone(),
-                None,
-            )
-            .await
-            .map_err(acme)?;
+        let (account, creds) =
+            register(&r.ca_server, r.ca_certificates.first(), r.email.as_deref()).await?;
         tracing::info!(resolver = %r.name, ca = %r.ca_server, account = %account.id(), "ACME account registered");
         let credentials = serde_json::to_value(&creds).map_err(|e| Error::Storage {
             path: r.storage.clone(),
@@ -396,115 +391,178 @@ impl Acme {
         })?;
         Ok(account)
     }
+}
 
-    fn builder(&self, r: &AcmeResolver) -> Result<instant_acme::AccountBuilder, Error> {
-        let acme = |source| Error::Acme {
-            ca: r.ca_server.clone(),
+/// A client of the ACME server at `ca`, trusting `ca_certificate` (a PEM root) for its
+/// HTTPS certificate, or the system's roots.
+pub fn client(
+    ca: &str,
+    ca_certificate: Option<&PathBuf>,
+) -> Result<instant_acme::AccountBuilder, Error> {
+    match ca_certificate {
+        None => Account::builder().map_err(|source| Error::Acme {
+            ca: ca.to_string(),
             source,
-        };
-        match r.ca_certificates.first() {
-            None => Account::builder().map_err(acme),
-            Some(path) => {
-                if let Err(e) = std::fs::metadata(path) {
-                    return Err(Error::CaCertificate {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-                Account::builder_with_root(path).map_err(|e| Error::CaCertificate {
+        }),
+        Some(path) => {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(Error::CaCertificate {
                     path: path.clone(),
                     reason: e.to_string(),
+                });
+            }
+            Account::builder_with_root(path).map_err(|e| Error::CaCertificate {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Registers a new account at `ca` (terms of service agreed, as Traefik does).
+pub async fn register(
+    ca: &str,
+    ca_certificate: Option<&PathBuf>,
+    email: Option<&str>,
+) -> Result<(Account, AccountCredentials), Error> {
+    let contact = email.map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    client(ca, ca_certificate)?
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            ca.to_string(),
+            None,
+        )
+        .await
+        .map_err(|source| Error::Acme {
+            ca: ca.to_string(),
+            source,
+        })
+}
+
+/// One certificate to order.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRequest<'a> {
+    /// The CA's directory URL (for error messages).
+    pub ca: &'a str,
+    /// The names, the first as the subject.
+    pub names: &'a [String],
+    pub key_type: KeyType,
+    /// HTTP-01 (else TLS-ALPN-01).
+    pub http01: bool,
+}
+
+/// Orders a certificate, bounded by [`ORDER_TIMEOUT`]: a challenge for each name presented
+/// through `challenges` (and cleaned up after, whatever the outcome), finalized with a key
+/// made here. Returns the PEM chain and the PEM key.
+pub async fn order_certificate(
+    account: &Account,
+    req: &OrderRequest<'_>,
+    challenges: &dyn Challenges,
+) -> Result<(String, String), Error> {
+    let presented = Mutex::new(Vec::new());
+    let result = tokio::time::timeout(ORDER_TIMEOUT, order(account, req, challenges, &presented))
+        .await
+        .unwrap_or_else(|_| Err(Error::Timeout(req.names.join(","))));
+    for p in presented.lock().map(|t| t.clone()).unwrap_or_default() {
+        match p {
+            Presented::Http01(token) => challenges.clean_up_http01(&token),
+            Presented::TlsAlpn01(name) => challenges.clean_up_tls_alpn01(&name),
+        }
+    }
+    result
+}
+
+async fn order(
+    account: &Account,
+    req: &OrderRequest<'_>,
+    challenges: &dyn Challenges,
+    presented: &Mutex<Vec<Presented>>,
+) -> Result<(String, String), Error> {
+    let names = req.names;
+    let acme = |source| Error::Acme {
+        ca: req.ca.to_string(),
+        source,
+    };
+    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .map_err(acme)?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.map_err(acme)?;
+        match a.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            s => {
+                return Err(Error::Order {
+                    names: names.join(","),
+                    status: format!("{s:?}").to_lowercase(),
+                    detail: "an authorization is no longer pending".into(),
                 })
             }
         }
-    }
-
-    /// Order, a challenge for each name (HTTP-01 where the resolver has an HTTP
-    /// entry point, else TLS-ALPN-01), finalize with a key made here, download the chain.
-    async fn order(
-        &self,
-        r: &AcmeResolver,
-        account: &Account,
-        names: &[String],
-        presented: &Mutex<Vec<Presented>>,
-    ) -> Result<(String, String), Error> {
-        let acme = |source| Error::Acme {
-            ca: r.ca_server.clone(),
-            source,
+        let id = a.identifier().to_string();
+        let kind = if req.http01 {
+            ChallengeType::Http01
+        } else {
+            ChallengeType::TlsAlpn01
         };
-        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(acme)?;
-        let mut authzs = order.authorizations();
-        while let Some(a) = authzs.next().await {
-            let mut a = a.map_err(acme)?;
-            match a.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                s => {
-                    return Err(Error::Order {
-                        names: names.join(","),
-                        status: format!("{s:?}").to_lowercase(),
-                        detail: "an authorization is no longer pending".into(),
-                    })
-                }
-            }
-            let id = a.identifier().to_string();
-            let kind = if r.http_challenge.is_some() {
-                ChallengeType::Http01
-            } else {
-                ChallengeType::TlsAlpn01
-            };
-            let mut ch = a
-                .challenge(kind.clone())
-                .ok_or_else(|| Error::NoChallenge(id.clone(), format!("{kind:?}")))?;
-            let key_auth = ch.key_authorization();
-            let p = if kind == ChallengeType::Http01 {
-                self.inner
-                    .challenges
-                    .present_http01(&ch.token, key_auth.as_str());
-                Presented::Http01(ch.token.clone())
-            } else {
-                let cert = tls_alpn01_certificate(&id, key_auth.digest().as_ref())?;
-                self.inner.challenges.present_tls_alpn01(&id, cert);
-                Presented::TlsAlpn01(id.clone())
-            };
-            if let Ok(mut t) = presented.lock() {
-                t.push(p);
-            }
-            ch.set_ready().await.map_err(acme)?;
-        }
-        let retry = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .timeout(ORDER_TIMEOUT);
-        let status = order.poll_ready(&retry).await.map_err(acme)?;
-        if status != OrderStatus::Ready {
-            let detail = order
-                .state()
-                .error
-                .as_ref()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "the CA gave no reason".into());
-            return Err(Error::Order {
-                names: names.join(","),
-                status: format!("{status:?}").to_lowercase(),
-                detail,
-            });
-        }
-        let alg = match r.key_type {
-            KeyType::Ec256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyType::Ec384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        let mut ch = a
+            .challenge(kind.clone())
+            .ok_or_else(|| Error::NoChallenge(id.clone(), format!("{kind:?}")))?;
+        let key_auth = ch.key_authorization();
+        let p = if kind == ChallengeType::Http01 {
+            challenges.present_http01(&ch.token, key_auth.as_str());
+            Presented::Http01(ch.token.clone())
+        } else {
+            let cert = tls_alpn01_certificate(&id, key_auth.digest().as_ref())?;
+            challenges.present_tls_alpn01(&id, cert);
+            Presented::TlsAlpn01(id.clone())
         };
-        let key = rcgen::KeyPair::generate_for(alg)?;
-        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params.serialize_request(&key)?;
-        order.finalize_csr(csr.der()).await.map_err(acme)?;
-        let chain = order.poll_certificate(&retry).await.map_err(acme)?;
-        Ok((chain, key.serialize_pem()))
+        if let Ok(mut t) = presented.lock() {
+            t.push(p);
+        }
+        challenges.ready().await.map_err(|detail| Error::Order {
+            names: names.join(","),
+            status: "unanswered".into(),
+            detail,
+        })?;
+        ch.set_ready().await.map_err(acme)?;
     }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(ORDER_TIMEOUT);
+    let status = order.poll_ready(&retry).await.map_err(acme)?;
+    if status != OrderStatus::Ready {
+        let detail = order
+            .state()
+            .error
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "the CA gave no reason".into());
+        return Err(Error::Order {
+            names: names.join(","),
+            status: format!("{status:?}").to_lowercase(),
+            detail,
+        });
+    }
+    let alg = match req.key_type {
+        KeyType::Ec256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::Ec384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    let key = rcgen::KeyPair::generate_for(alg)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    order.finalize_csr(csr.der()).await.map_err(acme)?;
+    let chain = order.poll_certificate(&retry).await.map_err(acme)?;
+    Ok((chain, key.serialize_pem()))
 }
 
 /// The self-signed certificate TLS-ALPN-01 answers with (RFC 8737 §3): the name as its one

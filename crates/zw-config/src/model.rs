@@ -207,6 +207,11 @@ pub struct EdgeOptions {
     /// Off by default: they reveal internal addresses.
     #[serde(default)]
     pub routing_headers: bool,
+    /// ACME HTTP-01 tokens and their key authorizations, answered at
+    /// `/.well-known/acme-challenge/<token>` on every entry point (the operator orders
+    /// certificates once for the fleet; whichever edge the CA reaches answers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acme_challenges: BTreeMap<String, String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -227,6 +227,9 @@ impl Checker<'_> {
 
 /// Validates a configuration as a whole. Returns every problem found, or the validated
 /// configuration with compiled rules and content hash.
+/// ACME HTTP-01 tokens a configuration carries at most (each is an order in flight).
+pub const MAX_ACME_CHALLENGES: usize = 10_000;
+
 pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigErrors> {
     let mut c = Checker {
         errors: Vec::new(),
@@ -234,6 +237,31 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     };
     c.unknown("", &config.unknown);
     c.unknown("edge", &config.edge.unknown);
+    if config.edge.acme_challenges.len() > MAX_ACME_CHALLENGES {
+        c.err(
+            "edge.acmeChallenges",
+            format!("more than {MAX_ACME_CHALLENGES} tokens"),
+        );
+    }
+    for (token, key_auth) in &config.edge.acme_challenges {
+        // RFC 8555 §8.3: a token is base64url; its key authorization is token "." thumbprint.
+        let b64url = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 512
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let valid = b64url(token)
+            && key_auth
+                .split_once('.')
+                .is_some_and(|(t, thumb)| t == token && b64url(thumb));
+        if !valid {
+            c.err(
+                format!("edge.acmeChallenges.{token}"),
+                "an ACME token (base64url) and its key authorization (`token.thumbprint`)",
+            );
+        }
+    }
     let http = &config.http;
     c.unknown("http", &http.unknown);
 

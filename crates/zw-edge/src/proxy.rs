@@ -209,6 +209,17 @@ fn request_filter(
         ctx.ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
         return Err(local(StatusCode::BAD_REQUEST, problem));
     }
+    // The operator's orders: a token in the snapshot is answered on every entry point;
+    // other paths under the prefix are routed as usual.
+    if let Some(snap) = ctx.snap.filter(|s| !s.acme_challenges.is_empty()) {
+        if let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PREFIX) {
+            if let Some(key_authorization) = snap.acme_challenges.get(token) {
+                let mut resp = local(StatusCode::OK, "");
+                *resp.body_mut() = ProxyBody::full(key_authorization.clone());
+                return Err(resp);
+            }
+        }
+    }
     if let Some(Some(tokens)) = ctx.ex.shared.settings.http01.get(ctx.ep) {
         if let Some(answer) = tokens.answer(req.uri().path()) {
             return Err(match answer {

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub routers: Vec<RouterRt>,
     pub services: Vec<ServiceRt>,
     pub routing_headers: bool,
+    /// ACME HTTP-01 tokens → key authorizations (the operator's orders), answered on every
+    /// entry point.
+    pub acme_challenges: std::collections::HashMap<String, String>,
 }
 
 /// An entry point's routers: those for requests that came over TLS (routers with `tls`)
@@ -349,5 +352,6 @@ pub fn build(
         routers,
         services,
         routing_headers: valid.config.edge.routing_headers,
+        acme_challenges: valid.config.edge.acme_challenges.into_iter().collect(),
     }
 }

@@ -10,6 +10,7 @@ use axum::Router;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 use zw_proto::api::*;
+use zw_proto::time::Timestamp;
 use zw_store::{InstanceFilter, NodeFilter, Store};
 
 use crate::error::{ApiResult, Error, Json, Query};
@@ -125,6 +126,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/instances", get(list_instances).post(create_instance))
         .route("/retiring-instances", get(list_retiring))
+        .route("/tls-certificates", get(list_tls_certificates))
         .route(
             "/instances/{id}",
             get(get_instance)
@@ -427,6 +429,28 @@ async fn list_retiring(
     Ok(axum::Json(RetiringInstances {
         items: store(&app).retiring(&p.deployment).await?,
     }))
+}
+
+/// The domains' HTTPS certificates: issuer, validity, status and the last order error.
+#[utoipa::path(get, path = "/api/v1/tls-certificates", tag = "domains",
+    responses((status = 200, body = TlsCertificates)))]
+async fn list_tls_certificates(State(app): State<App>) -> ApiResult<axum::Json<TlsCertificates>> {
+    let items = store(&app)
+        .tls_certificates()
+        .await?
+        .into_iter()
+        .map(|c| TlsCertificateInfo {
+            domain: c.domain,
+            issuer: c.issuer,
+            not_before: c.not_before.map(|s| Timestamp(s.saturating_mul(1000))),
+            not_after: c.not_after.map(|s| Timestamp(s.saturating_mul(1000))),
+            status: c.status,
+            last_error: c.last_error,
+            orders: c.orders.max(0) as u64,
+            updated_at: Timestamp(c.updated_at),
+        })
+        .collect();
+    Ok(axum::Json(TlsCertificates { items }))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(InstanceParams),
@@ -756,7 +780,7 @@ impl utoipa::Modify for ErrorResponses {
         list_nodes, create_node, get_node, update_node, heartbeat, delete_node,
         list_images, create_image, get_image, delete_image,
         list_deployments, create_deployment, get_deployment, update_deployment, delete_deployment, apply,
-        list_instances, list_retiring, create_instance, get_instance, update_instance, delete_instance,
+        list_instances, list_retiring, list_tls_certificates, create_instance, get_instance, update_instance, delete_instance,
         list_domains, create_domain, get_domain, update_domain, delete_domain,
         list_edges, create_edge, get_edge, update_edge, delete_edge,
         list_tokens, create_token, delete_token,

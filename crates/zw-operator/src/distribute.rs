@@ -27,6 +27,7 @@ pub(crate) async fn compile_loop(
     store: Store,
     base: Config,
     debounce: Duration,
+    sealing_key: zw_pki::SealingKey,
     publish: watch::Sender<PublishedMap>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -34,7 +35,7 @@ pub(crate) async fn compile_loop(
     loop {
         changes.borrow_and_update();
         let started = Instant::now();
-        match compile_once(&store, &base).await {
+        match compile_once(&store, &base, &sealing_key).await {
             Ok(map) => {
                 publish.send_if_modified(|current| {
                     if **current == map {
@@ -69,8 +70,25 @@ pub(crate) async fn compile_loop(
 async fn compile_once(
     store: &Store,
     base: &Config,
+    sealing_key: &zw_pki::SealingKey,
 ) -> Result<BTreeMap<String, Arc<Published>>, String> {
-    let state = store.routing_state().await.map_err(|e| e.to_string())?;
+    let mut state = store.routing_state().await.map_err(|e| e.to_string())?;
+    // Certificates reach the edges with their keys opened here, just before compiling.
+    for c in store.tls_certificates().await.map_err(|e| e.to_string())? {
+        let (Some(cert_pem), Some(sealed)) = (c.cert_pem, c.sealed_key) else {
+            continue;
+        };
+        match sealing_key.open(&sealed, crate::acme::KEY_PURPOSE) {
+            Ok(key) => state.certificates.push(zw_snapshot::DomainCertificate {
+                domain: c.domain,
+                cert_pem,
+                key_pem: String::from_utf8_lossy(&key).into_owned(),
+            }),
+            Err(e) => {
+                tracing::error!(domain = %c.domain, error = %e, "a stored certificate's key does not open with this operator's sealing key; the domain is served without it")
+            }
+        }
+    }
     let limits = Limits::default();
     let mut out = BTreeMap::new();
     for region in state.regions.keys() {

@@ -4,6 +4,7 @@
 //! node its instances ([`agent_ws`]), the scheduler, and the platform CA.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod agent_ws;
 pub mod api;
 pub(crate) mod ca;
@@ -38,6 +39,9 @@ pub struct Options {
     /// Seals the secrets the store keeps (the platform CA's key). Every operator on one
     /// database needs the same key.
     pub sealing_key: zw_pki::SealingKey,
+    /// Order certificates for verified domains from this ACME CA (none: domains are
+    /// served over plain HTTP only, or with certificates from elsewhere).
+    pub acme: Option<acme::AcmeOptions>,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             // tests and embedders that do not say: a fresh key, good for one store
             sealing_key: zw_pki::SealingKey::generate()
                 .unwrap_or_else(|e| panic!("no sealing key: {e}")),
+            acme: None,
         }
     }
 }
@@ -79,6 +84,7 @@ impl Operator {
             store.clone(),
             options.static_config,
             options.debounce,
+            options.sealing_key.clone(),
             published.clone(),
             stop_rx.clone(),
         ));
@@ -86,7 +92,7 @@ impl Operator {
             store.clone(),
             options.suspect_after,
             options.lost_after,
-            stop_rx,
+            stop_rx.clone(),
         ));
         let app = App {
             store,
@@ -95,6 +101,10 @@ impl Operator {
             ca: Default::default(),
             sealing_key: options.sealing_key,
         };
+        if let Some(acme) = options.acme {
+            let holder = format!("operator-{}", zw_store::random_hex(8));
+            tokio::spawn(acme::run(app.clone(), acme, holder, stop_rx));
+        }
         // Make (or load) the CA now, so the first start creates it and a broken stored
         // CA is reported at start rather than at the first enrollment.
         let early = app.clone();

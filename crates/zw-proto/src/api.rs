@@ -272,6 +272,32 @@ pub struct RetiringInstance {
     pub since: Timestamp,
 }
 
+/// A domain's HTTPS certificate, as the operator's ACME client keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateInfo {
+    pub domain: String,
+    /// The issuing CA's name, once there is a certificate.
+    pub issuer: Option<String>,
+    pub not_before: Option<Timestamp>,
+    pub not_after: Option<Timestamp>,
+    /// `pending` (first order running), `valid`, or `failed` (no certificate yet).
+    pub status: String,
+    /// Why the last order failed (the CA's problem document when it sent one); cleared by
+    /// the next success.
+    pub last_error: Option<String>,
+    /// Orders placed for the domain so far.
+    pub orders: u64,
+    pub updated_at: Timestamp,
+}
+
+/// `GET /api/v1/tls-certificates`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificates {
+    pub items: Vec<TlsCertificateInfo>,
+}
+
 /// `GET /api/v1/retiring-instances?deployment=NAME`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -22,6 +22,28 @@ pub struct RoutingState {
     pub domains: Vec<DomainRoute>,
     /// Started instances only.
     pub endpoints: Vec<Endpoint>,
+    /// Certificates of verified domains, keys in clear (the operator opens them just
+    /// before compiling; the store keeps them sealed).
+    pub certificates: Vec<DomainCertificate>,
+    /// ACME HTTP-01 tokens → key authorizations, answered by every edge.
+    pub acme_challenges: BTreeMap<String, String>,
+}
+
+/// A domain's certificate chain and key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DomainCertificate {
+    pub domain: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DomainCertificate {
+    /// The key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainCertificate")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +75,11 @@ pub fn router_name(domain: &str) -> String {
     format!("domain-{domain}")
 }
 
+/// The HTTPS router of a domain that has a certificate.
+pub fn tls_router_name(domain: &str) -> String {
+    format!("domain-{domain}-tls")
+}
+
 pub fn service_name(deployment: &str) -> String {
     format!("deployment-{deployment}")
 }
@@ -81,11 +108,24 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
             service: service_name(&d.deployment),
             ..Router::default()
         };
-        if out.http.routers.insert(name.clone(), router).is_some() {
-            return Err(format!(
-                "the static configuration defines router `{name}`, which the domain {} needs",
-                d.name
-            ));
+        // A domain with a certificate is served over HTTPS too: the same route, on TLS.
+        let tls_router = state
+            .certificates
+            .iter()
+            .any(|c| c.domain == d.name)
+            .then(|| Router {
+                tls: Some(zw_config::RouterTls::default()),
+                ..router.clone()
+            });
+        for (name, router) in
+            std::iter::once((name, router)).chain(tls_router.map(|r| (tls_router_name(&d.name), r)))
+        {
+            if out.http.routers.insert(name.clone(), router).is_some() {
+                return Err(format!(
+                    "the static configuration defines router `{name}`, which the domain {} needs",
+                    d.name
+                ));
+            }
         }
         services_needed.insert(d.deployment.as_str());
     }
@@ -159,6 +199,28 @@ pub fn compile(state: &RoutingState, region: &str, base: &Config) -> Result<Conf
             ));
         }
     }
+    let routed: BTreeSet<&str> = state.domains.iter().map(|d| d.name.as_str()).collect();
+    let certificates: Vec<_> = state
+        .certificates
+        .iter()
+        .filter(|c| routed.contains(c.domain.as_str()))
+        .collect();
+    if !certificates.is_empty() {
+        let tls = out.tls.get_or_insert_with(Default::default);
+        for c in certificates {
+            tls.certificates.push(zw_config::TlsCertificate {
+                cert_file: zw_config::FileOrContent(c.cert_pem.clone()),
+                key_file: zw_config::FileOrContent(c.key_pem.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    out.edge.acme_challenges.extend(
+        state
+            .acme_challenges
+            .iter()
+            .map(|(t, k)| (t.clone(), k.clone())),
+    );
     Ok(out)
 }
 

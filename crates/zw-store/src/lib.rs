@@ -19,12 +19,14 @@ mod routing;
 mod schema;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tls;
 
 pub use agents::{AgentHello, Enrollable, Scheduled, INSTANCE_MEMORY_MB};
 pub use auth::Principal;
 pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};
 pub use routing::StoredSnapshot;
+pub use tls::{IssuedTls, StoredTlsCertificate};
 
 use std::time::Duration;
 

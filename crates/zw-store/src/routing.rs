@@ -64,6 +64,14 @@ impl Store {
                 deployment: get(&row, "deployment")?,
             });
         }
+        for row in sqlx::query("SELECT token, key_authorization FROM acme_challenges")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            state
+                .acme_challenges
+                .insert(get(&row, "token")?, get(&row, "key_authorization")?);
+        }
         let rows = sqlx::query(
             "SELECT i.id AS id, i.deployment AS deployment, n.region AS region, i.address AS address, i.port AS port, n.ingress_address AS ingress \
              FROM instances i JOIN nodes n ON n.id = i.node \

@@ -133,6 +133,36 @@ CREATE TABLE retiring_instances (
 CREATE INDEX retiring_by_deployment ON retiring_instances (deployment)
 "#,
     ),
+    (
+        6,
+        // HTTPS: the certificate of each domain (its key sealed with the operator's key),
+        // the ACME HTTP-01 tokens every edge answers, and leases that keep two operators
+        // from ordering one certificate twice.
+        r#"
+CREATE TABLE tls_certificates (
+    domain TEXT PRIMARY KEY,
+    cert_pem TEXT,
+    sealed_key TEXT,
+    issuer TEXT,
+    not_before BIGINT,
+    not_after BIGINT,
+    status TEXT NOT NULL,
+    last_error TEXT,
+    orders BIGINT NOT NULL DEFAULT 0,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE acme_challenges (
+    token TEXT PRIMARY KEY,
+    key_authorization TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+)
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

@@ -74,6 +74,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct Certified {
     pub key: Arc<CertifiedKey>,
     pub names: Vec<String>,
+    /// The issuer's distinguished name, as text.
+    pub issuer: String,
     /// Seconds since the epoch.
     pub not_before: i64,
     /// Seconds since the epoch.
@@ -97,7 +99,7 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Certified, TlsError>
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey,
         e => TlsError::Pem(e.to_string()),
     })?;
-    let (names, not_before, not_after) = names_of(leaf)?;
+    let (names, issuer, not_before, not_after) = names_of(leaf)?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -112,12 +114,13 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Certified, TlsError>
     Ok(Certified {
         key: Arc::new(key),
         names,
+        issuer,
         not_before,
         not_after,
     })
 }
 
-fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), TlsError> {
+fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, String, i64, i64), TlsError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) =
         X509Certificate::from_der(leaf).map_err(|e| TlsError::Certificate(e.to_string()))?;
@@ -153,6 +156,7 @@ fn names_of(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), TlsErr
     let validity = cert.validity();
     Ok((
         names,
+        cert.issuer().to_string(),
         validity.not_before.timestamp(),
         validity.not_after.timestamp(),
     ))

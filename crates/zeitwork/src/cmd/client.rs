@@ -47,13 +47,17 @@ pub enum Kind {
     Instances,
     Deployments,
     Domains,
+    /// The domains' HTTPS certificates (ordered by the operator's ACME client).
+    Certificates,
     Edges,
     Regions,
     Images,
 }
 
 #[derive(Args)]
-#[command(after_help = "Examples:\n  zeitwork get nodes\n  zeitwork get edges -o json")]
+#[command(
+    after_help = "Examples:\n  zeitwork get nodes\n  zeitwork get certificates\n  zeitwork get edges -o json"
+)]
 pub struct GetArgs {
     kind: Kind,
     /// `table` for people, `json` for programs.
@@ -336,6 +340,28 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
             "/api/v1/domains",
             ["NAME", "DEPLOYMENT", "VERIFIED"],
             |d| [d.name.clone(), d.deployment.clone(), when(&d.verified_at)]
+        ),
+        Kind::Certificates => show!(
+            TlsCertificateInfo,
+            "/api/v1/tls-certificates",
+            [
+                "DOMAIN",
+                "ISSUER",
+                "NOT AFTER",
+                "STATUS",
+                "ORDERS",
+                "LAST ERROR"
+            ],
+            |c| [
+                c.domain.clone(),
+                c.issuer.clone().unwrap_or_else(|| "-".into()),
+                when(&c.not_after),
+                c.status.clone(),
+                c.orders.to_string(),
+                c.last_error
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), |e| zw_proto::abbreviate(e, 80))
+            ]
         ),
         Kind::Edges => show!(
             EdgeProxy,

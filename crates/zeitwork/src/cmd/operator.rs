@@ -36,6 +36,8 @@ pub struct OperatorArgs {
     debounce: Duration,
     #[command(flatten)]
     liveness: Liveness,
+    #[command(flatten)]
+    acme: AcmeArgs,
     /// Replace the admin token (the old one stops working) and write the new one to
     /// DATA_DIR/admin-token.
     #[arg(long)]
@@ -48,6 +50,40 @@ pub struct OperatorArgs {
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// The ACME CA the operator orders domain certificates from (`zeitwork operator` and
+/// `up`): one order per verified domain for the whole fleet.
+#[derive(Args)]
+pub struct AcmeArgs {
+    /// ACME directory URL to order certificates from for every verified domain, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory. The CA validates over HTTP-01 on
+    /// port 80 of the domain: the balancer's HTTP port must be reachable there.
+    #[arg(long, value_name = "URL", env = "ZEITWORK_ACME_CA")]
+    pub acme_ca: Option<String>,
+    /// Contact address for the ACME account.
+    #[arg(long, value_name = "EMAIL", requires = "acme_ca")]
+    pub acme_email: Option<String>,
+    /// PEM root of the ACME server's own HTTPS certificate, when it is not publicly
+    /// trusted (a test CA such as pebble).
+    #[arg(long, value_name = "PATH", requires = "acme_ca")]
+    pub acme_ca_certificate: Option<PathBuf>,
+}
+
+impl AcmeArgs {
+    pub fn options(&self) -> anyhow::Result<Option<zw_operator::acme::AcmeOptions>> {
+        let Some(ca) = &self.acme_ca else {
+            return Ok(None);
+        };
+        if !ca.starts_with("https://") {
+            anyhow::bail!("--acme-ca {ca}: an ACME directory URL starting with https://");
+        }
+        Ok(Some(zw_operator::acme::AcmeOptions {
+            directory: ca.clone(),
+            email: self.acme_email.clone(),
+            ca_certificate: self.acme_ca_certificate.clone(),
+        }))
+    }
 }
 
 /// When the operator gives up on a silent worker node (`zeitwork operator` and `up`).
@@ -177,6 +213,7 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
             suspect_after: args.liveness.node_suspect_after,
             lost_after: args.liveness.node_lost_after,
             sealing_key,
+            acme: args.acme.options()?,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

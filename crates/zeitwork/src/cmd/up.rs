@@ -44,6 +44,8 @@ pub struct UpArgs {
     #[command(flatten)]
     liveness: super::operator::Liveness,
     #[command(flatten)]
+    acme: super::operator::AcmeArgs,
+    #[command(flatten)]
     vm: super::agent::VmArgs,
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -129,6 +131,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             suspect_after: args.liveness.node_suspect_after,
             lost_after: args.liveness.node_lost_after,
             sealing_key,
+            acme: args.acme.options()?,
             ..Default::default()
         },
     );

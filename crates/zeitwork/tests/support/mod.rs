@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub mod acme;
 pub mod platform;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_zeitwork");
@@ -173,6 +174,11 @@ impl Operator {
             Some(&first.token),
             &["--secret-key-file", key.to_str().unwrap()],
         )
+    }
+
+    /// An operator on the embedded store with these extra arguments.
+    pub fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Operator {
+        Self::spawn_with(data_dir, port, None, None, extra)
     }
 
     fn spawn(

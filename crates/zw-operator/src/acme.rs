@@ -1,0 +1,352 @@
+//! The fleet's one ACME client: for each verified domain, one certificate, whatever the
+//! number of edges and regions (Traefik's open-source edition orders once per instance,
+//! and its docs warn against running several with Let's Encrypt enabled).
+//!
+//! HTTP-01 tokens go into the store, so they travel in every region's snapshot and
+//! whichever edge the CA's request reaches answers; the CA is told to validate only once
+//! every connected edge has acknowledged a snapshot holding the token. Certificates are
+//! stored with their key sealed (the operator's sealing key) and reach every edge with the
+//! next snapshot. A lease in the store keeps two operators on one database from ordering
+//! one certificate twice. Renewal, backoff and the hourly cap are `zw_acme::policy`'s.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use zw_acme::policy::{self, Attempts};
+use zw_acme::{Challenges, OrderRequest};
+use zw_store::IssuedTls;
+
+use crate::App;
+
+/// The ACME CA the operator orders from.
+#[derive(Debug, Clone)]
+pub struct AcmeOptions {
+    /// The directory URL.
+    pub directory: String,
+    pub email: Option<String>,
+    /// The root of the CA's own HTTPS certificate, when not publicly trusted.
+    pub ca_certificate: Option<PathBuf>,
+}
+
+const ACCOUNT_SETTING: &str = "acme_account";
+const ACCOUNT_PURPOSE: &str = "acme.account";
+/// What a certificate's key is sealed for in the store.
+pub(crate) const KEY_PURPOSE: &str = "tls_certificate.key";
+/// How long an order's lease lasts (longer than an order may take).
+const LEASE_MS: i64 = 10 * 60 * 1000;
+/// How long the edges get to take a token before the order gives up.
+const EDGES_WAIT: Duration = Duration::from_secs(30);
+
+/// Orders and renews until `stop` fires.
+pub(crate) async fn run(
+    app: App,
+    opts: AcmeOptions,
+    holder: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let origin = Instant::now();
+    let mut attempts: BTreeMap<String, Attempts> = BTreeMap::new();
+    let mut account: Option<instant_acme::Account> = None;
+    let mut changes = app.store.changes();
+    tracing::info!(ca = %opts.directory, "ACME: ordering certificates for verified domains");
+    loop {
+        changes.borrow_and_update();
+        let mut next = Duration::from_secs(3600);
+        match due(&app).await {
+            Err(e) => {
+                tracing::error!(error = %e, "ACME: reading domains failed");
+                next = Duration::from_secs(5);
+            }
+            Ok(due) => {
+                for (domain, wait) in due {
+                    if let Some(wait) = wait {
+                        next = next.min(wait);
+                        continue;
+                    }
+                    let a = attempts.entry(domain.clone()).or_default();
+                    let now = origin.elapsed();
+                    let allowed = a.next_allowed(now);
+                    if allowed > now {
+                        next = next.min(allowed - now);
+                        continue;
+                    }
+                    let lease = format!("acme:{domain}");
+                    match app.store.try_lease(&lease, &holder, LEASE_MS).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Another operator orders it; its certificate arrives by the store.
+                            next = next.min(Duration::from_secs(30));
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(%domain, error = %e, "ACME: taking the order lease failed");
+                            next = next.min(Duration::from_secs(5));
+                            continue;
+                        }
+                    }
+                    a.started(now);
+                    let result = obtain(&app, &opts, &mut account, &domain).await;
+                    let _ = app.store.release_lease(&lease, &holder).await;
+                    match result {
+                        Ok(not_after) => {
+                            a.succeeded();
+                            tracing::info!(%domain, not_after, "certificate obtained; every edge gets it with the next snapshot");
+                        }
+                        Err(e) => {
+                            a.failed(origin.elapsed());
+                            let retry = a.backoff();
+                            tracing::error!(%domain, error = %e, failures = a.failures(), retry_in = ?retry, "ACME order failed");
+                            let _ = app.store.tls_order_failed(&domain, &e).await;
+                            next = next.min(retry);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        // A burst of writes (a deploy) is one look, not many.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Verified domains that can have a certificate (wildcards need DNS-01: not here), each
+/// with `None` when an order is due now, or how long until its renewal.
+async fn due(app: &App) -> Result<Vec<(String, Option<Duration>)>, String> {
+    let state = app.store.routing_state().await.map_err(|e| e.to_string())?;
+    let have: BTreeMap<String, (i64, i64)> = app
+        .store
+        .tls_certificates()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|c| Some((c.domain, (c.not_before?, c.not_after?))))
+        .collect();
+    let now = zw_proto::time::unix_millis() / 1000;
+    Ok(state
+        .domains
+        .into_iter()
+        .filter(|d| !d.name.starts_with("*."))
+        .map(|d| {
+            let wait = have.get(&d.name).and_then(|(nb, na)| {
+                let at = policy::renew_at(*nb, *na);
+                (now < at).then(|| Duration::from_secs((at - now) as u64))
+            });
+            (d.name, wait)
+        })
+        .collect())
+}
+
+/// One order; the certificate stored (key sealed) before it returns its expiry.
+async fn obtain(
+    app: &App,
+    opts: &AcmeOptions,
+    account: &mut Option<instant_acme::Account>,
+    domain: &str,
+) -> Result<i64, String> {
+    app.store
+        .tls_order_started(domain)
+        .await
+        .map_err(|e| e.to_string())?;
+    let acct = match account {
+        Some(a) => a.clone(),
+        None => {
+            let a = load_or_register(app, opts).await?;
+            *account = Some(a.clone());
+            a
+        }
+    };
+    let names = [domain.to_string()];
+    let challenges = StoreChallenges {
+        app: app.clone(),
+        pending: Mutex::new(Vec::new()),
+    };
+    let (chain, key) = zw_acme::order_certificate(
+        &acct,
+        &OrderRequest {
+            ca: &opts.directory,
+            names: &names,
+            key_type: zw_config::KeyType::Ec256,
+            http01: true,
+        },
+        &challenges,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let loaded = zw_tls::load_pair(chain.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())?;
+    let sealed = app
+        .sealing_key
+        .seal(key.as_bytes(), KEY_PURPOSE)
+        .map_err(|e| e.to_string())?;
+    app.store
+        .put_tls_certificate(IssuedTls {
+            domain,
+            cert_pem: &chain,
+            sealed_key: &sealed,
+            issuer: &loaded.issuer,
+            not_before: loaded.not_before,
+            not_after: loaded.not_after,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(loaded.not_after)
+}
+
+/// The operator's account at the CA: the stored one (sealed: it holds the account key)
+/// when it is for this directory, else a new registration, stored before it is used.
+async fn load_or_register(app: &App, opts: &AcmeOptions) -> Result<instant_acme::Account, String> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stored {
+        directory: String,
+        credentials: serde_json::Value,
+    }
+    if let Some(sealed) = app
+        .store
+        .setting(ACCOUNT_SETTING)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let opened = app
+            .sealing_key
+            .open(&sealed, ACCOUNT_PURPOSE)
+            .map_err(|e| e.to_string())?;
+        if let Ok(stored) = serde_json::from_slice::<Stored>(&opened) {
+            if stored.directory == opts.directory {
+                if let Ok(creds) = serde_json::from_value(stored.credentials) {
+                    return zw_acme::client(&opts.directory, opts.ca_certificate.as_ref())
+                        .map_err(|e| e.to_string())?
+                        .from_credentials(creds)
+                        .await
+                        .map_err(|e| e.to_string());
+                }
+            }
+        }
+    }
+    let (account, creds) = zw_acme::register(
+        &opts.directory,
+        opts.ca_certificate.as_ref(),
+        opts.email.as_deref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let stored = serde_json::to_vec(&Stored {
+        directory: opts.directory.clone(),
+        credentials: serde_json::to_value(&creds).map_err(|e| e.to_string())?,
+    })
+    .map_err(|e| e.to_string())?;
+    let sealed = app
+        .sealing_key
+        .seal(&stored, ACCOUNT_PURPOSE)
+        .map_err(|e| e.to_string())?;
+    let stored_now = match app
+        .store
+        .setting(ACCOUNT_SETTING)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        None => app
+            .store
+            .init_setting(ACCOUNT_SETTING, &sealed)
+            .await
+            .map(|_| ()),
+        Some(old) => app
+            .store
+            .replace_setting(ACCOUNT_SETTING, &old, &sealed)
+            .await
+            .map(|_| ()),
+    };
+    stored_now.map_err(|e| e.to_string())?;
+    tracing::info!(ca = %opts.directory, account = %account.id(), "ACME account registered");
+    Ok(account)
+}
+
+/// HTTP-01 through the store: a token presented is written there when the order is
+/// about to be validated ([`Challenges::ready`]), which waits until every connected edge
+/// runs a snapshot that holds it.
+struct StoreChallenges {
+    app: App,
+    pending: Mutex<Vec<(String, String)>>,
+}
+
+impl Challenges for StoreChallenges {
+    fn present_http01(&self, token: &str, key_authorization: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((token.to_string(), key_authorization.to_string()));
+        }
+    }
+
+    fn clean_up_http01(&self, token: &str) {
+        let (store, token) = (self.app.store.clone(), token.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.delete_acme_challenge(&token).await {
+                tracing::warn!(error = %e, "ACME: removing a used token failed");
+            }
+        });
+    }
+
+    fn present_tls_alpn01(&self, _: &str, _: Arc<zw_tls::rustls::sign::CertifiedKey>) {}
+
+    fn clean_up_tls_alpn01(&self, _: &str) {}
+
+    fn ready(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let pending: Vec<(String, String)> = self
+                .pending
+                .lock()
+                .map(|mut p| std::mem::take(&mut *p))
+                .unwrap_or_default();
+            for (token, key_auth) in &pending {
+                self.app
+                    .store
+                    .put_acme_challenge(token, key_auth)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            for (token, _) in &pending {
+                edges_hold(&self.app, token).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Waits until every connected edge has acknowledged a snapshot of its region that
+/// holds `token`.
+async fn edges_hold(app: &App, token: &str) -> Result<(), String> {
+    let deadline = Instant::now() + EDGES_WAIT;
+    loop {
+        let published = app.published.borrow().clone();
+        let edges = app
+            .store
+            .edge_proxies(None, None, Some(1000))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        let connected: Vec<_> = edges.iter().filter(|e| e.connected).collect();
+        let all = !connected.is_empty()
+            && connected.iter().all(|e| {
+                published.get(&e.region).is_some_and(|p| {
+                    p.body.contains(token) && e.applied_hash.as_deref() == Some(p.hash.as_str())
+                })
+            });
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(if connected.is_empty() {
+                "no edge is connected to answer the HTTP-01 challenge".to_string()
+            } else {
+                format!("the edges did not take the challenge's snapshot within {EDGES_WAIT:?}")
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

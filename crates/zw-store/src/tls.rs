@@ -1,0 +1,178 @@
+//! HTTPS state: each domain's certificate (the private key sealed by the operator before
+//! it gets here: the store never sees it in clear), the ACME HTTP-01 tokens that travel in
+//! every region's snapshot, and leases (one operator at a time orders a certificate).
+
+use zw_proto::time::unix_millis;
+
+use crate::{get, Result, Store};
+
+/// A domain's certificate as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredTlsCertificate {
+    pub domain: String,
+    /// The PEM chain, leaf first (none before the first order succeeds).
+    pub cert_pem: Option<String>,
+    /// The PEM private key, sealed.
+    pub sealed_key: Option<String>,
+    pub issuer: Option<String>,
+    /// Unix seconds.
+    pub not_before: Option<i64>,
+    pub not_after: Option<i64>,
+    /// `pending` (ordering), `valid`, `failed`.
+    pub status: String,
+    pub last_error: Option<String>,
+    /// Orders placed for the domain, ever.
+    pub orders: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for StoredTlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTlsCertificate")
+            .field("domain", &self.domain)
+            .field("status", &self.status)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new certificate for a domain.
+pub struct IssuedTls<'a> {
+    pub domain: &'a str,
+    pub cert_pem: &'a str,
+    pub sealed_key: &'a str,
+    pub issuer: &'a str,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Store {
+    pub async fn tls_certificates(&self) -> Result<Vec<StoredTlsCertificate>> {
+        let rows = sqlx::query("SELECT domain, cert_pem, sealed_key, issuer, not_before, not_after, status, last_error, orders, updated_at FROM tls_certificates ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredTlsCertificate {
+                    domain: get(r, "domain")?,
+                    cert_pem: get(r, "cert_pem")?,
+                    sealed_key: get(r, "sealed_key")?,
+                    issuer: get(r, "issuer")?,
+                    not_before: get(r, "not_before")?,
+                    not_after: get(r, "not_after")?,
+                    status: get(r, "status")?,
+                    last_error: get(r, "last_error")?,
+                    orders: get(r, "orders")?,
+                    updated_at: get(r, "updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// An order for `domain` starts: counted, and the domain shows `pending` until it
+    /// ends (a valid certificate stays `valid` while it is renewed).
+    pub async fn tls_order_started(&self, domain: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO tls_certificates (domain, status, orders, updated_at) VALUES ($1, 'pending', 1, $2) ON CONFLICT (domain) DO UPDATE SET orders = tls_certificates.orders + 1, updated_at = $2")
+            .bind(domain)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The order for `domain` failed with `error`; a certificate it has keeps serving.
+    pub async fn tls_order_failed(&self, domain: &str, error: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE tls_certificates SET status = CASE WHEN cert_pem IS NULL THEN 'failed' ELSE status END, last_error = $2, updated_at = $3 WHERE domain = $1")
+            .bind(domain)
+            .bind(error)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a new certificate for its domain; every edge gets it with the next snapshot.
+    pub async fn put_tls_certificate(&self, c: IssuedTls<'_>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO tls_certificates (domain, cert_pem, sealed_key, issuer, not_before, not_after, status, last_error, orders, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'valid', NULL, 0, $7) \
+            ON CONFLICT (domain) DO UPDATE SET cert_pem = $2, sealed_key = $3, issuer = $4, not_before = $5, not_after = $6, status = 'valid', last_error = NULL, updated_at = $7")
+            .bind(c.domain)
+            .bind(c.cert_pem)
+            .bind(c.sealed_key)
+            .bind(c.issuer)
+            .bind(c.not_before)
+            .bind(c.not_after)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        self.notify_in(&mut tx).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// An HTTP-01 token every edge answers from its next snapshot on.
+    pub async fn put_acme_challenge(&self, token: &str, key_authorization: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO acme_challenges (token, key_authorization, created_at) VALUES ($1, $2, $3) ON CONFLICT (token) DO UPDATE SET key_authorization = $2")
+            .bind(token)
+            .bind(key_authorization)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+        self.notify_in(&mut tx).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    pub async fn delete_acme_challenge(&self, token: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM acme_challenges WHERE token = $1")
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+        self.notify_in(&mut tx).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Takes (or renews) the lease `name` for `holder` for `ttl_ms`, unless another holder
+    /// has it and it has not expired. Whether `holder` has it now.
+    pub async fn try_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = unix_millis();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+            ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = $3 WHERE leases.holder = $2 OR leases.expires_at < $4")
+            .bind(name)
+            .bind(holder)
+            .bind(now + ttl_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT holder FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let held: String = get(&row, "holder")?;
+        tx.commit().await?;
+        Ok(held == holder)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -36,6 +36,65 @@ fn deploy_crash_agent_loss_and_restart() {
         seen.insert(body.trim().to_string());
     }
     assert_eq!(seen, ids.iter().cloned().collect(), "both replicas answer");
+    // HTTPS out of the box: a `.localhost` domain gets a certificate from `up`'s local CA,
+    // served through the balancer's HTTPS port; its root is DATA_DIR/local-ca.pem.
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "secure",
+        "--domain",
+        "secure.localhost",
+        "--",
+        "python3",
+        p.app.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let root = p.op.data_dir.join("local-ca.pem");
+    let https = eventually(
+        Duration::from_secs(20),
+        "HTTPS for secure.localhost",
+        || {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--http2",
+                    "-w",
+                    "\n%{http_version} %{http_code}",
+                ])
+                .arg("--cacert")
+                .arg(&root)
+                .args([
+                    "--resolve",
+                    &format!("secure.localhost:{}:127.0.0.1", p.https.port()),
+                    &format!("https://secure.localhost:{}/", p.https.port()),
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.ends_with("2 200").then_some(text)
+        },
+    );
+    let secure: Vec<String> = p
+        .started("secure")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        secure,
+        vec![https.lines().next().unwrap_or("").to_string()],
+        "the instance answers over HTTPS"
+    );
+    let (ok, certs) = p.zeitwork(&["get", "certificates"]);
+    assert!(
+        ok && certs.contains("secure.localhost") && certs.contains("Zeitwork local CA"),
+        "{certs}"
+    );
+
+    // Gone again: what follows counts the hello instances alone.
+    let (ok, out) = p.zeitwork(&["destroy", "secure"]);
+    assert!(ok, "{out}");
+
     let (ok, logs) = p.zeitwork(&["logs", "hello"]);
     assert!(ok, "{logs}");
     for id in &ids {

@@ -6,6 +6,10 @@
 //! one. The first line carries a SHA-256 of the rest; a file that fails it (or does not
 //! parse, or does not validate) is refused whole — the edge then stays not-ready rather
 //! than serve an empty or partial configuration.
+//!
+//! Private keys in the snapshot (`tls.certificates[].keyFile`, a store's default
+//! certificate's) are sealed before they reach the disk, with a key kept beside the file
+//! (`secret-key`, mode 0600, made on first save), as the operator seals what it stores.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +19,8 @@ use zw_config::{Limits, ValidConfig};
 
 const MAGIC: &str = "zeitwork-last-known-good v1";
 const FILE: &str = "last-known-good.json";
+const KEY_FILE: &str = "secret-key";
+const KEY_PURPOSE: &str = "last-known-good.key";
 
 /// The last-known-good file in a state directory.
 #[derive(Debug, Clone)]
@@ -58,11 +64,23 @@ impl LastKnownGood {
         origin: &str,
         snapshot: &serde_json::value::RawValue,
     ) -> std::io::Result<()> {
+        let mut value: serde_json::Value = serde_json::from_str(snapshot.get())?;
+        let sealed = if has_keys(&value) {
+            let key = self.sealing_key(true)?;
+            for_each_key(&mut value, |pem| {
+                key.seal(pem.as_bytes(), KEY_PURPOSE)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(std::io::Error::other)?;
+            Some(serde_json::value::to_raw_value(&value)?)
+        } else {
+            None
+        };
         let body = serde_json::to_string(&Body {
             version,
             hash,
             origin,
-            snapshot,
+            snapshot: sealed.as_deref().unwrap_or(snapshot),
         })?;
         let digest = hex::encode(Sha256::digest(body.as_bytes()));
         let head = format!("{MAGIC} sha256:{digest}\n");
@@ -93,7 +111,24 @@ impl LastKnownGood {
             return Err(bad("checksum mismatch (truncated or altered)"));
         }
         let parsed: Body<'_> = serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?;
-        let config = zw_config::parse_str(parsed.snapshot.get(), zw_config::Format::Json)
+        let mut value: serde_json::Value =
+            serde_json::from_str(parsed.snapshot.get()).map_err(|e| bad(&e.to_string()))?;
+        if has_sealed(&value) {
+            let key = self
+                .sealing_key(false)
+                .map_err(|e| bad(&format!("its keys are sealed and {e}")))?;
+            for_each_key(&mut value, |sealed| {
+                if !zw_pki::is_sealed(sealed) {
+                    return Ok(sealed.to_string());
+                }
+                key.open(sealed, KEY_PURPOSE)
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| String::from_utf8(k).map_err(|e| e.to_string()))
+            })
+            .map_err(|e| bad(&e))?;
+        }
+        let text = serde_json::to_string(&value).map_err(|e| bad(&e.to_string()))?;
+        let config = zw_config::parse_str(&text, zw_config::Format::Json)
             .and_then(|c| zw_config::validate(c, limits))
             .map_err(|e| bad(&e.to_string()))?;
         Ok(Some(Restored {
@@ -102,6 +137,86 @@ impl LastKnownGood {
             config,
         }))
     }
+}
+
+impl LastKnownGood {
+    /// The key that seals the snapshot's private keys: read from beside the file, or
+    /// made there (mode 0600) when `create`.
+    fn sealing_key(&self, create: bool) -> std::io::Result<zw_pki::SealingKey> {
+        let path = self.path.with_file_name(KEY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => zw_pki::SealingKey::from_hex(&text)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let key = zw_pki::SealingKey::generate().map_err(std::io::Error::other)?;
+                zw_proto::fsutil::write_atomic(&path, &[key.to_hex().as_bytes()], 0o600)?;
+                Ok(key)
+            }
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("{} cannot be read: {e}", path.display()),
+            )),
+        }
+    }
+}
+
+/// The private keys a snapshot holds inline: each certificate's `keyFile`, and the default
+/// certificate's of every store.
+fn key_slots(v: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+    let mut out = Vec::new();
+    let Some(tls) = v.get_mut("tls").and_then(|t| t.as_object_mut()) else {
+        return out;
+    };
+    let (mut certs, mut stores) = (None, None);
+    for (k, v) in tls.iter_mut() {
+        match k.as_str() {
+            "certificates" => certs = v.as_array_mut(),
+            "stores" => stores = v.as_object_mut(),
+            _ => {}
+        }
+    }
+    for c in certs.into_iter().flatten() {
+        if let Some(k) = c.get_mut("keyFile") {
+            out.push(k);
+        }
+    }
+    for s in stores.into_iter().flat_map(|s| s.values_mut()) {
+        if let Some(k) = s
+            .get_mut("defaultCertificate")
+            .and_then(|d| d.get_mut("keyFile"))
+        {
+            out.push(k);
+        }
+    }
+    out
+}
+
+fn has_keys(v: &serde_json::Value) -> bool {
+    let mut v = v.clone();
+    key_slots(&mut v)
+        .iter()
+        .any(|k| k.as_str().is_some_and(|s| s.contains("-----BEGIN")))
+}
+
+fn has_sealed(v: &serde_json::Value) -> bool {
+    let mut v = v.clone();
+    key_slots(&mut v)
+        .iter()
+        .any(|k| k.as_str().is_some_and(zw_pki::is_sealed))
+}
+
+/// Replaces each inline key (PEM, or sealed) with `f` of it; file paths stay.
+fn for_each_key(
+    v: &mut serde_json::Value,
+    mut f: impl FnMut(&str) -> Result<String, String>,
+) -> Result<(), String> {
+    for slot in key_slots(v) {
+        let Some(text) = slot.as_str() else { continue };
+        if text.contains("-----BEGIN") || zw_pki::is_sealed(text) {
+            *slot = serde_json::Value::String(f(text)?);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -113,6 +228,39 @@ mod tests {
     }
 
     const SNAP: &str = r#"{"http":{"routers":{"r":{"rule":"Host(`a`)","service":"s"}},"services":{"s":{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]}}}}}"#;
+
+    /// A snapshot's private keys are sealed on disk and opened again when it is read.
+    #[test]
+    fn private_keys_are_sealed_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let lkg = LastKnownGood::in_dir(dir.path());
+        let limits = Limits::default();
+        let ca = zw_pki::Ca::generate().unwrap();
+        let snap = serde_json::json!({
+            "http": {},
+            "tls": {
+                "certificates": [{"certFile": ca.cert_pem(), "keyFile": ca.key_pem()}],
+                "stores": {"default": {"defaultCertificate": {"certFile": ca.cert_pem(), "keyFile": ca.key_pem()}}}
+            }
+        });
+        lkg.save(3, "h", "ws://op", &raw(&snap.to_string()))
+            .unwrap();
+        let text = std::fs::read_to_string(lkg.path()).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(text.contains("zwseal1:"));
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join(KEY_FILE);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let r = lkg.load(&limits).unwrap().unwrap();
+        assert_eq!(r.config.parsed.tls.certificates.len(), 1);
+        // Without the key the file cannot be served, and says why.
+        std::fs::remove_file(&key).unwrap();
+        let e = lkg.load(&limits).unwrap_err().to_string();
+        assert!(e.contains("sealed") && e.contains("secret-key"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_refusals() {

@@ -61,7 +61,8 @@ pub(crate) async fn run(
                 next = Duration::from_secs(5);
             }
             Ok(due) => {
-                for (domain, wait) in due {
+                // No public CA signs a `.localhost` name: ordering one would only fail.
+                for (domain, wait) in due.into_iter().filter(|(d, _)| !locally_issued(d)) {
                     if let Some(wait) = wait {
                         next = next.min(wait);
                         continue;
@@ -114,6 +115,101 @@ pub(crate) async fn run(
         // A burst of writes (a deploy) is one look, not many.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the local issuer signs for `domain`: names under `.localhost`, which resolve to
+/// this machine (RFC 6761) and which no public CA will sign.
+pub(crate) fn locally_issued(domain: &str) -> bool {
+    domain == "localhost" || domain.ends_with(".localhost")
+}
+
+/// How long a locally issued certificate lives.
+const LOCAL_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// `zeitwork up` without an ACME CA: verified `*.localhost` domains get a certificate from
+/// the operator's local CA (its root is what the user trusts), renewed like ACME's.
+pub(crate) async fn run_local(app: App, mut stop: watch::Receiver<bool>) {
+    let mut changes = app.store.changes();
+    loop {
+        changes.borrow_and_update();
+        let mut next = Duration::from_secs(3600);
+        match due(&app).await {
+            Err(e) => {
+                tracing::error!(error = %e, "local issuer: reading domains failed");
+                next = Duration::from_secs(5);
+            }
+            Ok(due) => {
+                for (domain, wait) in due.into_iter().filter(|(d, _)| locally_issued(d)) {
+                    if let Some(wait) = wait {
+                        next = next.min(wait);
+                        continue;
+                    }
+                    match issue_local(&app, &domain).await {
+                        Ok(()) => tracing::info!(%domain, "certificate issued by the local CA"),
+                        Err(e) => {
+                            tracing::error!(%domain, error = %e, "local issuer failed");
+                            let _ = app.store.tls_order_failed(&domain, &e).await;
+                            next = next.min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The local CA's root certificate (PEM), made on first use.
+pub(crate) async fn local_root(app: &App) -> Result<String, String> {
+    Ok(
+        crate::ca::load_or_create_named(&app.store, &app.sealing_key, crate::ca::LOCAL_ISSUER)
+            .await?
+            .cert_pem()
+            .to_string(),
+    )
+}
+
+async fn issue_local(app: &App, domain: &str) -> Result<(), String> {
+    let ca = crate::ca::load_or_create_named(&app.store, &app.sealing_key, crate::ca::LOCAL_ISSUER)
+        .await?;
+    let csr = zw_pki::Csr::generate(domain).map_err(|e| e.to_string())?;
+    let cert = ca
+        .sign(
+            &csr.csr_pem,
+            zw_pki::Role::Node,
+            domain,
+            &[domain.to_string()],
+            LOCAL_VALIDITY,
+        )
+        .map_err(|e| e.to_string())?;
+    store_certificate(app, domain, &cert, &csr.key_pem).await?;
+    Ok(())
+}
+
+/// Seals the key and stores the certificate; every edge gets it with the next snapshot.
+async fn store_certificate(app: &App, domain: &str, chain: &str, key: &str) -> Result<i64, String> {
+    let loaded = zw_tls::load_pair(chain.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())?;
+    let sealed = app
+        .sealing_key
+        .seal(key.as_bytes(), KEY_PURPOSE)
+        .map_err(|e| e.to_string())?;
+    app.store
+        .put_tls_certificate(IssuedTls {
+            domain,
+            cert_pem: chain,
+            sealed_key: &sealed,
+            issuer: &loaded.issuer,
+            not_before: loaded.not_before,
+            not_after: loaded.not_after,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(loaded.not_after)
 }
 
 /// Verified domains that can have a certificate (wildcards need DNS-01: not here), each
@@ -179,23 +275,7 @@ async fn obtain(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let loaded = zw_tls::load_pair(chain.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())?;
-    let sealed = app
-        .sealing_key
-        .seal(key.as_bytes(), KEY_PURPOSE)
-        .map_err(|e| e.to_string())?;
-    app.store
-        .put_tls_certificate(IssuedTls {
-            domain,
-            cert_pem: &chain,
-            sealed_key: &sealed,
-            issuer: &loaded.issuer,
-            not_before: loaded.not_before,
-            not_after: loaded.not_after,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(loaded.not_after)
+    store_certificate(app, domain, &chain, &key).await
 }
 
 /// The operator's account at the CA: the stored one (sealed: it holds the account key)

@@ -16,6 +16,13 @@ use crate::error::{ApiResult, Error, Json};
 use crate::App;
 
 const SETTING: &str = "platform_ca";
+/// `zeitwork up`'s local issuer of HTTPS certificates (as Caddy's local CA): a CA of its
+/// own, kept like the platform CA, whose root the user trusts.
+pub(crate) const LOCAL_ISSUER: (&str, &str, &str) = (
+    "local_issuer_ca",
+    "local_issuer_ca.key",
+    "Zeitwork local CA",
+);
 
 /// The CA as the store keeps it: the certificate in clear, the private key sealed.
 #[derive(Serialize, Deserialize)]
@@ -31,9 +38,9 @@ struct StoredCa {
 /// What the CA's key is sealed for: a sealed value of another purpose does not open here.
 const PURPOSE: &str = "platform_ca.key";
 
-fn stored(ca: &Ca, key: &SealingKey) -> Result<String, String> {
+fn stored(ca: &Ca, key: &SealingKey, purpose: &str) -> Result<String, String> {
     let sealed = key
-        .seal(ca.key_pem().as_bytes(), PURPOSE)
+        .seal(ca.key_pem().as_bytes(), purpose)
         .map_err(|e| e.to_string())?;
     serde_json::to_string(&StoredCa {
         cert: ca.cert_pem().to_string(),
@@ -45,17 +52,31 @@ fn stored(ca: &Ca, key: &SealingKey) -> Result<String, String> {
 
 /// The CA, loaded from the store or made there on first use.
 pub(crate) async fn load_or_create(store: &Store, key: &SealingKey) -> Result<Ca, String> {
-    let text = match store.setting(SETTING).await.map_err(|e| e.to_string())? {
+    load_or_create_named(store, key, (SETTING, PURPOSE, "Zeitwork platform CA")).await
+}
+
+/// A CA kept in setting `setting` with its key sealed for `purpose`, named `name` when
+/// made.
+pub(crate) async fn load_or_create_named(
+    store: &Store,
+    key: &SealingKey,
+    (setting, purpose, name): (&str, &str, &str),
+) -> Result<Ca, String> {
+    let text = match store.setting(setting).await.map_err(|e| e.to_string())? {
         Some(s) => s,
         None => {
-            let fresh = stored(&Ca::generate().map_err(|e| e.to_string())?, key)?;
+            let fresh = stored(
+                &Ca::generate_named(name).map_err(|e| e.to_string())?,
+                key,
+                purpose,
+            )?;
             // Another replica may have won the race; its CA is the one.
             let text = store
-                .init_setting(SETTING, &fresh)
+                .init_setting(setting, &fresh)
                 .await
                 .map_err(|e| e.to_string())?;
             if text == fresh {
-                tracing::info!("platform CA created; its key is sealed in the store");
+                tracing::info!(ca = name, "CA created; its key is sealed in the store");
             }
             text
         }
@@ -64,7 +85,7 @@ pub(crate) async fn load_or_create(store: &Store, key: &SealingKey) -> Result<Ca
         serde_json::from_str(&text).map_err(|e| format!("stored platform CA: {e}"))?;
     match (s.sealed_key, s.key) {
         (Some(sealed), _) => {
-            let pem = key.open(&sealed, PURPOSE).map_err(|_| {
+            let pem = key.open(&sealed, purpose).map_err(|_| {
                 "the platform CA's key in the store was sealed with another sealing key: \
                  give this operator the secret-key file of the operator that made the CA \
                  (every operator on one database needs the same one)"
@@ -77,9 +98,9 @@ pub(crate) async fn load_or_create(store: &Store, key: &SealingKey) -> Result<Ca
             let ca =
                 Ca::from_pem(&s.cert, &clear).map_err(|e| format!("stored platform CA: {e}"))?;
             // Kept in clear by an earlier version: seal it now (only if no replica did).
-            let sealed = stored(&ca, key)?;
+            let sealed = stored(&ca, key, purpose)?;
             if store
-                .replace_setting(SETTING, &text, &sealed)
+                .replace_setting(setting, &text, &sealed)
                 .await
                 .map_err(|e| e.to_string())?
             {

@@ -42,6 +42,9 @@ pub struct Options {
     /// Order certificates for verified domains from this ACME CA (none: domains are
     /// served over plain HTTP only, or with certificates from elsewhere).
     pub acme: Option<acme::AcmeOptions>,
+    /// Without `acme`: sign certificates for verified `*.localhost` domains with a local
+    /// CA of the operator's (`zeitwork up`).
+    pub local_issuer: bool,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             sealing_key: zw_pki::SealingKey::generate()
                 .unwrap_or_else(|e| panic!("no sealing key: {e}")),
             acme: None,
+            local_issuer: false,
         }
     }
 }
@@ -104,6 +108,8 @@ impl Operator {
         if let Some(acme) = options.acme {
             let holder = format!("operator-{}", zw_store::random_hex(8));
             tokio::spawn(acme::run(app.clone(), acme, holder, stop_rx));
+        } else if options.local_issuer {
+            tokio::spawn(acme::run_local(app.clone(), stop_rx));
         }
         // Make (or load) the CA now, so the first start creates it and a broken stored
         // CA is reported at start rather than at the first enrollment.
@@ -123,6 +129,12 @@ impl Operator {
     /// The HTTP application: `/health` and `/api/v1/...`.
     pub fn router(&self) -> axum::Router {
         api::router(self.app.clone())
+    }
+
+    /// The root certificate (PEM) of the local issuer (see [`Options::local_issuer`]),
+    /// made on first use: what a user trusts to reach `https://*.localhost`.
+    pub async fn local_issuer_root(&self) -> Result<String, String> {
+        acme::local_root(&self.app).await
     }
 
     /// What is published now, per region.

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use rustls;
 
 pub mod seal;
-pub use seal::SealingKey;
+pub use seal::{is_sealed, SealingKey};
 
 /// The largest PEM document (a CSR, a certificate) accepted from outside.
 pub const MAX_PEM_BYTES: usize = 16 * 1024;
@@ -78,11 +78,16 @@ impl std::fmt::Debug for Ca {
 impl Ca {
     /// A new CA, valid for ten years.
     pub fn generate() -> Result<Ca> {
+        Ca::generate_named("Zeitwork platform CA")
+    }
+
+    /// A new CA named `common_name`, valid for ten years.
+    pub fn generate_named(common_name: &str) -> Result<Ca> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params
             .distinguished_name
-            .push(DnType::CommonName, "Zeitwork platform CA");
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = time::OffsetDateTime::now_utc();

@@ -14,7 +14,8 @@ use zw_edge::{ControlPlane, Edge};
 #[derive(Args)]
 #[command(after_help = "Then, in another terminal:\n  \
 zeitwork deploy hello --domain hello.localhost -- python3 -m http.server '$PORT' --bind 127.0.0.1\n  \
-curl http://hello.localhost:8000/\n\n\
+curl http://hello.localhost:8000/\n  \
+curl --cacert zeitwork-data/local-ca.pem https://hello.localhost:8443/\n\n\
 Ctrl-C stops everything, the instances included. State (the SQLite database, the admin token,\n\
 the platform CA, the edge's last-known-good, the agent's records and logs) stays in --data-dir.")]
 pub struct UpArgs {
@@ -29,6 +30,10 @@ pub struct UpArgs {
     /// The balancer: where clients connect.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     http: SocketAddr,
+    /// The balancer's HTTPS port: TLS passed through to the edge, which terminates it with
+    /// the domain's certificate (from --acme-ca, else from the local CA for *.localhost).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    https: SocketAddr,
     /// The edge's HTTP entry point (behind the balancer, PROXY protocol).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     edge: SocketAddr,
@@ -86,6 +91,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let api = bind(args.api, "operator API").await?;
     let balancer_l = bind(args.http, "balancer").await?;
+    let balancer_tls = bind(args.https, "balancer's HTTPS port").await?;
+    let https_addr = balancer_tls.local_addr()?;
     let edge_l = bind(args.edge, "edge").await?;
     let edge_admin = bind(args.edge_admin, "edge admin").await?;
     let (api_addr, lb_addr, edge_addr, edge_admin_addr) = (
@@ -132,9 +139,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             lost_after: args.liveness.node_lost_after,
             sealing_key,
             acme: args.acme.options()?,
+            local_issuer: args.acme.acme_ca.is_none(),
             ..Default::default()
         },
     );
+    // The local CA's root, where the user can point a client (or a trust store) at it.
+    let local_ca = data.join("local-ca.pem");
+    if args.acme.acme_ca.is_none() {
+        let root = operator
+            .local_issuer_root()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        zw_proto::fsutil::write_atomic(&local_ca, &[root.as_bytes()], 0o644)
+            .with_context(|| format!("writing {}", local_ca.display()))?;
+    }
     let operator = tokio::spawn(operator.serve(api, stopped(stop_rx.clone())));
 
     // The edge: snapshots from the operator, PROXY protocol from the balancer only.
@@ -179,16 +197,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // The balancer: edges discovered from the operator, checked at their /ready.
     let lb_config = format!(
         "drain_timeout = \"5s\"\n\
-         [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\nmax_connections = {}\n\
+         [[listener]]\nname = \"http\"\naddress = \"{lb_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\nmax_connections = {0}\n\
+         [[listener]]\nname = \"https\"\naddress = \"{https_addr}\"\npool = \"edges\"\nproxy_protocol = \"v2\"\nmax_connections = {0}\n\
          [[pool]]\nname = \"edges\"\nalgorithm = \"least_conn\"\n\
-         discover = {{ operator = \"http://{api_addr}\", region = \"{}\", token = \"{edge_token}\", interval = \"1s\" }}\n\
+         discover = {{ operator = \"http://{api_addr}\", region = \"{1}\", token = \"{edge_token}\", interval = \"1s\" }}\n\
          health = {{ kind = \"http\", path = \"/ready\", interval = \"1s\", rise = 1, fall = 2 }}\n",
-        zw_l4::config::connection_limit_for_fds(fds / 2, 1),
+        zw_l4::config::connection_limit_for_fds(fds / 2, 2),
         args.region
     );
     let config = zw_l4::Config::parse(&lb_config).map_err(anyhow::Error::msg)?;
     let balancer = zw_l4::Balancer::new(config).map_err(anyhow::Error::msg)?;
-    let lb_task = tokio::spawn(balancer.run(vec![balancer_l], None, stopped(stop_rx.clone())));
+    let lb_task = tokio::spawn(balancer.run(
+        vec![balancer_l, balancer_tls],
+        None,
+        stopped(stop_rx.clone()),
+    ));
 
     let agent = zw_agent::Agent::start(zw_agent::Config {
         operator: api_addr.to_string(),
@@ -214,11 +237,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "Zeitwork is up.\n  \
          apps (balancer)   http://{lb_addr}\n  \
+         apps over HTTPS   https://{https_addr} ({})\n  \
          edge              http://{edge_addr} (admin http://{edge_admin_addr})\n  \
          operator API      http://{api_addr} (admin token: {})\n  \
          worker ingress    {} (mutual TLS), node {} (admin http://{})\n\
          Deploy an app:    zeitwork deploy hello --domain hello.localhost -- python3 -m http.server '$PORT' --bind 127.0.0.1\n\
          Stop:             Ctrl-C",
+        if args.acme.acme_ca.is_none() {
+            format!(
+                "*.localhost signed by the local CA: trust {}, e.g. curl --cacert {}",
+                local_ca.display(),
+                local_ca.display()
+            )
+        } else {
+            "certificates from the ACME CA".to_string()
+        },
         super::operator::token_file(data).display(),
         agent.ingress_address,
         agent.node_id,

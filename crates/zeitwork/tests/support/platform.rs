@@ -46,6 +46,8 @@ pub struct Platform {
     pub agent_admin: SocketAddr,
     pub op: Api,
     pub balancer: SocketAddr,
+    /// The balancer's HTTPS port.
+    pub https: SocketAddr,
     pub dir: tempfile::TempDir,
     pub app: PathBuf,
 }
@@ -67,6 +69,7 @@ pub fn start_up(extra: &[&str]) -> Platform {
         free_port(),
         free_port(),
     );
+    let https = free_port();
     let args: Vec<String> = [
         "up",
         "--data-dir",
@@ -75,6 +78,8 @@ pub fn start_up(extra: &[&str]) -> Platform {
         &addr(api),
         "--http",
         &addr(http),
+        "--https",
+        &addr(https),
         "--edge",
         &addr(edge),
         "--edge-admin",
@@ -115,6 +120,7 @@ pub fn start_up(extra: &[&str]) -> Platform {
         agent_admin: addr(agent_admin).parse().unwrap(),
         op,
         balancer: addr(http).parse().unwrap(),
+        https: addr(https).parse().unwrap(),
         dir,
         app,
     }

@@ -613,3 +613,109 @@ fn deploy_help_examples_work_and_hopeless_deploys_fail_at_once() {
     );
     assert!(!out.contains("not ready within"), "it did not wait: {out}");
 }
+
+/// A certificate renewed under load: `up`'s local CA issues 30-second certificates
+/// (renewed when a third is left), and HTTPS requests — each a new TLS handshake — run
+/// through the balancer while the new certificate reaches the edge. None fails, and the
+/// certificate the edge serves changes.
+#[test]
+fn a_certificate_renews_under_load_without_a_failed_request() {
+    if !tool("python3") || !tool("curl") || !tool("openssl") {
+        return;
+    }
+    let p = start_up(&["--local-cert-validity", "30s"]);
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "renew",
+        "--domain",
+        "renew.localhost",
+        "--",
+        "python3",
+        p.app.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let not_after = || {
+        p.op.ok("GET", "/api/v1/tls-certificates", None)["items"][0]["not_after"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let first = eventually(Duration::from_secs(20), "the first certificate", not_after);
+    let root = p.op.data_dir.join("local-ca.pem");
+    let port = p.https.port();
+    let request = || {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("renew.localhost:{port}:127.0.0.1"),
+                &format!("https://renew.localhost:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The leaf certificate a handshake gets (PEM), by `openssl s_client`.
+    let served = || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "renew.localhost"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let start = text.find("-----BEGIN CERTIFICATE-----")?;
+        let end = text.find("-----END CERTIFICATE-----")?;
+        Some(text[start..end].to_string())
+    };
+    // Served before the load starts (the route and the certificate are in place).
+    eventually(Duration::from_secs(20), "HTTPS served", || {
+        (request() == "200").then_some(())
+    });
+    let before = served().expect("a certificate");
+    let (mut codes, mut renewed_at) = (Vec::new(), None);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && codes.len() < 3000 {
+        codes.push(request());
+        if renewed_at.is_none() && not_after() != Some(first.clone()) {
+            renewed_at = Some(codes.len());
+        }
+        // Keep going a while after the renewal, so the swap happens under load.
+        if renewed_at.is_some_and(|at| codes.len() > at + 30) {
+            break;
+        }
+    }
+    let failed: Vec<&String> = codes.iter().filter(|c| *c != "200").collect();
+    assert!(
+        renewed_at.is_some(),
+        "no renewal within 40 s ({} requests)",
+        codes.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} HTTPS requests failed: {failed:?}",
+        failed.len(),
+        codes.len()
+    );
+    assert_ne!(
+        served().expect("a certificate"),
+        before,
+        "the edge serves the renewed certificate"
+    );
+    let (ok, certs) = p.zeitwork(&["get", "certificates"]);
+    assert!(ok && certs.contains("renew.localhost"), "{certs}");
+    eprintln!(
+        "{} HTTPS requests, renewal after request {:?}, 0 failed",
+        codes.len(),
+        renewed_at
+    );
+}

@@ -59,6 +59,9 @@ pub enum Error {
     Issued(#[from] zw_tls::TlsError),
     #[error("the order for {0} took longer than {ORDER_TIMEOUT:?}")]
     Timeout(String),
+    /// The challenge could not be put where the CA will look (see [`Challenges::ready`]).
+    #[error("the challenge could not be presented: {0}")]
+    NotPresented(String),
 }
 
 /// How long one order may take, challenges and polling included.
@@ -81,7 +84,7 @@ pub trait Challenges: Send + Sync + 'static {
     /// waits until it has; an error ends the order.
     fn ready(
         &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + '_>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -528,11 +531,7 @@ async fn order(
         if let Ok(mut t) = presented.lock() {
             t.push(p);
         }
-        challenges.ready().await.map_err(|detail| Error::Order {
-            names: names.join(","),
-            status: "unanswered".into(),
-            detail,
-        })?;
+        challenges.ready().await?;
         ch.set_ready().await.map_err(acme)?;
     }
     let retry = RetryPolicy::new()

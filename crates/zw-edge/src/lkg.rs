@@ -69,9 +69,8 @@ impl LastKnownGood {
             let key = self.sealing_key(true)?;
             for_each_key(&mut value, |pem| {
                 key.seal(pem.as_bytes(), KEY_PURPOSE)
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(std::io::Error::other)?;
+                    .map_err(std::io::Error::other)
+            })?;
             Some(serde_json::value::to_raw_value(&value)?)
         } else {
             None
@@ -122,10 +121,9 @@ impl LastKnownGood {
                     return Ok(sealed.to_string());
                 }
                 key.open(sealed, KEY_PURPOSE)
-                    .map_err(|e| e.to_string())
-                    .and_then(|k| String::from_utf8(k).map_err(|e| e.to_string()))
-            })
-            .map_err(|e| bad(&e))?;
+                    .map_err(|e| bad(&e.to_string()))
+                    .and_then(|k| String::from_utf8(k).map_err(|_| bad("a sealed key is not text")))
+            })?;
         }
         let text = serde_json::to_string(&value).map_err(|e| bad(&e.to_string()))?;
         let config = zw_config::parse_str(&text, zw_config::Format::Json)
@@ -206,10 +204,10 @@ fn has_sealed(v: &serde_json::Value) -> bool {
 }
 
 /// Replaces each inline key (PEM, or sealed) with `f` of it; file paths stay.
-fn for_each_key(
+fn for_each_key<E>(
     v: &mut serde_json::Value,
-    mut f: impl FnMut(&str) -> Result<String, String>,
-) -> Result<(), String> {
+    mut f: impl FnMut(&str) -> Result<String, E>,
+) -> Result<(), E> {
     for slot in key_slots(v) {
         let Some(text) = slot.as_str() else { continue };
         if text.contains("-----BEGIN") || zw_pki::is_sealed(text) {

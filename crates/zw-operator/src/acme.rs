@@ -21,6 +21,24 @@ use zw_store::IssuedTls;
 
 use crate::App;
 
+/// Why a domain has no certificate yet. Each says where to look.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IssueError {
+    #[error("the state store: {0}")]
+    Store(#[from] zw_store::StoreError),
+    #[error(transparent)]
+    Acme(#[from] zw_acme::Error),
+    #[error("making, signing or sealing a key: {0}")]
+    Pki(#[from] zw_pki::PkiError),
+    #[error("the issued certificate cannot be served: {0}")]
+    Issued(#[from] zw_tls::TlsError),
+    /// The local CA (made and kept like the platform CA).
+    #[error("the local CA: {0}")]
+    Ca(String),
+    #[error("the ACME account in the store: {0}")]
+    Account(#[from] serde_json::Error),
+}
+
 /// The ACME CA the operator orders from.
 #[derive(Debug, Clone)]
 pub struct AcmeOptions {
@@ -40,70 +58,100 @@ const LEASE_MS: i64 = 10 * 60 * 1000;
 /// How long the edges get to take a token before the order gives up.
 const EDGES_WAIT: Duration = Duration::from_secs(30);
 
-/// Orders and renews until `stop` fires.
-pub(crate) async fn run(
-    app: App,
-    opts: AcmeOptions,
-    holder: String,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Where the operator's certificates come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Issuer {
+    /// An ACME CA, for every verified domain but `.localhost` ones.
+    Acme(AcmeOptions),
+    /// The local CA (`zeitwork up`), for `.localhost` domains, certificates valid this long.
+    Local(Duration),
+}
+
+impl Issuer {
+    fn signs(&self, domain: &str) -> bool {
+        // No public CA signs a `.localhost` name: ordering one would only fail.
+        match self {
+            Issuer::Acme(_) => !locally_issued(domain),
+            Issuer::Local(_) => locally_issued(domain),
+        }
+    }
+}
+
+/// Orders (or issues) and renews certificates for verified domains until `stop` fires.
+pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool>) {
+    let holder = format!("operator-{}", zw_store::random_hex(8));
     let origin = Instant::now();
     let mut attempts: BTreeMap<String, Attempts> = BTreeMap::new();
     let mut account: Option<instant_acme::Account> = None;
     let mut changes = app.store.changes();
-    tracing::info!(ca = %opts.directory, "ACME: ordering certificates for verified domains");
+    match &issuer {
+        Issuer::Acme(o) => {
+            tracing::info!(ca = %o.directory, "ACME: ordering certificates for verified domains")
+        }
+        Issuer::Local(_) => {
+            tracing::info!("local CA: issuing certificates for verified .localhost domains")
+        }
+    }
+    // The local CA's certificates renew at two thirds of the lifetime they were given
+    // (theirs starts an hour early, for clocks that disagree).
+    let lifetime = match &issuer {
+        Issuer::Local(v) => Some(*v),
+        Issuer::Acme(_) => None,
+    };
     loop {
         changes.borrow_and_update();
         let mut next = Duration::from_secs(3600);
-        match due(&app).await {
+        let due = match due(&app, lifetime).await {
+            Ok(due) => due,
             Err(e) => {
-                tracing::error!(error = %e, "ACME: reading domains failed");
+                tracing::error!(error = %e, "reading the domains to certify failed");
                 next = Duration::from_secs(5);
+                Vec::new()
             }
-            Ok(due) => {
-                // No public CA signs a `.localhost` name: ordering one would only fail.
-                for (domain, wait) in due.into_iter().filter(|(d, _)| !locally_issued(d)) {
-                    if let Some(wait) = wait {
-                        next = next.min(wait);
-                        continue;
-                    }
-                    let a = attempts.entry(domain.clone()).or_default();
-                    let now = origin.elapsed();
-                    let allowed = a.next_allowed(now);
-                    if allowed > now {
-                        next = next.min(allowed - now);
-                        continue;
-                    }
-                    let lease = format!("acme:{domain}");
-                    match app.store.try_lease(&lease, &holder, LEASE_MS).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            // Another operator orders it; its certificate arrives by the store.
-                            next = next.min(Duration::from_secs(30));
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(%domain, error = %e, "ACME: taking the order lease failed");
-                            next = next.min(Duration::from_secs(5));
-                            continue;
-                        }
-                    }
-                    a.started(now);
-                    let result = obtain(&app, &opts, &mut account, &domain).await;
-                    let _ = app.store.release_lease(&lease, &holder).await;
-                    match result {
-                        Ok(not_after) => {
-                            a.succeeded();
-                            tracing::info!(%domain, not_after, "certificate obtained; every edge gets it with the next snapshot");
-                        }
-                        Err(e) => {
-                            a.failed(origin.elapsed());
-                            let retry = a.backoff();
-                            tracing::error!(%domain, error = %e, failures = a.failures(), retry_in = ?retry, "ACME order failed");
-                            let _ = app.store.tls_order_failed(&domain, &e).await;
-                            next = next.min(retry);
-                        }
-                    }
+        };
+        for (domain, wait) in due.into_iter().filter(|(d, _)| issuer.signs(d)) {
+            if let Some(wait) = wait {
+                next = next.min(wait);
+                continue;
+            }
+            let a = attempts.entry(domain.clone()).or_default();
+            let now = origin.elapsed();
+            let allowed = a.next_allowed(now);
+            if allowed > now {
+                next = next.min(allowed - now);
+                continue;
+            }
+            let lease = format!("certificate:{domain}");
+            match app.store.try_lease(&lease, &holder, LEASE_MS).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another operator orders it; its certificate arrives by the store.
+                    next = next.min(Duration::from_secs(30));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(%domain, error = %e, "taking the certificate's lease failed");
+                    next = next.min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            a.started(now);
+            let result = match &issuer {
+                Issuer::Acme(o) => obtain(&app, o, &mut account, &domain).await,
+                Issuer::Local(validity) => issue_local(&app, &domain, *validity).await,
+            };
+            let _ = app.store.release_lease(&lease, &holder).await;
+            match result {
+                Ok(not_after) => {
+                    a.succeeded();
+                    tracing::info!(%domain, not_after, "certificate obtained; every edge gets it with the next snapshot");
+                }
+                Err(e) => {
+                    a.failed(origin.elapsed());
+                    let retry = a.backoff();
+                    tracing::error!(%domain, error = %e, failures = a.failures(), retry_in = ?retry, "certificate order failed");
+                    let _ = app.store.tls_order_failed(&domain, &e.to_string()).await;
+                    next = next.min(retry);
                 }
             }
         }
@@ -123,47 +171,6 @@ pub(crate) fn locally_issued(domain: &str) -> bool {
     domain == "localhost" || domain.ends_with(".localhost")
 }
 
-/// How long a locally issued certificate lives.
-const LOCAL_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
-
-/// `zeitwork up` without an ACME CA: verified `*.localhost` domains get a certificate from
-/// the operator's local CA (its root is what the user trusts), renewed like ACME's.
-pub(crate) async fn run_local(app: App, mut stop: watch::Receiver<bool>) {
-    let mut changes = app.store.changes();
-    loop {
-        changes.borrow_and_update();
-        let mut next = Duration::from_secs(3600);
-        match due(&app).await {
-            Err(e) => {
-                tracing::error!(error = %e, "local issuer: reading domains failed");
-                next = Duration::from_secs(5);
-            }
-            Ok(due) => {
-                for (domain, wait) in due.into_iter().filter(|(d, _)| locally_issued(d)) {
-                    if let Some(wait) = wait {
-                        next = next.min(wait);
-                        continue;
-                    }
-                    match issue_local(&app, &domain).await {
-                        Ok(()) => tracing::info!(%domain, "certificate issued by the local CA"),
-                        Err(e) => {
-                            tracing::error!(%domain, error = %e, "local issuer failed");
-                            let _ = app.store.tls_order_failed(&domain, &e).await;
-                            next = next.min(Duration::from_secs(30));
-                        }
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            r = changes.changed() => if r.is_err() { return },
-            _ = stop.changed() => return,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The local CA's root certificate (PEM), made on first use.
 pub(crate) async fn local_root(app: &App) -> Result<String, String> {
     Ok(
@@ -174,30 +181,30 @@ pub(crate) async fn local_root(app: &App) -> Result<String, String> {
     )
 }
 
-async fn issue_local(app: &App, domain: &str) -> Result<(), String> {
+async fn issue_local(app: &App, domain: &str, validity: Duration) -> Result<i64, IssueError> {
     let ca = crate::ca::load_or_create_named(&app.store, &app.sealing_key, crate::ca::LOCAL_ISSUER)
-        .await?;
-    let csr = zw_pki::Csr::generate(domain).map_err(|e| e.to_string())?;
-    let cert = ca
-        .sign(
-            &csr.csr_pem,
-            zw_pki::Role::Node,
-            domain,
-            &[domain.to_string()],
-            LOCAL_VALIDITY,
-        )
-        .map_err(|e| e.to_string())?;
-    store_certificate(app, domain, &cert, &csr.key_pem).await?;
-    Ok(())
+        .await
+        .map_err(IssueError::Ca)?;
+    let csr = zw_pki::Csr::generate(domain)?;
+    let cert = ca.sign(
+        &csr.csr_pem,
+        zw_pki::Role::Node,
+        domain,
+        &[domain.to_string()],
+        validity,
+    )?;
+    store_certificate(app, domain, &cert, &csr.key_pem).await
 }
 
 /// Seals the key and stores the certificate; every edge gets it with the next snapshot.
-async fn store_certificate(app: &App, domain: &str, chain: &str, key: &str) -> Result<i64, String> {
-    let loaded = zw_tls::load_pair(chain.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())?;
-    let sealed = app
-        .sealing_key
-        .seal(key.as_bytes(), KEY_PURPOSE)
-        .map_err(|e| e.to_string())?;
+async fn store_certificate(
+    app: &App,
+    domain: &str,
+    chain: &str,
+    key: &str,
+) -> Result<i64, IssueError> {
+    let loaded = zw_tls::load_pair(chain.as_bytes(), key.as_bytes())?;
+    let sealed = app.sealing_key.seal(key.as_bytes(), KEY_PURPOSE)?;
     app.store
         .put_tls_certificate(IssuedTls {
             domain,
@@ -207,20 +214,22 @@ async fn store_certificate(app: &App, domain: &str, chain: &str, key: &str) -> R
             not_before: loaded.not_before,
             not_after: loaded.not_after,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(loaded.not_after)
 }
 
 /// Verified domains that can have a certificate (wildcards need DNS-01: not here), each
-/// with `None` when an order is due now, or how long until its renewal.
-async fn due(app: &App) -> Result<Vec<(String, Option<Duration>)>, String> {
-    let state = app.store.routing_state().await.map_err(|e| e.to_string())?;
+/// with `None` when an order is due now, or how long until its renewal. With `lifetime`,
+/// renewal counts from `not_after - lifetime` rather than the certificate's `not_before`.
+async fn due(
+    app: &App,
+    lifetime: Option<Duration>,
+) -> Result<Vec<(String, Option<Duration>)>, IssueError> {
+    let state = app.store.routing_state().await?;
     let have: BTreeMap<String, (i64, i64)> = app
         .store
         .tls_certificates()
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_iter()
         .filter_map(|c| Some((c.domain, (c.not_before?, c.not_after?))))
         .collect();
@@ -231,7 +240,8 @@ async fn due(app: &App) -> Result<Vec<(String, Option<Duration>)>, String> {
         .filter(|d| !d.name.starts_with("*."))
         .map(|d| {
             let wait = have.get(&d.name).and_then(|(nb, na)| {
-                let at = policy::renew_at(*nb, *na);
+                let from = lifetime.map_or(*nb, |l| na - l.as_secs() as i64);
+                let at = policy::renew_at(from, *na);
                 (now < at).then(|| Duration::from_secs((at - now) as u64))
             });
             (d.name, wait)
@@ -245,11 +255,8 @@ async fn obtain(
     opts: &AcmeOptions,
     account: &mut Option<instant_acme::Account>,
     domain: &str,
-) -> Result<i64, String> {
-    app.store
-        .tls_order_started(domain)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<i64, IssueError> {
+    app.store.tls_order_started(domain).await?;
     let acct = match account {
         Some(a) => a.clone(),
         None => {
@@ -273,37 +280,35 @@ async fn obtain(
         },
         &challenges,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     store_certificate(app, domain, &chain, &key).await
 }
 
 /// The operator's account at the CA: the stored one (sealed: it holds the account key)
 /// when it is for this directory, else a new registration, stored before it is used.
-async fn load_or_register(app: &App, opts: &AcmeOptions) -> Result<instant_acme::Account, String> {
+async fn load_or_register(
+    app: &App,
+    opts: &AcmeOptions,
+) -> Result<instant_acme::Account, IssueError> {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Stored {
         directory: String,
         credentials: serde_json::Value,
     }
-    if let Some(sealed) = app
-        .store
-        .setting(ACCOUNT_SETTING)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let opened = app
-            .sealing_key
-            .open(&sealed, ACCOUNT_PURPOSE)
-            .map_err(|e| e.to_string())?;
+    if let Some(sealed) = app.store.setting(ACCOUNT_SETTING).await? {
+        let opened = app.sealing_key.open(&sealed, ACCOUNT_PURPOSE)?;
         if let Ok(stored) = serde_json::from_slice::<Stored>(&opened) {
             if stored.directory == opts.directory {
                 if let Ok(creds) = serde_json::from_value(stored.credentials) {
-                    return zw_acme::client(&opts.directory, opts.ca_certificate.as_ref())
-                        .map_err(|e| e.to_string())?
+                    return zw_acme::client(&opts.directory, opts.ca_certificate.as_ref())?
                         .from_credentials(creds)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|source| {
+                            IssueError::Acme(zw_acme::Error::Acme {
+                                ca: opts.directory.clone(),
+                                source,
+                            })
+                        });
                 }
             }
         }
@@ -313,23 +318,13 @@ async fn load_or_register(app: &App, opts: &AcmeOptions) -> Result<instant_acme:
         opts.ca_certificate.as_ref(),
         opts.email.as_deref(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let stored = serde_json::to_vec(&Stored {
         directory: opts.directory.clone(),
-        credentials: serde_json::to_value(&creds).map_err(|e| e.to_string())?,
-    })
-    .map_err(|e| e.to_string())?;
-    let sealed = app
-        .sealing_key
-        .seal(&stored, ACCOUNT_PURPOSE)
-        .map_err(|e| e.to_string())?;
-    let stored_now = match app
-        .store
-        .setting(ACCOUNT_SETTING)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+        credentials: serde_json::to_value(&creds)?,
+    })?;
+    let sealed = app.sealing_key.seal(&stored, ACCOUNT_PURPOSE)?;
+    let stored_now = match app.store.setting(ACCOUNT_SETTING).await? {
         None => app
             .store
             .init_setting(ACCOUNT_SETTING, &sealed)
@@ -341,7 +336,7 @@ async fn load_or_register(app: &App, opts: &AcmeOptions) -> Result<instant_acme:
             .await
             .map(|_| ()),
     };
-    stored_now.map_err(|e| e.to_string())?;
+    stored_now?;
     tracing::info!(ca = %opts.directory, account = %account.id(), "ACME account registered");
     Ok(account)
 }
@@ -376,7 +371,8 @@ impl Challenges for StoreChallenges {
 
     fn ready(
         &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), zw_acme::Error>> + Send + '_>>
+    {
         Box::pin(async move {
             let pending: Vec<(String, String)> = self
                 .pending
@@ -388,7 +384,7 @@ impl Challenges for StoreChallenges {
                     .store
                     .put_acme_challenge(token, key_auth)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| zw_acme::Error::NotPresented(format!("the state store: {e}")))?;
             }
             for (token, _) in &pending {
                 edges_hold(&self.app, token).await?;
@@ -400,7 +396,7 @@ impl Challenges for StoreChallenges {
 
 /// Waits until every connected edge has acknowledged a snapshot of its region that
 /// holds `token`.
-async fn edges_hold(app: &App, token: &str) -> Result<(), String> {
+async fn edges_hold(app: &App, token: &str) -> Result<(), zw_acme::Error> {
     let deadline = Instant::now() + EDGES_WAIT;
     loop {
         let published = app.published.borrow().clone();
@@ -408,7 +404,7 @@ async fn edges_hold(app: &App, token: &str) -> Result<(), String> {
             .store
             .edge_proxies(None, None, Some(1000))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| zw_acme::Error::NotPresented(format!("the state store: {e}")))?
             .items;
         let connected: Vec<_> = edges.iter().filter(|e| e.connected).collect();
         let all = !connected.is_empty()
@@ -421,11 +417,11 @@ async fn edges_hold(app: &App, token: &str) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(if connected.is_empty() {
+            return Err(zw_acme::Error::NotPresented(if connected.is_empty() {
                 "no edge is connected to answer the HTTP-01 challenge".to_string()
             } else {
                 format!("the edges did not take the challenge's snapshot within {EDGES_WAIT:?}")
-            });
+            }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -75,7 +75,9 @@ pub(crate) async fn load_or_create_named(
                 .init_setting(setting, &fresh)
                 .await
                 .map_err(|e| e.to_string())?;
-            if text == fresh {
+            if text == fresh && setting == SETTING {
+                tracing::info!("platform CA created; its key is sealed in the store");
+            } else if text == fresh {
                 tracing::info!(ca = name, "CA created; its key is sealed in the store");
             }
             text

@@ -43,8 +43,8 @@ pub struct Options {
     /// served over plain HTTP only, or with certificates from elsewhere).
     pub acme: Option<acme::AcmeOptions>,
     /// Without `acme`: sign certificates for verified `*.localhost` domains with a local
-    /// CA of the operator's (`zeitwork up`).
-    pub local_issuer: bool,
+    /// CA of the operator's (`zeitwork up`), valid this long (renewed at two thirds).
+    pub local_issuer: Option<Duration>,
 }
 
 impl Default for Options {
@@ -58,7 +58,7 @@ impl Default for Options {
             sealing_key: zw_pki::SealingKey::generate()
                 .unwrap_or_else(|e| panic!("no sealing key: {e}")),
             acme: None,
-            local_issuer: false,
+            local_issuer: None,
         }
     }
 }
@@ -105,11 +105,13 @@ impl Operator {
             ca: Default::default(),
             sealing_key: options.sealing_key,
         };
-        if let Some(acme) = options.acme {
-            let holder = format!("operator-{}", zw_store::random_hex(8));
-            tokio::spawn(acme::run(app.clone(), acme, holder, stop_rx));
-        } else if options.local_issuer {
-            tokio::spawn(acme::run_local(app.clone(), stop_rx));
+        let issuer = match (options.acme, options.local_issuer) {
+            (Some(acme), _) => Some(acme::Issuer::Acme(acme)),
+            (None, Some(validity)) => Some(acme::Issuer::Local(validity)),
+            (None, None) => None,
+        };
+        if let Some(issuer) = issuer {
+            tokio::spawn(acme::run(app.clone(), issuer, stop_rx));
         }
         // Make (or load) the CA now, so the first start creates it and a broken stored
         // CA is reported at start rather than at the first enrollment.

@@ -214,7 +214,7 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
             lost_after: args.liveness.node_lost_after,
             sealing_key,
             acme: args.acme.options()?,
-            local_issuer: false,
+            local_issuer: None,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -50,6 +50,10 @@ pub struct UpArgs {
     liveness: super::operator::Liveness,
     #[command(flatten)]
     acme: super::operator::AcmeArgs,
+    /// How long the local CA's certificates live (renewed when a third is left). For
+    /// watching a renewal happen; the default suits everyday use.
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = super::duration, hide = true)]
+    local_cert_validity: Duration,
     #[command(flatten)]
     vm: super::agent::VmArgs,
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -139,7 +143,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             lost_after: args.liveness.node_lost_after,
             sealing_key,
             acme: args.acme.options()?,
-            local_issuer: args.acme.acme_ca.is_none(),
+            local_issuer: args
+                .acme
+                .acme_ca
+                .is_none()
+                .then_some(args.local_cert_validity),
             ..Default::default()
         },
     );

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod support;
-use support::{free_port, message, tool, upstream, Proc, BIN};
+use support::{curl, free_port, message, tool, upstream, Proc, BIN};
 
 fn openssl_cert(dir: &Path) -> (String, String) {
     let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
@@ -43,25 +43,6 @@ fn openssl_cert(dir: &Path) -> (String, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (cert.display().to_string(), key.display().to_string())
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_version} %{http_code} %{redirect_url}",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

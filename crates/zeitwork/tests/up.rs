@@ -38,41 +38,13 @@ fn deploy_crash_agent_loss_and_restart() {
     assert_eq!(seen, ids.iter().cloned().collect(), "both replicas answer");
     // HTTPS out of the box: a `.localhost` domain gets a certificate from `up`'s local CA,
     // served through the balancer's HTTPS port; its root is DATA_DIR/local-ca.pem.
-    let (ok, out) = p.zeitwork(&[
-        "deploy",
-        "secure",
-        "--domain",
-        "secure.localhost",
-        "--",
-        "python3",
-        p.app.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
-    let root = p.op.data_dir.join("local-ca.pem");
+    p.deploy_on("secure", "secure.localhost");
     let https = eventually(
         Duration::from_secs(20),
         "HTTPS for secure.localhost",
         || {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "--http2",
-                    "-w",
-                    "\n%{http_version} %{http_code}",
-                ])
-                .arg("--cacert")
-                .arg(&root)
-                .args([
-                    "--resolve",
-                    &format!("secure.localhost:{}:127.0.0.1", p.https.port()),
-                    &format!("https://secure.localhost:{}/", p.https.port()),
-                ])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            text.ends_with("2 200").then_some(text)
+            let out = p.https_get("secure.localhost", "--http2");
+            out.contains("\n2 200 ").then_some(out)
         },
     );
     let secure: Vec<String> = p
@@ -624,45 +596,21 @@ fn a_certificate_renews_under_load_without_a_failed_request() {
         return;
     }
     let p = start_up(&["--local-cert-validity", "30s"]);
-    let (ok, out) = p.zeitwork(&[
-        "deploy",
-        "renew",
-        "--domain",
-        "renew.localhost",
-        "--",
-        "python3",
-        p.app.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
+    p.deploy_on("renew", "renew.localhost");
     let not_after = || {
         p.op.ok("GET", "/api/v1/tls-certificates", None)["items"][0]["not_after"]
             .as_str()
             .map(str::to_string)
     };
     let first = eventually(Duration::from_secs(20), "the first certificate", not_after);
-    let root = p.op.data_dir.join("local-ca.pem");
     let port = p.https.port();
     let request = || {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .arg("--cacert")
-            .arg(&root)
-            .args([
-                "--resolve",
-                &format!("renew.localhost:{port}:127.0.0.1"),
-                &format!("https://renew.localhost:{port}/"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let out = p.https_get("renew.localhost", "--http1.1");
+        if out.contains("\n1.1 200 ") {
+            "200".to_string()
+        } else {
+            out
+        }
     };
     // The leaf certificate a handshake gets (PEM), by `openssl s_client`.
     let served = || {

@@ -474,6 +474,15 @@ impl EdgeBuilder {
         self
     }
 
+    /// The index of the entry point named `name`.
+    fn entry_point(&self, name: &str) -> Result<usize, Error> {
+        self.settings
+            .entry_points
+            .iter()
+            .position(|e| e == name)
+            .ok_or_else(|| Error::NoEntryPoint(name.to_string()))
+    }
+
     /// Makes `entry_point` answer ACME HTTP-01 challenges (every request under
     /// `/.well-known/acme-challenge/`, ahead of routing) from `tokens`.
     pub fn http01(
@@ -481,12 +490,7 @@ impl EdgeBuilder {
         entry_point: &str,
         tokens: Arc<acme::AcmeChallenges>,
     ) -> Result<Self, Error> {
-        let idx = self
-            .settings
-            .entry_points
-            .iter()
-            .position(|e| e == entry_point)
-            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
+        let idx = self.entry_point(entry_point)?;
         if let Some(slot) = self.settings.http01.get_mut(idx) {
             *slot = Some(tokens);
         }
@@ -514,12 +518,7 @@ impl EdgeBuilder {
         entry_point: &str,
         trusted: Vec<zw_rules::IpNet>,
     ) -> Result<Self, Error> {
-        let idx = self
-            .settings
-            .entry_points
-            .iter()
-            .position(|e| e == entry_point)
-            .ok_or_else(|| Error::NoEntryPoint(entry_point.to_string()))?;
+        let idx = self.entry_point(entry_point)?;
         if trusted.is_empty() {
             return Err(Error::NoTrustedNetworks(entry_point.to_string()));
         }

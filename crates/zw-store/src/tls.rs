@@ -48,6 +48,25 @@ pub struct IssuedTls<'a> {
 }
 
 impl Store {
+    /// Runs one write in its own transaction; a `routing` one wakes the snapshot compiler
+    /// (here, and on PostgreSQL in every operator) once committed.
+    async fn write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        routing: bool,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        query.execute(&mut *tx).await?;
+        if routing {
+            self.notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        if routing {
+            self.changed();
+        }
+        Ok(())
+    }
+
     pub async fn tls_certificates(&self) -> Result<Vec<StoredTlsCertificate>> {
         let rows = sqlx::query("SELECT domain, cert_pem, sealed_key, issuer, not_before, not_after, status, last_error, orders, updated_at FROM tls_certificates ORDER BY domain")
             .fetch_all(&self.pool)
@@ -73,33 +92,22 @@ impl Store {
     /// An order for `domain` starts: counted, and the domain shows `pending` until it
     /// ends (a valid certificate stays `valid` while it is renewed).
     pub async fn tls_order_started(&self, domain: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO tls_certificates (domain, status, orders, updated_at) VALUES ($1, 'pending', 1, $2) ON CONFLICT (domain) DO UPDATE SET orders = tls_certificates.orders + 1, updated_at = $2")
+        self.write(sqlx::query("INSERT INTO tls_certificates (domain, status, orders, updated_at) VALUES ($1, 'pending', 1, $2) ON CONFLICT (domain) DO UPDATE SET orders = tls_certificates.orders + 1, updated_at = $2")
             .bind(domain)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .bind(unix_millis()), false).await
     }
 
     /// The order for `domain` failed with `error`; a certificate it has keeps serving.
     pub async fn tls_order_failed(&self, domain: &str, error: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE tls_certificates SET status = CASE WHEN cert_pem IS NULL THEN 'failed' ELSE status END, last_error = $2, updated_at = $3 WHERE domain = $1")
+        self.write(sqlx::query("UPDATE tls_certificates SET status = CASE WHEN cert_pem IS NULL THEN 'failed' ELSE status END, last_error = $2, updated_at = $3 WHERE domain = $1")
             .bind(domain)
             .bind(error)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .bind(unix_millis()), false).await
     }
 
     /// Stores a new certificate for its domain; every edge gets it with the next snapshot.
     pub async fn put_tls_certificate(&self, c: IssuedTls<'_>) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO tls_certificates (domain, cert_pem, sealed_key, issuer, not_before, not_after, status, last_error, orders, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'valid', NULL, 0, $7) \
+        self.write(sqlx::query("INSERT INTO tls_certificates (domain, cert_pem, sealed_key, issuer, not_before, not_after, status, last_error, orders, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'valid', NULL, 0, $7) \
             ON CONFLICT (domain) DO UPDATE SET cert_pem = $2, sealed_key = $3, issuer = $4, not_before = $5, not_after = $6, status = 'valid', last_error = NULL, updated_at = $7")
             .bind(c.domain)
             .bind(c.cert_pem)
@@ -107,40 +115,23 @@ impl Store {
             .bind(c.issuer)
             .bind(c.not_before)
             .bind(c.not_after)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-        self.notify_in(&mut tx).await?;
-        tx.commit().await?;
-        self.changed();
-        Ok(())
+            .bind(unix_millis()), true).await
     }
 
     /// An HTTP-01 token every edge answers from its next snapshot on.
     pub async fn put_acme_challenge(&self, token: &str, key_authorization: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO acme_challenges (token, key_authorization, created_at) VALUES ($1, $2, $3) ON CONFLICT (token) DO UPDATE SET key_authorization = $2")
+        self.write(sqlx::query("INSERT INTO acme_challenges (token, key_authorization, created_at) VALUES ($1, $2, $3) ON CONFLICT (token) DO UPDATE SET key_authorization = $2")
             .bind(token)
             .bind(key_authorization)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-        self.notify_in(&mut tx).await?;
-        tx.commit().await?;
-        self.changed();
-        Ok(())
+            .bind(unix_millis()), true).await
     }
 
     pub async fn delete_acme_challenge(&self, token: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM acme_challenges WHERE token = $1")
-            .bind(token)
-            .execute(&mut *tx)
-            .await?;
-        self.notify_in(&mut tx).await?;
-        tx.commit().await?;
-        self.changed();
-        Ok(())
+        self.write(
+            sqlx::query("DELETE FROM acme_challenges WHERE token = $1").bind(token),
+            true,
+        )
+        .await
     }
 
     /// Takes (or renews) the lease `name` for `holder` for `ttl_ms`, unless another holder
@@ -166,13 +157,12 @@ impl Store {
     }
 
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(
+            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder),
+            false,
+        )
+        .await
     }
 }

@@ -414,6 +414,27 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// `curl -sS` with `args`, 10 s at most; what it printed (body, then a line
+/// `HTTP_VERSION STATUS REDIRECT_URL`) and its errors.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_version} %{http_code} %{redirect_url}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Polls `f` every 5 ms until it returns `Some`, or panics after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

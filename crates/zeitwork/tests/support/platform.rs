@@ -172,6 +172,27 @@ impl Platform {
         routed.unwrap_or_else(|| panic!("no routed time in:\n{out}"))
     }
 
+    /// Deploys the test app as `name`, one replica, on `domain`.
+    pub fn deploy_on(&self, name: &str, domain: &str) {
+        let app = self.app.display().to_string();
+        let (ok, out) = self.zeitwork(&["deploy", name, "--domain", domain, "--", "python3", &app]);
+        assert!(ok, "deploy {name}:\n{out}");
+    }
+
+    /// An HTTPS request for `host` through the balancer's HTTPS port, trusting the local
+    /// CA's root: `curl`'s output ([`curl`]).
+    pub fn https_get(&self, host: &str, flag: &str) -> String {
+        let port = self.https.port();
+        curl(&[
+            flag,
+            "--cacert",
+            &self.op.data_dir.join("local-ca.pem").display().to_string(),
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("https://{host}:{port}/"),
+        ])
+    }
+
     pub fn get(&self, name: &str) -> (u16, String) {
         http(
             self.balancer,

@@ -701,20 +701,25 @@ fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() 
     let lb_port = free_port();
     let pb = support::acme::pebble(dir.path(), lb_port, free_port());
     let ca = pb.ca.clone();
-    let mut op = Operator::start_with(
-        &dir.path().join("op"),
-        free_port(),
-        &[
-            "--acme-ca",
-            &pb.directory,
-            "--acme-ca-certificate",
-            &ca,
-            "--acme-email",
-            "ops@app.test",
-        ],
-    );
+    let acme = [
+        "--acme-ca",
+        &pb.directory,
+        "--acme-ca-certificate",
+        &ca,
+        "--acme-email",
+        "ops@app.test",
+    ];
+    // With PostgreSQL, two operator replicas order for the same database: still one order.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = rt.block_on(zw_store::testkit::TestDb::postgres());
+    let url = pg.as_ref().map(|d| d.url.clone());
+    let mut op = Operator::start_with(&dir.path().join("op"), free_port(), url.as_deref(), &acme);
+    let replica = url
+        .as_deref()
+        .map(|u| Operator::start_replica_with(&dir.path().join("op2"), free_port(), u, &op, &acme));
     let token = seed(&op, up.addr);
     let token2 = edge_token(&op);
+    let second_op = replica.as_ref().map_or(op.addr, |r| r.addr);
     let edges = [
         Edge::start(
             op.addr,
@@ -724,7 +729,7 @@ fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() 
             &["--proxy-protocol", "web=127.0.0.1/32"],
         ),
         Edge::start(
-            op.addr,
+            second_op,
             &token2,
             "e2",
             &dir.path().join("e2"),
@@ -750,9 +755,17 @@ fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() 
     ]);
 
     add_domain(&op, "app.test");
-    op.proc.wait_log(Duration::from_secs(60), |v| {
-        message(v).starts_with("certificate obtained")
+    // Whichever operator ordered it, the store has it.
+    eventually(Duration::from_secs(60), "the certificate obtained", || {
+        let certs = op.ok("GET", "/api/v1/tls-certificates", None);
+        (certs["items"][0]["status"] == "valid").then_some(())
     });
+    // The other replica had every chance to order too (its changes wake it).
+    std::thread::sleep(Duration::from_millis(if replica.is_some() {
+        2000
+    } else {
+        200
+    }));
     let certs = op.ok("GET", "/api/v1/tls-certificates", None);
     let c = &certs["items"][0];
     assert_eq!(c["domain"], "app.test", "{certs}");
@@ -810,8 +823,9 @@ fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() 
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The operator goes away; the edges keep serving HTTPS with what they have.
+    // The operators go away; the edges keep serving HTTPS with what they have.
     op.proc.kill();
+    drop(replica);
     for flag in ["--http1.1", "--http2"] {
         let out = curl_https(&root, "app.test", lb.addr.port(), flag);
         assert!(out.contains(" 200 "), "during the outage, {flag}: {out}");

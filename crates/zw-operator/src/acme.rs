@@ -101,7 +101,7 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
     loop {
         changes.borrow_and_update();
         let mut next = Duration::from_secs(3600);
-        let due = match due(&app, lifetime).await {
+        let wanted = match due(&app, lifetime).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "reading the domains to certify failed");
@@ -109,7 +109,7 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
                 Vec::new()
             }
         };
-        for (domain, wait) in due.into_iter().filter(|(d, _)| issuer.signs(d)) {
+        for (domain, wait) in wanted.into_iter().filter(|(d, _)| issuer.signs(d)) {
             if let Some(wait) = wait {
                 next = next.min(wait);
                 continue;
@@ -134,6 +134,16 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
                     next = next.min(Duration::from_secs(5));
                     continue;
                 }
+            }
+            // Another operator may have stored a certificate since `due` was read (and
+            // released its lease): look again under the lease, so no domain is ordered twice.
+            let still_due = due(&app, lifetime)
+                .await
+                .map(|d| d.iter().any(|(n, wait)| *n == domain && wait.is_none()))
+                .unwrap_or(false);
+            if !still_due {
+                let _ = app.store.release_lease(&lease, &holder).await;
+                continue;
             }
             a.started(now);
             let result = match &issuer {

@@ -166,19 +166,38 @@ impl Operator {
         database_url: &str,
         first: &Operator,
     ) -> Operator {
+        Self::start_replica_with(data_dir, port, database_url, first, &[])
+    }
+
+    /// [`Operator::start_replica`] with these extra arguments.
+    pub fn start_replica_with(
+        data_dir: &Path,
+        port: u16,
+        database_url: &str,
+        first: &Operator,
+        extra: &[&str],
+    ) -> Operator {
         let key = first.data_dir.join("secret-key");
+        let mut args = vec!["--secret-key-file", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
         Self::spawn_with(
             data_dir,
             port,
             Some(database_url),
             Some(&first.token),
-            &["--secret-key-file", key.to_str().unwrap()],
+            &args,
         )
     }
 
-    /// An operator on the embedded store with these extra arguments.
-    pub fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Operator {
-        Self::spawn_with(data_dir, port, None, None, extra)
+    /// An operator on `database_url` (the embedded store when `None`) with these extra
+    /// arguments.
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        database_url: Option<&str>,
+        extra: &[&str],
+    ) -> Operator {
+        Self::spawn_with(data_dir, port, database_url, None, extra)
     }
 
     fn spawn(

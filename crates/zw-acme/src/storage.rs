@@ -135,20 +135,38 @@ impl Storage {
                     m.len()
                 )))
             }
-            Ok(m) if m.len() == 0 => BTreeMap::new(),
             Ok(_) => {
                 let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-                serde_json::from_slice(&text).map_err(|e| {
-                    fail(format!(
-                        "not Traefik's acme.json format ({e}); move it away to start afresh"
-                    ))
-                })?
+                return Storage::parse(path, &text);
             }
         };
         Ok(Storage {
             path: path.to_path_buf(),
             all,
         })
+    }
+
+    /// The storage `text` holds (as read from `path`): empty text is an empty storage.
+    pub fn parse(path: &Path, text: &[u8]) -> Result<Storage, Error> {
+        let all = if text.is_empty() {
+            BTreeMap::new()
+        } else {
+            serde_json::from_slice(text).map_err(|e| Error::Storage {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "not Traefik's acme.json format ({e}); move it away to start afresh"
+                ),
+            })?
+        };
+        Ok(Storage {
+            path: path.to_path_buf(),
+            all,
+        })
+    }
+
+    /// The names of the resolvers it holds data for.
+    pub fn resolvers(&self) -> impl Iterator<Item = &str> {
+        self.all.keys().map(String::as_str)
     }
 
     pub fn path(&self) -> &Path {

@@ -137,3 +137,63 @@ fn toml_text(v: &serde_json::Value) -> String {
     ));
     out
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `certificatesResolvers.<name>.acme` with every field present or not, of every type
+    /// it can take: a resolver parses with what was written, or every error names a path
+    /// under it; nothing panics.
+    #[test]
+    fn acme_resolvers_parse_as_written_or_name_the_field(
+        email in prop::option::of("[a-z]{0,8}@?[a-z.]{0,8}"),
+        ca_server in prop::option::of("(https|http|ftp)://[a-z.:0-9]{0,12}(/dir)?"),
+        storage in prop::option::of("[a-z/._-]{0,16}"),
+        key_type in prop::option::of("(EC256|EC384|RSA2048|RSA4096|ec256|bogus)"),
+        hours in prop::option::of(-10i64..100_000),
+        http_ep in prop::option::of(prop::option::of("(web|websecure|nowhere)")),
+        tls_challenge in any::<bool>(),
+        ca_files in prop::collection::vec("[a-z]{1,6}\\.pem", 0..3),
+    ) {
+        let mut acme = serde_json::Map::new();
+        if let Some(e) = &email { acme.insert("email".into(), e.clone().into()); }
+        if let Some(c) = &ca_server { acme.insert("caServer".into(), c.clone().into()); }
+        if let Some(s) = &storage { acme.insert("storage".into(), s.clone().into()); }
+        if let Some(k) = &key_type { acme.insert("keyType".into(), k.clone().into()); }
+        if let Some(h) = hours { acme.insert("certificatesDuration".into(), h.into()); }
+        if let Some(ep) = &http_ep {
+            let mut h = serde_json::Map::new();
+            if let Some(ep) = ep { h.insert("entryPoint".into(), ep.clone().into()); }
+            acme.insert("httpChallenge".into(), h.into());
+        }
+        if tls_challenge { acme.insert("tlsChallenge".into(), serde_json::json!({})); }
+        acme.insert("caCertificates".into(), ca_files.clone().into());
+        let text = serde_json::json!({
+            "entryPoints": {"web": {"address": ":80"}, "websecure": {"address": ":443"}},
+            "providers": {"file": {"filename": "d.yml"}},
+            "certificatesResolvers": {"r": {"acme": acme}},
+        })
+        .to_string();
+        match zw_config::parse_static(&text, Format::Json) {
+            Ok(st) => {
+                let r = &st.resolvers[0];
+                prop_assert_eq!(&r.name, "r");
+                prop_assert_eq!(r.email.as_deref(), email.as_deref().filter(|e| !e.is_empty()));
+                prop_assert_eq!(r.ca_server.as_str(), ca_server.as_deref().unwrap_or(zw_config::LETS_ENCRYPT));
+                prop_assert!(r.ca_server.starts_with("https://"));
+                prop_assert_eq!(r.storage.to_str(), Some(storage.as_deref().unwrap_or("acme.json")));
+                prop_assert_eq!(r.certificates_duration.as_secs(), hours.unwrap_or(2160) as u64 * 3600);
+                prop_assert_eq!(r.tls_challenge, tls_challenge);
+                let want_ep = http_ep.clone().flatten();
+                prop_assert_eq!(r.http_challenge.as_deref(), want_ep.as_deref());
+                prop_assert!(r.http_challenge.is_some() || r.tls_challenge);
+                prop_assert!(ca_files.len() <= 1);
+            }
+            Err(e) => {
+                for err in &e.0 {
+                    prop_assert!(err.path.starts_with("certificatesResolvers.r"), "{}", e);
+                }
+            }
+        }
+    }
+}

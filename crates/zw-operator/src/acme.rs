@@ -101,6 +101,12 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
     loop {
         changes.borrow_and_update();
         let mut next = Duration::from_secs(3600);
+        if matches!(issuer, Issuer::Acme(_)) {
+            // Tokens of orders whose operator died while they ran (no order lasts an hour).
+            if let Err(e) = app.store.expire_acme_challenges(3600 * 1000).await {
+                tracing::warn!(error = %e, "removing stale HTTP-01 tokens failed");
+            }
+        }
         let wanted = match due(&app, lifetime).await {
             Ok(due) => due,
             Err(e) => {

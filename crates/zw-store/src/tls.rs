@@ -134,6 +134,27 @@ impl Store {
         .await
     }
 
+    /// Drops HTTP-01 tokens older than `age_ms`: an order's tokens are removed when it
+    /// ends, but not when its operator died during it.
+    pub async fn expire_acme_challenges(&self, age_ms: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let gone = sqlx::query("DELETE FROM acme_challenges WHERE created_at < $1")
+            .bind(unix_millis() - age_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        // Only a change wakes the compiler (and this operator's issuing loop, which calls
+        // this each time it wakes).
+        if gone > 0 {
+            self.notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        if gone > 0 {
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// Takes (or renews) the lease `name` for `holder` for `ttl_ms`, unless another holder
     /// has it and it has not expired. Whether `holder` has it now.
     pub async fn try_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {

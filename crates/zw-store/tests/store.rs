@@ -972,3 +972,116 @@ async fn let_go_instances_are_retiring_until_their_agent_reports_them_stopped() 
         store.close().await;
     }
 }
+
+/// HTTPS state: a lease is held by one holder until it expires or is released; orders are
+/// counted; a stored certificate replaces the last error; HTTP-01 tokens travel in the
+/// routing state, and stale ones expire — on both backends.
+#[tokio::test]
+async fn leases_certificates_and_challenges() {
+    for db in TestDb::all().await {
+        let store = Store::open(&db.url).await.unwrap();
+        assert!(store
+            .try_lease("certificate:a.test", "op-1", 60_000)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .try_lease("certificate:a.test", "op-2", 60_000)
+                .await
+                .unwrap(),
+            "{:?}: another holder's lease is not taken",
+            db.backend
+        );
+        assert!(store
+            .try_lease("certificate:a.test", "op-1", 60_000)
+            .await
+            .unwrap());
+        store
+            .release_lease("certificate:a.test", "op-1")
+            .await
+            .unwrap();
+        assert!(store
+            .try_lease("certificate:a.test", "op-2", 1)
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            store
+                .try_lease("certificate:a.test", "op-1", 60_000)
+                .await
+                .unwrap(),
+            "an expired lease is taken over"
+        );
+
+        store.tls_order_started("a.test").await.unwrap();
+        store
+            .tls_order_failed("a.test", "the CA said no")
+            .await
+            .unwrap();
+        let c = &store.tls_certificates().await.unwrap()[0];
+        assert_eq!((c.status.as_str(), c.orders), ("failed", 1));
+        assert_eq!(c.last_error.as_deref(), Some("the CA said no"));
+        store.tls_order_started("a.test").await.unwrap();
+        store
+            .put_tls_certificate(zw_store::IssuedTls {
+                domain: "a.test",
+                cert_pem: "CERT",
+                sealed_key: "zwseal1:00",
+                issuer: "CN=test",
+                not_before: 1,
+                not_after: 2,
+            })
+            .await
+            .unwrap();
+        let c = &store.tls_certificates().await.unwrap()[0];
+        assert_eq!((c.status.as_str(), c.orders), ("valid", 2));
+        assert_eq!(c.last_error, None);
+        assert_eq!(c.sealed_key.as_deref(), Some("zwseal1:00"));
+        store
+            .tls_order_failed("a.test", "renewal failed")
+            .await
+            .unwrap();
+        let c = &store.tls_certificates().await.unwrap()[0];
+        assert_eq!(
+            c.status, "valid",
+            "a failed renewal keeps the certificate serving"
+        );
+
+        let before = *store.changes().borrow();
+        store.put_acme_challenge("tok", "tok.thumb").await.unwrap();
+        assert_ne!(
+            *store.changes().borrow(),
+            before,
+            "a token is a routing change"
+        );
+        let state = store.routing_state().await.unwrap();
+        assert_eq!(
+            state.acme_challenges.get("tok").map(String::as_str),
+            Some("tok.thumb")
+        );
+        store.expire_acme_challenges(3_600_000).await.unwrap();
+        assert_eq!(
+            store.routing_state().await.unwrap().acme_challenges.len(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.expire_acme_challenges(1).await.unwrap();
+        assert!(store
+            .routing_state()
+            .await
+            .unwrap()
+            .acme_challenges
+            .is_empty());
+        store
+            .put_acme_challenge("tok2", "tok2.thumb")
+            .await
+            .unwrap();
+        store.delete_acme_challenge("tok2").await.unwrap();
+        assert!(store
+            .routing_state()
+            .await
+            .unwrap()
+            .acme_challenges
+            .is_empty());
+    }
+}

@@ -111,13 +111,14 @@ fn deploy_crash_agent_loss_and_restart() {
         || (p.started("hello").len() == 2).then_some(()),
     );
     let codes = load.join().unwrap();
-    let failed = codes.iter().filter(|c| **c != 200).count();
+    let failed: Vec<u16> = codes.iter().copied().filter(|c| *c != 200).collect();
     assert!(codes.len() > 50, "load ran: {} requests", codes.len());
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed while an instance restarted",
-        codes.len()
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while an instance restarted (statuses {failed:?}, 0: no answer)\n{}",
+        failed.len(),
+        codes.len(),
+        p.up.dump()
     );
     eprintln!(
         "instance {victim}: pid {victim_pid} killed, restarted as pid {}; {} requests, 0 failed",
@@ -634,6 +635,8 @@ fn a_certificate_renews_under_load_without_a_failed_request() {
     let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline && codes.len() < 3000 {
         codes.push(request());
+        // Paced: this test shares the machine with the crash test's zero-failure load.
+        std::thread::sleep(Duration::from_millis(25));
         if renewed_at.is_none() && not_after() != Some(first.clone()) {
             renewed_at = Some(codes.len());
         }

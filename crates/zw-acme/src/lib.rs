@@ -242,18 +242,16 @@ impl Acme {
                     .iter()
                     .filter(|h| h.resolver == w.resolver && h.covers(&w.names))
                     .max_by_key(|h| h.not_after);
-                if let Some(h) = have {
-                    let at = policy::renew_at(h.not_before, h.not_after);
-                    if now_epoch < at {
-                        next = next.min(Duration::from_secs((at - now_epoch) as u64));
-                        continue;
-                    }
+                if let Some(wait) =
+                    have.and_then(|h| policy::until_renewal(now_epoch, h.not_before, h.not_after))
+                {
+                    next = next.min(wait);
+                    continue;
                 }
                 let a = attempts.entry(w.clone()).or_default();
                 let now = origin.elapsed();
-                let allowed = a.next_allowed(now);
-                if allowed > now {
-                    next = next.min(allowed - now);
+                if let Some(wait) = a.wait(now) {
+                    next = next.min(wait);
                     continue;
                 }
                 a.started(now);

@@ -22,6 +22,13 @@ pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     not_after.saturating_sub(THIRTY_DAYS.min(lifetime / 3))
 }
 
+/// How long until a certificate valid from `not_before` to `not_after` is renewed, at
+/// `now` (all seconds since the epoch); `None` when it is due now.
+pub fn until_renewal(now: i64, not_before: i64, not_after: i64) -> Option<Duration> {
+    let at = renew_at(not_before, not_after);
+    (now < at).then(|| Duration::from_secs((at - now) as u64))
+}
+
 /// The orders placed for one certificate, on a monotonic clock of the caller's (any
 /// `Duration` since a fixed origin).
 #[derive(Debug, Clone, Default)]
@@ -49,6 +56,12 @@ impl Attempts {
             }
         }
         at
+    }
+
+    /// How long the next order must wait at `now`; `None` when it may start now.
+    pub fn wait(&self, now: Duration) -> Option<Duration> {
+        let allowed = self.next_allowed(now);
+        (allowed > now).then(|| allowed - now)
     }
 
     /// The wait after the failures so far: 1 min, 2 min, 4 min … 24 h.
@@ -97,6 +110,15 @@ mod tests {
     #[test]
     fn a_90_day_certificate_renews_30_days_before_expiry() {
         assert_eq!(renew_at(0, 90 * DAY), 60 * DAY);
+    }
+
+    #[test]
+    fn the_wait_until_renewal_ends_when_it_is_due() {
+        assert_eq!(
+            until_renewal(0, 0, 90 * DAY),
+            Some(Duration::from_secs(60 * DAY as u64))
+        );
+        assert_eq!(until_renewal(60 * DAY, 0, 90 * DAY), None);
     }
 
     #[test]

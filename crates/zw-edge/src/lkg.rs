@@ -189,18 +189,32 @@ fn key_slots(v: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
     out
 }
 
+/// Whether any inline key of the snapshot satisfies `f` (read-only: no copy of it).
+fn any_key(v: &serde_json::Value, f: impl Fn(&str) -> bool) -> bool {
+    let Some(tls) = v.get("tls") else {
+        return false;
+    };
+    let certs = tls
+        .get("certificates")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("keyFile"));
+    let stores = tls
+        .get("stores")
+        .and_then(|s| s.as_object())
+        .into_iter()
+        .flat_map(|s| s.values())
+        .filter_map(|s| s.get("defaultCertificate")?.get("keyFile"));
+    certs.chain(stores).any(|k| k.as_str().is_some_and(&f))
+}
+
 fn has_keys(v: &serde_json::Value) -> bool {
-    let mut v = v.clone();
-    key_slots(&mut v)
-        .iter()
-        .any(|k| k.as_str().is_some_and(|s| s.contains("-----BEGIN")))
+    any_key(v, |s| s.contains("-----BEGIN"))
 }
 
 fn has_sealed(v: &serde_json::Value) -> bool {
-    let mut v = v.clone();
-    key_slots(&mut v)
-        .iter()
-        .any(|k| k.as_str().is_some_and(zw_pki::is_sealed))
+    any_key(v, zw_pki::is_sealed)
 }
 
 /// Replaces each inline key (PEM, or sealed) with `f` of it; file paths stay.

@@ -122,9 +122,8 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
             }
             let a = attempts.entry(domain.clone()).or_default();
             let now = origin.elapsed();
-            let allowed = a.next_allowed(now);
-            if allowed > now {
-                next = next.min(allowed - now);
+            if let Some(wait) = a.wait(now) {
+                next = next.min(wait);
                 continue;
             }
             let lease = format!("certificate:{domain}");
@@ -257,8 +256,7 @@ async fn due(
         .map(|d| {
             let wait = have.get(&d.name).and_then(|(nb, na)| {
                 let from = lifetime.map_or(*nb, |l| na - l.as_secs() as i64);
-                let at = policy::renew_at(from, *na);
-                (now < at).then(|| Duration::from_secs((at - now) as u64))
+                policy::until_renewal(now, from, *na)
             });
             (d.name, wait)
         })

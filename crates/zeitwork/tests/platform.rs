@@ -754,7 +754,45 @@ fn the_operator_orders_one_certificate_for_the_fleet_and_every_edge_serves_it() 
         "200ms",
     ]);
 
-    add_domain(&op, "app.test");
+    // The domain is claimed, not proven: the operator checks it through the region's
+    // balancer, which is at first somewhere else (the app itself answers there).
+    op.ok(
+        "PATCH",
+        "/api/v1/regions/eu",
+        Some(json!({"balancer_address": up.addr.to_string()})),
+    );
+    op.ok(
+        "POST",
+        "/api/v1/domains",
+        Some(json!({"name": "app.test", "deployment": "web"})),
+    );
+    let why = eventually(Duration::from_secs(15), "the check failed", || {
+        op.ok("GET", "/api/v1/domains/app.test", None)["check_error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        why.contains("answered") && why.contains("point its DNS"),
+        "{why}"
+    );
+    let dom = op.ok("GET", "/api/v1/domains/app.test", None);
+    assert!(dom["verified_at"].is_null(), "{dom}");
+    assert_eq!(
+        op.ok("GET", "/api/v1/tls-certificates", None)["items"],
+        json!([]),
+        "no certificate is ordered for a name not proven to lead here"
+    );
+    // The region's balancer is the real one now: the next check (at once: the way to the
+    // name changed) gets the token back from whichever edge the balancer picked.
+    op.ok(
+        "PATCH",
+        "/api/v1/regions/eu",
+        Some(json!({"balancer_address": lb.addr.to_string()})),
+    );
+    eventually(Duration::from_secs(15), "the domain verified", || {
+        let d = op.ok("GET", "/api/v1/domains/app.test", None);
+        (d["verified_at"].is_string() && d["check_error"].is_null()).then_some(())
+    });
     // Whichever operator ordered it, the store has it.
     eventually(Duration::from_secs(60), "the certificate obtained", || {
         let certs = op.ok("GET", "/api/v1/tls-certificates", None);

@@ -68,6 +68,14 @@ pub(crate) enum Issuer {
 }
 
 impl Issuer {
+    /// Why a name [`Issuer::signs`] refuses gets no certificate, and what to do.
+    fn not_signed(&self) -> &'static str {
+        match self {
+            Issuer::Acme(_) => "no public CA signs a .localhost name; it is served over HTTP only",
+            Issuer::Local(_) => "the local CA signs only *.localhost names; start with --acme-ca URL to order certificates for other names",
+        }
+    }
+
     fn signs(&self, domain: &str) -> bool {
         // No public CA signs a `.localhost` name: ordering one would only fail.
         match self {
@@ -83,6 +91,8 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
     let origin = Instant::now();
     let mut attempts: BTreeMap<String, Attempts> = BTreeMap::new();
     let mut account: Option<instant_acme::Account> = None;
+    // names recorded as not this issuer's (once per run)
+    let mut said = std::collections::BTreeSet::new();
     let mut changes = app.store.changes();
     match &issuer {
         Issuer::Acme(o) => {
@@ -101,12 +111,6 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
     loop {
         changes.borrow_and_update();
         let mut next = Duration::from_secs(3600);
-        if matches!(issuer, Issuer::Acme(_)) {
-            // Tokens of orders whose operator died while they ran (no order lasts an hour).
-            if let Err(e) = app.store.expire_acme_challenges(3600 * 1000).await {
-                tracing::warn!(error = %e, "removing stale HTTP-01 tokens failed");
-            }
-        }
         let wanted = match due(&app, lifetime).await {
             Ok(due) => due,
             Err(e) => {
@@ -115,7 +119,17 @@ pub(crate) async fn run(app: App, issuer: Issuer, mut stop: watch::Receiver<bool
                 Vec::new()
             }
         };
-        for (domain, wait) in wanted.into_iter().filter(|(d, _)| issuer.signs(d)) {
+        for (domain, wait) in wanted {
+            if !issuer.signs(&domain) {
+                if !said.contains(&domain) {
+                    if let Err(e) = app.store.tls_not_issued(&domain, issuer.not_signed()).await {
+                        tracing::warn!(%domain, error = %e, "recording an unsigned name failed");
+                    } else {
+                        said.insert(domain);
+                    }
+                }
+                continue;
+            }
             if let Some(wait) = wait {
                 next = next.min(wait);
                 continue;
@@ -401,24 +415,26 @@ impl Challenges for StoreChallenges {
                     .map_err(|e| zw_acme::Error::NotPresented(format!("the state store: {e}")))?;
             }
             for (token, _) in &pending {
-                edges_hold(&self.app, token).await?;
+                edges_hold(&self.app, token, EDGES_WAIT)
+                    .await
+                    .map_err(zw_acme::Error::NotPresented)?;
             }
             Ok(())
         })
     }
 }
 
-/// Waits until every connected edge has acknowledged a snapshot of its region that
-/// holds `token`.
-async fn edges_hold(app: &App, token: &str) -> Result<(), zw_acme::Error> {
-    let deadline = Instant::now() + EDGES_WAIT;
+/// Waits (at most `wait`) until every connected edge has acknowledged a snapshot of its
+/// region that holds `token`; else why not.
+pub(crate) async fn edges_hold(app: &App, token: &str, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
     loop {
         let published = app.published.borrow().clone();
         let edges = app
             .store
             .edge_proxies(None, None, Some(1000))
             .await
-            .map_err(|e| zw_acme::Error::NotPresented(format!("the state store: {e}")))?
+            .map_err(|e| format!("the state store: {e}"))?
             .items;
         let connected: Vec<_> = edges.iter().filter(|e| e.connected).collect();
         let all = !connected.is_empty()
@@ -431,11 +447,11 @@ async fn edges_hold(app: &App, token: &str) -> Result<(), zw_acme::Error> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(zw_acme::Error::NotPresented(if connected.is_empty() {
-                "no edge is connected to answer the HTTP-01 challenge".to_string()
+            return Err(if connected.is_empty() {
+                "no edge is connected to answer the HTTP-01 token".to_string()
             } else {
-                format!("the edges did not take the challenge's snapshot within {EDGES_WAIT:?}")
-            }));
+                format!("the edges did not take the token's snapshot within {wait:?}")
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -12,6 +12,7 @@ pub mod distribute;
 pub mod edge_ws;
 pub mod error;
 pub(crate) mod schedule;
+pub mod verify;
 
 use std::future::Future;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub struct Options {
     /// Without `acme`: sign certificates for verified `*.localhost` domains with a local
     /// CA of the operator's (`zeitwork up`), valid this long (renewed at two thirds).
     pub local_issuer: Option<Duration>,
+    /// How a new domain is proven to lead here before it is routed.
+    pub domain_check: verify::DomainCheck,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
                 .unwrap_or_else(|e| panic!("no sealing key: {e}")),
             acme: None,
             local_issuer: None,
+            domain_check: verify::DomainCheck::Dns,
         }
     }
 }
@@ -110,6 +114,11 @@ impl Operator {
             (None, Some(validity)) => Some(acme::Issuer::Local(validity)),
             (None, None) => None,
         };
+        tokio::spawn(verify::run(
+            app.clone(),
+            options.domain_check,
+            stop_rx.clone(),
+        ));
         if let Some(issuer) = issuer {
             tokio::spawn(acme::run(app.clone(), issuer, stop_rx));
         }

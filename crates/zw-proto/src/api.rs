@@ -85,6 +85,10 @@ pub struct Region {
     /// `host:port` of the region's balancer; other regions' edges forward here when they
     /// have no instance of an app (cross-region fallback).
     pub balancer_address: Option<String>,
+    /// `host:port` of the balancer's HTTPS port (TLS passed through to the edges), for the
+    /// `https://` URLs `zeitwork deploy` prints.
+    #[serde(default)]
+    pub https_address: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -94,6 +98,8 @@ pub struct NewRegion {
     pub name: String,
     #[serde(default)]
     pub balancer_address: Option<String>,
+    #[serde(default)]
+    pub https_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -101,6 +107,8 @@ pub struct NewRegion {
 pub struct RegionPatch {
     /// An empty string removes the address.
     pub balancer_address: Option<String>,
+    /// An empty string removes the address.
+    pub https_address: Option<String>,
 }
 
 /// What a node offers (totals; the scheduler subtracts what runs).
@@ -281,7 +289,8 @@ pub struct TlsCertificateInfo {
     pub issuer: Option<String>,
     pub not_before: Option<Timestamp>,
     pub not_after: Option<Timestamp>,
-    /// `pending` (first order running), `valid`, or `failed` (no certificate yet).
+    /// `pending` (first order running), `valid`, `failed` (no certificate yet), or
+    /// `unsupported` (a name the operator's issuer does not sign; `last_error` says why).
     pub status: String,
     /// Why the last order failed (the CA's problem document when it sent one); cleared by
     /// the next success.
@@ -345,12 +354,17 @@ pub struct InstancePatch {
     pub port: Option<u16>,
 }
 
-/// A host name routed to a deployment once verified.
+/// A host name routed to a deployment once verified: once the operator fetched a token
+/// it had put on every edge from `http://NAME/.well-known/acme-challenge/TOKEN` (the
+/// name leads to this platform), or an admin marked it so.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Domain {
     pub name: String,
     pub deployment: String,
     pub verified_at: Option<Timestamp>,
+    /// Why the last ownership check failed (none once verified).
+    #[serde(default)]
+    pub check_error: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -359,7 +373,8 @@ pub struct Domain {
 pub struct NewDomain {
     pub name: String,
     pub deployment: String,
-    /// Mark the domain verified at once (ownership checks are the caller's business).
+    /// Mark the domain verified at once, skipping the operator's check (an admin's word
+    /// that the name is theirs, e.g. proven by a DNS record the operator cannot see).
     #[serde(default)]
     pub verified: bool,
 }

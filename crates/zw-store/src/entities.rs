@@ -48,7 +48,7 @@ fn enum_col<T>(row: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<
         .ok_or_else(|| StoreError::Other(format!("column {col} holds unknown value `{text}`")))
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
     let text: String = get(row, col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Other(format!("column {col}: {e}")))
 }
@@ -186,6 +186,7 @@ fn region(row: &AnyRow) -> Result<Region> {
     Ok(Region {
         name: get(row, "name")?,
         balancer_address: get(row, "balancer_address")?,
+        https_address: get(row, "https_address")?,
         created_at: Timestamp(get(row, "created_at")?),
     })
 }
@@ -194,6 +195,9 @@ fn check_region(r: &Region) -> Result<()> {
     check_name("name", &r.name).map_err(invalid)?;
     if let Some(a) = &r.balancer_address {
         check_host_port("balancer_address", a).map_err(invalid)?;
+    }
+    if let Some(a) = &r.https_address {
+        check_host_port("https_address", a).map_err(invalid)?;
     }
     Ok(())
 }
@@ -225,6 +229,7 @@ impl Store {
         let r = Region {
             name: new.name,
             balancer_address: new.balancer_address.filter(|a| !a.is_empty()),
+            https_address: new.https_address.filter(|a| !a.is_empty()),
             created_at: Timestamp::now(),
         };
         check_region(&r)?;
@@ -232,9 +237,10 @@ impl Store {
         if let Some(a) = &r.balancer_address {
             not_an_edge(&mut tx, a).await?;
         }
-        sqlx::query("INSERT INTO regions (name, balancer_address, created_at) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO regions (name, balancer_address, https_address, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&r.name)
             .bind(r.balancer_address.clone())
+            .bind(r.https_address.clone())
             .bind(r.created_at.0)
             .execute(&mut *tx)
             .await
@@ -257,13 +263,17 @@ impl Store {
         if let Some(a) = patch.balancer_address {
             r.balancer_address = Some(a).filter(|a| !a.is_empty());
         }
+        if let Some(a) = patch.https_address {
+            r.https_address = Some(a).filter(|a| !a.is_empty());
+        }
         check_region(&r)?;
         let mut tx = self.begin_write().await?;
         if let Some(a) = &r.balancer_address {
             not_an_edge(&mut tx, a).await?;
         }
-        sqlx::query("UPDATE regions SET balancer_address = $1 WHERE name = $2")
+        sqlx::query("UPDATE regions SET balancer_address = $1, https_address = $2 WHERE name = $3")
             .bind(r.balancer_address.clone())
+            .bind(r.https_address.clone())
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -815,16 +825,18 @@ impl Store {
                             ),
                         ));
                     }
+                    // A moved domain stays verified: it was proven once already.
                     dom.deployment = d.name.clone();
-                    dom.verified_at = dom.verified_at.or(Some(Timestamp(now)));
                     put_domain(&mut tx, &dom).await?;
                     dom
                 }
                 None => {
+                    // Routed once the operator's check proves the name leads here.
                     let dom = Domain {
                         name: name.clone(),
                         deployment: d.name.clone(),
-                        verified_at: Some(Timestamp(now)),
+                        verified_at: None,
+                        check_error: None,
                         created_at: Timestamp(now),
                     };
                     insert_domain(&mut tx, &dom).await?;
@@ -984,6 +996,7 @@ fn domain(row: &AnyRow) -> Result<Domain> {
         name: get(row, "name")?,
         deployment: get(row, "deployment")?,
         verified_at: ts(get(row, "verified_at")?),
+        check_error: get(row, "check_error")?,
         created_at: Timestamp(get(row, "created_at")?),
     })
 }
@@ -1003,12 +1016,15 @@ async fn insert_domain(tx: &mut Tx, d: &Domain) -> Result<()> {
 }
 
 async fn put_domain(tx: &mut Tx, d: &Domain) -> Result<()> {
-    sqlx::query("UPDATE domains SET deployment = $1, verified_at = $2 WHERE name = $3")
-        .bind(&d.deployment)
-        .bind(d.verified_at.map(|t| t.0))
-        .bind(&d.name)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE domains SET deployment = $1, verified_at = $2, check_error = $3 WHERE name = $4",
+    )
+    .bind(&d.deployment)
+    .bind(d.verified_at.map(|t| t.0))
+    .bind(d.check_error.clone())
+    .bind(&d.name)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -1021,6 +1037,7 @@ impl Store {
             name: new.name,
             deployment: new.deployment,
             verified_at: new.verified.then_some(now),
+            check_error: None,
             created_at: now,
         };
         let mut tx = self.begin_write().await?;
@@ -1070,7 +1087,10 @@ impl Store {
             d.deployment = dep;
         }
         match patch.verified {
-            Some(true) if d.verified_at.is_none() => d.verified_at = Some(Timestamp::now()),
+            Some(true) if d.verified_at.is_none() => {
+                d.verified_at = Some(Timestamp::now());
+                d.check_error = None;
+            }
             Some(false) => d.verified_at = None,
             _ => {}
         }

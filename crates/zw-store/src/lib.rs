@@ -26,7 +26,7 @@ pub use auth::Principal;
 pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};
 pub use routing::StoredSnapshot;
-pub use tls::{IssuedTls, StoredTlsCertificate};
+pub use tls::{IssuedTls, StoredTlsCertificate, UnverifiedDomain};
 
 use std::time::Duration;
 

@@ -163,6 +163,15 @@ CREATE TABLE leases (
 )
 "#,
     ),
+    (
+        7,
+        // Domains are verified by the operator's HTTP check, which records why it failed;
+        // a region's balancer may take HTTPS on a port of its own.
+        r#"
+ALTER TABLE domains ADD COLUMN check_error TEXT;
+ALTER TABLE regions ADD COLUMN https_address TEXT
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

@@ -1,6 +1,7 @@
 //! HTTPS state: each domain's certificate (the private key sealed by the operator before
 //! it gets here: the store never sees it in clear), the ACME HTTP-01 tokens that travel in
-//! every region's snapshot, and leases (one operator at a time orders a certificate).
+//! every region's snapshot (the operator's own domain checks use them too), the outcome of
+//! those checks, and leases (one operator at a time orders a certificate).
 
 use zw_proto::time::unix_millis;
 
@@ -18,7 +19,8 @@ pub struct StoredTlsCertificate {
     /// Unix seconds.
     pub not_before: Option<i64>,
     pub not_after: Option<i64>,
-    /// `pending` (ordering), `valid`, `failed`.
+    /// `pending` (ordering), `valid`, `failed`, `unsupported` (not this issuer's kind of
+    /// name).
     pub status: String,
     pub last_error: Option<String>,
     /// Orders placed for the domain, ever.
@@ -47,7 +49,70 @@ pub struct IssuedTls<'a> {
     pub not_after: i64,
 }
 
+/// A domain the operator has yet to prove, with the balancers of its deployment's regions
+/// (where a check can go when the name's DNS is not the way: `zeitwork up`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedDomain {
+    pub name: String,
+    pub balancers: Vec<String>,
+}
+
 impl Store {
+    /// Domains not verified yet, by name.
+    pub async fn unverified_domains(&self) -> Result<Vec<UnverifiedDomain>> {
+        let mut tx = self.pool.begin().await?;
+        let regions: std::collections::BTreeMap<String, Option<String>> =
+            sqlx::query("SELECT name, balancer_address FROM regions")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((get(r, "name")?, get(r, "balancer_address")?)))
+                .collect::<Result<_>>()?;
+        let rows = sqlx::query(
+            "SELECT d.name AS name, p.regions AS regions FROM domains d JOIN deployments p ON p.name = d.deployment \
+             WHERE d.verified_at IS NULL ORDER BY d.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                let names: Vec<String> = crate::entities::json_col(r, "regions")?;
+                Ok(UnverifiedDomain {
+                    name: get(r, "name")?,
+                    balancers: names
+                        .iter()
+                        .filter_map(|n| regions.get(n).cloned().flatten())
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The operator's check proved `name`: verified (and routed from the next snapshot).
+    pub async fn domain_verified(&self, name: &str) -> Result<()> {
+        self.write(
+            sqlx::query("UPDATE domains SET verified_at = $2, check_error = NULL WHERE name = $1 AND verified_at IS NULL")
+                .bind(name)
+                .bind(unix_millis()),
+            true,
+        )
+        .await
+    }
+
+    /// The operator's check of `name` failed with `error` (shown by `get domains`).
+    pub async fn domain_check_failed(&self, name: &str, error: &str) -> Result<()> {
+        self.write(
+            sqlx::query(
+                "UPDATE domains SET check_error = $2 WHERE name = $1 AND verified_at IS NULL",
+            )
+            .bind(name)
+            .bind(error),
+            false,
+        )
+        .await
+    }
+
     /// Runs one write in its own transaction; a `routing` one wakes the snapshot compiler
     /// (here, and on PostgreSQL in every operator) once committed.
     async fn write<'q>(
@@ -94,6 +159,16 @@ impl Store {
     pub async fn tls_order_started(&self, domain: &str) -> Result<()> {
         self.write(sqlx::query("INSERT INTO tls_certificates (domain, status, orders, updated_at) VALUES ($1, 'pending', 1, $2) ON CONFLICT (domain) DO UPDATE SET orders = tls_certificates.orders + 1, updated_at = $2")
             .bind(domain)
+            .bind(unix_millis()), false).await
+    }
+
+    /// No certificate will be issued for `domain` by this operator's issuer, for `why`
+    /// (a name the local CA does not sign): shown by `get certificates`. A record that is
+    /// already there (an earlier issuer's certificate) is left alone.
+    pub async fn tls_not_issued(&self, domain: &str, why: &str) -> Result<()> {
+        self.write(sqlx::query("INSERT INTO tls_certificates (domain, status, last_error, orders, updated_at) VALUES ($1, 'unsupported', $2, 0, $3) ON CONFLICT (domain) DO NOTHING")
+            .bind(domain)
+            .bind(why)
             .bind(unix_millis()), false).await
     }
 

@@ -11,6 +11,7 @@ async fn seeded(store: &Store) -> (Node, Instance) {
         .create_region(NewRegion {
             name: "eu".into(),
             balancer_address: Some("127.0.0.1:8000".into()),
+            https_address: None,
         })
         .await
         .unwrap();
@@ -144,6 +145,7 @@ async fn bad_writes_name_the_field_and_write_nothing() {
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap_err();
@@ -292,6 +294,7 @@ async fn snapshot_versions_only_grow_and_never_repeat_content() {
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap();
@@ -392,6 +395,7 @@ async fn edge_status_tracks_hello_ack_and_nack() {
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap();
@@ -433,6 +437,7 @@ async fn replicas_sharing_postgres_see_each_others_writes() {
     a.create_region(NewRegion {
         name: "eu".into(),
         balancer_address: None,
+        https_address: None,
     })
     .await
     .unwrap();
@@ -568,6 +573,7 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
                 .create_region(NewRegion {
                     name: r.into(),
                     balancer_address: None,
+                    https_address: None,
                 })
                 .await
                 .unwrap();
@@ -707,6 +713,7 @@ async fn a_domain_is_not_taken_from_its_app_without_asking() {
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap();
@@ -763,6 +770,93 @@ async fn a_domain_is_not_taken_from_its_app_without_asking() {
     }
 }
 
+/// A domain that comes with a deploy is not routed until the operator's check proves it;
+/// a failed check says why and routes nothing; the check proves it once; a moved domain
+/// keeps its proof.
+#[tokio::test]
+async fn domains_of_a_deploy_wait_for_their_check() {
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        for (name, lb) in [("eu", Some("127.0.0.1:8000")), ("us", None)] {
+            store
+                .create_region(NewRegion {
+                    name: name.into(),
+                    balancer_address: lb.map(Into::into),
+                    https_address: None,
+                })
+                .await
+                .unwrap();
+        }
+        let spec = |name: &str, move_domains: bool| ApplySpec {
+            image: Some(NewImage {
+                name: name.into(),
+                command: vec!["/bin/app".into()],
+                env: Default::default(),
+                runtime: Runtime::Process,
+                rootfs: None,
+            }),
+            deployment: NewDeployment {
+                name: name.into(),
+                image: name.into(),
+                replicas: 1,
+                regions: vec!["eu".into(), "us".into()],
+                port: 8080,
+                health_check: HealthCheckSpec::default(),
+            },
+            domains: vec!["app.test".into()],
+            move_domains,
+        };
+        let applied = store.apply(spec("app", false)).await.unwrap();
+        assert_eq!(applied.domains[0].verified_at, None, "{:?}", db.backend);
+        assert!(store.routing_state().await.unwrap().domains.is_empty());
+        assert_eq!(
+            store.unverified_domains().await.unwrap(),
+            [zw_store::UnverifiedDomain {
+                name: "app.test".into(),
+                balancers: vec!["127.0.0.1:8000".into()],
+            }],
+            "{:?}: the check goes through the regions that have a balancer",
+            db.backend
+        );
+
+        let before = *store.changes().borrow();
+        store
+            .domain_check_failed("app.test", "connection refused")
+            .await
+            .unwrap();
+        let d = store.domain("app.test").await.unwrap();
+        assert_eq!(d.check_error.as_deref(), Some("connection refused"));
+        assert_eq!(d.verified_at, None);
+        assert_eq!(
+            *store.changes().borrow(),
+            before,
+            "a failed check changes no route"
+        );
+
+        store.domain_verified("app.test").await.unwrap();
+        let d = store.domain("app.test").await.unwrap();
+        assert!(d.verified_at.is_some());
+        assert_eq!(d.check_error, None, "the proof clears the last error");
+        assert_eq!(store.routing_state().await.unwrap().domains.len(), 1);
+        assert!(store.unverified_domains().await.unwrap().is_empty());
+        // a late failure report (a second operator's check) does not undo a proof
+        store
+            .domain_check_failed("app.test", "timeout")
+            .await
+            .unwrap();
+        assert_eq!(store.domain("app.test").await.unwrap().check_error, None);
+
+        // moved to another app, the domain stays proven
+        store.apply(spec("other", true)).await.unwrap();
+        let d = store.domain("app.test").await.unwrap();
+        assert_eq!(
+            (d.deployment.as_str(), d.verified_at.is_some()),
+            ("other", true)
+        );
+        store.close().await;
+    }
+}
+
 fn agent_hello<'a>(
     node_id: &'a str,
     address: &'a str,
@@ -795,6 +889,7 @@ async fn join_tokens_speak_for_the_one_identity_they_enrolled() {
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap();
@@ -914,6 +1009,7 @@ async fn let_go_instances_are_retiring_until_their_agent_reports_them_stopped() 
             .create_region(NewRegion {
                 name: "eu".into(),
                 balancer_address: None,
+                https_address: None,
             })
             .await
             .unwrap();

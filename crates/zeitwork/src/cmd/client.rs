@@ -338,8 +338,13 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
         Kind::Domains => show!(
             Domain,
             "/api/v1/domains",
-            ["NAME", "DEPLOYMENT", "VERIFIED"],
-            |d| [d.name.clone(), d.deployment.clone(), when(&d.verified_at)]
+            ["NAME", "DEPLOYMENT", "VERIFIED", "LAST CHECK"],
+            |d| [
+                d.name.clone(),
+                d.deployment.clone(),
+                when(&d.verified_at),
+                d.check_error.clone().unwrap_or_else(|| "-".into())
+            ]
         ),
         Kind::Certificates => show!(
             TlsCertificateInfo,
@@ -395,10 +400,16 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
                 ))
             ]
         ),
-        Kind::Regions => show!(Region, "/api/v1/regions", ["NAME", "BALANCER"], |r| [
-            r.name.clone(),
-            r.balancer_address.clone().unwrap_or_else(|| "-".into())
-        ]),
+        Kind::Regions => show!(
+            Region,
+            "/api/v1/regions",
+            ["NAME", "BALANCER", "HTTPS"],
+            |r| [
+                r.name.clone(),
+                r.balancer_address.clone().unwrap_or_else(|| "-".into()),
+                r.https_address.clone().unwrap_or_else(|| "-".into())
+            ]
+        ),
         Kind::Images => show!(Image, "/api/v1/images", ["NAME", "COMMAND"], |i| [
             i.name.clone(),
             i.command.join(" ")

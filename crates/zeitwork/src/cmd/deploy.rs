@@ -268,10 +268,30 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
                 i.reason.as_deref().unwrap_or("failed")
             );
         }
+        // Routed only once the operator has proven the domain leads here.
+        let unverified = if started >= 1 && routed_at.is_none() {
+            let d: Domain = serde_json::from_slice(
+                &client
+                    .call(
+                        http::Method::GET,
+                        &format!("/api/v1/domains/{domain}"),
+                        None,
+                    )
+                    .await?,
+            )?;
+            d.verified_at.is_none().then(|| {
+                d.check_error
+                    .map_or_else(String::new, |e| format!(" (last check: {e})"))
+            })
+        } else {
+            None
+        };
         let mut line = if instances.len() < want {
             format!("placing: {}/{want} instances placed", instances.len())
         } else if started == 0 {
             format!("starting: 0/{want} healthy")
+        } else if let Some(why) = &unverified {
+            format!("healthy: {started}/{want}; the operator is verifying {domain}{why}")
         } else if routed_at.is_none() {
             format!("healthy: {started}/{want}; waiting for the route through {balancer}")
         } else {
@@ -302,6 +322,44 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     progress.show(format!("routed: {want}/{want} healthy"));
+    // HTTPS: the certificate comes right after the domain is verified (the operator's
+    // issuer orders it); wait a little for it, within the deadline.
+    let mut certified = Vec::new();
+    if let Some(https) = &region.https_address {
+        let waiting = Instant::now();
+        let until = deadline.min(waiting + Duration::from_secs(30));
+        loop {
+            let certs: Vec<TlsCertificateInfo> = client.list("/api/v1/tls-certificates").await?;
+            let state = |d: &String| certs.iter().find(|c| c.domain == *d);
+            // An issuer records a name as soon as it starts on it; a name without a
+            // record after a few seconds is one the operator issues no certificate for.
+            let settled = args.domains.iter().all(|d| match state(d) {
+                Some(c) => c.status != "pending",
+                None => waiting.elapsed() > Duration::from_secs(3),
+            });
+            if settled || Instant::now() > until {
+                for d in &args.domains {
+                    let port = https.rsplit(':').next().unwrap_or("443");
+                    let url = format!("https://{d}:{port}/");
+                    certified.push(match state(d) {
+                        Some(c) if c.status == "valid" => url,
+                        Some(c) => format!(
+                            "{url} (no certificate yet: {}; see `zeitwork get certificates`)",
+                            c.last_error.as_deref().unwrap_or(&c.status)
+                        ),
+                        None => format!(
+                            "{url} (no certificate: the operator issues none for this name; see `zeitwork get certificates`)"
+                        ),
+                    });
+                }
+                break;
+            }
+            progress.show(format!(
+                "routed: {want}/{want} healthy; waiting for the HTTPS certificate"
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     progress.done();
     let port = balancer.rsplit(':').next().unwrap_or("80");
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
@@ -314,6 +372,9 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
     );
     for d in &args.domains {
         println!("  http://{d}:{port}/");
+    }
+    for url in &certified {
+        println!("  {url}");
     }
     if !domain.ends_with(".localhost") {
         println!("  (without DNS: curl -H 'Host: {domain}' http://{balancer}/)");

@@ -38,6 +38,13 @@ pub struct OperatorArgs {
     liveness: Liveness,
     #[command(flatten)]
     acme: AcmeArgs,
+    /// How a new domain is proven to lead to the platform before it is routed: the
+    /// operator puts a token on every edge and fetches it from http://DOMAIN/… . `dns`:
+    /// as the name resolves, port 80 (what clients reach). `balancer`: through the
+    /// balancer of each region the app runs in, with the domain as Host (names that do
+    /// not resolve to the balancers from where the operator runs).
+    #[arg(long, value_name = "HOW", default_value = "dns", value_parser = ["dns", "balancer"])]
+    domain_check: String,
     /// Replace the admin token (the old one stops working) and write the new one to
     /// DATA_DIR/admin-token.
     #[arg(long)]
@@ -215,6 +222,10 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
             sealing_key,
             acme: args.acme.options()?,
             local_issuer: None,
+            domain_check: match args.domain_check.as_str() {
+                "balancer" => zw_operator::verify::DomainCheck::Balancer,
+                _ => zw_operator::verify::DomainCheck::Dns,
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

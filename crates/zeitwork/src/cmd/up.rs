@@ -106,16 +106,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         edge_admin.local_addr()?,
     );
 
-    // The region, with this balancer as its cross-region entry point.
-    let lb = lb_addr.to_string();
+    // The region, with this balancer as its cross-region entry point and its HTTPS port.
+    let (lb, tls) = (lb_addr.to_string(), https_addr.to_string());
     match store.region(&args.region).await {
-        Ok(r) if r.balancer_address.as_deref() == Some(lb.as_str()) => {}
+        Ok(r)
+            if r.balancer_address.as_deref() == Some(lb.as_str())
+                && r.https_address.as_deref() == Some(tls.as_str()) => {}
         Ok(_) => {
             store
                 .update_region(
                     &args.region,
                     zw_proto::api::RegionPatch {
                         balancer_address: Some(lb.clone()),
+                        https_address: Some(tls.clone()),
                     },
                 )
                 .await?;
@@ -125,6 +128,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .create_region(zw_proto::api::NewRegion {
                     name: args.region.clone(),
                     balancer_address: Some(lb.clone()),
+                    https_address: Some(tls.clone()),
                 })
                 .await?;
         }
@@ -148,6 +152,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .acme_ca
                 .is_none()
                 .then_some(args.local_cert_validity),
+            // `*.localhost` resolves to this machine, and not to the balancer's port:
+            // domains are proven through the balancer instead.
+            domain_check: zw_operator::verify::DomainCheck::Balancer,
             ..Default::default()
         },
     );

@@ -164,6 +164,11 @@ impl Platform {
             out.contains(&format!("http://{domain}:{}/", self.balancer.port())),
             "{out}"
         );
+        // `up`'s local CA signs `.localhost` names only, and deploy says so beside the URL
+        assert!(
+            out.contains(&format!("https://{domain}:{}/ (no certificate yet: the local CA signs only *.localhost names", self.https.port())),
+            "{out}"
+        );
         let routed = out
             .split("routed ")
             .nth(1)
@@ -177,6 +182,14 @@ impl Platform {
         let app = self.app.display().to_string();
         let (ok, out) = self.zeitwork(&["deploy", name, "--domain", domain, "--", "python3", &app]);
         assert!(ok, "deploy {name}:\n{out}");
+        if domain.ends_with(".localhost") {
+            // verified through the balancer, then certified by the local CA: deploy ends
+            // with the HTTPS URL
+            assert!(
+                out.contains(&format!("  https://{domain}:{}/\n", self.https.port())),
+                "{out}"
+            );
+        }
     }
 
     /// An HTTPS request for `host` through the balancer's HTTPS port, trusting the local

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod auth;
 mod duration;
 mod load;
 mod model;
@@ -22,6 +23,7 @@ mod static_config;
 mod tls;
 mod validate;
 
+pub use auth::{basic_credentials, parse_hash, MAX_USERS_FILE_BYTES};
 pub use duration::Dur;
 pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;

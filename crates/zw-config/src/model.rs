@@ -36,12 +36,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The files the `tls` section names (certificates, keys, client CAs): a change to one
-    /// is a change to the configuration.
-    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
-        let Some(tls) = &self.tls else {
-            return Vec::new();
-        };
+    /// The files the configuration names (certificates, keys, client CAs, htpasswd
+    /// files): a change to one is a change to the configuration.
+    pub fn referenced_files(&self) -> Vec<std::path::PathBuf> {
+        let empty = Tls::default();
+        let tls = self.tls.as_ref().unwrap_or(&empty);
         let pairs = tls
             .certificates
             .iter()
@@ -61,6 +60,13 @@ impl Config {
         pairs
             .filter(|f| !f.is_content() && !f.0.is_empty())
             .map(|f| std::path::PathBuf::from(&f.0))
+            .chain(
+                self.http
+                    .middlewares
+                    .values()
+                    .filter_map(|m| m.basic_auth.as_ref()?.users_file.as_ref())
+                    .map(std::path::PathBuf::from),
+            )
             .collect()
     }
 }
@@ -440,6 +446,30 @@ pub struct Middleware {
         alias = "ipWhiteList"
     )]
     pub ip_allow_list: Option<IpAllowList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `basicAuth`: only the listed users get through (htpasswd lines `name:hash`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// An htpasswd file; its users come first, and a name also in `users` is that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<String>,
+    /// Default `traefik`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Remove `Authorization` before the request goes upstream.
+    #[serde(default)]
+    pub remove_header: bool,
+    /// A request header that carries the authenticated user's name upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_field: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -163,6 +163,48 @@ pub enum ParsedMiddleware {
         ipv6_subnet: Option<u8>,
         reject: http::StatusCode,
     },
+    BasicAuth(BasicAuthSpec),
+}
+
+/// A `basicAuth`, its users' hashes parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuthSpec {
+    /// By name, the file's users overridden by the inline ones (Traefik's order).
+    pub users: std::collections::BTreeMap<String, PasswordHash>,
+    pub realm: String,
+    pub remove_header: bool,
+    pub header_field: Option<HeaderName>,
+}
+
+/// An htpasswd hash in one of the formats Traefik's basicAuth checks (go-http-auth's
+/// `CheckSecret`): bcrypt, MD5-crypt (Apache's `$apr1$` or `$1$`), and `{SHA}`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordHash {
+    /// `$2a$`, `$2b$` or `$2y$`, the whole string.
+    Bcrypt(String),
+    /// `$apr1$salt$…` or `$1$salt$…`, the whole string.
+    Md5Crypt(String),
+    /// `{SHA}` and the base64 of the password's SHA-1.
+    Sha1([u8; 20]),
+}
+
+impl PasswordHash {
+    /// Whether checking a password against it is slow enough to leave the request path's
+    /// thread (bcrypt: tens of milliseconds by design).
+    pub fn is_slow(&self) -> bool {
+        matches!(self, PasswordHash::Bcrypt(_))
+    }
+}
+
+/// Hashes are not secrets, but they are a password's stand-in: not printed.
+impl std::fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PasswordHash::Bcrypt(_) => "PasswordHash::Bcrypt(…)",
+            PasswordHash::Md5Crypt(_) => "PasswordHash::Md5Crypt(…)",
+            PasswordHash::Sha1(_) => "PasswordHash::Sha1(…)",
+        })
+    }
 }
 
 /// A `rateLimit` in the units its token bucket works in (Traefik's

@@ -150,7 +150,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "redis",
     "retry",
     "circuitBreaker",
-    "basicAuth",
     "digestAuth",
     "forwardAuth",
     "compress",
@@ -418,7 +417,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     for (name, m) in &http.middlewares {
         let p = format!("http.middlewares.{name}");
         c.name(&p, name);
-        parsed_middlewares.push(check_middleware(&mut c, &p, m));
+        parsed_middlewares.push(check_middleware(&mut c, &p, m, &mut digest));
     }
     for (name, t) in &http.servers_transports {
         let p = format!("http.serversTransports.{name}");
@@ -704,7 +703,12 @@ fn header_edits(parsed: Vec<(http::HeaderName, http::HeaderValue)>) -> HeaderEdi
 }
 
 /// Checks one middleware; returns it parsed when it has no problem.
-fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<ParsedMiddleware> {
+fn check_middleware(
+    c: &mut Checker<'_>,
+    p: &str,
+    m: &Middleware,
+    digest: &mut Vec<u8>,
+) -> Option<ParsedMiddleware> {
     c.unknown(p, &m.unknown);
     let before = c.errors.len();
     let mut parsed = None;
@@ -720,12 +724,13 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
         m.replace_path.is_some(),
         m.replace_path_regex.is_some(),
         m.strip_prefix_regex.is_some(),
+        m.basic_auth.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -867,6 +872,9 @@ fn check_middleware(c: &mut Checker<'_>, p: &str, m: &Middleware) -> Option<Pars
     }
     if let Some(a) = &m.ip_allow_list {
         parsed = crate::access::check_ip_allow_list(c, &format!("{p}.ipAllowList"), a);
+    }
+    if let Some(b) = &m.basic_auth {
+        parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
     }
     parsed.filter(|_| c.errors.len() == before)
 }

@@ -81,6 +81,71 @@ proptest! {
         }
     }
 
+    /// basicAuth: well-formed hashes of every kind load, a mutated magic or length is an
+    /// error naming the user's line, and no field value panics.
+    #[test]
+    fn basic_auth_users_load_or_name_the_line(
+        kind in 0usize..4,
+        salt in "[./0-9A-Za-z]{0,8}",
+        sum in "[./0-9A-Za-z]{53}",
+        sha in proptest::collection::vec(any::<u8>(), 20),
+        cost in 4u8..32,
+        mutate in 0usize..4,
+        name in "[a-z][a-z0-9]{0,7}",
+        realm in "[ -~]{0,12}",
+        field in "[A-Za-z-]{0,8}|[ :]{1,2}",
+        remove in any::<bool>(),
+    ) {
+        use base64::Engine;
+        let hash = match kind {
+            0 => format!("$apr1${salt}${}", &sum[..22]),
+            1 => format!("$1${salt}${}", &sum[..22]),
+            2 => format!("$2y${cost:02}${sum}"),
+            _ => format!("{{SHA}}{}", base64::engine::general_purpose::STANDARD.encode(&sha)),
+        };
+        prop_assert!(zw_config::parse_hash(&hash).is_ok(), "{hash}");
+        let line = match mutate {
+            0 => format!("{name}:{hash}"),
+            1 => format!("{name}:{}", hash.replacen('$', "%", 1).replacen('{', "(", 1)),
+            2 => format!("{name}:{}", &hash[..hash.len() - 1]),
+            _ => format!("{name}{hash}"),
+        };
+        let y = format!(
+            "http:\n  middlewares:\n    auth:\n      basicAuth: {{users: [{line:?}], realm: {realm:?}, headerField: {field:?}, removeHeader: {remove}}}\n"
+        );
+        if let Ok(cfg) = parse_str(&y, Format::Yaml) {
+            match validate(cfg, &Limits::default()) {
+                Ok(v) => prop_assert!(mutate == 0, "{line} loaded: {:?}", v.parsed.middlewares),
+                Err(e) => {
+                    let text = e.to_string();
+                    prop_assert!(text.contains("http.middlewares.auth.basicAuth"), "{text}");
+                    if mutate != 0 {
+                        prop_assert!(text.contains("users[0]"), "{line}: {text}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Authorization: Basic`: what base64 of `user:password` carries comes back out;
+    /// any other value is no credentials, never a panic.
+    #[test]
+    fn basic_credentials_round_trip(
+        user in "[^:]{0,12}",
+        password in ".{0,12}",
+        scheme in "(Basic|basic|BASIC) ",
+        junk in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let value = format!("{scheme}{token}");
+        prop_assert_eq!(
+            zw_config::basic_credentials(value.as_bytes()),
+            Some((user.clone(), password.clone()))
+        );
+        let _ = zw_config::basic_credentials(&junk);
+    }
+
     #[test]
     fn hash_is_independent_of_format(
         routers in prop::collection::btree_map("[a-z]{1,8}", ("[a-z]{1,8}\\.test", 0i64..100), 1..6),

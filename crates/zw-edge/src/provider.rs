@@ -18,9 +18,9 @@ type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
 
 /// The configuration files' metadata, and that of the certificate files the last
 /// configuration read named.
-fn fingerprint(path: &Path, limits: &Limits, tls_files: &[PathBuf]) -> Option<Fingerprint> {
+fn fingerprint(path: &Path, limits: &Limits, referenced_files: &[PathBuf]) -> Option<Fingerprint> {
     let mut files = zw_config::config_files(path, limits).ok()?;
-    files.extend(tls_files.iter().cloned());
+    files.extend(referenced_files.iter().cloned());
     Some(
         files
             .into_iter()
@@ -52,11 +52,11 @@ impl Edge {
         statics: Option<&zw_config::StaticConfig>,
         acme: Option<&zw_acme::Acme>,
     ) -> (Result<u64, crate::Error>, Vec<PathBuf>) {
-        let mut tls_files = Vec::new();
+        let mut referenced_files = Vec::new();
         let mut wanted = Vec::new();
         let result = zw_config::load_path(path, limits)
             .and_then(|mut loaded| {
-                tls_files = loaded.config.tls_files();
+                referenced_files = loaded.config.referenced_files();
                 if let Some(st) = statics {
                     st.apply_to(&mut loaded.config)?;
                 }
@@ -89,7 +89,7 @@ impl Edge {
         if let Err(e) = &result {
             self.reject(&e.to_string(), crate::ConfigSource::File);
         }
-        (result, tls_files)
+        (result, referenced_files)
     }
 }
 
@@ -102,7 +102,7 @@ pub struct FileProvider {
     path: PathBuf,
     limits: Limits,
     seen: Option<Fingerprint>,
-    tls_files: Vec<PathBuf>,
+    referenced_files: Vec<PathBuf>,
     statics: Option<std::sync::Arc<zw_config::StaticConfig>>,
     acme: Option<zw_acme::Acme>,
     watch_files: bool,
@@ -114,7 +114,7 @@ impl FileProvider {
             path,
             limits,
             seen: None,
-            tls_files: Vec::new(),
+            referenced_files: Vec::new(),
             statics: None,
             acme: None,
             watch_files: true,
@@ -144,14 +144,14 @@ impl FileProvider {
 
     /// Loads the configuration now and applies it to `edge`.
     pub fn load_into(&mut self, edge: &Edge) -> Result<u64, crate::Error> {
-        let (result, tls_files) = edge.load_file_tls(
+        let (result, referenced_files) = edge.load_file_tls(
             &self.path,
             &self.limits,
             self.statics.as_deref(),
             self.acme.as_ref(),
         );
-        self.seen = fingerprint(&self.path, &self.limits, &tls_files);
-        self.tls_files = tls_files;
+        self.seen = fingerprint(&self.path, &self.limits, &referenced_files);
+        self.referenced_files = referenced_files;
         result
     }
 
@@ -188,12 +188,12 @@ impl FileProvider {
                 _ = stop.changed() => return,
             }
             if !new_certificate
-                && fingerprint(&self.path, &self.limits, &self.tls_files) == self.seen
+                && fingerprint(&self.path, &self.limits, &self.referenced_files) == self.seen
             {
                 continue;
             }
             // Taken before the load: a change that lands while it runs is seen next poll.
-            self.seen = fingerprint(&self.path, &self.limits, &self.tls_files);
+            self.seen = fingerprint(&self.path, &self.limits, &self.referenced_files);
             let (e, path, limits) = (edge.clone(), self.path.clone(), self.limits);
             let statics = self.statics.clone();
             let acme = self.acme.clone();
@@ -205,11 +205,11 @@ impl FileProvider {
             })
             .await
             {
-                Ok((r, tls_files)) => {
-                    if tls_files != self.tls_files {
+                Ok((r, referenced_files)) => {
+                    if referenced_files != self.referenced_files {
                         // Other certificate files: watched from now on.
-                        self.seen = fingerprint(&self.path, &self.limits, &tls_files);
-                        self.tls_files = tls_files;
+                        self.seen = fingerprint(&self.path, &self.limits, &referenced_files);
+                        self.referenced_files = referenced_files;
                     }
                     r
                 }

@@ -331,10 +331,19 @@ async fn request_middlewares(
         client_ip: ctx.conn.client_ip,
     };
     for m in &router.middlewares {
-        match m.on_request(&mut mctx) {
-            Action::Continue => {}
+        let mut action = m.on_request(&mut mctx);
+        // A deferred step's outcome is the middleware's action (it may defer again).
+        while let Action::Defer(work) = action {
+            let then = work.await;
+            action = then(&mut mctx);
+        }
+        match action {
+            Action::Continue | Action::Defer(_) => {}
             Action::Respond(rparts) => {
                 return Err(Response::from_parts(rparts, ProxyBody::empty()));
+            }
+            Action::Answer(resp) => {
+                return Err(resp.map(ProxyBody::full));
             }
             Action::Wait(d) => tokio::time::sleep(d).await,
             Action::Hold(guard) => ctx.ex.held.push(guard),

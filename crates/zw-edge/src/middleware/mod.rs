@@ -7,6 +7,7 @@
 //! `zw_config::ParsedMiddleware` (its validation), and a line in [`build`].
 
 mod add_prefix;
+mod basic_auth;
 mod headers;
 mod in_flight;
 mod ip_allow_list;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use http::{request, response};
 
 pub use add_prefix::AddPrefix;
+pub use basic_auth::BasicAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
 pub use ip_allow_list::IpAllowList;
@@ -57,7 +59,19 @@ pub enum Action {
     Wait(std::time::Duration),
     /// Go on, and keep this until the response body is done (an in-flight count).
     Hold(Box<dyn std::any::Any + Send>),
+    /// Answer the client now with this response, body included.
+    Answer(http::Response<bytes::Bytes>),
+    /// Finish off the request path's thread (a bcrypt check on the blocking pool), then
+    /// apply the outcome to the request: what it returns is this middleware's action.
+    Defer(Deferred),
 }
+
+/// Work a middleware does away from the request's thread, and what to do with its
+/// result once it is done.
+pub type Deferred = std::pin::Pin<Box<dyn std::future::Future<Output = Then> + Send>>;
+
+/// A deferred middleware's last step, on the request again.
+pub type Then = Box<dyn for<'a, 'b> FnOnce(&'a mut MiddlewareCtx<'b>) -> Action + Send>;
 
 pub trait Middleware: Send + Sync + std::fmt::Debug {
     /// Runs before the request goes upstream, in the router's order.
@@ -120,6 +134,7 @@ pub fn build(
             Arc::new(InFlightReq::new(*amount, source, counts))
         }
         P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
+        P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
         P::ReplacePath(path) => Arc::new(ReplacePath(path.clone())),
         P::ReplacePathRegex { regex, replacement } => Arc::new(ReplacePathRegex {
             regex: regex.clone(),

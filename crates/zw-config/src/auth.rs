@@ -1,0 +1,233 @@
+//! Validation of the authentication middlewares: `basicAuth`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use base64::Engine;
+
+use crate::validate::Checker;
+use crate::{BasicAuth, BasicAuthSpec, ParsedMiddleware, PasswordHash};
+
+/// The most an htpasswd file may hold.
+pub const MAX_USERS_FILE_BYTES: u64 = 1 << 20;
+
+/// Traefik's default realm (`pkg/middlewares/auth/auth.go`).
+const DEFAULT_REALM: &str = "traefik";
+
+pub(crate) fn check_basic_auth(
+    c: &mut Checker<'_>,
+    p: &str,
+    b: &BasicAuth,
+    digest: &mut Vec<u8>,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &b.unknown);
+    let before = c.errors.len();
+    let mut users = BTreeMap::new();
+    // The file's users first, then the inline ones: a name in both is the inline one
+    // (Traefik's `loadUsers` appends `users` after the file's lines).
+    if let Some(file) = &b.users_file {
+        let mut text = Vec::new();
+        let read = std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_USERS_FILE_BYTES + 1).read_to_end(&mut text));
+        match read {
+            Err(e) => c.err(
+                format!("{p}.usersFile"),
+                format!("cannot read `{file}`: {e}"),
+            ),
+            Ok(n) if n as u64 > MAX_USERS_FILE_BYTES => c.err(
+                format!("{p}.usersFile"),
+                format!("`{file}` is larger than {MAX_USERS_FILE_BYTES} bytes"),
+            ),
+            Ok(_) => {
+                digest.extend_from_slice(&text);
+                let text = String::from_utf8_lossy(&text);
+                // Lines trimmed; blank ones and `#` comments skipped, as Traefik does.
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let at = format!("{p}.usersFile (`{file}` line {})", i + 1);
+                    if let Some((name, hash)) = user(c, &at, line) {
+                        users.insert(name, hash);
+                    }
+                }
+            }
+        }
+    }
+    for (i, line) in b.users.iter().enumerate() {
+        if let Some((name, hash)) = user(c, &format!("{p}.users[{i}]"), line) {
+            users.insert(name, hash);
+        }
+    }
+    if users.is_empty() && c.errors.len() == before {
+        c.err(
+            p,
+            "no users: every request would be refused; add `users` (htpasswd lines, e.g. from `htpasswd -nB NAME`) or `usersFile`",
+        );
+    }
+    let header_field = match &b.header_field {
+        None => None,
+        Some(h) if h.is_empty() => None,
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                c.err(format!("{p}.headerField"), "not a valid header name");
+                None
+            }
+        },
+    };
+    let realm = b
+        .realm
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(DEFAULT_REALM);
+    // It goes in `WWW-Authenticate: Basic realm="…"`.
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        c.err(
+            format!("{p}.realm"),
+            "must not contain quotes, backslashes or control characters",
+        );
+    }
+    (c.errors.len() == before).then(|| {
+        ParsedMiddleware::BasicAuth(BasicAuthSpec {
+            users,
+            realm: realm.to_string(),
+            remove_header: b.remove_header,
+            header_field,
+        })
+    })
+}
+
+/// One `name:hash` line (exactly one `:`, as Traefik's `basicUserParser` wants).
+fn user(c: &mut Checker<'_>, at: &str, line: &str) -> Option<(String, PasswordHash)> {
+    let mut parts = line.split(':');
+    let (Some(name), Some(hash), None) = (parts.next(), parts.next(), parts.next()) else {
+        c.err(
+            at,
+            "expected `name:hash` (an htpasswd line, e.g. from `htpasswd -nB NAME`)",
+        );
+        return None;
+    };
+    if name.is_empty() {
+        c.err(at, "the user name is empty");
+        return None;
+    }
+    match parse_hash(hash) {
+        Ok(h) => Some((name.to_string(), h)),
+        Err(e) => {
+            c.err(at, format!("user `{name}`: {e}"));
+            None
+        }
+    }
+}
+
+/// The longest `Authorization` value looked at (a name and password, base64).
+const MAX_CREDENTIALS: usize = 4096;
+
+/// The name and password of an `Authorization: Basic` header value, as Go's
+/// `Request.BasicAuth` reads it (scheme case-insensitive, standard base64, split at the
+/// first `:`). Here beside the hashes it is checked against, for one fuzz target.
+pub fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
+    let (scheme, token) = (value.get(..6)?, value.get(6..)?);
+    if value.len() > MAX_CREDENTIALS || !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The crypt alphabet (`./0-9A-Za-z`).
+fn crypt64(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b == b'.' || b == b'/' || b.is_ascii_alphanumeric())
+}
+
+/// Parses an htpasswd hash; the formats are go-http-auth's (`CheckSecret`), which
+/// Traefik's basicAuth uses. A plain-text password is refused here: Traefik loads it but
+/// then refuses every request (its `TestBasicAuthFail`).
+pub fn parse_hash(hash: &str) -> Result<PasswordHash, String> {
+    const HINT: &str = "make one with `htpasswd -nB NAME` (bcrypt)";
+    if let Some(b64) = hash.strip_prefix("{SHA}") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| format!("the `{{SHA}}` hash is not base64; {HINT}"))?;
+        let digest: [u8; 20] = raw
+            .try_into()
+            .map_err(|_| format!("the `{{SHA}}` hash is not 20 bytes long; {HINT}"))?;
+        return Ok(PasswordHash::Sha1(digest));
+    }
+    for magic in ["$apr1$", "$1$"] {
+        if let Some(rest) = hash.strip_prefix(magic) {
+            let ok = rest.split_once('$').is_some_and(|(salt, sum)| {
+                salt.len() <= 8 && crypt64(salt) && sum.len() == 22 && crypt64(sum)
+            });
+            return if ok {
+                Ok(PasswordHash::Md5Crypt(hash.to_string()))
+            } else {
+                Err(format!(
+                    "a malformed `{magic}` hash (`{magic}SALT$` and 22 characters); {HINT}"
+                ))
+            };
+        }
+    }
+    // `$2x$` (hashes from the buggy pre-2011 crypt_blowfish) is not offered: re-hash.
+    for magic in ["$2a$", "$2b$", "$2y$"] {
+        if let Some(rest) = hash.strip_prefix(magic) {
+            let ok = rest.split_once('$').is_some_and(|(cost, sum)| {
+                cost.len() == 2
+                    && cost.parse::<u8>().is_ok_and(|c| (4..=31).contains(&c))
+                    && sum.len() == 53
+                    && crypt64(sum)
+            });
+            return if ok {
+                Ok(PasswordHash::Bcrypt(hash.to_string()))
+            } else {
+                Err(format!(
+                    "a malformed bcrypt hash (`{magic}`, a cost 04–31, `$`, 53 characters); {HINT}"
+                ))
+            };
+        }
+    }
+    Err(format!(
+        "not a hash Traefik checks (bcrypt `$2y$`, MD5 `$apr1$` or `$1$`, SHA-1 `{{SHA}}`; a plain-text password never matches); {HINT}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashes from Traefik's docs and tests (`basic_auth_test.go`).
+    #[test]
+    fn the_formats_traefik_checks_parse_and_others_are_refused() {
+        assert!(matches!(
+            parse_hash("$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/"),
+            Ok(PasswordHash::Md5Crypt(_))
+        ));
+        assert!(matches!(
+            parse_hash("$2a$04$.8sTYfcxbSplCtoxt5TdJOgpBYkarKtZYsYfYxQ1edbYRuO1DNi0e"),
+            Ok(PasswordHash::Bcrypt(_))
+        ));
+        // `htpasswd -nbs test test`
+        assert!(matches!(
+            parse_hash("{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M="),
+            Ok(PasswordHash::Sha1(_))
+        ));
+        for bad in [
+            "test",
+            "",
+            "$apr1$H6uskkkW$short",
+            "$apr1$toolongsalt$IgXLP6ewTrSuBkTrqE8wj/",
+            "$2y$99$.8sTYfcxbSplCtoxt5TdJOgpBYkarKtZYsYfYxQ1edbYRuO1DNi0e",
+            "{SHA}not base64!",
+            "{SHA}dGVzdA==",
+        ] {
+            assert!(parse_hash(bad).is_err(), "{bad}");
+        }
+    }
+}

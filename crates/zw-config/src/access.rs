@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use crate::validate::Checker;
-use crate::{IpAllowList, IpStrategy, ParsedMiddleware, RateLimit, RateLimitSpec, Source};
+use crate::{
+    IpAllowList, IpStrategy, ParsedMiddleware, RateLimit, RateLimitRedis, RateLimitSpec, RedisSpec,
+    Source,
+};
 
 /// `ipStrategy` without `X-Forwarded-For`: the edge replaces that header from every peer
 /// (trusted forwarded headers are not supported yet), so `depth` and `excludedIPs` would
@@ -32,6 +35,7 @@ pub(crate) fn check_rate_limit(
     c: &mut Checker<'_>,
     p: &str,
     r: &RateLimit,
+    digest: &mut Vec<u8>,
 ) -> Option<ParsedMiddleware> {
     c.unknown(p, &r.unknown);
     let before = c.errors.len();
@@ -60,6 +64,10 @@ pub(crate) fn check_rate_limit(
         Some(rate) if rate >= 1.0 => Duration::from_secs_f64(0.5 / rate.floor()),
         _ => Duration::from_millis(500),
     };
+    let redis = r
+        .redis
+        .as_ref()
+        .map(|redis| check_redis(c, &format!("{p}.redis"), redis, digest));
     let source = source?;
     (c.errors.len() == before).then(|| {
         ParsedMiddleware::RateLimit(RateLimitSpec {
@@ -67,7 +75,89 @@ pub(crate) fn check_rate_limit(
             burst: u32::try_from(burst).unwrap_or(u32::MAX),
             max_delay,
             source,
+            redis: redis.flatten(),
         })
+    })
+}
+
+fn check_redis(
+    c: &mut Checker<'_>,
+    p: &str,
+    r: &RateLimitRedis,
+    digest: &mut Vec<u8>,
+) -> Option<RedisSpec> {
+    c.unknown(p, &r.unknown);
+    let before = c.errors.len();
+    // Not in the serialized configuration (a secret): its bytes still make a change.
+    if let Some(pw) = &r.password {
+        digest.extend_from_slice(pw.as_bytes());
+    }
+    if r.tls.is_some() {
+        c.err(
+            format!("{p}.tls"),
+            "TLS to Redis is not supported yet; reach Redis over a private network or a local TLS tunnel",
+        );
+    }
+    let endpoint = match r.endpoints.as_slice() {
+        [] => {
+            c.err(format!("{p}.endpoints"), "needs Redis' `host:port`");
+            None
+        }
+        [one] => match one.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+                Ok(port) if port > 0 => Some((
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                    port,
+                )),
+                _ => {
+                    c.err(
+                        format!("{p}.endpoints[0]"),
+                        format!("`{one}`: the port is not a port number"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                c.err(
+                    format!("{p}.endpoints[0]"),
+                    format!("`{one}`: expected `host:port`"),
+                );
+                None
+            }
+        },
+        _ => {
+            c.err(
+                format!("{p}.endpoints"),
+                "several endpoints (a Redis cluster) are not supported yet; give one `host:port`",
+            );
+            None
+        }
+    };
+    if r.db < 0 {
+        c.err(format!("{p}.db"), "must not be negative");
+    }
+    let positive = |c: &mut Checker<'_>, key: &str, d: Option<crate::Dur>, default: u64| {
+        let d = d.map_or(Duration::from_secs(default), |d| d.0);
+        if d.is_zero() {
+            c.err(format!("{p}.{key}"), "must be greater than 0");
+        }
+        d
+    };
+    let dial_timeout = positive(c, "dialTimeout", r.dial_timeout, 5);
+    let read = positive(c, "readTimeout", r.read_timeout, 3);
+    let write = positive(c, "writeTimeout", r.write_timeout, 3);
+    let (host, port) = endpoint?;
+    (c.errors.len() == before).then(|| RedisSpec {
+        host,
+        port,
+        username: r.username.clone().filter(|u| !u.is_empty()),
+        password: r.password.clone().filter(|p| !p.is_empty()),
+        db: r.db,
+        dial_timeout,
+        response_timeout: read.max(write),
+        fail_closed: r.fail_closed,
     })
 }
 

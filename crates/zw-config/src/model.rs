@@ -489,6 +489,50 @@ pub struct RateLimit {
     pub burst: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_criterion: Option<SourceCriterion>,
+    /// Keep the buckets in Redis, shared by every edge (Traefik v3.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RateLimitRedis>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `rateLimit.redis`: Traefik's keys (go-redis' options). `poolSize`, `minIdleConns` and
+/// `maxActiveConns` are accepted and have nothing to size: one multiplexed connection
+/// carries every edge request's script call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitRedis {
+    /// `host:port`; one (a cluster's several endpoints are not supported).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Not serialized: the configuration's hash, the API and the last-known-good file
+    /// never carry it.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub db: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_idle_conns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_conns: Option<i64>,
+    /// Default 3 s (go-redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<Dur>,
+    /// Default 5 s (go-redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    /// Zeitwork's: when Redis cannot be reached, answer 500 instead of counting on the
+    /// edge's own buckets (the default: fail open).
+    #[serde(default)]
+    pub fail_closed: bool,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -217,6 +217,39 @@ pub struct RateLimitSpec {
     pub burst: u32,
     pub max_delay: std::time::Duration,
     pub source: Source,
+    /// Buckets kept in Redis, shared by every edge; `None`: in this edge.
+    pub redis: Option<RedisSpec>,
+}
+
+/// Where a shared rate limit keeps its buckets, and how long to wait for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+    pub dial_timeout: std::time::Duration,
+    /// The longer of `readTimeout` and `writeTimeout`: one script call is both.
+    pub response_timeout: std::time::Duration,
+    /// Answer 500 when Redis cannot be reached, rather than count on this edge's buckets.
+    pub fail_closed: bool,
+}
+
+/// The password is never printed; whether there is one, and a digest of the rest, is.
+impl std::fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("fail_closed", &self.fail_closed)
+            .finish()
+    }
 }
 
 /// The key a request is counted under.

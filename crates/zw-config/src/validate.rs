@@ -822,7 +822,7 @@ fn check_middleware(
         parsed = Some(ParsedMiddleware::RedirectScheme(r.clone()));
     }
     if let Some(r) = &m.rate_limit {
-        parsed = crate::access::check_rate_limit(c, &format!("{p}.rateLimit"), r);
+        parsed = crate::access::check_rate_limit(c, &format!("{p}.rateLimit"), r, digest);
     }
     if let Some(r) = &m.replace_path {
         c.unknown(&format!("{p}.replacePath"), &r.unknown);

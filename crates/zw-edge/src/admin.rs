@@ -97,7 +97,20 @@ fn render_metrics(shared: &Shared) -> String {
         render_backend(&mut out, &b.label, &b.metrics);
     }
     out.push_str("# TYPE zeitwork_ratelimit_sources gauge\n# TYPE zeitwork_ratelimit_evictions_total counter\n");
+    out.push_str("# TYPE zeitwork_ratelimit_redis_errors_total counter\n# TYPE zeitwork_ratelimit_redis_fallbacks_total counter\n");
     for ((name, _), b) in &reg.kept {
+        if let Some(r) = b.downcast_ref::<crate::middleware::redis_bucket::RedisBuckets>() {
+            // each failure: one request counted on the edge's own buckets (or refused
+            // with failClosed), and Redis left alone for a second
+            let _ = writeln!(
+                out,
+                "zeitwork_ratelimit_redis_errors_total{{middleware=\"{0}\"}} {1}\nzeitwork_ratelimit_redis_fallbacks_total{{middleware=\"{0}\"}} {2}",
+                esc(name),
+                r.errors.load(std::sync::atomic::Ordering::Relaxed),
+                r.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            continue;
+        }
         let Some(b) = b.downcast_ref::<crate::middleware::rate_limit::Buckets>() else {
             continue;
         };

@@ -13,6 +13,7 @@ mod in_flight;
 mod ip_allow_list;
 pub mod rate_limit;
 mod redirect;
+pub mod redis_bucket;
 mod replace_path;
 mod strip_prefix;
 
@@ -122,7 +123,22 @@ pub fn build(
     match m {
         P::RateLimit(spec) => {
             let buckets = keep((name.to_string(), format!("{spec:?}")), kept, used);
-            Arc::new(RateLimit::new(spec, buckets))
+            match &spec.redis {
+                None => Arc::new(RateLimit::new(spec, buckets)),
+                Some(redis) => {
+                    // One connection per Redis and settings (the password by its digest).
+                    let password = redis.password.as_deref().map(|p| {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(p.as_bytes()))
+                    });
+                    let shared = keep(
+                        (name.to_string(), format!("redis {redis:?} {password:?}")),
+                        kept,
+                        used,
+                    );
+                    Arc::new(RateLimit::shared(spec, buckets, shared, name))
+                }
+            }
         }
         P::InFlightReq { amount, source } => {
             // Counts are kept whatever the amount: the requests in flight are still so.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderValue, StatusCode};
 use zw_config::{RateLimitSpec, Source};
 
+use super::redis_bucket::{RedisBuckets, RedisError, Taken};
 use super::{Action, Middleware, MiddlewareCtx};
 
 /// Buckets per middleware at most.
@@ -144,15 +145,51 @@ impl Buckets {
 
 #[derive(Debug)]
 pub struct RateLimit {
-    spec: RateLimitSpec,
+    spec: Arc<RateLimitSpec>,
     buckets: Arc<Buckets>,
+    /// With `redis`: the shared buckets, and the middleware's name for their keys.
+    shared: Option<(Arc<RedisBuckets>, Arc<str>)>,
 }
 
 impl RateLimit {
     pub fn new(spec: &RateLimitSpec, buckets: Arc<Buckets>) -> Self {
         RateLimit {
-            spec: spec.clone(),
+            spec: Arc::new(spec.clone()),
             buckets,
+            shared: None,
+        }
+    }
+
+    /// Counts in Redis first (`spec.redis`), on `buckets` when Redis cannot be reached.
+    pub fn shared(
+        spec: &RateLimitSpec,
+        buckets: Arc<Buckets>,
+        redis: Arc<RedisBuckets>,
+        name: &str,
+    ) -> Self {
+        RateLimit {
+            spec: Arc::new(spec.clone()),
+            buckets,
+            shared: Some((redis, name.into())),
+        }
+    }
+}
+
+/// The answer for a decision.
+fn act(d: Decision) -> Action {
+    match d {
+        Decision::Now => Action::Continue,
+        Decision::After(d) => Action::Wait(d),
+        Decision::Refuse(d) => {
+            let mut parts = super::answer(StatusCode::TOO_MANY_REQUESTS);
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            parts
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            if let Ok(v) = HeaderValue::from_str(&format!("{d:?}")) {
+                parts.headers.insert("x-retry-in", v);
+            }
+            Action::Respond(parts)
         }
     }
 }
@@ -193,21 +230,46 @@ impl Middleware for RateLimit {
                 host.as_bytes()
             }
         };
-        match self.buckets.decide(key, Instant::now(), &self.spec, rate) {
-            Decision::Now => Action::Continue,
-            Decision::After(d) => Action::Wait(d),
-            Decision::Refuse(d) => {
-                let mut parts = super::answer(StatusCode::TOO_MANY_REQUESTS);
-                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-                parts
-                    .headers
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                if let Ok(v) = HeaderValue::from_str(&format!("{d:?}")) {
-                    parts.headers.insert("x-retry-in", v);
-                }
-                Action::Respond(parts)
-            }
+        if let (Some((redis, name)), Some(redis_spec)) = (&self.shared, &self.spec.redis) {
+            let (redis, spec, buckets) = (redis.clone(), self.spec.clone(), self.buckets.clone());
+            let local_key = key.to_vec();
+            let shared_key = format!("rate:{name}:{}", hex::encode(key));
+            let (name, fail_closed) = (name.clone(), redis_spec.fail_closed);
+            return Action::Defer(Box::pin(async move {
+                let Some(redis_spec) = spec.redis.as_ref() else {
+                    return Box::new(|_: &mut MiddlewareCtx<'_>| Action::Continue) as super::Then;
+                };
+                let taken = redis
+                    .take(redis_spec, &shared_key, rate, spec.burst, spec.max_delay)
+                    .await;
+                let decision = match taken {
+                    Ok(Taken::After(d)) if d.is_zero() => Ok(Decision::Now),
+                    Ok(Taken::After(d)) => Ok(Decision::After(d)),
+                    Ok(Taken::Refuse(d)) => Ok(Decision::Refuse(d)),
+                    Err(e) => {
+                        if !matches!(e, RedisError::Backoff) {
+                            tracing::warn!(middleware = %name, error = %e, fail_closed, "rate limit: Redis unreachable; {}", if fail_closed { "answering 500 (failClosed)" } else { "counting on this edge's own buckets until it answers" });
+                        }
+                        if fail_closed {
+                            Err(())
+                        } else {
+                            Ok(buckets.decide(&local_key, Instant::now(), &spec, rate))
+                        }
+                    }
+                };
+                Box::new(move |_: &mut MiddlewareCtx<'_>| match decision {
+                    Ok(d) => act(d),
+                    Err(()) => {
+                        let mut resp = http::Response::new(bytes::Bytes::from_static(
+                            b"Could not insert/update bucket\n",
+                        ));
+                        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        Action::Answer(resp)
+                    }
+                }) as super::Then
+            }));
         }
+        act(self.buckets.decide(key, Instant::now(), &self.spec, rate))
     }
 }
 
@@ -267,6 +329,7 @@ mod tests {
             burst: 1,
             max_delay: Duration::from_millis(500),
             source: Source::ClientIp { ipv6_subnet: None },
+            redis: None,
         };
         let buckets = Buckets::default();
         let now = Instant::now();

@@ -2,12 +2,12 @@
 //! first) are sealed with a key that lives outside the store, so that a copy of the
 //! database — a backup, a replica's disk, a leaked dump — holds no usable secret.
 //!
-//! ChaCha20-Poly1305 (ring) with a random 96-bit nonce per value; the value's purpose is
+//! ChaCha20-Poly1305 (aws-lc-rs) with a random 96-bit nonce per value; the value's purpose is
 //! the associated data, so a sealed CA key cannot be swapped in for another secret. The
 //! text form is `zwseal1:` followed by the hex of nonce ‖ ciphertext ‖ tag.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 use crate::{PkiError, Result};
 

@@ -114,7 +114,7 @@ pub fn cipher_suite(name: &str) -> Result<SupportedCipherSuite, TlsError> {
         n if n.ends_with("_CHACHA20_POLY1305") => format!("{n}_SHA256"),
         n => n.to_string(),
     };
-    rustls::crypto::ring::ALL_CIPHER_SUITES
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
         .iter()
         .find(|s| s.suite().as_str() == Some(full.as_str()))
         .copied()
@@ -127,7 +127,7 @@ pub fn cipher_suite(name: &str) -> Result<SupportedCipherSuite, TlsError> {
 
 /// A key exchange group by its Go name (`CurveP256`) or its IANA name (`secp256r1`).
 pub fn curve(name: &str) -> Result<&'static dyn SupportedKxGroup, TlsError> {
-    use rustls::crypto::ring::kx_group;
+    use rustls::crypto::aws_lc_rs::kx_group;
     match name {
         "X25519" | "x25519" => Ok(kx_group::X25519),
         "CurveP256" | "secp256r1" | "P256" => Ok(kx_group::SECP256R1),
@@ -195,7 +195,7 @@ impl Default for Sessions {
 impl Sessions {
     pub fn new() -> Sessions {
         Sessions {
-            ticketer: rustls::crypto::ring::Ticketer::new().ok(),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().ok(),
             cache: rustls::server::ServerSessionMemoryCache::new(16 * 1024),
         }
     }

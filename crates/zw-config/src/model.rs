@@ -448,6 +448,18 @@ pub struct Middleware {
     pub ip_allow_list: Option<IpAllowList>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `chain`: these middlewares, in order, under one name (a chain may hold chains).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chain {
+    #[serde(default)]
+    pub middlewares: Vec<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

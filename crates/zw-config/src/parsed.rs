@@ -164,6 +164,9 @@ pub enum ParsedMiddleware {
         reject: http::StatusCode,
     },
     BasicAuth(BasicAuthSpec),
+    /// A `chain`: its members are spliced into each router that names it (see
+    /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
+    Chain,
 }
 
 /// A `basicAuth`, its users' hashes parsed.

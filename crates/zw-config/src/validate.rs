@@ -153,7 +153,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "digestAuth",
     "forwardAuth",
     "compress",
-    "chain",
     "buffering",
     "errors",
     "contentType",
@@ -372,15 +371,24 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
         let mut middlewares = Vec::with_capacity(r.middlewares.len());
         for (i, m) in r.middlewares.iter().enumerate() {
             match resolve_ref(m) {
-                Ok(m) => match middleware_index.get(m) {
-                    Some(idx) => middlewares.push(*idx),
-                    None => c.err(
-                        format!("{p}.middlewares[{i}]"),
-                        format!("unknown middleware \"{m}\""),
-                    ),
-                },
+                Ok(m) if middleware_index.contains_key(m) => {
+                    splice(&http.middlewares, &middleware_index, m, 0, &mut middlewares)
+                }
+                Ok(m) => c.err(
+                    format!("{p}.middlewares[{i}]"),
+                    format!("unknown middleware \"{m}\""),
+                ),
                 Err(e) => c.err(format!("{p}.middlewares[{i}]"), e),
             }
+        }
+        if middlewares.len() > limits.max_middlewares_per_router {
+            c.err(
+                format!("{p}.middlewares"),
+                format!(
+                    "more than {} middlewares once its chains are spliced in",
+                    limits.max_middlewares_per_router
+                ),
+            );
         }
         parsed_routers.push(service.map(|service| ParsedRouter {
             service,
@@ -413,6 +421,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     }
     check_cycles(&mut c, &config);
 
+    check_chains(&mut c, &http.middlewares);
     let mut parsed_middlewares = Vec::with_capacity(http.middlewares.len());
     for (name, m) in &http.middlewares {
         let p = format!("http.middlewares.{name}");
@@ -725,12 +734,13 @@ fn check_middleware(
         m.replace_path_regex.is_some(),
         m.strip_prefix_regex.is_some(),
         m.basic_auth.is_some(),
+        m.chain.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -876,7 +886,87 @@ fn check_middleware(
     if let Some(b) = &m.basic_auth {
         parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
     }
+    if m.chain.is_some() {
+        // Its members are checked with the others (`check_chains`).
+        parsed = Some(ParsedMiddleware::Chain);
+    }
     parsed.filter(|_| c.errors.len() == before)
+}
+
+/// How deep chains may nest.
+const MAX_CHAIN_DEPTH: usize = 16;
+
+/// Appends middleware `name` to `out`, a chain as its members (recursively, in order).
+/// Unknown members and loops are left out here: [`check_chains`] reports them.
+fn splice(
+    all: &BTreeMap<String, Middleware>,
+    index: &HashMap<&str, u32>,
+    name: &str,
+    depth: usize,
+    out: &mut Vec<u32>,
+) {
+    let Some(idx) = index.get(name) else {
+        return;
+    };
+    match all.get(name).and_then(|m| m.chain.as_ref()) {
+        None => out.push(*idx),
+        Some(_) if depth >= MAX_CHAIN_DEPTH => {}
+        Some(chain) => {
+            for member in &chain.middlewares {
+                if let Ok(member) = resolve_ref(member) {
+                    splice(all, index, member, depth + 1, out);
+                }
+            }
+        }
+    }
+}
+
+/// Chains name middlewares that exist, and never themselves (Traefik: "recursion
+/// detected").
+fn check_chains(c: &mut Checker<'_>, all: &BTreeMap<String, Middleware>) {
+    fn walk<'a>(
+        c: &mut Checker<'_>,
+        all: &'a BTreeMap<String, Middleware>,
+        name: &'a str,
+        stack: &mut Vec<&'a str>,
+    ) {
+        let Some(chain) = all.get(name).and_then(|m| m.chain.as_ref()) else {
+            return;
+        };
+        if stack.contains(&name) || stack.len() > MAX_CHAIN_DEPTH {
+            return;
+        }
+        stack.push(name);
+        for (i, member) in chain.middlewares.iter().enumerate() {
+            let at = format!("http.middlewares.{name}.chain.middlewares[{i}]");
+            match resolve_ref(member) {
+                Err(e) => c.err(at, e),
+                Ok(m) if !all.contains_key(m) => c.err(at, format!("unknown middleware \"{m}\"")),
+                Ok(m) if stack.contains(&m) => c.err(
+                    at,
+                    format!("\"{m}\" leads back to this chain (a chain cannot contain itself)"),
+                ),
+                Ok(_) if stack.len() >= MAX_CHAIN_DEPTH => {
+                    c.err(at, format!("chains nest deeper than {MAX_CHAIN_DEPTH}"))
+                }
+                Ok(m) => walk(c, all, m, stack),
+            }
+        }
+        stack.pop();
+    }
+    for (name, m) in all {
+        if let Some(chain) = &m.chain {
+            c.unknown(&format!("http.middlewares.{name}.chain"), &chain.unknown);
+            if chain.middlewares.is_empty() {
+                c.err(
+                    format!("http.middlewares.{name}.chain.middlewares"),
+                    "needs at least one middleware",
+                );
+            }
+            let mut stack = Vec::new();
+            walk(c, all, name, &mut stack);
+        }
+    }
 }
 
 /// Weighted services may nest, but not in a loop.

@@ -727,7 +727,7 @@ fn access_middlewares_validate_by_path() {
         Format::Yaml,
     );
     for want in [
-        "http.middlewares.a.rateLimit.redis: this Traefik option is not supported",
+        "http.middlewares.a.rateLimit.redis.endpoints[0]: `x`: expected `host:port`",
         "http.middlewares.a.rateLimit.average: must not be negative",
         "http.middlewares.a.rateLimit.sourceCriterion: set one of",
         "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.depth: reading X-Forwarded-For",

@@ -259,7 +259,7 @@ pub fn build(
     }
 
     let mut kept = middleware::Kept::new();
-    let middlewares: Vec<Arc<dyn Middleware>> = http
+    let middlewares: Vec<Option<Arc<dyn Middleware>>> = http
         .middlewares
         .keys()
         .zip(&parsed.middlewares)
@@ -280,7 +280,7 @@ pub fn build(
         let mws = pr
             .middlewares
             .iter()
-            .filter_map(|m| middlewares.get(*m as usize).cloned())
+            .filter_map(|m| middlewares.get(*m as usize).cloned().flatten())
             .collect();
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);

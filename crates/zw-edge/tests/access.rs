@@ -267,3 +267,43 @@ async fn cors_preflights_are_answered_and_responses_carry_cors_and_security_head
         "{head}"
     );
 }
+
+/// `chain` (Traefik's docs, `middlewares/http/chain`): a router naming a chain runs its
+/// members in order, a chain inside a chain included — here an allow list that admits
+/// loopback, then a header, then a rate limit of one request a minute.
+#[tokio::test]
+async fn a_chain_runs_its_members_in_order_and_may_hold_chains() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [m]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    m:\n      chain: {{middlewares: [local, inner]}}\n    inner:\n      chain: {{middlewares: [tag, once]}}\n    local:\n      ipAllowList: {{sourceRange: [127.0.0.0/8]}}\n    tag:\n      headers: {{customResponseHeaders: {{X-Chained: \"yes\"}}}}\n    once:\n      rateLimit: {{average: 1, period: 1m, burst: 1}}\n",
+        up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let (first, head) = request(edge.addr, "GET", "").await;
+    assert_eq!(first, 200, "{head}");
+    assert!(head.contains("x-chained: yes"), "{head}");
+    let (second, head) = request(edge.addr, "GET", "").await;
+    assert_eq!(second, 429, "the chain's rate limit ran: {head}");
+    // the header middleware came before the limit in the chain, so its response header
+    // is on the 429 too (response side runs for every middleware that ran)
+    assert!(head.contains("x-chained: yes"), "{head}");
+}
+
+/// A chain that contains itself, or names a middleware that does not exist, is a
+/// validation error at the member's path (Traefik: "recursion detected").
+#[test]
+fn chains_that_loop_or_name_nothing_are_refused() {
+    let text = "http:\n  middlewares:\n    a:\n      chain: {middlewares: [b]}\n    b:\n      chain: {middlewares: [a, nope]}\n";
+    let config = zw_config::parse_str(text, zw_config::Format::Yaml).unwrap();
+    let err = zw_config::validate(config, &zw_config::Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http.middlewares.b.chain.middlewares[0]: \"a\" leads back"),
+        "{err}"
+    );
+    assert!(
+        err.contains("http.middlewares.b.chain.middlewares[1]: unknown middleware \"nope\""),
+        "{err}"
+    );
+}

@@ -110,7 +110,8 @@ fn keep<T: Default + Send + Sync + 'static>(
     state
 }
 
-/// Builds the middleware validation parsed; every value it needs is parsed already.
+/// Builds the middleware validation parsed (none for a `chain`, whose members routers
+/// run in its place); every value it needs is parsed already.
 /// `name` and `kept` carry state over from the previous configuration (`used` collects
 /// what this one keeps).
 pub fn build(
@@ -118,9 +119,9 @@ pub fn build(
     m: &zw_config::ParsedMiddleware,
     kept: &Kept,
     used: &mut Kept,
-) -> Arc<dyn Middleware> {
+) -> Option<Arc<dyn Middleware>> {
     use zw_config::ParsedMiddleware as P;
-    match m {
+    Some(match m {
         P::RateLimit(spec) => {
             let buckets = keep((name.to_string(), format!("{spec:?}")), kept, used);
             match &spec.redis {
@@ -178,7 +179,9 @@ pub fn build(
             permanent,
         } => Arc::new(RedirectRegex::new(regex, replacement, *permanent)),
         P::RedirectScheme(r) => Arc::new(RedirectScheme::new(r)),
-    }
+        // Spliced into the routers that name it: nothing to build.
+        P::Chain => return None,
+    })
 }
 
 /// Replaces the path of a request URI, keeping its query.

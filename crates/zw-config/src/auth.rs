@@ -1,4 +1,4 @@
-//! Validation of the authentication middlewares: `basicAuth`.
+//! Validation of the authentication middlewares: `basicAuth`, `forwardAuth`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -6,7 +6,10 @@ use std::io::Read;
 use base64::Engine;
 
 use crate::validate::Checker;
-use crate::{BasicAuth, BasicAuthSpec, ParsedMiddleware, PasswordHash};
+use crate::{
+    BasicAuth, BasicAuthSpec, ForwardAuth, ForwardAuthSpec, ParsedMiddleware, PasswordHash,
+    UpstreamScheme, UpstreamUrl,
+};
 
 /// The most an htpasswd file may hold.
 pub const MAX_USERS_FILE_BYTES: u64 = 1 << 20;
@@ -95,6 +98,107 @@ pub(crate) fn check_basic_auth(
             realm: realm.to_string(),
             remove_header: b.remove_header,
             header_field,
+        })
+    })
+}
+
+pub(crate) fn check_forward_auth(
+    c: &mut Checker<'_>,
+    p: &str,
+    f: &ForwardAuth,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &f.unknown);
+    let before = c.errors.len();
+    for (key, set) in [
+        ("tls", f.tls.is_some()),
+        (
+            "addAuthCookiesToResponse",
+            f.add_auth_cookies_to_response.is_some(),
+        ),
+        ("forwardBody", f.forward_body.is_some()),
+        ("maxBodySize", f.max_body_size.is_some()),
+    ] {
+        if set {
+            c.err(
+                format!("{p}.{key}"),
+                "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options",
+            );
+        }
+    }
+    let server = match UpstreamUrl::parse(&f.address) {
+        Ok(u) if u.scheme == UpstreamScheme::Http => Some(u),
+        Ok(_) => {
+            c.err(
+                format!("{p}.address"),
+                "only http:// authentication servers are supported yet",
+            );
+            None
+        }
+        Err(e) => {
+            c.err(format!("{p}.address"), e);
+            None
+        }
+    };
+    // What follows the authority, as the check's request target.
+    let rest = f
+        .address
+        .split_once("://")
+        .map(|(_, r)| r.find(['/', '?']).map_or("", |i| &r[i..]))
+        .unwrap_or("");
+    let rest = rest.split('#').next().unwrap_or("");
+    let target = if rest.starts_with('?') {
+        format!("/{rest}")
+    } else if rest.is_empty() {
+        "/".to_string()
+    } else {
+        rest.to_string()
+    };
+    let path_and_query = match http::uri::PathAndQuery::try_from(target.as_str()) {
+        Ok(pq) => Some(pq),
+        Err(_) => {
+            c.err(
+                format!("{p}.address"),
+                "the path or query is not valid in a URL",
+            );
+            None
+        }
+    };
+    let names = |c: &mut Checker<'_>, key: &str, list: &[String]| -> Vec<http::HeaderName> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, h)| match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    c.err(format!("{p}.{key}[{i}]"), "not a valid header name");
+                    None
+                }
+            })
+            .collect()
+    };
+    let auth_response_headers = names(c, "authResponseHeaders", &f.auth_response_headers);
+    let auth_request_headers = names(c, "authRequestHeaders", &f.auth_request_headers);
+    let auth_response_headers_regex = match f.auth_response_headers_regex.as_deref() {
+        None | Some("") => None,
+        // Header names are matched in their canonical form, case-insensitively.
+        Some(re) => match zw_rules::compile_go_regex(&format!("(?i){re}")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                c.err(format!("{p}.authResponseHeadersRegex"), e);
+                None
+            }
+        },
+    };
+    let (server, path_and_query) = (server?, path_and_query?);
+    (c.errors.len() == before).then(|| {
+        ParsedMiddleware::ForwardAuth(ForwardAuthSpec {
+            server,
+            path_and_query,
+            trust_forward_header: f.trust_forward_header,
+            auth_response_headers,
+            auth_response_headers_regex,
+            auth_request_headers,
+            preserve_location_header: f.preserve_location_header,
+            preserve_request_method: f.preserve_request_method,
         })
     })
 }

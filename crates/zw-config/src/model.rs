@@ -450,6 +450,38 @@ pub struct Middleware {
     pub basic_auth: Option<BasicAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<ForwardAuth>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `forwardAuth`: an authentication server decides; 2xx lets the request through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardAuth {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub trust_forward_header: bool,
+    #[serde(default)]
+    pub auth_response_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_response_headers_regex: Option<String>,
+    #[serde(default)]
+    pub auth_request_headers: Vec<String>,
+    #[serde(default)]
+    pub preserve_location_header: bool,
+    #[serde(default)]
+    pub preserve_request_method: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_auth_cookies_to_response: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_body: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<serde_json::Value>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

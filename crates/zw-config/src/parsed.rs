@@ -164,9 +164,25 @@ pub enum ParsedMiddleware {
         reject: http::StatusCode,
     },
     BasicAuth(BasicAuthSpec),
+    ForwardAuth(ForwardAuthSpec),
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,
+}
+
+/// A `forwardAuth`, its address and header names parsed.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthSpec {
+    /// `http://host:port` of the authentication server.
+    pub server: UpstreamUrl,
+    /// What the check asks for there (the address' path and query; `/` without one).
+    pub path_and_query: http::uri::PathAndQuery,
+    pub trust_forward_header: bool,
+    pub auth_response_headers: Vec<HeaderName>,
+    pub auth_response_headers_regex: Option<regex::Regex>,
+    pub auth_request_headers: Vec<HeaderName>,
+    pub preserve_location_header: bool,
+    pub preserve_request_method: bool,
 }
 
 /// A `basicAuth`, its users' hashes parsed.

@@ -679,7 +679,7 @@ fn pick_peer<'s>(snap: &'s Snapshot, mut service: u32, ctx: &PickCtx<'_>) -> Opt
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the
 /// `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -201,3 +201,242 @@ fn unusable_users_are_validation_errors() {
         assert!(err.contains("htpasswd"), "{users}: says what to do: {err}");
     }
 }
+
+/// An authentication server: `Authorization: Bearer good` → 204 with `X-Auth-User` and
+/// `X-Auth-Role`; a path with `redirect` → 302 to a relative `/login`; anything else →
+/// 401 `denied` with `WWW-Authenticate`. It records each check's headers.
+struct AuthServer {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, http::HeaderMap)>>>,
+}
+
+impl AuthServer {
+    async fn start() -> AuthServer {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, http::HeaderMap)>>> =
+            Default::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            log.lock().unwrap().push((
+                                req.method().to_string(),
+                                req.uri().to_string(),
+                                req.headers().clone(),
+                            ));
+                            let good = req
+                                .headers()
+                                .get("authorization")
+                                .is_some_and(|v| v == "Bearer good");
+                            let resp = if req.uri().path().contains("redirect") {
+                                http::Response::builder()
+                                    .status(302)
+                                    .header("location", "/login")
+                                    .body(Full::new(Bytes::new()))
+                            } else if good {
+                                http::Response::builder()
+                                    .status(204)
+                                    .header("x-auth-user", "alice")
+                                    .header("x-auth-role", "admin")
+                                    .header("x-auth-extra", "e")
+                                    .header("x-other", "o")
+                                    .body(Full::new(Bytes::new()))
+                            } else {
+                                http::Response::builder()
+                                    .status(401)
+                                    .header("www-authenticate", "Bearer realm=\"x\"")
+                                    .header("connection", "x-hop")
+                                    .header("x-hop", "1")
+                                    .body(Full::new(Bytes::from_static(b"denied")))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        AuthServer { addr, seen }
+    }
+
+    fn last(&self) -> (String, String, http::HeaderMap) {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+fn forward_config(up: &Upstream, auth: &AuthServer, extra: &str) -> String {
+    format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [auth]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    auth:\n      forwardAuth:\n        address: http://{}/verify?app=a\n{extra}",
+        up.url(),
+        auth.addr
+    )
+}
+
+async fn send(edge: &TestEdge, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "a.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    c.send(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Traefik's `forward_test.go`: TestForwardAuthSuccess (2xx lets through, the listed
+/// response headers reach the upstream), TestForwardAuthFail (the server's status, headers
+/// and body reach the client), hop-by-hop headers of the server's answer left out, and
+/// `Test_writeHeader`'s X-Forwarded-* (the client's own only with trustForwardHeader).
+#[tokio::test]
+async fn forward_auth_admits_on_2xx_and_passes_the_refusal_through() {
+    let up = Upstream::start("u").await;
+    let auth = AuthServer::start().await;
+    let edge = TestEdge::start(&forward_config(
+        &up,
+        &auth,
+        "        authResponseHeaders: [X-Auth-User]\n        authResponseHeadersRegex: \"^X-Auth-R\"\n",
+    ))
+    .await;
+
+    let ok = send(
+        &edge,
+        "POST",
+        "/app?x=1",
+        &[
+            ("authorization", "Bearer good"),
+            ("x-auth-user", "mallory"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.upstream(), "u");
+    assert_eq!(
+        seen(&ok, "x-auth-user").as_deref(),
+        Some("alice"),
+        "the server's value replaces the client's"
+    );
+    assert_eq!(
+        seen(&ok, "x-auth-role").as_deref(),
+        Some("admin"),
+        "matched by the regex"
+    );
+    assert_eq!(seen(&ok, "x-other"), None, "not listed, not copied");
+    let (method, uri, h) = auth.last();
+    assert_eq!((method.as_str(), uri.as_str()), ("GET", "/verify?app=a"));
+    let hv = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(hv("x-forwarded-method"), "POST");
+    assert_eq!(hv("x-forwarded-proto"), "http");
+    assert_eq!(hv("x-forwarded-host"), "a.test");
+    assert_eq!(hv("x-forwarded-uri"), "/app?x=1");
+    assert_eq!(
+        hv("x-forwarded-for"),
+        "127.0.0.1",
+        "an untrusted X-Forwarded-For is replaced"
+    );
+    assert_eq!(
+        hv("authorization"),
+        "Bearer good",
+        "the credentials reach the server"
+    );
+
+    let no = send(&edge, "GET", "/", &[]).await;
+    assert_eq!(no.status, 401);
+    assert_eq!(no.body, "denied");
+    assert_eq!(no.header("www-authenticate"), Some("Bearer realm=\"x\""));
+    assert_eq!(
+        no.header("x-hop"),
+        None,
+        "hop-by-hop headers of the server's answer stay there"
+    );
+    assert_ne!(no.upstream(), "u");
+}
+
+/// `trustForwardHeader` keeps the client's X-Forwarded-*; `preserveRequestMethod` sends the
+/// request's method; `authRequestHeaders` limits what the server sees; a relative
+/// `Location` is made absolute against the server unless `preserveLocationHeader`
+/// (TestForwardAuthRedirect / TestForwardAuthPreserveLocationHeader).
+#[tokio::test]
+async fn forward_auth_options_shape_the_check_and_the_redirect() {
+    let up = Upstream::start("u").await;
+    let auth = AuthServer::start().await;
+    let edge = TestEdge::start(&forward_config(
+        &up,
+        &auth,
+        "        trustForwardHeader: true\n        preserveRequestMethod: true\n        authRequestHeaders: [Authorization, X-Forwarded-For]\n",
+    ))
+    .await;
+    let r = send(
+        &edge,
+        "DELETE",
+        "/x",
+        &[
+            ("authorization", "Bearer good"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "b.test"),
+            ("cookie", "c=1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let (method, _, h) = auth.last();
+    assert_eq!(method, "DELETE");
+    let hv = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(hv("x-forwarded-for"), "10.0.0.1, 127.0.0.1");
+    assert_eq!(hv("x-forwarded-host"), "b.test");
+    assert_eq!(hv("cookie"), "", "not in authRequestHeaders");
+
+    // the redirect: absolute against the server, or as sent
+    let edge =
+        TestEdge::start(&forward_config(&up, &auth, "").replace("/verify?app=a", "/redirect"))
+            .await;
+    let r = send(&edge, "GET", "/", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{}/login", auth.addr).as_str())
+    );
+    let edge = TestEdge::start(
+        &forward_config(&up, &auth, "        preserveLocationHeader: true\n")
+            .replace("/verify?app=a", "/redirect"),
+    )
+    .await;
+    let r = send(&edge, "GET", "/", &[]).await;
+    assert_eq!(r.header("location"), Some("/login"));
+
+    // a server that is not there: 500, as in Traefik
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [auth]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    auth:\n      forwardAuth: {{address: \"http://{gone}/\"}}\n",
+        up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    assert_eq!(send(&edge, "GET", "/", &[]).await.status, 500);
+}

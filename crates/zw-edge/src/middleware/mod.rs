@@ -8,6 +8,7 @@
 
 mod add_prefix;
 mod basic_auth;
+pub mod forward_auth;
 mod headers;
 mod in_flight;
 mod ip_allow_list;
@@ -23,6 +24,7 @@ use http::{request, response};
 
 pub use add_prefix::AddPrefix;
 pub use basic_auth::BasicAuth;
+pub use forward_auth::ForwardAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
 pub use ip_allow_list::IpAllowList;
@@ -152,6 +154,18 @@ pub fn build(
         }
         P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
+        P::ForwardAuth(spec) => {
+            // Kept connections survive reloads that keep the server.
+            let idle = keep(
+                (
+                    name.to_string(),
+                    format!("forwardAuth {}", spec.server.authority),
+                ),
+                kept,
+                used,
+            );
+            Arc::new(ForwardAuth::new(spec, idle))
+        }
         P::ReplacePath(path) => Arc::new(ReplacePath(path.clone())),
         P::ReplacePathRegex { regex, replacement } => Arc::new(ReplacePathRegex {
             regex: regex.clone(),

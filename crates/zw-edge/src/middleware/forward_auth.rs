@@ -1,0 +1,305 @@
+//! `forwardAuth` (Traefik's `pkg/middlewares/auth/forward.go`): before a request goes on,
+//! the edge asks an authentication server with the request's headers. A 2xx answer lets
+//! the request through, with `authResponseHeaders` (and headers matching
+//! `authResponseHeadersRegex`) copied from the answer into the request; any other answer
+//! goes back to the client as it is — status, headers, body — with a relative `Location`
+//! made absolute against the server unless `preserveLocationHeader`. The check is a `GET`
+//! (the request's own method with `preserveRequestMethod`) carrying
+//! `X-Forwarded-{For,Method,Proto,Host,Uri}`, taken from the client's request only with
+//! `trustForwardHeader`. A server that cannot be reached, or answers nothing within 30 s,
+//! is a 500, as in Traefik.
+//!
+//! Connections to the server are kept (up to [`MAX_IDLE`]) and reused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1;
+use zw_config::ForwardAuthSpec;
+
+use super::{Action, Middleware, MiddlewareCtx};
+
+/// Idle connections kept to one authentication server.
+pub const MAX_IDLE: usize = 32;
+/// The longest an authentication server may take (Traefik's client timeout).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of an answer's body kept (it goes back to the client on a refusal).
+const MAX_BODY: usize = 1 << 20;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+#[derive(Debug)]
+pub struct ForwardAuth {
+    spec: Arc<ForwardAuthSpec>,
+    idle: Arc<Idle>,
+}
+
+/// Kept connections to the authentication server.
+#[derive(Default)]
+pub struct Idle(SegQueue<http1::SendRequest<Empty<Bytes>>>);
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Idle({})", self.0.len())
+    }
+}
+
+/// What the authentication server said.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    #[error("connecting to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("exchange with {0}: {1}")]
+    Http(String, hyper::Error),
+    #[error("the answer of {0} was longer than {MAX_BODY} bytes or broke off")]
+    Body(String),
+    #[error("no answer from {0} within {TIMEOUT:?}")]
+    Timeout(String),
+    #[error("the check request is invalid: {0}")]
+    Request(#[from] http::Error),
+}
+
+impl ForwardAuth {
+    pub fn new(spec: &ForwardAuthSpec, idle: Arc<Idle>) -> Self {
+        ForwardAuth {
+            spec: Arc::new(spec.clone()),
+            idle,
+        }
+    }
+
+    /// The check's headers, from the client's request (Traefik's `writeHeader`).
+    fn check_headers(&self, ctx: &MiddlewareCtx<'_>) -> HeaderMap {
+        let req = &*ctx.parts;
+        let mut h = req.headers.clone();
+        crate::proxy::remove_hop_by_hop(&mut h, false);
+        if !self.spec.auth_request_headers.is_empty() {
+            let mut kept = HeaderMap::new();
+            for name in &self.spec.auth_request_headers {
+                for v in h.get_all(name) {
+                    kept.append(name.clone(), v.clone());
+                }
+            }
+            h = kept;
+        }
+        let trust = self.spec.trust_forward_header;
+        let client = ctx.client_ip.to_string();
+        let xff = match req.headers.get(&X_FORWARDED_FOR) {
+            Some(prior) if trust => prior
+                .to_str()
+                .map(|p| format!("{p}, {client}"))
+                .unwrap_or(client),
+            _ => client,
+        };
+        set(&mut h, X_FORWARDED_FOR, &xff);
+        let trusted = |name: &HeaderName| trust.then(|| req.headers.get(name).cloned()).flatten();
+        let uri = req
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        for (name, own) in [
+            (X_FORWARDED_METHOD, req.method.as_str().to_string()),
+            (X_FORWARDED_PROTO, ctx.scheme.to_string()),
+            (X_FORWARDED_HOST, ctx.host.to_string()),
+            (X_FORWARDED_URI, uri),
+        ] {
+            match trusted(&name) {
+                Some(v) => {
+                    h.insert(name, v);
+                }
+                None => set(&mut h, name, &own),
+            }
+        }
+        match trusted(&X_FORWARDED_PORT) {
+            Some(v) => {
+                h.insert(X_FORWARDED_PORT, v);
+            }
+            None => {
+                h.remove(X_FORWARDED_PORT);
+            }
+        }
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(&self.spec.server.authority)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+        );
+        h
+    }
+}
+
+fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            h.insert(name, v);
+        }
+        Err(_) => {
+            h.remove(name);
+        }
+    }
+}
+
+/// One check, on a kept connection when there is one.
+async fn ask(
+    spec: &ForwardAuthSpec,
+    idle: &Idle,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Answer, AuthError> {
+    let server = spec.server.authority.clone();
+    let work = async {
+        let mut tx = loop {
+            match idle.0.pop() {
+                Some(mut tx) => {
+                    if !tx.is_closed() && tx.ready().await.is_ok() {
+                        break tx;
+                    }
+                }
+                None => {
+                    let stream = tokio::net::TcpStream::connect(&server)
+                        .await
+                        .map_err(|e| AuthError::Connect(server.clone(), e))?;
+                    let _ = stream.set_nodelay(true);
+                    let (tx, conn) = http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| AuthError::Http(server.clone(), e))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    break tx;
+                }
+            }
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(spec.path_and_query.clone())
+            .body(Empty::<Bytes>::new())?;
+        *req.headers_mut() = headers;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| AuthError::Http(server.clone(), e))?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| AuthError::Body(server.clone()))?
+            .to_bytes();
+        let closing = parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if !closing && idle.0.len() < MAX_IDLE {
+            idle.0.push(tx);
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(AuthError::Timeout(server.clone())))
+}
+
+impl ForwardAuth {
+    /// The client's answer for a refusal: the server's, hop-by-hop headers left out.
+    fn refusal(spec: &ForwardAuthSpec, a: Answer) -> Action {
+        let mut headers = a.headers;
+        crate::proxy::remove_hop_by_hop(&mut headers, false);
+        headers.remove(header::CONTENT_LENGTH);
+        if !spec.preserve_location_header {
+            // A relative Location is the server's: made absolute against it, as Go's
+            // `Response.Location` does.
+            if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+                let absolute = if loc.starts_with("//") {
+                    Some(format!("http:{loc}"))
+                } else if loc.starts_with('/') {
+                    Some(format!("http://{}{loc}", spec.server.authority))
+                } else if !loc.contains("://") && !loc.is_empty() {
+                    let base = spec.path_and_query.path();
+                    let dir = base.rsplit_once('/').map_or("", |(d, _)| d);
+                    Some(format!("http://{}{dir}/{loc}", spec.server.authority))
+                } else {
+                    None
+                };
+                if let Some(v) = absolute.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                    headers.insert(header::LOCATION, v);
+                }
+            }
+        }
+        let mut resp = http::Response::new(a.body);
+        *resp.status_mut() = a.status;
+        *resp.headers_mut() = headers;
+        Action::Answer(resp)
+    }
+
+    /// A 2xx: the chosen headers of the answer replace the request's.
+    fn admit(spec: &ForwardAuthSpec, a: &Answer, req: &mut HeaderMap) {
+        for name in &spec.auth_response_headers {
+            req.remove(name);
+            for v in a.headers.get_all(name) {
+                req.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(re) = &spec.auth_response_headers_regex {
+            let matching: Vec<&HeaderName> = a
+                .headers
+                .keys()
+                .filter(|k| re.is_match(k.as_str()))
+                .collect();
+            for name in &matching {
+                req.remove(*name);
+            }
+            for name in matching {
+                for v in a.headers.get_all(name) {
+                    req.append(name.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+impl Middleware for ForwardAuth {
+    fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
+        let headers = self.check_headers(ctx);
+        let method = if self.spec.preserve_request_method {
+            ctx.parts.method.clone()
+        } else {
+            Method::GET
+        };
+        let (spec, idle) = (self.spec.clone(), self.idle.clone());
+        Action::Defer(Box::pin(async move {
+            let answer = ask(&spec, &idle, method, headers).await;
+            Box::new(move |ctx: &mut MiddlewareCtx<'_>| match answer {
+                Err(e) => {
+                    tracing::warn!(server = %spec.server.authority, error = %e, "forwardAuth: the authentication server did not answer; 500");
+                    let mut resp = http::Response::new(Bytes::new());
+                    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Action::Answer(resp)
+                }
+                Ok(a) if a.status.is_success() => {
+                    ForwardAuth::admit(&spec, &a, &mut ctx.parts.headers);
+                    Action::Continue
+                }
+                Ok(a) => ForwardAuth::refusal(&spec, a),
+            }) as super::Then
+        }))
+    }
+}

@@ -4,21 +4,22 @@ use std::time::Duration;
 
 use crate::validate::Checker;
 use crate::{
-    IpAllowList, IpStrategy, ParsedMiddleware, RateLimit, RateLimitRedis, RateLimitSpec, RedisSpec,
-    Source,
+    IpAllowList, IpStrategy, IpStrategySpec, ParsedMiddleware, RateLimit, RateLimitRedis,
+    RateLimitSpec, RedisSpec, Source,
 };
 
-/// `ipStrategy` without `X-Forwarded-For`: the edge replaces that header from every peer
-/// (trusted forwarded headers are not supported yet), so `depth` and `excludedIPs` would
-/// read what any client wrote. They are refused rather than made spoofable.
-fn check_ip_strategy(c: &mut Checker<'_>, p: &str, s: &IpStrategy) -> Option<Option<u8>> {
+/// `ipStrategy`: `depth` and `excludedIPs` read `X-Forwarded-For`, which is the client's
+/// only from peers an entry point trusts (from others the edge drops it on arrival).
+/// With both, `depth` wins, as in Traefik.
+fn check_ip_strategy(c: &mut Checker<'_>, p: &str, s: &IpStrategy) -> Option<IpStrategySpec> {
     c.unknown(p, &s.unknown);
     let before = c.errors.len();
-    if s.depth != 0 {
-        c.err(format!("{p}.depth"), "reading X-Forwarded-For needs entry points that trust it (forwardedHeaders.trustedIPs), which Zeitwork does not support yet; behind Zeitwork's balancer the client address comes by PROXY protocol and needs no depth");
-    }
-    if !s.excluded_ips.is_empty() {
-        c.err(format!("{p}.excludedIPs"), "reading X-Forwarded-For needs entry points that trust it (forwardedHeaders.trustedIPs), which Zeitwork does not support yet");
+    let mut excluded = Vec::with_capacity(s.excluded_ips.len());
+    for (i, n) in s.excluded_ips.iter().enumerate() {
+        match n.trim().parse::<zw_rules::IpNet>() {
+            Ok(n) => excluded.push(n),
+            Err(e) => c.err(format!("{p}.excludedIPs[{i}]"), e.to_string()),
+        }
     }
     if let Some(n) = s.ipv6_subnet {
         if n > 128 {
@@ -28,7 +29,11 @@ fn check_ip_strategy(c: &mut Checker<'_>, p: &str, s: &IpStrategy) -> Option<Opt
             );
         }
     }
-    (c.errors.len() == before).then_some(s.ipv6_subnet)
+    (c.errors.len() == before).then_some(IpStrategySpec {
+        depth: s.depth,
+        excluded,
+        ipv6_subnet: s.ipv6_subnet,
+    })
 }
 
 pub(crate) fn check_rate_limit(
@@ -56,7 +61,7 @@ pub(crate) fn check_rate_limit(
         c,
         p,
         r.source_criterion.as_ref(),
-        Source::ClientIp { ipv6_subnet: None },
+        Source::ClientIp(IpStrategySpec::default()),
     );
     let rate = (r.average > 0).then(|| r.average as f64 / period.as_secs_f64());
     // Traefik: a request may wait half a token's time; below one token a second, 500 ms.
@@ -181,9 +186,9 @@ pub(crate) fn check_ip_allow_list(
             Err(e) => c.err(format!("{p}.sourceRange[{i}]"), e.to_string()),
         }
     }
-    let ipv6_subnet = match &a.ip_strategy {
-        Some(s) => check_ip_strategy(c, &format!("{p}.ipStrategy"), s).flatten(),
-        None => None,
+    let strategy = match &a.ip_strategy {
+        Some(s) => check_ip_strategy(c, &format!("{p}.ipStrategy"), s).unwrap_or_default(),
+        None => IpStrategySpec::default(),
     };
     let reject = match a.reject_status_code {
         None => Some(http::StatusCode::FORBIDDEN),
@@ -200,7 +205,7 @@ pub(crate) fn check_ip_allow_list(
     };
     (c.errors.len() == before).then(|| ParsedMiddleware::IpAllowList {
         ranges,
-        ipv6_subnet,
+        strategy,
         reject: reject.unwrap_or(http::StatusCode::FORBIDDEN),
     })
 }
@@ -227,8 +232,9 @@ fn source_of(
                 );
             }
             match (&sc.ip_strategy, &sc.request_header_name, sc.request_host) {
-                (Some(s), _, _) => check_ip_strategy(c, &format!("{sp}.ipStrategy"), s)
-                    .map(|ipv6_subnet| Source::ClientIp { ipv6_subnet }),
+                (Some(s), _, _) => {
+                    check_ip_strategy(c, &format!("{sp}.ipStrategy"), s).map(Source::ClientIp)
+                }
                 (None, Some(h), _) => match http::HeaderName::from_bytes(h.as_bytes()) {
                     Ok(h) => Some(Source::Header(h)),
                     Err(_) => {

@@ -29,8 +29,8 @@ pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig}
 pub use model::*;
 pub use parsed::*;
 pub use static_config::{
-    acme_domains, is_static, load_static, parse_static, AcmeDomains, AcmeResolver, KeyType,
-    Redirection, StaticConfig, StaticEntryPoint, LETS_ENCRYPT,
+    acme_domains, is_static, load_static, parse_static, AcmeDomains, AcmeResolver, ForwardedTrust,
+    KeyType, Redirection, StaticConfig, StaticEntryPoint, LETS_ENCRYPT,
 };
 pub use validate::{ref_name, validate, UpstreamScheme, UpstreamUrl, ValidConfig};
 

@@ -160,7 +160,7 @@ pub enum ParsedMiddleware {
     },
     IpAllowList {
         ranges: Vec<zw_rules::IpNet>,
-        ipv6_subnet: Option<u8>,
+        strategy: IpStrategySpec,
         reject: http::StatusCode,
     },
     BasicAuth(BasicAuthSpec),
@@ -274,11 +274,21 @@ impl std::fmt::Debug for RedisSpec {
 /// The key a request is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The client's address (the PROXY protocol's, behind a balancer); an IPv6 address
-    /// by its network of `ipv6_subnet` bits when set.
-    ClientIp {
-        ipv6_subnet: Option<u8>,
-    },
+    /// The client's address, found by the strategy.
+    ClientIp(IpStrategySpec),
     Header(HeaderName),
     Host,
+}
+
+/// How the client's address is found (Traefik's `ipStrategy`): with `depth`, the entry
+/// `depth` places from the right of `X-Forwarded-For`; else, with `excluded`, the
+/// rightmost entry outside those networks; else the connection's (the PROXY protocol's,
+/// behind a balancer). `X-Forwarded-For` is the client's only from peers an entry point
+/// trusts (`forwardedHeaders.trustedIPs`): from others the edge removed it on arrival.
+/// An IPv6 address counts by its network of `ipv6_subnet` bits when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpStrategySpec {
+    pub depth: u32,
+    pub excluded: Vec<zw_rules::IpNet>,
+    pub ipv6_subnet: Option<u8>,
 }

@@ -54,7 +54,6 @@ const UNSUPPORTED: &[&str] = &[
     "spiffe",
     "core",
     "ocsp",
-    "forwardedHeaders",
     "udp",
     "observability",
     "allowACMEByPass",
@@ -196,6 +195,8 @@ struct RawEntryPoint {
     http: Option<RawEpHttp>,
     #[serde(default)]
     proxy_protocol: Option<RawTrusted>,
+    #[serde(default)]
+    forwarded_headers: Option<RawTrusted>,
     #[serde(default)]
     transport: Option<RawTransport>,
     #[serde(flatten)]
@@ -349,11 +350,33 @@ pub struct StaticEntryPoint {
     /// `proxyProtocol.trustedIPs`: connections must come from these and start with a
     /// PROXY protocol header.
     pub proxy_protocol: Option<Vec<zw_rules::IpNet>>,
+    /// `forwardedHeaders`: the clients whose `X-Forwarded-*` headers are kept (from
+    /// anyone else they are replaced); `None`: no one's.
+    pub forwarded_headers: Option<ForwardedTrust>,
     pub redirect: Option<Redirection>,
     /// `http.tls`: the TLS of the routers that name this entry point and set none.
     pub tls: Option<RouterTls>,
     pub read_timeout: Option<std::time::Duration>,
     pub write_timeout: Option<std::time::Duration>,
+}
+
+/// Whose `X-Forwarded-*` headers an entry point keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedTrust {
+    /// `insecure: true`: everyone's.
+    Everyone,
+    /// `trustedIPs`: the clients in these networks (the PROXY protocol's address behind a
+    /// balancer: list the networks in front of the balancer, e.g. a CDN's).
+    Networks(Vec<zw_rules::IpNet>),
+}
+
+impl ForwardedTrust {
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        match self {
+            ForwardedTrust::Everyone => true,
+            ForwardedTrust::Networks(n) => n.iter().any(|n| n.contains(ip)),
+        }
+    }
 }
 
 /// `http.redirections.entryPoint`.
@@ -505,6 +528,27 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 Some(nets)
             }
         };
+        let forwarded_headers = match &ep.forwarded_headers {
+            None => None,
+            Some(t) => {
+                unknown(&format!("{p}.forwardedHeaders"), &t.unknown, &mut err);
+                let mut nets = Vec::new();
+                for (i, n) in t.trusted_i_ps.iter().enumerate() {
+                    match n.trim().parse::<zw_rules::IpNet>() {
+                        Ok(n) => nets.push(n),
+                        Err(e) => err(
+                            format!("{p}.forwardedHeaders.trustedIPs[{i}]"),
+                            &e.to_string(),
+                        ),
+                    }
+                }
+                Some(if t.insecure {
+                    ForwardedTrust::Everyone
+                } else {
+                    ForwardedTrust::Networks(nets)
+                })
+            }
+        };
         let (mut read_timeout, mut write_timeout) = (None, None);
         if let Some(t) = &ep.transport {
             unknown(&format!("{p}.transport"), &t.unknown, &mut err);
@@ -543,6 +587,7 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 name: name.clone(),
                 address,
                 proxy_protocol,
+                forwarded_headers,
                 redirect: None,
                 tls,
                 read_timeout,

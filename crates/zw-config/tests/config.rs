@@ -573,7 +573,7 @@ fn a_changed_certificate_file_changes_the_hash() {
 #[test]
 fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
     use zw_config::{is_static, parse_static};
-    let text = "entryPoints:\n  web:\n    address: :80\n    http:\n      redirections:\n        entryPoint: {to: websecure, scheme: https, permanent: true}\n  websecure:\n    address: 127.0.0.1:443\n    http:\n      tls: {options: modern}\n    proxyProtocol: {trustedIPs: [10.0.0.0/8]}\n    transport: {respondingTimeouts: {writeTimeout: 5s}}\nproviders:\n  file: {directory: /etc/zeitwork/dynamic, watch: false}\n";
+    let text = "entryPoints:\n  web:\n    address: :80\n    http:\n      redirections:\n        entryPoint: {to: websecure, scheme: https, permanent: true}\n  websecure:\n    address: 127.0.0.1:443\n    http:\n      tls: {options: modern}\n    proxyProtocol: {trustedIPs: [10.0.0.0/8]}\n    forwardedHeaders: {trustedIPs: [203.0.113.0/24]}\n    transport: {respondingTimeouts: {writeTimeout: 5s}}\nproviders:\n  file: {directory: /etc/zeitwork/dynamic, watch: false}\n";
     assert!(is_static(text, Format::Yaml));
     assert!(!is_static(YAML, Format::Yaml));
     let st = parse_static(text, Format::Yaml).unwrap();
@@ -585,6 +585,13 @@ fn a_static_configuration_adds_its_redirections_and_entry_point_tls() {
         ("websecure", 443, 2_147_483_646)
     );
     assert_eq!(st.entry_points[1].proxy_protocol.as_ref().unwrap().len(), 1);
+    let trust = st.entry_points[1].forwarded_headers.as_ref().unwrap();
+    assert!(trust.trusts("203.0.113.9".parse().unwrap()));
+    assert!(!trust.trusts("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        st.entry_points[0].forwarded_headers, None,
+        "no one's by default"
+    );
     assert_eq!(
         st.entry_points[1].write_timeout,
         Some(std::time::Duration::from_secs(5))
@@ -713,9 +720,10 @@ fn access_middlewares_validate_by_path() {
     );
     assert_eq!(
         spec.source,
-        Source::ClientIp {
-            ipv6_subnet: Some(64)
-        }
+        Source::ClientIp(zw_config::IpStrategySpec {
+            ipv6_subnet: Some(64),
+            ..Default::default()
+        })
     );
     let ParsedMiddleware::IpAllowList { ranges, reject, .. } = &v.parsed.middlewares[0] else {
         panic!("ipAllowList")
@@ -723,15 +731,14 @@ fn access_middlewares_validate_by_path() {
     assert_eq!((ranges.len(), reject.as_u16()), (2, 403));
 
     let errs = errors_of(
-        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n    e: {replacePath: {path: x}}\n    f: {replacePathRegex: {regex: \"(\", replacement: \" \"}}\n    g: {stripPrefixRegex: {regex: []}}\n",
+        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4, nonsense]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n    e: {replacePath: {path: x}}\n    f: {replacePathRegex: {regex: \"(\", replacement: \" \"}}\n    g: {stripPrefixRegex: {regex: []}}\n",
         Format::Yaml,
     );
     for want in [
         "http.middlewares.a.rateLimit.redis.endpoints[0]: `x`: expected `host:port`",
         "http.middlewares.a.rateLimit.average: must not be negative",
         "http.middlewares.a.rateLimit.sourceCriterion: set one of",
-        "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.depth: reading X-Forwarded-For",
-        "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.excludedIPs: reading X-Forwarded-For",
+        "http.middlewares.a.rateLimit.sourceCriterion.ipStrategy.excludedIPs[1]:",
         "http.middlewares.b.ipAllowList.sourceRange[0]:",
         "http.middlewares.b.ipAllowList.rejectStatusCode: must be an HTTP status code",
         "http.middlewares.c.ipAllowList.sourceRange: needs at least one",
@@ -741,6 +748,9 @@ fn access_middlewares_validate_by_path() {
         "http.middlewares.f.replacePathRegex.replacement: must not be empty",
         "http.middlewares.g.stripPrefixRegex.regex: needs at least one expression",
     ] {
-        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
     }
 }

@@ -166,6 +166,8 @@ pub(crate) struct Settings {
     pub(crate) entry_points: Vec<String>,
     /// Per entry point: the PROXY protocol senders it trusts, if it expects the protocol.
     proxy_protocol: Vec<Option<proxy_protocol::Trusted>>,
+    /// Per entry point: the clients whose `X-Forwarded-*` headers it keeps.
+    forwarded_headers: Vec<Option<zw_config::ForwardedTrust>>,
     /// Client connections the entry points hold at most (all together); more are closed at
     /// accept, so the process keeps file descriptors for upstreams and the admin listener.
     max_connections: usize,
@@ -284,6 +286,7 @@ impl Edge {
         EdgeBuilder {
             settings: Settings {
                 proxy_protocol: vec![None; n],
+                forwarded_headers: vec![None; n],
                 entry_points,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 body_read_timeout: proxy::BODY_READ_TIMEOUT,
@@ -524,6 +527,20 @@ impl EdgeBuilder {
         }
         if let Some(slot) = self.settings.proxy_protocol.get_mut(idx) {
             *slot = Some(proxy_protocol::Trusted(trusted));
+        }
+        Ok(self)
+    }
+
+    /// Makes `entry_point` keep the `X-Forwarded-*` headers of the clients `trust` names
+    /// (Traefik's `forwardedHeaders`); from anyone else they are replaced.
+    pub fn forwarded_headers(
+        mut self,
+        entry_point: &str,
+        trust: zw_config::ForwardedTrust,
+    ) -> Result<Self, Error> {
+        let idx = self.entry_point(entry_point)?;
+        if let Some(slot) = self.settings.forwarded_headers.get_mut(idx) {
+            *slot = Some(trust);
         }
         Ok(self)
     }
@@ -811,10 +828,17 @@ async fn serve_connection(
     let Some((client, io, proto)) = opened else {
         return;
     };
+    let trust_forwarded = shared
+        .settings
+        .forwarded_headers
+        .get(ep)
+        .and_then(Option::as_ref)
+        .is_some_and(|t| t.trusts(zw_rules::canonical_ip(client.ip())));
     let conn_info = Arc::new(proxy::ConnInfo::new(
         client,
         local_port,
         matches!(io, tls::ClientIo::Tls(_)),
+        trust_forwarded,
     ));
     let svc_shared = shared.clone();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {

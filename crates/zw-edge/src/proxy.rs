@@ -68,6 +68,20 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// What a client's own request may not say about where it came from, unless its entry
+/// point trusts it (Traefik's `forwardedheaders` list).
+const UNTRUSTED_FORWARDED: [HeaderName; 10] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-tls-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert-info"),
+    X_REAL_IP,
+];
 const X_ROUTED_TO: HeaderName = HeaderName::from_static("x-routed-to");
 const X_ROUTE_REASON: HeaderName = HeaderName::from_static("x-route-reason");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -84,10 +98,13 @@ pub(crate) struct ConnInfo {
     /// Whether the connection is TLS: its requests are routed among the routers with
     /// `tls`, and go upstream with `X-Forwarded-Proto: https`.
     tls: bool,
+    /// Whether the entry point keeps this client's `X-Forwarded-*` headers
+    /// (`forwardedHeaders.trustedIPs`); else they are dropped on arrival.
+    trust_forwarded: bool,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, local_port: u16, tls: bool) -> Self {
+    pub(crate) fn new(peer: SocketAddr, local_port: u16, tls: bool, trust_forwarded: bool) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
         // want a.b.c.d.
         let client_ip = zw_rules::canonical_ip(peer.ip());
@@ -98,6 +115,7 @@ impl ConnInfo {
             client_ip_header,
             port_header: HeaderValue::from(local_port),
             tls,
+            trust_forwarded,
         }
     }
 }
@@ -208,6 +226,14 @@ fn request_filter(
     if let Some(problem) = host_problem(&req) {
         ctx.ex.shared.metrics.bad_requests.fetch_add(1, Relaxed);
         return Err(local(StatusCode::BAD_REQUEST, problem));
+    }
+    // X-Forwarded-* from a client the entry point does not trust say whatever the client
+    // wants: gone before any middleware (an ipStrategy, a forwardAuth) reads them, as
+    // Traefik's forwardedHeaders does; the edge writes its own on the way upstream.
+    if !ctx.conn.trust_forwarded {
+        for name in UNTRUSTED_FORWARDED {
+            req.headers_mut().remove(name);
+        }
     }
     // The operator's orders: a token in the snapshot is answered on every entry point;
     // other paths under the prefix are routed as usual.
@@ -788,24 +814,38 @@ fn upstream_request(
         parts.uri = uri;
     }
 
-    // The edge is where the internet ends: client-sent X-Forwarded-* are replaced, not
-    // trusted. (PROXY protocol from a trusted balancer is how the real address arrives.)
-    parts
-        .headers
-        .insert(X_FORWARDED_FOR, conn.client_ip_header.clone());
-    parts
-        .headers
-        .insert(X_REAL_IP, conn.client_ip_header.clone());
-    parts.headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    parts
-        .headers
-        .insert(X_FORWARDED_PORT, conn.port_header.clone());
-    if host_raw.is_empty() {
-        parts.headers.remove(X_FORWARDED_HOST);
-    } else {
+    // The edge is where the internet ends: a client's own X-Forwarded-* were dropped on
+    // arrival unless its entry point trusts it (`forwardedHeaders`); what is left came
+    // from a trusted proxy in front, or from a middleware, and is kept. The client's
+    // address is appended to X-Forwarded-For, as every proxy does.
+    let xff = match parts.headers.get(X_FORWARDED_FOR) {
+        Some(prior) if !prior.is_empty() => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + conn.client_ip_header.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.client_ip_header.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.client_ip_header.clone())
+        }
+        _ => conn.client_ip_header.clone(),
+    };
+    parts.headers.insert(X_FORWARDED_FOR, xff);
+    if !parts.headers.contains_key(X_REAL_IP) {
+        parts
+            .headers
+            .insert(X_REAL_IP, conn.client_ip_header.clone());
+    }
+    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+        parts.headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if !parts.headers.contains_key(X_FORWARDED_PORT) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PORT, conn.port_header.clone());
+    }
+    if !parts.headers.contains_key(X_FORWARDED_HOST) && !host_raw.is_empty() {
         parts.headers.insert(X_FORWARDED_HOST, host_value.clone());
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());

@@ -307,3 +307,100 @@ fn chains_that_loop_or_name_nothing_are_refused() {
         "{err}"
     );
 }
+
+/// `forwardedHeaders.trustedIPs` and `ipStrategy` (Traefik's `forwardedheaders_test.go`
+/// and `ip/strategy_test.go`): a trusted client's X-Forwarded-For is kept (the client's
+/// address appended on the way upstream) and `depth` reads it; an untrusted client's is
+/// dropped on arrival, so `depth` finds no address — the allow list refuses it and the
+/// upstream sees only the edge's own X-Forwarded-For. `excludedIPs` takes the rightmost
+/// address outside them.
+#[tokio::test]
+async fn trusted_forwarded_headers_feed_the_ip_strategy_and_others_are_dropped() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [only-office]}}\n    x: {{rule: \"Host(`x.test`)\", service: s, middlewares: [skip-cdn]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    only-office:\n      ipAllowList: {{sourceRange: [203.0.113.0/24], ipStrategy: {{depth: 1}}}}\n    skip-cdn:\n      ipAllowList: {{sourceRange: [198.51.100.7], ipStrategy: {{excludedIPs: [192.0.2.0/24]}}}}\n",
+        up.url()
+    );
+    // 127.0.0.2 is the proxy in front (trusted); 127.0.0.3 is anyone.
+    let builder = zw_edge::Edge::builder(vec!["web".into()])
+        .forwarded_headers(
+            "web",
+            zw_config::ForwardedTrust::Networks(vec!["127.0.0.2/32".parse().unwrap()]),
+        )
+        .unwrap();
+    let edge = TestEdge::start_built(&cfg, std::time::Duration::from_secs(5), builder).await;
+    let xff = "x-forwarded-for: 10.0.0.9, 203.0.113.5\r\n";
+
+    let (status, head) = get_from(edge.addr, [127, 0, 0, 2], xff).await;
+    assert_eq!(status, 200, "depth 1 is the office address: {head}");
+    let (status, _) = get_from(edge.addr, [127, 0, 0, 3], xff).await;
+    assert_eq!(status, 403, "from an untrusted client the header is gone");
+
+    // What the upstream sees: the trusted chain with the client appended, or only the client.
+    let seen_xff = |head: &str| -> String {
+        let body = head.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["headers"]["x-forwarded-for"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let cfg_plain = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n",
+        up.url()
+    );
+    let builder = zw_edge::Edge::builder(vec!["web".into()])
+        .forwarded_headers(
+            "web",
+            zw_config::ForwardedTrust::Networks(vec!["127.0.0.2/32".parse().unwrap()]),
+        )
+        .unwrap();
+    let plain = TestEdge::start_built(&cfg_plain, std::time::Duration::from_secs(5), builder).await;
+    let raw = raw_get(plain.addr, [127, 0, 0, 2], "a.test", xff).await;
+    assert_eq!(seen_xff(&raw), "10.0.0.9, 203.0.113.5, 127.0.0.2");
+    let raw = raw_get(plain.addr, [127, 0, 0, 3], "a.test", xff).await;
+    assert_eq!(seen_xff(&raw), "127.0.0.3");
+
+    // excludedIPs: the rightmost address outside 192.0.2.0/24
+    let (status, head) = raw_status(
+        edge.addr,
+        [127, 0, 0, 2],
+        "x.test",
+        "x-forwarded-for: 198.51.100.7, 192.0.2.1, 192.0.2.2\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let (status, _) = raw_status(
+        edge.addr,
+        [127, 0, 0, 2],
+        "x.test",
+        "x-forwarded-for: 198.51.100.8, 192.0.2.1\r\n",
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+/// A GET for `host` from `from`; the whole response as text.
+async fn raw_get(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = socket.connect(edge).await.unwrap();
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{headers}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+async fn raw_status(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> (u16, String) {
+    let text = raw_get(edge, from, host, headers).await;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

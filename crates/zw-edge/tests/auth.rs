@@ -379,11 +379,20 @@ async fn forward_auth_admits_on_2xx_and_passes_the_refusal_through() {
 async fn forward_auth_options_shape_the_check_and_the_redirect() {
     let up = Upstream::start("u").await;
     let auth = AuthServer::start().await;
-    let edge = TestEdge::start(&forward_config(
-        &up,
-        &auth,
-        "        trustForwardHeader: true\n        preserveRequestMethod: true\n        authRequestHeaders: [Authorization, X-Forwarded-For]\n",
-    ))
+    // trustForwardHeader reads what the entry point kept: here it trusts the client
+    // (`forwardedHeaders`), as a Traefik entry point behind a trusted proxy would.
+    let builder = zw_edge::Edge::builder(vec!["web".into()])
+        .forwarded_headers("web", zw_config::ForwardedTrust::Everyone)
+        .unwrap();
+    let edge = TestEdge::start_built(
+        &forward_config(
+            &up,
+            &auth,
+            "        trustForwardHeader: true\n        preserveRequestMethod: true\n        authRequestHeaders: [Authorization, X-Forwarded-For]\n",
+        ),
+        std::time::Duration::from_secs(5),
+        builder,
+    )
     .await;
     let r = send(
         &edge,

@@ -87,6 +87,12 @@ pub struct EdgeArgs {
     /// closed. The header's address becomes the client's. Repeatable.
     #[arg(long = "proxy-protocol", value_name = "NAME=CIDR[,CIDR…]")]
     proxy_protocol: Vec<String>,
+    /// Keep the X-Forwarded-* headers of clients of entry point NAME in these networks
+    /// (a CDN or proxy in front; behind a balancer, the address the PROXY protocol gives);
+    /// from anyone else they are replaced. Traefik's forwardedHeaders.trustedIPs.
+    /// Repeatable.
+    #[arg(long = "forwarded-headers", value_name = "NAME=CIDR[,CIDR…]")]
+    forwarded_headers: Vec<String>,
     /// Admin address: /health, /ready, /metrics, /debug/config.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9080")]
     admin: SocketAddr,
@@ -218,6 +224,10 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
                     builder = builder.proxy_protocol(&ep.name, nets.clone()).map_err(|e| anyhow::anyhow!("entryPoints.{}.proxyProtocol: {e}", ep.name))?;
                     tracing::info!(entry_point = %ep.name, "PROXY protocol required");
                 }
+                if let Some(trust) = &ep.forwarded_headers {
+                    builder = builder.forwarded_headers(&ep.name, trust.clone()).map_err(|e| anyhow::anyhow!("entryPoints.{}.forwardedHeaders: {e}", ep.name))?;
+                    tracing::info!(entry_point = %ep.name, ?trust, "X-Forwarded-* kept from trusted clients");
+                }
             }
             // The edge has one of each: the smallest an entry point sets applies to all.
             if let Some(d) = st.entry_points.iter().filter_map(|e| e.write_timeout).min() {
@@ -237,6 +247,19 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
                 .collect::<anyhow::Result<Vec<_>>>()?;
             builder = builder.proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
             tracing::info!(entry_point = %name, "PROXY protocol required");
+        }
+        for spec in &args.forwarded_headers {
+            let (name, nets) = spec
+                .split_once('=')
+                .with_context(|| format!("--forwarded-headers {spec}: expected NAME=CIDR[,CIDR…]"))?;
+            let nets = nets
+                .split(',')
+                .map(|n| n.trim().parse::<zw_rules::IpNet>().map_err(|e| anyhow::anyhow!("--forwarded-headers {spec}: `{n}`: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            builder = builder
+                .forwarded_headers(name, zw_config::ForwardedTrust::Networks(nets))
+                .map_err(|e| anyhow::anyhow!("--forwarded-headers {spec}: {e}"))?;
+            tracing::info!(entry_point = %name, "X-Forwarded-* kept from trusted clients");
         }
         // ACME resolvers: their certificates are read from storage now (served from the
         // first configuration on), HTTP-01 answered on each resolver's entry point.

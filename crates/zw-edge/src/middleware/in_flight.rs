@@ -53,9 +53,10 @@ impl InFlightReq {
 impl Middleware for InFlightReq {
     fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
         let key: Box<[u8]> = match &self.source {
-            Source::ClientIp { ipv6_subnet } => {
-                super::rate_limit::ip_key(ctx.client_ip, *ipv6_subnet).into()
-            }
+            Source::ClientIp(strategy) => super::strategy_ip(strategy, ctx)
+                .map_or(Box::default(), |ip| {
+                    super::rate_limit::ip_key(ip, strategy.ipv6_subnet).into()
+                }),
             Source::Header(h) => ctx
                 .parts
                 .headers

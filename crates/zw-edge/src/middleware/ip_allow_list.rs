@@ -1,6 +1,7 @@
 //! `ipAllowList` (Traefik's `pkg/middlewares/ipallowlist`): requests from a client address
 //! outside `sourceRange` get `rejectStatusCode` (default 403). The client address is the
-//! connection's peer, or the PROXY protocol's behind a balancer.
+//! connection's peer, or the PROXY protocol's behind a balancer, or what `ipStrategy`
+//! reads from a trusted `X-Forwarded-For`; a request it finds no address for is refused.
 
 use std::net::IpAddr;
 
@@ -11,13 +12,19 @@ use super::{Action, Middleware, MiddlewareCtx};
 #[derive(Debug)]
 pub struct IpAllowList {
     ranges: Vec<zw_rules::IpNet>,
+    strategy: zw_config::IpStrategySpec,
     reject: StatusCode,
 }
 
 impl IpAllowList {
-    pub fn new(ranges: &[zw_rules::IpNet], reject: StatusCode) -> Self {
+    pub fn new(
+        ranges: &[zw_rules::IpNet],
+        strategy: &zw_config::IpStrategySpec,
+        reject: StatusCode,
+    ) -> Self {
         IpAllowList {
             ranges: ranges.to_vec(),
+            strategy: strategy.clone(),
             reject,
         }
     }
@@ -29,7 +36,7 @@ impl IpAllowList {
 
 impl Middleware for IpAllowList {
     fn on_request(&self, ctx: &mut MiddlewareCtx<'_>) -> Action {
-        if self.allows(ctx.client_ip) {
+        if super::strategy_ip(&self.strategy, ctx).is_some_and(|ip| self.allows(ip)) {
             return Action::Continue;
         }
         Action::Respond(super::answer(self.reject))

@@ -85,6 +85,40 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn on_response(&self, _parts: &mut response::Parts, _req: &ResponseCtx) {}
 }
 
+/// The client's address as `s` finds it (Traefik's `ip.Strategy`): the connection's
+/// without `depth` or `excluded`; else read from `X-Forwarded-For` (every line of it,
+/// right to left). `None` when it has too few entries for `depth`, or only excluded ones
+/// — Traefik's empty address: a rate limit then counts all such requests together, an
+/// allow list refuses them.
+pub(crate) fn strategy_ip(
+    s: &zw_config::IpStrategySpec,
+    ctx: &MiddlewareCtx<'_>,
+) -> Option<std::net::IpAddr> {
+    if s.depth == 0 && s.excluded.is_empty() {
+        return Some(ctx.client_ip);
+    }
+    let entries: Vec<&str> = ctx
+        .parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if s.depth > 0 {
+        let at = entries.len().checked_sub(s.depth as usize)?;
+        return entries.get(at)?.parse().ok().map(zw_rules::canonical_ip);
+    }
+    entries
+        .iter()
+        .rev()
+        .filter_map(|e| e.parse::<std::net::IpAddr>().ok())
+        .map(zw_rules::canonical_ip)
+        .find(|ip| !s.excluded.iter().any(|n| n.contains(*ip)))
+}
+
 /// An answer with `status` and no body, for a middleware to fill in and return as
 /// [`Action::Respond`].
 pub(crate) fn answer(status: http::StatusCode) -> response::Parts {
@@ -152,7 +186,11 @@ pub fn build(
             );
             Arc::new(InFlightReq::new(*amount, source, counts))
         }
-        P::IpAllowList { ranges, reject, .. } => Arc::new(IpAllowList::new(ranges, *reject)),
+        P::IpAllowList {
+            ranges,
+            strategy,
+            reject,
+        } => Arc::new(IpAllowList::new(ranges, strategy, *reject)),
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
         P::ForwardAuth(spec) => {
             // Kept connections survive reloads that keep the server.

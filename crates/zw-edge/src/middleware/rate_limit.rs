@@ -219,10 +219,13 @@ impl Middleware for RateLimit {
         };
         let (ip, host);
         let key: &[u8] = match &self.spec.source {
-            Source::ClientIp { ipv6_subnet } => {
-                ip = ip_key(ctx.client_ip, *ipv6_subnet);
-                &ip
-            }
+            Source::ClientIp(strategy) => match super::strategy_ip(strategy, ctx) {
+                Some(addr) => {
+                    ip = ip_key(addr, strategy.ipv6_subnet);
+                    &ip
+                }
+                None => b"",
+            },
             Source::Header(h) => ctx.parts.headers.get(h).map_or(b"", |v| v.as_bytes()),
             // As routing sees it (lowercase, no port), as inFlightReq counts it.
             Source::Host => {
@@ -328,7 +331,7 @@ mod tests {
             rate: Some(1.0),
             burst: 1,
             max_delay: Duration::from_millis(500),
-            source: Source::ClientIp { ipv6_subnet: None },
+            source: Source::ClientIp(Default::default()),
             redis: None,
         };
         let buckets = Buckets::default();

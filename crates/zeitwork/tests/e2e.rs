@@ -458,29 +458,35 @@ fn route_test_with_a_config_names_router_and_service() {
         r#"
 http:
   routers:
-    api: {rule: "Host(`api.test`) && PathPrefix(`/v1`)", service: api@file, entryPoints: [websecure]}
+    api: {rule: "Host(`api.test`) && PathPrefix(`/v1`)", service: api@file, entryPoints: [websecure], middlewares: [secured, tag]}
     site: {rule: "Host(`api.test`)", service: web}
     catchall: {fallback: true, service: tier3}
   services:
     api: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
     web: {loadBalancer: {servers: [{url: "http://127.0.0.1:2"}]}}
     tier3: {loadBalancer: {servers: [{url: "http://127.0.0.1:3"}]}}
+  middlewares:
+    secured: {chain: {middlewares: [office, limit]}}
+    office: {ipAllowList: {sourceRange: [10.0.0.0/8]}}
+    limit: {rateLimit: {average: 10}}
+    tag: {headers: {customResponseHeaders: {X-Api: "1"}}}
 "#,
     );
     let input = "{\"host\":\"api.test\",\"path\":\"/v1/x\"}\n{\"host\":\"api.test\",\"path\":\"/\"}\n{\"host\":\"other\"}\n";
     let (code, out) = route_test(&["--config", cfg.to_str().unwrap()], input);
     assert_eq!(code, Some(0));
+    // the middlewares a request passes, in order, chains spliced in
     assert_eq!(
         out[0],
-        serde_json::json!({"router": "api", "service": "api"})
+        serde_json::json!({"router": "api", "service": "api", "middlewares": ["office", "limit", "tag"]})
     );
     assert_eq!(
         out[1],
-        serde_json::json!({"router": "site", "service": "web"})
+        serde_json::json!({"router": "site", "service": "web", "middlewares": []})
     );
     assert_eq!(
         out[2],
-        serde_json::json!({"router": "catchall", "service": "tier3"})
+        serde_json::json!({"router": "catchall", "service": "tier3", "middlewares": []})
     );
     let (_, out) = route_test(
         &["--config", cfg.to_str().unwrap(), "--entry-point", "web"],

@@ -76,7 +76,7 @@ impl OneOrMany {
 
 enum Matcher {
     Rule(Rule),
-    Table(RoutingTable<String>),
+    Table(RoutingTable<Route>),
 }
 
 pub fn run(cmd: RouteCommand) -> ExitCode {
@@ -154,18 +154,35 @@ fn fatal(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// What a request that a router matches goes through: its middlewares in order (chains
+/// spliced in, as the edge runs them), then its service.
+#[derive(Clone)]
+struct Route {
+    service: String,
+    middlewares: Vec<String>,
+}
+
 /// The routing table the edge would build for one entry point (or all routers).
-fn table(valid: zw_config::ValidConfig, entry_point: Option<&str>) -> RoutingTable<String> {
+fn table(valid: zw_config::ValidConfig, entry_point: Option<&str>) -> RoutingTable<Route> {
     let mut rules = valid.rules;
     let mut specs = Vec::new();
     let mut fallback = None;
-    for (name, r) in valid.config.http.routers {
+    let middleware_names: Vec<&String> = valid.config.http.middlewares.keys().collect();
+    for ((name, r), parsed) in valid.config.http.routers.iter().zip(&valid.parsed.routers) {
+        let name = name.clone();
         if let Some(ep) = entry_point {
             if !r.listens_on(ep) {
                 continue;
             }
         }
-        let service = zw_config::ref_name(&r.service).to_string();
+        let service = Route {
+            service: zw_config::ref_name(&r.service).to_string(),
+            middlewares: parsed
+                .middlewares
+                .iter()
+                .filter_map(|i| middleware_names.get(*i as usize).map(|n| n.to_string()))
+                .collect(),
+        };
         match rules.remove(&name) {
             Some(rule) => specs.push(RouterSpec {
                 name,
@@ -228,7 +245,11 @@ fn evaluate(matcher: &Matcher, input: &Input) -> Result<serde_json::Value, Strin
     Ok(match matcher {
         Matcher::Rule(rule) => json!({ "matched": rule.matches(&view) }),
         Matcher::Table(t) => match t.route(&view) {
-            Some(r) => json!({ "router": r.name, "service": r.value }),
+            Some(r) => json!({
+                "router": r.name,
+                "service": r.value.service,
+                "middlewares": r.value.middlewares,
+            }),
             None => json!({ "router": null, "service": null }),
         },
     })

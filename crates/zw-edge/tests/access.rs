@@ -21,29 +21,42 @@ async fn request(edge: SocketAddr, method: &str, headers: &str) -> (u16, String)
 }
 
 async fn send(edge: SocketAddr, from: [u8; 4], method: &str, headers: &str) -> (u16, String) {
+    let text = exchange(edge, from, method, "a.test", headers).await;
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status_of(&text), head)
+}
+
+/// One HTTP/1.1 request for `host` from `from`, `Connection: close`; the whole response.
+async fn exchange(
+    edge: SocketAddr,
+    from: [u8; 4],
+    method: &str,
+    host: &str,
+    headers: &str,
+) -> String {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     let mut s = socket.connect(edge).await.unwrap();
     s.write_all(
-        format!("{method} / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n{headers}\r\n")
+        format!("{method} / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{headers}\r\n")
             .as_bytes(),
     )
     .await
     .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+fn status_of(text: &str) -> u16 {
+    text.split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    (status, head)
+        .unwrap_or(0)
 }
 
 fn config(up: &Upstream, middleware: &str) -> String {
@@ -382,25 +395,10 @@ async fn trusted_forwarded_headers_feed_the_ip_strategy_and_others_are_dropped()
 
 /// A GET for `host` from `from`; the whole response as text.
 async fn raw_get(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> String {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((from, 0))).unwrap();
-    let mut s = socket.connect(edge).await.unwrap();
-    s.write_all(
-        format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{headers}\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    String::from_utf8_lossy(&buf).to_string()
+    exchange(edge, from, "GET", host, headers).await
 }
 
 async fn raw_status(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> (u16, String) {
     let text = raw_get(edge, from, host, headers).await;
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    (status_of(&text), text)
 }

@@ -520,28 +520,10 @@ async fn agent_node(store: &Store, id: &str, region: &str, memory_mb: u64) {
 }
 
 async fn app(store: &Store, name: &str, replicas: u32, regions: &[&str]) {
-    store
-        .apply(ApplySpec {
-            image: Some(NewImage {
-                name: name.into(),
-                command: vec!["/bin/app".into()],
-                env: Default::default(),
-                runtime: Runtime::Process,
-                rootfs: None,
-            }),
-            deployment: NewDeployment {
-                name: name.into(),
-                image: name.into(),
-                replicas,
-                regions: regions.iter().map(|r| r.to_string()).collect(),
-                port: 8080,
-                health_check: HealthCheckSpec::default(),
-            },
-            domains: vec![format!("{name}.test")],
-            move_domains: false,
-        })
-        .await
-        .unwrap();
+    let domain = format!("{name}.test");
+    let mut spec = apply_spec(name, regions, &[&domain], false);
+    spec.deployment.replicas = replicas;
+    store.apply(spec).await.unwrap();
 }
 
 async fn placement(store: &Store, deployment: &str) -> std::collections::BTreeMap<String, usize> {
@@ -718,24 +700,8 @@ async fn a_domain_is_not_taken_from_its_app_without_asking() {
             .await
             .unwrap();
         app(store, "hello", 1, &["eu"]).await;
-        let claim = |name: &str, move_domains: bool| ApplySpec {
-            image: Some(NewImage {
-                name: name.into(),
-                command: vec!["/bin/app".into()],
-                env: Default::default(),
-                runtime: Runtime::Process,
-                rootfs: None,
-            }),
-            deployment: NewDeployment {
-                name: name.into(),
-                image: name.into(),
-                replicas: 1,
-                regions: vec!["eu".into()],
-                port: 8080,
-                health_check: HealthCheckSpec::default(),
-            },
-            domains: vec!["other.test".into(), "hello.test".into()],
-            move_domains,
+        let claim = |name: &str, move_domains: bool| {
+            apply_spec(name, &["eu"], &["other.test", "hello.test"], move_domains)
         };
         let before = store.counts().await.unwrap();
         let e = store.apply(claim("other", false)).await.unwrap_err();
@@ -770,6 +736,29 @@ async fn a_domain_is_not_taken_from_its_app_without_asking() {
     }
 }
 
+/// An apply of app `name` (its image named the same) in `regions` with `domains`.
+fn apply_spec(name: &str, regions: &[&str], domains: &[&str], move_domains: bool) -> ApplySpec {
+    ApplySpec {
+        image: Some(NewImage {
+            name: name.into(),
+            command: vec!["/bin/app".into()],
+            env: Default::default(),
+            runtime: Runtime::Process,
+            rootfs: None,
+        }),
+        deployment: NewDeployment {
+            name: name.into(),
+            image: name.into(),
+            replicas: 1,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            port: 8080,
+            health_check: HealthCheckSpec::default(),
+        },
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        move_domains,
+    }
+}
+
 /// A domain that comes with a deploy is not routed until the operator's check proves it;
 /// a failed check says why and routes nothing; the check proves it once; a moved domain
 /// keeps its proof.
@@ -787,24 +776,8 @@ async fn domains_of_a_deploy_wait_for_their_check() {
                 .await
                 .unwrap();
         }
-        let spec = |name: &str, move_domains: bool| ApplySpec {
-            image: Some(NewImage {
-                name: name.into(),
-                command: vec!["/bin/app".into()],
-                env: Default::default(),
-                runtime: Runtime::Process,
-                rootfs: None,
-            }),
-            deployment: NewDeployment {
-                name: name.into(),
-                image: name.into(),
-                replicas: 1,
-                regions: vec!["eu".into(), "us".into()],
-                port: 8080,
-                health_check: HealthCheckSpec::default(),
-            },
-            domains: vec!["app.test".into()],
-            move_domains,
+        let spec = |name: &str, move_domains: bool| {
+            apply_spec(name, &["eu", "us"], &["app.test"], move_domains)
         };
         let applied = store.apply(spec("app", false)).await.unwrap();
         assert_eq!(applied.domains[0].verified_at, None, "{:?}", db.backend);

@@ -238,24 +238,12 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
             }
         }
         for spec in &args.proxy_protocol {
-            let (name, nets) = spec
-                .split_once('=')
-                .with_context(|| format!("--proxy-protocol {spec}: expected NAME=CIDR[,CIDR…]"))?;
-            let nets = nets
-                .split(',')
-                .map(|n| n.trim().parse::<zw_rules::IpNet>().map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: `{n}`: {e}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (name, nets) = entry_point_nets("--proxy-protocol", spec)?;
             builder = builder.proxy_protocol(name, nets).map_err(|e| anyhow::anyhow!("--proxy-protocol {spec}: {e}"))?;
             tracing::info!(entry_point = %name, "PROXY protocol required");
         }
         for spec in &args.forwarded_headers {
-            let (name, nets) = spec
-                .split_once('=')
-                .with_context(|| format!("--forwarded-headers {spec}: expected NAME=CIDR[,CIDR…]"))?;
-            let nets = nets
-                .split(',')
-                .map(|n| n.trim().parse::<zw_rules::IpNet>().map_err(|e| anyhow::anyhow!("--forwarded-headers {spec}: `{n}`: {e}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (name, nets) = entry_point_nets("--forwarded-headers", spec)?;
             builder = builder
                 .forwarded_headers(name, zw_config::ForwardedTrust::Networks(nets))
                 .map_err(|e| anyhow::anyhow!("--forwarded-headers {spec}: {e}"))?;
@@ -452,4 +440,23 @@ async fn start_provider(
         }
     }
     Ok(Box::pin(cp.run(edge.clone(), stop)))
+}
+
+/// `NAME=CIDR[,CIDR…]`, as `--proxy-protocol` and `--forwarded-headers` take it.
+fn entry_point_nets<'a>(
+    flag: &str,
+    spec: &'a str,
+) -> anyhow::Result<(&'a str, Vec<zw_rules::IpNet>)> {
+    let (name, nets) = spec
+        .split_once('=')
+        .with_context(|| format!("{flag} {spec}: expected NAME=CIDR[,CIDR…]"))?;
+    let nets = nets
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse::<zw_rules::IpNet>()
+                .map_err(|e| anyhow::anyhow!("{flag} {spec}: `{n}`: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((name, nets))
 }

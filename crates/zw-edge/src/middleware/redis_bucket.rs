@@ -94,6 +94,16 @@ pub enum RedisError {
     Answer { host: String, port: u16 },
 }
 
+impl RedisError {
+    fn at(spec: &RedisSpec) -> impl Fn(redis::RedisError) -> RedisError + Copy + '_ {
+        |source| RedisError::Redis {
+            host: spec.host.clone(),
+            port: spec.port,
+            source,
+        }
+    }
+}
+
 impl RedisBuckets {
     fn now_ms(&self) -> u64 {
         self.epoch
@@ -106,11 +116,7 @@ impl RedisBuckets {
         if let Some(c) = self.conn.get() {
             return Ok(c.clone());
         }
-        let err = |source| RedisError::Redis {
-            host: spec.host.clone(),
-            port: spec.port,
-            source,
-        };
+        let err = RedisError::at(spec);
         let mut settings = redis::RedisConnectionInfo::default().set_db(spec.db);
         if let Some(u) = &spec.username {
             settings = settings.set_username(u);
@@ -178,11 +184,7 @@ impl RedisBuckets {
             .arg(ttl)
             .invoke_async(&mut conn)
             .await
-            .map_err(|source| RedisError::Redis {
-                host: spec.host.clone(),
-                port: spec.port,
-                source,
-            })?;
+            .map_err(RedisError::at(spec))?;
         let wait =
             Duration::from_micros(u64::try_from(wait_us).map_err(|_| RedisError::Answer {
                 host: spec.host.clone(),

@@ -1,4 +1,5 @@
-//! Validation of the authentication middlewares: `basicAuth`, `forwardAuth`.
+//! Validation of the authentication middlewares (`basicAuth`, `digestAuth`,
+//! `forwardAuth`), and the parsers of what clients send them.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -7,8 +8,8 @@ use base64::Engine;
 
 use crate::validate::Checker;
 use crate::{
-    BasicAuth, BasicAuthSpec, ForwardAuth, ForwardAuthSpec, ParsedMiddleware, PasswordHash,
-    UpstreamScheme, UpstreamUrl,
+    BasicAuth, BasicAuthSpec, DigestAuth, DigestAuthSpec, ForwardAuth, ForwardAuthSpec,
+    ParsedMiddleware, PasswordHash, UpstreamScheme, UpstreamUrl,
 };
 
 /// The most an htpasswd file may hold.
@@ -17,18 +18,19 @@ pub const MAX_USERS_FILE_BYTES: u64 = 1 << 20;
 /// Traefik's default realm (`pkg/middlewares/auth/auth.go`).
 const DEFAULT_REALM: &str = "traefik";
 
-pub(crate) fn check_basic_auth(
+/// The lines of `users` after those of `usersFile` (trimmed; blanks and `#` comments
+/// skipped, as Traefik's `getLinesFromFile`), each with the path to name in an error.
+fn user_lines(
     c: &mut Checker<'_>,
     p: &str,
-    b: &BasicAuth,
+    users: &[String],
+    users_file: Option<&String>,
     digest: &mut Vec<u8>,
-) -> Option<ParsedMiddleware> {
-    c.unknown(p, &b.unknown);
-    let before = c.errors.len();
-    let mut users = BTreeMap::new();
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     // The file's users first, then the inline ones: a name in both is the inline one
     // (Traefik's `loadUsers` appends `users` after the file's lines).
-    if let Some(file) = &b.users_file {
+    if let Some(file) = users_file {
         let mut text = Vec::new();
         let read = std::fs::File::open(file)
             .and_then(|f| f.take(MAX_USERS_FILE_BYTES + 1).read_to_end(&mut text));
@@ -43,23 +45,63 @@ pub(crate) fn check_basic_auth(
             ),
             Ok(_) => {
                 digest.extend_from_slice(&text);
-                let text = String::from_utf8_lossy(&text);
-                // Lines trimmed; blank ones and `#` comments skipped, as Traefik does.
-                for (i, line) in text.lines().enumerate() {
+                for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
                     let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let at = format!("{p}.usersFile (`{file}` line {})", i + 1);
-                    if let Some((name, hash)) = user(c, &at, line) {
-                        users.insert(name, hash);
+                    if !line.is_empty() && !line.starts_with('#') {
+                        out.push((
+                            format!("{p}.usersFile (`{file}` line {})", i + 1),
+                            line.to_string(),
+                        ));
                     }
                 }
             }
         }
     }
-    for (i, line) in b.users.iter().enumerate() {
-        if let Some((name, hash)) = user(c, &format!("{p}.users[{i}]"), line) {
+    for (i, line) in users.iter().enumerate() {
+        out.push((format!("{p}.users[{i}]"), line.clone()));
+    }
+    out
+}
+
+/// `realm` (default `traefik`) and `headerField`, as both authentications take them.
+fn realm_and_field(
+    c: &mut Checker<'_>,
+    p: &str,
+    realm: Option<&str>,
+    header_field: Option<&str>,
+) -> (String, Option<http::HeaderName>) {
+    let header_field = match header_field {
+        None | Some("") => None,
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                c.err(format!("{p}.headerField"), "not a valid header name");
+                None
+            }
+        },
+    };
+    let realm = realm.filter(|r| !r.is_empty()).unwrap_or(DEFAULT_REALM);
+    // It goes in `WWW-Authenticate: … realm="…"`.
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        c.err(
+            format!("{p}.realm"),
+            "must not contain quotes, backslashes or control characters",
+        );
+    }
+    (realm.to_string(), header_field)
+}
+
+pub(crate) fn check_basic_auth(
+    c: &mut Checker<'_>,
+    p: &str,
+    b: &BasicAuth,
+    digest: &mut Vec<u8>,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &b.unknown);
+    let before = c.errors.len();
+    let mut users = BTreeMap::new();
+    for (at, line) in user_lines(c, p, &b.users, b.users_file.as_ref(), digest) {
+        if let Some((name, hash)) = user(c, &at, &line) {
             users.insert(name, hash);
         }
     }
@@ -69,37 +111,109 @@ pub(crate) fn check_basic_auth(
             "no users: every request would be refused; add `users` (htpasswd lines, e.g. from `htpasswd -nB NAME`) or `usersFile`",
         );
     }
-    let header_field = match &b.header_field {
-        None => None,
-        Some(h) if h.is_empty() => None,
-        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                c.err(format!("{p}.headerField"), "not a valid header name");
-                None
-            }
-        },
-    };
-    let realm = b
-        .realm
-        .as_deref()
-        .filter(|r| !r.is_empty())
-        .unwrap_or(DEFAULT_REALM);
-    // It goes in `WWW-Authenticate: Basic realm="…"`.
-    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
-        c.err(
-            format!("{p}.realm"),
-            "must not contain quotes, backslashes or control characters",
-        );
-    }
+    let (realm, header_field) =
+        realm_and_field(c, p, b.realm.as_deref(), b.header_field.as_deref());
     (c.errors.len() == before).then(|| {
         ParsedMiddleware::BasicAuth(BasicAuthSpec {
             users,
-            realm: realm.to_string(),
+            realm,
             remove_header: b.remove_header,
             header_field,
         })
     })
+}
+
+pub(crate) fn check_digest_auth(
+    c: &mut Checker<'_>,
+    p: &str,
+    d: &DigestAuth,
+    digest: &mut Vec<u8>,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &d.unknown);
+    let before = c.errors.len();
+    let (realm, header_field) =
+        realm_and_field(c, p, d.realm.as_deref(), d.header_field.as_deref());
+    let mut users = BTreeMap::new();
+    let mut any = false;
+    for (at, line) in user_lines(c, p, &d.users, d.users_file.as_ref(), digest) {
+        // `name:realm:HA1`, exactly three parts (Traefik's `digestUserParser`).
+        let parts: Vec<&str> = line.split(':').collect();
+        let [name, user_realm, ha1] = parts[..] else {
+            c.err(at, "expected `name:realm:hash` (an htdigest line, e.g. from `htdigest -c FILE REALM NAME`)");
+            continue;
+        };
+        if name.is_empty() || ha1.len() != 32 || !ha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+            c.err(at, format!("user `{name}`: the hash must be 32 hexadecimal digits, md5(name:realm:password)"));
+            continue;
+        }
+        any = true;
+        if user_realm == realm {
+            users.insert(name.to_string(), ha1.to_ascii_lowercase());
+        }
+    }
+    if !any && c.errors.len() == before {
+        c.err(
+            p,
+            "no users: every request would be refused; add `users` (htdigest lines) or `usersFile`",
+        );
+    } else if users.is_empty() && c.errors.len() == before {
+        c.err(
+            p,
+            format!("no user is in realm `{realm}`: users are looked up in the middleware's realm only (set `realm`)"),
+        );
+    }
+    (c.errors.len() == before).then(|| {
+        ParsedMiddleware::DigestAuth(DigestAuthSpec {
+            users,
+            realm,
+            remove_header: d.remove_header,
+            header_field,
+        })
+    })
+}
+
+/// The fields of an `Authorization: Digest` value (`k=v` or `k="v"`, comma-separated;
+/// go-http-auth's `DigestAuthParams`). `None` when the scheme is not Digest, the value
+/// is longer than [`MAX_CREDENTIALS`], or a field is malformed.
+pub fn digest_params(value: &[u8]) -> Option<BTreeMap<String, String>> {
+    if value.len() > MAX_CREDENTIALS {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    let mut rest = rest.trim_start();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let after = after.trim_start();
+        let (val, next) = match after.strip_prefix('"') {
+            // no escapes: no field a client sends needs one
+            Some(quoted) => {
+                let (val, next) = quoted.split_once('"')?;
+                let next = next.trim_start();
+                match next.strip_prefix(',') {
+                    Some(n) => (val, n),
+                    None if next.is_empty() => (val, ""),
+                    None => return None,
+                }
+            }
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        out.insert(key, val.trim_end().to_string());
+        rest = next.trim_start();
+    }
+    Some(out)
 }
 
 pub(crate) fn check_forward_auth(

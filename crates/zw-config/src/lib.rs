@@ -23,7 +23,7 @@ mod static_config;
 mod tls;
 mod validate;
 
-pub use auth::{basic_credentials, parse_hash, MAX_USERS_FILE_BYTES};
+pub use auth::{basic_credentials, digest_params, parse_hash, MAX_USERS_FILE_BYTES};
 pub use duration::Dur;
 pub use load::{config_files, load_path, parse_str, Format, Limits, LoadedConfig};
 pub use model::*;

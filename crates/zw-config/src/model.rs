@@ -64,7 +64,12 @@ impl Config {
                 self.http
                     .middlewares
                     .values()
-                    .filter_map(|m| m.basic_auth.as_ref()?.users_file.as_ref())
+                    .filter_map(|m| {
+                        m.basic_auth
+                            .as_ref()
+                            .and_then(|b| b.users_file.as_ref())
+                            .or_else(|| m.digest_auth.as_ref()?.users_file.as_ref())
+                    })
                     .map(std::path::PathBuf::from),
             )
             .collect()
@@ -452,6 +457,28 @@ pub struct Middleware {
     pub chain: Option<Chain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_auth: Option<ForwardAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_auth: Option<DigestAuth>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `digestAuth`: HTTP Digest authentication (RFC 2617, MD5, `qop=auth`) for the listed
+/// users (`name:realm:md5(name:realm:password)`, as `htdigest` writes them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestAuth {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<String>,
+    /// Default `traefik`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    #[serde(default)]
+    pub remove_header: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_field: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -165,9 +165,21 @@ pub enum ParsedMiddleware {
     },
     BasicAuth(BasicAuthSpec),
     ForwardAuth(ForwardAuthSpec),
+    DigestAuth(DigestAuthSpec),
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,
+}
+
+/// A `digestAuth`: the users of its realm and their `HA1` (lowercase hex of
+/// `md5(name:realm:password)`). Lines for other realms are kept out: Traefik looks users
+/// up under the middleware's own realm only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestAuthSpec {
+    pub users: std::collections::BTreeMap<String, String>,
+    pub realm: String,
+    pub remove_header: bool,
+    pub header_field: Option<HeaderName>,
 }
 
 /// A `forwardAuth`, its address and header names parsed.

@@ -150,7 +150,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "redis",
     "retry",
     "circuitBreaker",
-    "digestAuth",
     "compress",
     "buffering",
     "errors",
@@ -735,12 +734,13 @@ fn check_middleware(
         m.basic_auth.is_some(),
         m.chain.is_some(),
         m.forward_auth.is_some(),
+        m.digest_auth.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, forwardAuth, chain)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -885,6 +885,9 @@ fn check_middleware(
     }
     if let Some(b) = &m.basic_auth {
         parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
+    }
+    if let Some(d) = &m.digest_auth {
+        parsed = crate::auth::check_digest_auth(c, &format!("{p}.digestAuth"), d, digest);
     }
     if let Some(f) = &m.forward_auth {
         parsed = crate::auth::check_forward_auth(c, &format!("{p}.forwardAuth"), f);

@@ -146,6 +146,36 @@ proptest! {
         let _ = zw_config::basic_credentials(&junk);
     }
 
+    /// `Authorization: Digest`: every field written (quoted or not, any spacing) is read
+    /// back as written; any other value is no fields, never a panic.
+    #[test]
+    fn digest_params_round_trip(
+        fields in proptest::collection::btree_map("[a-z][a-z0-9_-]{0,8}", "[ -!#-+--~]{0,16}", 1..8),
+        quote in proptest::collection::vec(any::<bool>(), 8),
+        space in "[ ]{0,2}",
+        junk in proptest::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let mut text = String::from("Digest ");
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+                text.push_str(&space);
+            }
+            // an unquoted value cannot hold a comma or start with a quote
+            let bare = !v.contains(',') && !v.starts_with('"') && !v.starts_with(' ') && !v.ends_with(' ');
+            if quote[i % 8] || !bare {
+                text.push_str(&format!("{k}=\"{v}\""));
+            } else {
+                text.push_str(&format!("{k}={v}"));
+            }
+        }
+        let got = zw_config::digest_params(text.as_bytes());
+        let want: std::collections::BTreeMap<String, String> =
+            fields.iter().map(|(k, v)| (k.clone(), v.trim_end().to_string())).collect();
+        prop_assert_eq!(got, Some(want), "{}", text);
+        let _ = zw_config::digest_params(&junk);
+    }
+
     #[test]
     fn hash_is_independent_of_format(
         routers in prop::collection::btree_map("[a-z]{1,8}", ("[a-z]{1,8}\\.test", 0i64..100), 1..6),

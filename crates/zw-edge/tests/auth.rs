@@ -449,3 +449,126 @@ async fn forward_auth_options_shape_the_check_and_the_redirect() {
     let edge = TestEdge::start(&cfg).await;
     assert_eq!(send(&edge, "GET", "/", &[]).await.status, 500);
 }
+
+/// `curl --digest` against the edge: the hashes are Traefik's docs' (`test:traefik:test`,
+/// `test2:traefik:test2`, from `htdigest`).
+fn curl_digest(
+    edge: std::net::SocketAddr,
+    path: &str,
+    user: &str,
+    extra: &[&str],
+) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--digest",
+            "-u",
+            user,
+            "-H",
+            "Host: a.test",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}",
+        ])
+        .args(extra)
+        .arg(format!("http://{edge}{path}"))
+        .output()
+        .expect("curl (CI installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// digestAuth (Traefik's `digest_auth_test.go`: TestDigestAuthFail, TestDigestAuthSuccess,
+/// TestDigestAuthUsersFromFile) with a real client: curl answers the challenge, a wrong
+/// password gets 401 again, the challenge carries the realm, MD5 and `qop="auth"`; a
+/// replayed answer (an old nonce count) is `stale`, and a user of another realm is
+/// unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_admits_curl_with_the_right_password() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("digest");
+    std::fs::write(&file, "# comment\ntest2:traefik:518845800f9e2bfb1f1f740ec24f074e\nother:elsewhere:518845800f9e2bfb1f1f740ec24f074e\n").unwrap();
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [auth]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    auth:\n      digestAuth:\n        users: [\"test:traefik:a2688e031edb4be6a3797f3882655c05\"]\n        usersFile: {}\n        headerField: X-Webauth-User\n        removeHeader: true\n",
+        up.url(),
+        file.display()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let addr = edge.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        [
+            curl_digest(addr, "/x?y=1", "test:test", &[]),
+            curl_digest(addr, "/", "test2:test2", &[]),
+            curl_digest(addr, "/", "test:wrong", &[]),
+            curl_digest(addr, "/", "other:test2", &[]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(results[0].0, 200, "{results:?}");
+    assert_eq!(results[1].0, 200, "from the file: {results:?}");
+    assert_eq!(results[2].0, 401, "{results:?}");
+    assert_eq!(results[3].0, 401, "another realm's user: {results:?}");
+
+    // The challenge, and what the upstream sees once in.
+    let r = send(&edge, "GET", "/", &[]).await;
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap_or("").to_string();
+    assert!(
+        challenge.starts_with("Digest realm=\"traefik\", nonce=\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("algorithm=MD5, qop=\"auth\""),
+        "{challenge}"
+    );
+    let field = |k: &str| {
+        challenge
+            .split(&format!("{k}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (nonce, opaque) = (field("nonce"), field("opaque"));
+    let md5 = |s: String| {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(s.as_bytes()))
+    };
+    let answer = |nc: &str| {
+        let ha2 = md5("GET:/".to_string());
+        let response = md5(format!(
+            "a2688e031edb4be6a3797f3882655c05:{nonce}:{nc}:abc:auth:{ha2}"
+        ));
+        format!("Digest username=\"test\", realm=\"traefik\", nonce=\"{nonce}\", uri=\"/\", qop=auth, nc={nc}, cnonce=\"abc\", response=\"{response}\", opaque=\"{opaque}\"")
+    };
+    let first = answer("00000001");
+    let ok = send(&edge, "GET", "/", &[("authorization", first.as_str())]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(seen(&ok, "x-webauth-user").as_deref(), Some("test"));
+    assert_eq!(seen(&ok, "authorization"), None, "removeHeader");
+    // the same answer again: its count is not new
+    let again = send(&edge, "GET", "/", &[("authorization", first.as_str())]).await;
+    assert_eq!(again.status, 401);
+    assert!(
+        again
+            .header("www-authenticate")
+            .unwrap_or("")
+            .ends_with("stale=true"),
+        "{again:?}"
+    );
+    let next = answer("00000002");
+    assert_eq!(
+        send(&edge, "GET", "/", &[("authorization", next.as_str())])
+            .await
+            .status,
+        200
+    );
+}

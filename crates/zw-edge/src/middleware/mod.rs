@@ -8,6 +8,7 @@
 
 mod add_prefix;
 mod basic_auth;
+pub mod digest_auth;
 pub mod forward_auth;
 mod headers;
 mod in_flight;
@@ -24,6 +25,7 @@ use http::{request, response};
 
 pub use add_prefix::AddPrefix;
 pub use basic_auth::BasicAuth;
+pub use digest_auth::DigestAuth;
 pub use forward_auth::ForwardAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
@@ -192,6 +194,15 @@ pub fn build(
             reject,
         } => Arc::new(IpAllowList::new(ranges, strategy, *reject)),
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
+        P::DigestAuth(spec) => {
+            // Nonces survive reloads that keep the realm.
+            let sessions = keep(
+                (name.to_string(), format!("digestAuth {}", spec.realm)),
+                kept,
+                used,
+            );
+            Arc::new(DigestAuth::new(spec, sessions))
+        }
         P::ForwardAuth(spec) => {
             // Kept connections survive reloads that keep the server.
             let idle = keep(

@@ -459,8 +459,52 @@ pub struct Middleware {
     pub forward_auth: Option<ForwardAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_auth: Option<DigestAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_characters: Option<EncodedCharacters>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
+}
+
+/// `encodedCharacters`: which percent-encoded characters a request path may hold; each is
+/// refused (400) unless allowed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncodedCharacters {
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
+    #[serde(default)]
+    pub allow_encoded_back_slash: bool,
+    #[serde(default)]
+    pub allow_encoded_null_character: bool,
+    #[serde(default)]
+    pub allow_encoded_semicolon: bool,
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    #[serde(default)]
+    pub allow_encoded_question_mark: bool,
+    #[serde(default)]
+    pub allow_encoded_hash: bool,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl EncodedCharacters {
+    /// The bytes whose encoded form (`%2F` for `/`…) a path may not hold.
+    pub fn denied(&self) -> Vec<u8> {
+        [
+            (self.allow_encoded_slash, b'/'),
+            (self.allow_encoded_back_slash, b'\\'),
+            (self.allow_encoded_null_character, 0),
+            (self.allow_encoded_semicolon, b';'),
+            (self.allow_encoded_percent, b'%'),
+            (self.allow_encoded_question_mark, b'?'),
+            (self.allow_encoded_hash, b'#'),
+        ]
+        .into_iter()
+        .filter(|(allowed, _)| !allowed)
+        .map(|(_, b)| b)
+        .collect()
+    }
 }
 
 /// `digestAuth`: HTTP Digest authentication (RFC 2617, MD5, `qop=auth`) for the listed

@@ -166,6 +166,8 @@ pub enum ParsedMiddleware {
     BasicAuth(BasicAuthSpec),
     ForwardAuth(ForwardAuthSpec),
     DigestAuth(DigestAuthSpec),
+    /// `encodedCharacters`: the bytes whose percent-encoded form a path may not hold.
+    EncodedCharacters(Vec<u8>),
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,

@@ -735,12 +735,13 @@ fn check_middleware(
         m.chain.is_some(),
         m.forward_auth.is_some(),
         m.digest_auth.is_some(),
+        m.encoded_characters.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, chain)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -885,6 +886,10 @@ fn check_middleware(
     }
     if let Some(b) = &m.basic_auth {
         parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
+    }
+    if let Some(e) = &m.encoded_characters {
+        c.unknown(&format!("{p}.encodedCharacters"), &e.unknown);
+        parsed = Some(ParsedMiddleware::EncodedCharacters(e.denied()));
     }
     if let Some(d) = &m.digest_auth {
         parsed = crate::auth::check_digest_auth(c, &format!("{p}.digestAuth"), d, digest);

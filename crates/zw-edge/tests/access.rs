@@ -21,7 +21,7 @@ async fn request(edge: SocketAddr, method: &str, headers: &str) -> (u16, String)
 }
 
 async fn send(edge: SocketAddr, from: [u8; 4], method: &str, headers: &str) -> (u16, String) {
-    let text = exchange(edge, from, method, "a.test", headers).await;
+    let text = exchange(edge, from, method, ("a.test", "/"), headers).await;
     let head = text
         .split("\r\n\r\n")
         .next()
@@ -30,19 +30,20 @@ async fn send(edge: SocketAddr, from: [u8; 4], method: &str, headers: &str) -> (
     (status_of(&text), head)
 }
 
-/// One HTTP/1.1 request for `host` from `from`, `Connection: close`; the whole response.
+/// One HTTP/1.1 request for `host` and `path` from `from`, `Connection: close`; the
+/// whole response.
 async fn exchange(
     edge: SocketAddr,
     from: [u8; 4],
     method: &str,
-    host: &str,
+    (host, path): (&str, &str),
     headers: &str,
 ) -> String {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     let mut s = socket.connect(edge).await.unwrap();
     s.write_all(
-        format!("{method} / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{headers}\r\n")
+        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{headers}\r\n")
             .as_bytes(),
     )
     .await
@@ -395,10 +396,38 @@ async fn trusted_forwarded_headers_feed_the_ip_strategy_and_others_are_dropped()
 
 /// A GET for `host` from `from`; the whole response as text.
 async fn raw_get(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> String {
-    exchange(edge, from, "GET", host, headers).await
+    exchange(edge, from, "GET", (host, "/"), headers).await
 }
 
 async fn raw_status(edge: SocketAddr, from: [u8; 4], host: &str, headers: &str) -> (u16, String) {
     let text = raw_get(edge, from, host, headers).await;
     (status_of(&text), text)
+}
+
+/// `encodedCharacters` over a socket: the path reaches the middleware as the client wrote
+/// it, so `%2F` is refused (400) and allowed where the config says so.
+#[tokio::test]
+async fn encoded_characters_in_the_path_are_refused_unless_allowed() {
+    let up = Upstream::start("u").await;
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [strict]}}\n    x: {{rule: \"Host(`x.test`)\", service: s, middlewares: [slashes]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    strict:\n      encodedCharacters: {{}}\n    slashes:\n      encodedCharacters: {{allowEncodedSlash: true}}\n",
+        up.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let get = |host: &'static str, path: &'static str| {
+        let addr = edge.addr;
+        async move {
+            let text = exchange(addr, [127, 0, 0, 1], "GET", (host, path), "").await;
+            status_of(&text)
+        }
+    };
+    assert_eq!(get("a.test", "/files/a%2Fb").await, 400);
+    assert_eq!(get("a.test", "/q%3Fx").await, 400);
+    assert_eq!(get("a.test", "/caf%C3%A9").await, 200);
+    assert_eq!(
+        get("x.test", "/files/a%2Fb").await,
+        200,
+        "allowEncodedSlash"
+    );
+    assert_eq!(get("x.test", "/q%3Fx").await, 400);
 }

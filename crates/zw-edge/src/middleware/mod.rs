@@ -9,6 +9,7 @@
 mod add_prefix;
 mod basic_auth;
 pub mod digest_auth;
+mod encoded_characters;
 pub mod forward_auth;
 mod headers;
 mod in_flight;
@@ -26,6 +27,7 @@ use http::{request, response};
 pub use add_prefix::AddPrefix;
 pub use basic_auth::BasicAuth;
 pub use digest_auth::DigestAuth;
+pub use encoded_characters::EncodedCharacters;
 pub use forward_auth::ForwardAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
@@ -194,6 +196,7 @@ pub fn build(
             reject,
         } => Arc::new(IpAllowList::new(ranges, strategy, *reject)),
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
+        P::EncodedCharacters(denied) => Arc::new(EncodedCharacters::new(denied)),
         P::DigestAuth(spec) => {
             // Nonces survive reloads that keep the realm.
             let sessions = keep(

@@ -461,6 +461,27 @@ pub struct Middleware {
     pub digest_auth: Option<DigestAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoded_characters: Option<EncodedCharacters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<ErrorPage>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `errors`: a response whose status is in `status` gets the body and headers of
+/// `service`'s answer to `query` instead, keeping its status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorPage {
+    /// `500-599`, `404`, or several of them comma-separated.
+    #[serde(default)]
+    pub status: Vec<String>,
+    #[serde(default)]
+    pub service: String,
+    /// The page's path; `{status}` and `{url}` (the request's, query-escaped) replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_rewrites: Option<serde_json::Value>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

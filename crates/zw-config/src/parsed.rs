@@ -168,9 +168,27 @@ pub enum ParsedMiddleware {
     DigestAuth(DigestAuthSpec),
     /// `encodedCharacters`: the bytes whose percent-encoded form a path may not hold.
     EncodedCharacters(Vec<u8>),
+    Errors(ErrorPageSpec),
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,
+}
+
+/// An `errors` middleware, its service resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPageSpec {
+    /// Inclusive status ranges that get the page.
+    pub ranges: Vec<(u16, u16)>,
+    /// Into [`Parsed::services`].
+    pub service: u32,
+    /// Starts with `/`; may hold `{status}` and `{url}`.
+    pub query: String,
+}
+
+impl ErrorPageSpec {
+    pub fn catches(&self, status: u16) -> bool {
+        self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status))
+    }
 }
 
 /// A `digestAuth`: the users of its realm and their `HA1` (lowercase hex of

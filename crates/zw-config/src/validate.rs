@@ -152,7 +152,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "circuitBreaker",
     "compress",
     "buffering",
-    "errors",
     "contentType",
     "passTLSClientCert",
     "grpcWeb",
@@ -424,7 +423,7 @@ pub fn validate(config: Config, limits: &Limits) -> Result<ValidConfig, ConfigEr
     for (name, m) in &http.middlewares {
         let p = format!("http.middlewares.{name}");
         c.name(&p, name);
-        parsed_middlewares.push(check_middleware(&mut c, &p, m, &mut digest));
+        parsed_middlewares.push(check_middleware(&mut c, &p, m, &mut digest, &service_index));
     }
     for (name, t) in &http.servers_transports {
         let p = format!("http.serversTransports.{name}");
@@ -715,6 +714,7 @@ fn check_middleware(
     p: &str,
     m: &Middleware,
     digest: &mut Vec<u8>,
+    services: &HashMap<&str, u32>,
 ) -> Option<ParsedMiddleware> {
     c.unknown(p, &m.unknown);
     let before = c.errors.len();
@@ -736,12 +736,13 @@ fn check_middleware(
         m.forward_auth.is_some(),
         m.digest_auth.is_some(),
         m.encoded_characters.is_some(),
+        m.errors.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, chain)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, errors, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -887,6 +888,9 @@ fn check_middleware(
     if let Some(b) = &m.basic_auth {
         parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
     }
+    if let Some(e) = &m.errors {
+        parsed = check_errors(c, &format!("{p}.errors"), e, services);
+    }
     if let Some(e) = &m.encoded_characters {
         c.unknown(&format!("{p}.encodedCharacters"), &e.unknown);
         parsed = Some(ParsedMiddleware::EncodedCharacters(e.denied()));
@@ -902,6 +906,79 @@ fn check_middleware(
         parsed = Some(ParsedMiddleware::Chain);
     }
     parsed.filter(|_| c.errors.len() == before)
+}
+
+/// `errors` (Traefik's `types.NewHTTPCodeRanges` for `status`).
+fn check_errors(
+    c: &mut Checker<'_>,
+    p: &str,
+    e: &crate::ErrorPage,
+    services: &HashMap<&str, u32>,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &e.unknown);
+    let before = c.errors.len();
+    if e.status_rewrites.is_some() {
+        c.err(
+            format!("{p}.statusRewrites"),
+            "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options",
+        );
+    }
+    let mut ranges = Vec::new();
+    for (i, s) in e.status.iter().enumerate() {
+        for part in s.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                (Ok(a), Ok(b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => {
+                    ranges.push((a, b))
+                }
+                _ => c.err(
+                    format!("{p}.status[{i}]"),
+                    format!("`{part}` is not a status code or range (e.g. `500-599` or `404`)"),
+                ),
+            }
+        }
+    }
+    if e.status.is_empty() {
+        c.err(format!("{p}.status"), "needs at least one status or range");
+    }
+    let service = match resolve_ref(&e.service) {
+        Ok(name) => match services.get(name) {
+            Some(i) => Some(*i),
+            None => {
+                c.err(
+                    format!("{p}.service"),
+                    format!("unknown service \"{name}\""),
+                );
+                None
+            }
+        },
+        Err(err) => {
+            c.err(format!("{p}.service"), err);
+            None
+        }
+    };
+    let query = format!(
+        "/{}",
+        e.query.as_deref().unwrap_or("").trim_start_matches('/')
+    );
+    if http::uri::PathAndQuery::try_from(
+        query
+            .replace("{status}", "500")
+            .replace("{url}", "x")
+            .as_str(),
+    )
+    .is_err()
+    {
+        c.err(format!("{p}.query"), "not a valid path and query");
+    }
+    let service = service?;
+    (c.errors.len() == before).then(|| {
+        ParsedMiddleware::Errors(crate::ErrorPageSpec {
+            ranges,
+            service,
+            query,
+        })
+    })
 }
 
 /// How deep chains may nest.

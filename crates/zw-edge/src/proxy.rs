@@ -19,9 +19,11 @@
 //!
 //! Whichever answers — upstream, middleware or the edge itself — the answer leaves through
 //!
-//! 7. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
+//! 7. [`error_pages`] — for routers with an `errors` middleware only: a caught status
+//!    gets the error service's page;
+//! 8. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
 //!    every middleware that ran its request side (in reverse), explain headers, request ID;
-//! 8. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
+//! 9. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
 //!    written when the body is done: metrics, access log.
 //!
 //! Everything a request reads comes from the snapshot it loaded at the start; no phase
@@ -144,6 +146,8 @@ struct RequestCtx<'s> {
     explain: Option<Explain<'s>>,
     /// What the middlewares' response side knows of the request (its `Origin`).
     origin: Option<HeaderValue>,
+    /// The request's URI and headers, kept for an `errors` middleware's page request.
+    saved: Option<(Uri, HeaderMap)>,
     /// Timings, log fields and the in-flight guard, handed to the response body at the
     /// end: the logging phase runs when the body is done.
     ex: Exchange,
@@ -177,11 +181,15 @@ pub(crate) async fn handle(
         middlewares_ran: 0,
         explain: None,
         origin: None,
+        saved: None,
         ex,
     };
     let mut resp = match phases(&mut ctx, req).await {
         Ok(resp) | Err(resp) => resp,
     };
+    if ctx.saved.is_some() {
+        resp = error_pages(&mut ctx, resp).await;
+    }
     response_filter(&mut resp, &mut ctx);
     logging(resp, ctx)
 }
@@ -191,6 +199,9 @@ pub(crate) async fn handle(
 async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answer, Answer> {
     let (mut parts, body, upgrade) = request_filter(ctx, req)?;
     let router = route(ctx, &parts)?;
+    if router.error_pages {
+        ctx.saved = Some((parts.uri.clone(), parts.headers.clone()));
+    }
     request_middlewares(ctx, router, &mut parts).await?;
     let peer = upstream_peer(ctx, router, &parts)?;
     upstream_request(
@@ -377,6 +388,75 @@ async fn request_middlewares(
         ctx.middlewares_ran += 1;
     }
     Ok(())
+}
+
+/// Phase 7, for routers with an `errors` middleware: an answer whose status the first
+/// such middleware that ran catches gets the page its service serves at its query
+/// instead (body and headers), keeping the status. Without a page (no server up, no
+/// answer) the answer stays as it was.
+async fn error_pages(ctx: &mut RequestCtx<'_>, answer: Answer) -> Answer {
+    let (Some(router), Some(snap)) = (ctx.router, ctx.snap) else {
+        return answer;
+    };
+    let status = answer.status();
+    let Some(page) = router
+        .middlewares
+        .iter()
+        .take(ctx.middlewares_ran)
+        .filter_map(|m| m.error_page())
+        .find(|p| p.catches(status.as_u16()))
+    else {
+        return answer;
+    };
+    let Some((uri, headers)) = ctx.saved.take() else {
+        return answer;
+    };
+    let url: String = form_urlencoded::byte_serialize(
+        uri.path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    )
+    .collect();
+    let target = page
+        .query
+        .replace("{status}", status.as_str())
+        .replace("{url}", &url);
+    let Ok(req) = Request::get(target).body(RequestBody::empty()) else {
+        return answer;
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.headers = headers;
+    remove_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let pick_ctx = PickCtx {
+        client_ip: Some(ctx.conn.client_ip),
+        headers: &parts.headers,
+    };
+    let Some(peer) = pick_peer(snap, page.service, &pick_ctx) else {
+        return answer;
+    };
+    upstream_request(
+        &mut parts,
+        peer.lb,
+        peer.server(),
+        &ctx.host,
+        ctx.conn,
+        &ctx.request_id,
+        false,
+    );
+    let backend = &peer.server().state.backend;
+    match send(peer.lb, backend, Request::from_parts(parts, body)).await {
+        Ok((resp, pooled)) => {
+            let (mut rparts, body) = resp.into_parts();
+            rparts.status = status;
+            let pooled = pooled.map(|tx| (tx, backend.clone()));
+            Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
+        }
+        Err((e, _)) => {
+            tracing::debug!(service = %peer.service, error = %e, "errors: the error page could not be had; the original answer goes out");
+            answer
+        }
+    }
 }
 
 /// The server a request goes to: its service's load balancer and the server's index.
@@ -949,7 +1029,7 @@ async fn forward_upgrade(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)))
 }
 
-/// Phase 7, for every response: the client gets the protocol it spoke, hop-by-hop headers
+/// Phase 8, for every response: the client gets the protocol it spoke, hop-by-hop headers
 /// go, the middlewares that ran their request side run their response side in reverse,
 /// the explain headers are added, and the request ID is set last (a middleware does not
 /// remove it).
@@ -978,7 +1058,7 @@ fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
         .insert(X_REQUEST_ID, ctx.request_id.clone());
 }
 
-/// Phase 8: the status goes into the request's record, and the record into the response
+/// Phase 9: the status goes into the request's record, and the record into the response
 /// body, which writes it (metrics, access log) when the body has been sent or dropped.
 fn logging(mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
     let mut ex = ctx.ex;

@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 /// `client_body_timeout`; Traefik bounds the whole read with `readTimeout`, 60 s), instead
 /// of holding the upstream connection until the response timeout.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: a request the edge makes itself, without a body (an error page's).
+    inner: Option<Incoming>,
     timeout: Duration,
     /// Armed when the body goes quiet; allocated once, only for bodies that ever wait.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -33,8 +34,18 @@ pub enum RequestBodyError {
 impl RequestBody {
     pub fn new(inner: Incoming, timeout: Duration) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             timeout,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            timeout: Duration::ZERO,
             deadline: None,
             armed: false,
         }
@@ -50,7 +61,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(RequestBodyError::Client)))
@@ -75,10 +89,12 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |i| i.size_hint())
     }
 }

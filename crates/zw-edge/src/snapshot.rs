@@ -55,6 +55,9 @@ pub struct RouterRt {
     pub rule: Box<str>,
     pub middlewares: Vec<Arc<dyn Middleware>>,
     pub service: u32,
+    /// Whether one of its middlewares is `errors` (the request's URI and headers are then
+    /// kept for the page request).
+    pub error_pages: bool,
     /// Per entry point (same index as `Snapshot::tables`), where the router listens.
     pub metrics: Vec<Option<Arc<RouterMetrics>>>,
 }
@@ -277,11 +280,12 @@ pub fn build(
     for ((name, r), pr) in http.routers.iter().zip(&parsed.routers) {
         let idx = routers.len() as u32;
         let service_name = zw_config::ref_name(&r.service);
-        let mws = pr
+        let mws: Vec<Arc<dyn Middleware>> = pr
             .middlewares
             .iter()
             .filter_map(|m| middlewares.get(*m as usize).cloned().flatten())
             .collect();
+        let error_pages = mws.iter().any(|m| m.error_page().is_some());
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);
         for (ep_idx, ep) in entry_points.iter().enumerate() {
@@ -313,6 +317,7 @@ pub fn build(
             rule: r.rule.clone().unwrap_or_else(|| "(fallback)".into()).into(),
             middlewares: mws,
             service: pr.service,
+            error_pages,
             metrics,
         });
     }

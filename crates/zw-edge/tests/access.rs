@@ -431,3 +431,47 @@ async fn encoded_characters_in_the_path_are_refused_unless_allowed() {
     );
     assert_eq!(get("x.test", "/q%3Fx").await, 400);
 }
+
+/// `errors` (Traefik's `custom_errors_test.go`): an upstream answer in the ranges gets the
+/// error service's page at `query` — `{status}` and `{url}` filled in — with the
+/// original status; other answers pass untouched; a rate limit after the middleware
+/// that answers 429 is caught too, one before it is not; the edge's own 503 (no server
+/// up) gets the page as well.
+#[tokio::test]
+async fn errors_serve_the_error_service_page_with_the_original_status() {
+    let app = Upstream::start("app").await;
+    let pages = Upstream::start("pages").await;
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: app, middlewares: [oops, once]}}\n    d: {{rule: \"Host(`down.test`)\", service: gone, middlewares: [oops]}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    pages: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    gone: {{loadBalancer: {{servers: []}}}}\n  middlewares:\n    oops:\n      errors: {{status: [\"500-599\", \"404,429\"], service: pages, query: \"/{{status}}.html?from={{url}}\"}}\n    once:\n      rateLimit: {{average: 1, period: 1m, burst: 2}}\n",
+        app.url(),
+        pages.url()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let get = |host: &'static str, path: &'static str| {
+        let addr = edge.addr;
+        async move { exchange(addr, [127, 0, 0, 1], "GET", (host, path), "").await }
+    };
+    let page = get("a.test", "/status/503").await;
+    assert_eq!(status_of(&page), 503, "the original status: {page}");
+    assert!(
+        page.to_ascii_lowercase().contains("x-upstream: pages"),
+        "{page}"
+    );
+    assert!(page.contains("\"path\":\"/503.html\""), "{page}");
+    assert!(
+        page.contains("from=%2Fstatus%2F503"),
+        "{{url}} is the request's, escaped: {page}"
+    );
+    // the second request uses the last token; an answer outside the ranges is untouched
+    let ok = get("a.test", "/fine").await;
+    assert_eq!(status_of(&ok), 200);
+    assert!(ok.to_ascii_lowercase().contains("x-upstream: app"), "{ok}");
+    // the rate limit comes after `oops`: its 429 gets the page
+    let limited = get("a.test", "/").await;
+    assert_eq!(status_of(&limited), 429, "{limited}");
+    assert!(limited.contains("\"path\":\"/429.html\""), "{limited}");
+    // no server up: the edge's own 503 gets the page too
+    let down = get("down.test", "/x").await;
+    assert_eq!(status_of(&down), 503, "{down}");
+    assert!(down.contains("\"path\":\"/503.html\""), "{down}");
+}

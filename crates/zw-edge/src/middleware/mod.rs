@@ -10,6 +10,7 @@ mod add_prefix;
 mod basic_auth;
 pub mod digest_auth;
 mod encoded_characters;
+mod errors;
 pub mod forward_auth;
 mod headers;
 mod in_flight;
@@ -28,6 +29,7 @@ pub use add_prefix::AddPrefix;
 pub use basic_auth::BasicAuth;
 pub use digest_auth::DigestAuth;
 pub use encoded_characters::EncodedCharacters;
+pub use errors::Errors;
 pub use forward_auth::ForwardAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
@@ -87,6 +89,11 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     }
     /// Runs on the upstream's response (or whatever answered), in reverse order.
     fn on_response(&self, _parts: &mut response::Parts, _req: &ResponseCtx) {}
+    /// An `errors` middleware's settings: the request path fetches its page for an
+    /// answer it catches.
+    fn error_page(&self) -> Option<&zw_config::ErrorPageSpec> {
+        None
+    }
 }
 
 /// The client's address as `s` finds it (Traefik's `ip.Strategy`): the connection's
@@ -197,6 +204,7 @@ pub fn build(
         } => Arc::new(IpAllowList::new(ranges, strategy, *reject)),
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
         P::EncodedCharacters(denied) => Arc::new(EncodedCharacters::new(denied)),
+        P::Errors(spec) => Arc::new(Errors(spec.clone())),
         P::DigestAuth(spec) => {
             // Nonces survive reloads that keep the realm.
             let sessions = keep(

@@ -204,15 +204,7 @@ async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answ
     }
     request_middlewares(ctx, router, &mut parts).await?;
     let peer = upstream_peer(ctx, router, &parts)?;
-    upstream_request(
-        &mut parts,
-        peer.lb,
-        peer.server(),
-        &ctx.host,
-        ctx.conn,
-        &ctx.request_id,
-        upgrade.is_some(),
-    );
+    upstream_request(ctx, &mut parts, peer, upgrade.is_some());
     let body = RequestBody::new(body, ctx.ex.shared.settings.body_read_timeout);
     forward(ctx, peer, Request::from_parts(parts, body), upgrade).await
 }
@@ -435,15 +427,7 @@ async fn error_pages(ctx: &mut RequestCtx<'_>, answer: Answer) -> Answer {
     let Some(peer) = pick_peer(snap, page.service, &pick_ctx) else {
         return answer;
     };
-    upstream_request(
-        &mut parts,
-        peer.lb,
-        peer.server(),
-        &ctx.host,
-        ctx.conn,
-        &ctx.request_id,
-        false,
-    );
+    upstream_request(ctx, &mut parts, peer, false);
     let backend = &peer.server().state.backend;
     match send(peer.lb, backend, Request::from_parts(parts, body)).await {
         Ok((resp, pooled)) => {
@@ -826,14 +810,13 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Phase 5: turns the client's request into the upstream's.
 fn upstream_request(
+    ctx: &RequestCtx<'_>,
     parts: &mut request::Parts,
-    lb: &LbService,
-    server: &crate::balance::Server,
-    host_value: &HeaderValue,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
+    peer: Peer<'_>,
     upgrade: bool,
 ) {
+    let (lb, server) = (peer.lb, peer.server());
+    let (host_value, conn, request_id) = (&ctx.host, ctx.conn, &ctx.request_id);
     let url = &server.state.url;
     let host_raw = host_value.to_str().unwrap_or("");
     remove_hop_by_hop(&mut parts.headers, upgrade);

@@ -463,6 +463,25 @@ pub struct Middleware {
     pub encoded_characters: Option<EncodedCharacters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<ErrorPage>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "passTLSClientCert"
+    )]
+    pub pass_tls_client_cert: Option<PassTlsClientCert>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `passTLSClientCert`: the client's certificate (from a TLS entry point with
+/// `clientAuth`) goes upstream in `X-Forwarded-Tls-Client-Cert`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassTlsClientCert {
+    #[serde(default)]
+    pub pem: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

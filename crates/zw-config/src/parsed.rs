@@ -169,6 +169,8 @@ pub enum ParsedMiddleware {
     /// `encodedCharacters`: the bytes whose percent-encoded form a path may not hold.
     EncodedCharacters(Vec<u8>),
     Errors(ErrorPageSpec),
+    /// `passTLSClientCert` with `pem`: the client's certificates go upstream.
+    PassTlsClientCert,
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,

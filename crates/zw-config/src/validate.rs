@@ -153,7 +153,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "compress",
     "buffering",
     "contentType",
-    "passTLSClientCert",
     "grpcWeb",
     "plugin",
     "scheme",
@@ -737,12 +736,13 @@ fn check_middleware(
         m.digest_auth.is_some(),
         m.encoded_characters.is_some(),
         m.errors.is_some(),
+        m.pass_tls_client_cert.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, errors, chain)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, errors, passTLSClientCert, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -887,6 +887,20 @@ fn check_middleware(
     }
     if let Some(b) = &m.basic_auth {
         parsed = crate::auth::check_basic_auth(c, &format!("{p}.basicAuth"), b, digest);
+    }
+    if let Some(t) = &m.pass_tls_client_cert {
+        let tp = format!("{p}.passTLSClientCert");
+        c.unknown(&tp, &t.unknown);
+        if t.info.is_some() {
+            c.err(
+                format!("{tp}.info"),
+                "this Traefik option is not supported by Zeitwork yet (only `pem`); remove it or see the README's list of supported options",
+            );
+        }
+        if !t.pem && t.info.is_none() {
+            c.err(&tp, "set `pem: true`: without it nothing is passed");
+        }
+        parsed = Some(ParsedMiddleware::PassTlsClientCert);
     }
     if let Some(e) = &m.errors {
         parsed = check_errors(c, &format!("{p}.errors"), e, services);

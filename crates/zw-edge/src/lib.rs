@@ -834,11 +834,16 @@ async fn serve_connection(
         .get(ep)
         .and_then(Option::as_ref)
         .is_some_and(|t| t.trusts(zw_rules::canonical_ip(client.ip())));
+    let client_certs = match &io {
+        tls::ClientIo::Tls(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
+        tls::ClientIo::Plain(_) => &[],
+    };
     let conn_info = Arc::new(proxy::ConnInfo::new(
         client,
         local_port,
         matches!(io, tls::ClientIo::Tls(_)),
         trust_forwarded,
+        client_certs,
     ));
     let svc_shared = shared.clone();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {

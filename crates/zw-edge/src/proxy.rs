@@ -103,10 +103,19 @@ pub(crate) struct ConnInfo {
     /// Whether the entry point keeps this client's `X-Forwarded-*` headers
     /// (`forwardedHeaders.trustedIPs`); else they are dropped on arrival.
     trust_forwarded: bool,
+    /// The client's certificates (mutual TLS) as `passTLSClientCert` sends them: the
+    /// base64 of each one's DER, comma-separated. Made once per connection.
+    client_cert: Option<HeaderValue>,
 }
 
 impl ConnInfo {
-    pub(crate) fn new(peer: SocketAddr, local_port: u16, tls: bool, trust_forwarded: bool) -> Self {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        local_port: u16,
+        tls: bool,
+        trust_forwarded: bool,
+        client_certs: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; rules and headers
         // want a.b.c.d.
         let client_ip = zw_rules::canonical_ip(peer.ip());
@@ -118,6 +127,17 @@ impl ConnInfo {
             port_header: HeaderValue::from(local_port),
             tls,
             trust_forwarded,
+            client_cert: (!client_certs.is_empty())
+                .then(|| {
+                    use base64::Engine;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let joined: Vec<String> = client_certs
+                        .iter()
+                        .map(|c| b64.encode(c.as_ref()))
+                        .collect();
+                    HeaderValue::from_str(&joined.join(",")).ok()
+                })
+                .flatten(),
         }
     }
 }
@@ -358,6 +378,7 @@ async fn request_middlewares(
         scheme: if ctx.conn.tls { "https" } else { "http" },
         host: host.to_str().unwrap_or(""),
         client_ip: ctx.conn.client_ip,
+        client_cert: ctx.conn.client_cert.as_ref(),
     };
     for m in &router.middlewares {
         let mut action = m.on_request(&mut mctx);

@@ -562,3 +562,56 @@ async fn https_upstreams_are_verified_as_the_transport_says() {
         }
     }
 }
+
+/// `passTLSClientCert` with `pem` (Traefik's `pass_tls_client_cert_test.go`): the
+/// certificate a client presented reaches the upstream in `X-Forwarded-Tls-Client-Cert`,
+/// the PEM without delimiters and line breaks; without one, a forged header is removed.
+#[tokio::test]
+async fn the_client_certificate_goes_upstream_with_pass_tls_client_cert() {
+    let up = Upstream::start("secure").await;
+    let pki = Pki::new("server CA");
+    let clients = Pki::new("client CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let client_ca = write(dir.path(), "client-ca.pem", &clients.ca_pem);
+    let (alice, alice_key) = clients.leaf("alice", &["alice.test"]);
+    let want: String = alice.lines().filter(|l| !l.starts_with("-----")).collect();
+    let (cert_path, key_path) = (
+        write(dir.path(), "alice.pem", &alice),
+        write(dir.path(), "alice.key", &alice_key),
+    );
+    let (server_cert, server_key) = pki.leaf("a.test", &["a.test"]);
+    let cfg = format!(
+        "http:\n  routers:\n    secure: {{rule: \"Host(`a.test`)\", service: s, tls: {{}}, middlewares: [pass]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    pass:\n      passTLSClientCert: {{pem: true}}\ntls:\n  certificates:\n    - certFile: |\n{}      keyFile: |\n{}  options:\n    default:\n      clientAuth: {{caFiles: [{}], clientAuthType: VerifyClientCertIfGiven}}\n",
+        up.url(),
+        indent(&server_cert),
+        indent(&server_key),
+        client_ca.display()
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let (cert_path, key_path) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let (status, body) = curl(
+        edge.addr,
+        "a.test",
+        &ca,
+        &["--cert", &cert_path, "--key", &key_path],
+    )
+    .await;
+    assert_eq!(status.split(' ').nth(1), Some("200"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["headers"]["x-forwarded-tls-client-cert"], want.as_str());
+
+    let (status, body) = curl(
+        edge.addr,
+        "a.test",
+        &ca,
+        &["-H", "X-Forwarded-Tls-Client-Cert: forged"],
+    )
+    .await;
+    assert_eq!(status.split(' ').nth(1), Some("200"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["headers"]["x-forwarded-tls-client-cert"].is_null(), "{v}");
+}

@@ -15,6 +15,7 @@ pub mod forward_auth;
 mod headers;
 mod in_flight;
 mod ip_allow_list;
+mod pass_tls_client_cert;
 pub mod rate_limit;
 mod redirect;
 pub mod redis_bucket;
@@ -34,6 +35,7 @@ pub use forward_auth::ForwardAuth;
 pub use headers::Headers;
 pub use in_flight::InFlightReq;
 pub use ip_allow_list::IpAllowList;
+pub use pass_tls_client_cert::PassTlsClientCert;
 pub use rate_limit::RateLimit;
 pub use redirect::{RedirectRegex, RedirectScheme};
 pub use replace_path::{ReplacePath, ReplacePathRegex, StripPrefixRegex};
@@ -48,6 +50,9 @@ pub struct MiddlewareCtx<'a> {
     pub host: &'a str,
     /// The client's address (the PROXY protocol's behind a balancer).
     pub client_ip: std::net::IpAddr,
+    /// The client's TLS certificates (mutual TLS), as `X-Forwarded-Tls-Client-Cert`
+    /// carries them.
+    pub client_cert: Option<&'a http::HeaderValue>,
 }
 
 /// What the response side knows of the request.
@@ -205,6 +210,7 @@ pub fn build(
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
         P::EncodedCharacters(denied) => Arc::new(EncodedCharacters::new(denied)),
         P::Errors(spec) => Arc::new(Errors(spec.clone())),
+        P::PassTlsClientCert => Arc::new(PassTlsClientCert),
         P::DigestAuth(spec) => {
             // Nonces survive reloads that keep the realm.
             let sessions = keep(

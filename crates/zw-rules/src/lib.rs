@@ -24,7 +24,7 @@ mod table;
 
 pub use ast::{Expr, MatcherCall, MatcherKind};
 pub use goregex::translate_go_regex;
-pub use ip::{canonical as canonical_ip, IpNet};
+pub use ip::{canonical as canonical_ip, forwarded_client, IpNet};
 pub use normalize::{clean_path, normalize_host, routing_path, PathError};
 pub use parser::{parse, MAX_DEPTH, MAX_RULE_LEN};
 pub use request::RequestView;

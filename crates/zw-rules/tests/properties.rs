@@ -49,6 +49,38 @@ fn expr() -> impl Strategy<Value = Expr> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// `X-Forwarded-For`, however it is split over lines and spaced: `depth` picks the
+    /// entry that many from the right, `excluded` skips the networks from the right, and
+    /// bytes of any kind are no address rather than a panic.
+    #[test]
+    fn forwarded_client_picks_as_traefik_does(
+        ips in proptest::collection::vec(any::<[u8; 4]>(), 0..8),
+        lines in 1usize..4,
+        depth in 0u32..10,
+        junk in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use std::net::{IpAddr, Ipv4Addr};
+        let addrs: Vec<IpAddr> = ips.iter().map(|o| IpAddr::V4(Ipv4Addr::from(*o))).collect();
+        let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let per = texts.len().div_ceil(lines).max(1);
+        let values: Vec<String> = texts.chunks(per).map(|c| c.join(" ,  ")).collect();
+        let got = zw_rules::forwarded_client(values.iter().map(|v| v.as_bytes()), depth, &[]);
+        if depth > 0 {
+            let want = addrs.len().checked_sub(depth as usize).and_then(|i| addrs.get(i)).copied();
+            prop_assert_eq!(got, want);
+        } else {
+            prop_assert_eq!(got, addrs.last().copied());
+        }
+        // excluding the rightmost one's /32 gives the one before it (unless equal)
+        if let Some(last) = addrs.last() {
+            let net: zw_rules::IpNet = last.to_string().parse().unwrap();
+            let got = zw_rules::forwarded_client(values.iter().map(|v| v.as_bytes()), 0, &[net]);
+            let want = addrs.iter().rev().find(|a| *a != last).copied();
+            prop_assert_eq!(got, want);
+        }
+        let _ = zw_rules::forwarded_client(std::iter::once(junk.as_slice()), depth, &[]);
+    }
+
     #[test]
     fn print_parse_round_trip(e in expr()) {
         let printed = e.to_string();

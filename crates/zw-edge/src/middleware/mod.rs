@@ -113,26 +113,15 @@ pub(crate) fn strategy_ip(
     if s.depth == 0 && s.excluded.is_empty() {
         return Some(ctx.client_ip);
     }
-    let entries: Vec<&str> = ctx
-        .parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    if s.depth > 0 {
-        let at = entries.len().checked_sub(s.depth as usize)?;
-        return entries.get(at)?.parse().ok().map(zw_rules::canonical_ip);
-    }
-    entries
-        .iter()
-        .rev()
-        .filter_map(|e| e.parse::<std::net::IpAddr>().ok())
-        .map(zw_rules::canonical_ip)
-        .find(|ip| !s.excluded.iter().any(|n| n.contains(*ip)))
+    zw_rules::forwarded_client(
+        ctx.parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+        s.depth,
+        &s.excluded,
+    )
 }
 
 /// An answer with `status` and no body, for a middleware to fill in and return as

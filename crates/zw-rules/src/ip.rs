@@ -79,6 +79,34 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// The client address an `ipStrategy` reads from `X-Forwarded-For` (Traefik's
+/// `ip.DepthStrategy` and `ip.PoolStrategy`): with `depth > 0`, the entry `depth` places
+/// from the right; else the rightmost entry outside `excluded`. `values` are the header's
+/// lines, read as one comma-separated list. `None` when there are too few entries, or
+/// only excluded or unparsable ones.
+pub fn forwarded_client<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    depth: u32,
+    excluded: &[IpNet],
+) -> Option<IpAddr> {
+    let entries: Vec<&str> = values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if depth > 0 {
+        let at = entries.len().checked_sub(depth as usize)?;
+        return entries.get(at)?.parse().ok().map(canonical);
+    }
+    entries
+        .iter()
+        .rev()
+        .filter_map(|e| e.parse::<IpAddr>().ok())
+        .map(canonical)
+        .find(|ip| !excluded.iter().any(|n| n.contains(*ip)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,32 +138,4 @@ mod tests {
         assert!("example.com".parse::<IpNet>().is_err());
         assert!("::/129".parse::<IpNet>().is_err());
     }
-}
-
-/// The client address an `ipStrategy` reads from `X-Forwarded-For` (Traefik's
-/// `ip.DepthStrategy` and `ip.PoolStrategy`): with `depth > 0`, the entry `depth` places
-/// from the right; else the rightmost entry outside `excluded`. `values` are the header's
-/// lines, read as one comma-separated list. `None` when there are too few entries, or
-/// only excluded or unparsable ones.
-pub fn forwarded_client<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-    depth: u32,
-    excluded: &[IpNet],
-) -> Option<IpAddr> {
-    let entries: Vec<&str> = values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    if depth > 0 {
-        let at = entries.len().checked_sub(depth as usize)?;
-        return entries.get(at)?.parse().ok().map(canonical);
-    }
-    entries
-        .iter()
-        .rev()
-        .filter_map(|e| e.parse::<IpAddr>().ok())
-        .map(canonical)
-        .find(|ip| !excluded.iter().any(|n| n.contains(*ip)))
 }

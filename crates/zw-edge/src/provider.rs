@@ -54,9 +54,22 @@ impl Edge {
     ) -> (Result<u64, crate::Error>, Vec<PathBuf>) {
         let mut referenced_files = Vec::new();
         let mut wanted = Vec::new();
+        let running = self.status();
+        let mut skipped = None;
         let result = zw_config::load_path(path, limits)
             .and_then(|mut loaded| {
                 referenced_files = loaded.config.referenced_files();
+                // A file with nothing in it while a configuration runs is most likely one
+                // being written (an editor truncates, then writes): skipped, as Traefik
+                // skips an empty configuration ("Skipping empty Configuration").
+                let c = &loaded.config;
+                let empty = c.http.routers.is_empty()
+                    && c.http.services.is_empty()
+                    && c.http.middlewares.is_empty()
+                    && c.tls.is_none();
+                if empty && running.routers + running.services + running.middlewares > 0 {
+                    skipped = Some(running.version);
+                }
                 if let Some(st) = statics {
                     st.apply_to(&mut loaded.config)?;
                 }
@@ -79,12 +92,16 @@ impl Edge {
                 }
             })
             .map_err(crate::Error::from)
-            .and_then(|valid| {
-                self.apply(
+            .and_then(|valid| match skipped {
+                Some(version) => {
+                    tracing::info!(file = %path.display(), "skipping an empty configuration; the running one stays");
+                    Ok(version)
+                }
+                None => self.apply(
                     valid,
                     crate::ConfigSource::File,
                     &path.display().to_string(),
-                )
+                ),
             });
         if let Err(e) = &result {
             self.reject(&e.to_string(), crate::ConfigSource::File);

@@ -241,3 +241,34 @@ async fn a_change_the_parser_chokes_on_does_not_stop_watching() {
     assert_eq!(get(edge.addr, "b.test", "/").await.upstream(), "old");
     edge.shutdown().await;
 }
+
+/// A file emptied while a configuration runs (an editor truncating before it writes) is
+/// skipped, as Traefik skips an empty configuration: the routes stay, and the next real
+/// content is applied.
+#[tokio::test]
+async fn an_emptied_file_keeps_the_running_configuration() {
+    let up = Upstream::start("old").await;
+    let good = one_route("Host(`a.test`)", &up.url());
+    let edge = TestEdge::start(&good).await;
+    let version = edge.admin_get("/debug/config").await.json()["version"]
+        .as_u64()
+        .unwrap_or(0);
+    for empty in ["", "\n", "http: {}\n"] {
+        edge.write_config(empty);
+        // a few polls of the file (every 20 ms)
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            get(edge.addr, "a.test", "/").await.upstream(),
+            "old",
+            "{empty:?}"
+        );
+    }
+    let status = edge.admin_get("/debug/config").await.json();
+    assert_eq!(status["version"].as_u64(), Some(version), "{status}");
+    edge.write_config(&format!(
+        "{good}    r2: {{rule: \"Host(`b.test`)\", service: s}}\n"
+    ));
+    edge.wait_version_above(version).await;
+    assert_eq!(get(edge.addr, "b.test", "/").await.upstream(), "old");
+    edge.shutdown().await;
+}

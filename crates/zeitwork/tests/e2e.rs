@@ -534,3 +534,72 @@ fn zeitwork_answers_as_the_instance_init_under_that_name() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
 }
+
+/// The request-head limits are settings: past `--max-headers` or `--max-request-head` an
+/// HTTP/1 request gets 431 before routing; a request target longer than 64 KiB gets 414
+/// (within the default 256 KiB head); within the limits requests go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_head_limits_are_settings_and_answer_431_or_414() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "dynamic.yaml",
+        &format!(
+            "http:\n  routers:\n    app: {{rule: \"PathPrefix(`/`)\", service: app}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n",
+            up.url()
+        ),
+    );
+    let status = |addr: SocketAddr, head: Vec<u8>| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(&head);
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n])
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0)
+        })
+    };
+    let request = |target: &str, headers: usize, big: usize| {
+        let mut r = format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
+        for i in 0..headers {
+            r.push_str(&format!("X-H{i}: 1\r\n"));
+        }
+        if big > 0 {
+            r.push_str(&format!("X-Big: {}\r\n", "b".repeat(big)));
+        }
+        r.push_str("\r\n");
+        r.into_bytes()
+    };
+    let tight = EdgeProcess::start(
+        &cfg,
+        &["--max-headers", "20", "--max-request-head", "16384"],
+    );
+    assert_eq!(status(tight.http, request("/", 10, 0)).await.unwrap(), 200);
+    assert_eq!(status(tight.http, request("/", 25, 0)).await.unwrap(), 431);
+    assert_eq!(
+        status(tight.http, request("/", 1, 20_000)).await.unwrap(),
+        431
+    );
+    let roomy = EdgeProcess::start(&cfg, &[]);
+    assert_eq!(
+        status(roomy.http, request("/", 25, 20_000)).await.unwrap(),
+        200
+    );
+    let long = format!("/{}", "a".repeat(70_000));
+    assert_eq!(status(roomy.http, request(&long, 0, 0)).await.unwrap(), 414);
+    // bad values are refused by name
+    let out = Command::new(BIN)
+        .args(["edge", "--config"])
+        .arg(&cfg)
+        .args(["--max-headers", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-headers"));
+}

@@ -102,6 +102,36 @@ pub struct CertificateStatus {
     pub not_after: String,
 }
 
+/// What a client's request head may hold; past these the edge answers before routing:
+/// 431 (Request Header Fields Too Large) for an HTTP/1 head larger than `head_bytes` or
+/// with more than `headers` headers, 414 (URI Too Long) for a request target longer than
+/// 64 KiB within it; an HTTP/2 client is told the limits in its SETTINGS and refused
+/// past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// HTTP/1: request line and headers together, in bytes.
+    pub head_bytes: usize,
+    /// HTTP/1: headers in one request.
+    pub headers: usize,
+    /// HTTP/2: streams open at once on one connection.
+    pub h2_streams: u32,
+    /// HTTP/2: a request's header list, decoded, in bytes.
+    pub h2_header_list: u32,
+}
+
+impl Default for RequestLimits {
+    /// 256 KiB of head, 100 headers (hyper's default, as Go's), 256 streams, 64 KiB of
+    /// HTTP/2 header list.
+    fn default() -> Self {
+        RequestLimits {
+            head_bytes: 256 * 1024,
+            headers: 100,
+            h2_streams: 256,
+            h2_header_list: 64 * 1024,
+        }
+    }
+}
+
 /// What `/debug/config` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigStatus {
@@ -173,6 +203,8 @@ pub(crate) struct Settings {
     max_connections: usize,
     /// How long a request body may go without a byte.
     pub(crate) body_read_timeout: Duration,
+    /// What a request's head may hold.
+    pub(crate) request_limits: RequestLimits,
     /// How long a response may go without the client taking a byte.
     pub(crate) write_timeout: Duration,
     pub(crate) access_log: Option<AccessLog>,
@@ -290,6 +322,7 @@ impl Edge {
                 entry_points,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 body_read_timeout: proxy::BODY_READ_TIMEOUT,
+                request_limits: RequestLimits::default(),
                 write_timeout: WRITE_TIMEOUT,
                 access_log: None,
                 http01: vec![None; n],
@@ -559,6 +592,12 @@ impl EdgeBuilder {
         self
     }
 
+    /// What a request's head may hold (see [`RequestLimits`]).
+    pub fn request_limits(mut self, limits: RequestLimits) -> Self {
+        self.settings.request_limits = limits;
+        self
+    }
+
     /// A response the client takes nothing of for this long ends: the HTTP/1 connection,
     /// or the HTTP/2 stream (default [`WRITE_TIMEOUT`], 60 s).
     pub fn write_timeout(mut self, d: Duration) -> Self {
@@ -621,15 +660,18 @@ fn server_builder(shared: &Arc<Shared>) -> auto::Builder<stall::Exec> {
     let mut b = auto::Builder::new(stall::Exec {
         shared: shared.clone(),
     });
+    let limits = shared.settings.request_limits;
     b.http1()
         .timer(TokioTimer::new())
         // slow-loris guard: the whole header block must arrive within this time
         .header_read_timeout(IDLE_TIMEOUT)
-        .max_buf_size(256 * 1024);
+        // hyper needs room for at least one read (8 KiB)
+        .max_buf_size(limits.head_bytes.max(8192))
+        .max_headers(limits.headers);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(limits.h2_streams)
+        .max_header_list_size(limits.h2_header_list)
         // what one stream may buffer towards a client that does not read (a zero window):
         // the upstream body is read no further until the client takes some
         .max_send_buf_size(256 * 1024)

@@ -101,6 +101,18 @@ pub struct EdgeArgs {
     /// limit (half of it less 256: each client may hold an upstream connection too).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// HTTP/1: the most a request line and headers may hold together; more is a 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_request_head: u32,
+    /// HTTP/1: the most headers one request may have; more is a 431.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_headers: u32,
+    /// HTTP/2: streams one connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_streams: u32,
+    /// HTTP/2: the most a request's decoded header list may hold.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    h2_max_header_list: u32,
     /// Worker threads (1 runs everything on the main thread). Default: one per CPU.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -216,7 +228,13 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
         let max = args.max_connections.unwrap_or_else(|| zw_edge::connection_limit_for_fds(fds));
         let mut builder = Edge::builder(eps.iter().map(|(n, _)| n.clone()).collect())
             .access_log(access_log)
-            .max_connections(max);
+            .max_connections(max)
+            .request_limits(zw_edge::RequestLimits {
+                head_bytes: args.max_request_head as usize,
+                headers: args.max_headers as usize,
+                h2_streams: args.h2_max_streams,
+                h2_header_list: args.h2_max_header_list,
+            });
         tracing::info!(max_connections = max, open_file_limit = fds, "connection limit");
         if let Some(st) = &statics {
             for ep in &st.entry_points {

@@ -129,7 +129,7 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
     let traefik = dir.path().join("traefik.yml");
     std::fs::write(
         &traefik,
-        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c, keyType: RSA4096, dnsChallenge: {provider: x}}}\n",
+        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true, connection: [x]}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c, keyType: RSA4096, dnsChallenge: {provider: x}}}\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -143,7 +143,7 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
         "api: this Traefik option is not supported by Zeitwork yet",
         "certificatesResolvers.le.acme.dnsChallenge: this Traefik option is not supported by Zeitwork yet",
         "certificatesResolvers.le.acme.keyType: Zeitwork issues ECDSA certificates only",
-        "entryPoints.web.forwardedHeaders: this Traefik option is not supported",
+        "entryPoints.web.forwardedHeaders.connection: unknown key",
         "entryPoints.tls.http.redirections.entryPoint.to: names no entry point",
         "providers.docker: this Traefik option is not supported",
         "providers.file: the file provider is the only one Zeitwork reads",
@@ -462,4 +462,181 @@ fn acme_with(challenge: &str) {
         "{}",
         edge.dump()
     );
+}
+
+/// The access middlewares, differential: one dynamic file given to Traefik and to
+/// `zeitwork edge`, the same requests to each, and the answers compared — status, the
+/// challenge a refusal carries, a response header a middleware adds, and which upstream
+/// (or error page) answered. Covers basicAuth, digestAuth (with curl's `--digest`),
+/// ipAllowList, a chain of headers and ipAllowList, rateLimit's burst then 429, and
+/// errors' page for an upstream 503.
+#[test]
+fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
+    if !tool("curl") {
+        return;
+    }
+    let Some(traefik) = traefik_bin() else { return };
+    let (_rt, app) = upstream("app");
+    let (_rt2, pages) = upstream("pages");
+    let dir = tempfile::tempdir().unwrap();
+    let dynamic = dir.path().join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            r#"http:
+  routers:
+    basic: {{rule: "Host(`basic.test`)", service: app, middlewares: [basic]}}
+    digest: {{rule: "Host(`digest.test`)", service: app, middlewares: [digest]}}
+    deny: {{rule: "Host(`deny.test`)", service: app, middlewares: [office]}}
+    chain: {{rule: "Host(`chain.test`)", service: app, middlewares: [secured]}}
+    limit: {{rule: "Host(`limit.test`)", service: app, middlewares: [limit]}}
+    oops: {{rule: "Host(`oops.test`)", service: app, middlewares: [oops]}}
+  services:
+    app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
+    pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
+  middlewares:
+    basic:
+      basicAuth:
+        users: ["test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/"]
+        realm: staff
+    digest:
+      digestAuth:
+        users: ["test:traefik:a2688e031edb4be6a3797f3882655c05"]
+    office:
+      ipAllowList: {{sourceRange: [10.0.0.0/8]}}
+    local:
+      ipAllowList: {{sourceRange: [127.0.0.0/8]}}
+    tag:
+      headers: {{customResponseHeaders: {{X-Chained: "yes"}}}}
+    secured:
+      chain: {{middlewares: [local, tag]}}
+    limit:
+      rateLimit: {{average: 1, period: 1m, burst: 2}}
+    oops:
+      errors: {{status: ["500-599"], service: pages, query: "/{{status}}.html"}}
+"#,
+            app.url(),
+            pages.url()
+        ),
+    )
+    .unwrap();
+    let statics = |name: &str, web: u16| {
+        let p = dir.path().join(format!("{name}.yml"));
+        std::fs::write(
+            &p,
+            format!(
+                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: 127.0.0.1:{web}\nproviders:\n  file:\n    filename: {}\n",
+                dynamic.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let ports = [free_port(), free_port()];
+    let _traefik = Child(
+        Command::new(&traefik)
+            .arg(format!(
+                "--configFile={}",
+                statics("traefik", ports[0]).display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start traefik"),
+    );
+    let _zeitwork = Child(
+        Command::new(BIN)
+            .args(["edge", "--admin", "127.0.0.1:0", "--config"])
+            .arg(statics("zeitwork", ports[1]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start zeitwork"),
+    );
+    for port in ports {
+        support::eventually(Duration::from_secs(20), "the proxy to route", || {
+            let out = curl(&[
+                "-H",
+                "Host: chain.test",
+                &format!("http://127.0.0.1:{port}/"),
+            ]);
+            out.lines()
+                .last()
+                .is_some_and(|l| l.split(' ').nth(1) == Some("200"))
+                .then_some(())
+        });
+    }
+    // Status, the challenge's scheme and realm, X-Chained, and who answered.
+    let ask = |port: u16, host: &str, path: &str, extra: &[&str]| -> String {
+        let mut args: Vec<String> = vec![
+            "-D".into(),
+            "-".into(),
+            "-H".into(),
+            format!("Host: {host}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("http://127.0.0.1:{port}{path}"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = curl(&refs);
+        let lower = out.to_ascii_lowercase();
+        let status = out
+            .lines()
+            .last()
+            .unwrap_or("")
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let challenge = lower
+            .lines()
+            .filter(|l| l.starts_with("www-authenticate:"))
+            .map(|l| {
+                let v = l.trim_start_matches("www-authenticate:").trim();
+                let scheme = v.split(' ').next().unwrap_or("");
+                let realm = v
+                    .split("realm=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("");
+                format!("{scheme} {realm}")
+            })
+            .last()
+            .unwrap_or_default();
+        let chained = lower.contains("x-chained: yes");
+        let upstream = ["\"upstream\":\"app\"", "\"upstream\":\"pages\""]
+            .iter()
+            .find(|u| out.contains(*u))
+            .map_or("-", |u| if u.contains("pages") { "pages" } else { "app" });
+        format!("{host}{path} {status} [{challenge}] chained={chained} {upstream}")
+    };
+    let answers = |port: u16| {
+        vec![
+            ask(port, "basic.test", "/", &[]),
+            ask(port, "basic.test", "/", &["-u", "test:wrong"]),
+            ask(port, "basic.test", "/", &["-u", "test:test"]),
+            ask(port, "digest.test", "/", &[]),
+            ask(port, "digest.test", "/", &["--digest", "-u", "test:test"]),
+            ask(port, "digest.test", "/", &["--digest", "-u", "test:nope"]),
+            ask(port, "deny.test", "/", &[]),
+            ask(port, "chain.test", "/", &[]),
+            ask(port, "limit.test", "/1", &[]),
+            ask(port, "limit.test", "/2", &[]),
+            ask(port, "limit.test", "/3", &[]),
+            ask(port, "oops.test", "/status/503", &[]),
+            ask(port, "oops.test", "/fine", &[]),
+        ]
+    };
+    let (t, z) = (answers(ports[0]), answers(ports[1]));
+    for line in &z {
+        eprintln!("both: {line}");
+    }
+    assert_eq!(t, z, "Traefik (left) and Zeitwork (right) differ");
+    // and they are what the semantics say
+    assert!(z[0].starts_with("basic.test/ 401 [basic staff]"), "{z:?}");
+    assert!(z[2].starts_with("basic.test/ 200"), "{z:?}");
+    assert!(z[4].starts_with("digest.test/ 200"), "{z:?}");
+    assert!(z[6].starts_with("deny.test/ 403"), "{z:?}");
+    assert!(z[7].ends_with("chained=true app"), "{z:?}");
+    assert!(z[10].starts_with("limit.test/3 429"), "{z:?}");
+    assert!(z[11].ends_with("503 [] chained=false pages"), "{z:?}");
 }

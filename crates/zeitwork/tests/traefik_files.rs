@@ -587,8 +587,10 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .nth(1)
             .unwrap_or("")
             .to_string();
+        // the last challenge (curl --digest shows the first 401's headers, then the answer's)
         let challenge = lower
             .lines()
+            .rev()
             .filter(|l| l.starts_with("www-authenticate:"))
             .map(|l| {
                 let v = l.trim_start_matches("www-authenticate:").trim();
@@ -600,7 +602,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
                     .unwrap_or("");
                 format!("{scheme} {realm}")
             })
-            .last()
+            .next()
             .unwrap_or_default();
         let chained = lower.contains("x-chained: yes");
         let upstream = ["\"upstream\":\"app\"", "\"upstream\":\"pages\""]

@@ -129,7 +129,7 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
     let traefik = dir.path().join("traefik.yml");
     std::fs::write(
         &traefik,
-        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true, connection: [x]}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c, keyType: RSA4096, dnsChallenge: {provider: x}}}\n",
+        "entryPoints:\n  web:\n    address: :8080\n    forwardedHeaders: {insecure: true, connection: [x]}\n  tls:\n    address: :8443\n    http:\n      redirections:\n        entryPoint: {to: nowhere}\napi:\n  dashboard: true\nproviders:\n  docker: {}\naccessLog: {}\ncertificatesResolvers:\n  le: {acme: {email: a@b.c, keyType: RSA8192, dnsChallenge: {provider: x}}}\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -142,7 +142,7 @@ fn what_a_static_configuration_asks_for_and_zeitwork_does_not_do_is_named() {
     for want in [
         "api: this Traefik option is not supported by Zeitwork yet",
         "certificatesResolvers.le.acme.dnsChallenge: this Traefik option is not supported by Zeitwork yet",
-        "certificatesResolvers.le.acme.keyType: Zeitwork issues ECDSA certificates only",
+        "certificatesResolvers.le.acme.keyType: RSA8192 keys are not made",
         "entryPoints.web.forwardedHeaders.connection: unknown key",
         "entryPoints.tls.http.redirections.entryPoint.to: names no entry point",
         "providers.docker: this Traefik option is not supported",
@@ -327,7 +327,7 @@ fn traefik_and_zeitwork_answer_alike_on_the_same_files() {
 /// "httpChallenge"); the challenge path answered as `pkg/provider/acme/challenge_http.go`.
 #[test]
 fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
-    acme_with("httpChallenge:\n        entryPoint: web");
+    acme_with("httpChallenge:\n        entryPoint: web", "RSA2048");
 }
 
 /// The same with TLS-ALPN-01 (`tlsChallenge: {}`): pebble validates in a TLS handshake
@@ -335,10 +335,12 @@ fn an_acme_resolver_gets_the_routers_certificate_from_a_real_ca_once() {
 /// `pkg/provider/acme/challenge_tls.go`).
 #[test]
 fn an_acme_resolver_answers_tls_alpn_01_in_the_handshake() {
-    acme_with("tlsChallenge: {}");
+    acme_with("tlsChallenge: {}", "EC256");
 }
 
-fn acme_with(challenge: &str) {
+/// An order with `challenge`, for a key of `key_type` (Traefik's `keyType`: the served
+/// certificate's key is of that kind).
+fn acme_with(challenge: &str, key_type: &str) {
     if !tool("curl") || !tool("openssl") || !tool("pebble") {
         return;
     }
@@ -360,7 +362,7 @@ fn acme_with(challenge: &str) {
     std::fs::write(
         &traefik,
         format!(
-            "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    filename: {}\ncertificatesResolvers:\n  pebble:\n    acme:\n      email: ops@app.test\n      caServer: {}\n      storage: {}\n      keyType: EC256\n      {challenge}\n      caCertificates: [{}]\nlog:\n  format: json\n",
+            "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    filename: {}\ncertificatesResolvers:\n  pebble:\n    acme:\n      email: ops@app.test\n      caServer: {}\n      storage: {}\n      keyType: {key_type}\n      {challenge}\n      caCertificates: [{}]\nlog:\n  format: json\n",
             dynamic.display(),
             pb.directory,
             storage.display(),
@@ -427,6 +429,30 @@ fn acme_with(challenge: &str) {
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["domain"]["main"], "app.test");
     assert_eq!(certs[0]["Store"], "default");
+    // The key is the kind asked for.
+    let key_pem = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        certs[0]["key"].as_str().unwrap_or(""),
+    )
+    .unwrap_or_default();
+    let key_pem = String::from_utf8_lossy(&key_pem).to_string();
+    let kind = Command::new("openssl")
+        .args(["pkey", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(key_pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let want = match key_type {
+        "RSA2048" => "Private-Key: (2048 bit, 2 primes)",
+        _ => "Private-Key: (256 bit)",
+    };
+    assert!(kind.contains(want), "{key_type}: {kind}");
     // The admin endpoint shows the order and the certificate.
     let admin = edge.addr("admin listening");
     let out = curl(&[&format!("http://{admin}/debug/config")]);

@@ -549,17 +549,25 @@ async fn order(
             detail,
         });
     }
-    let alg = match req.key_type {
-        KeyType::Ec256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        KeyType::Ec384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-    };
-    let key = rcgen::KeyPair::generate_for(alg)?;
+    let key = new_key(req.key_type)?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key)?;
     order.finalize_csr(csr.der()).await.map_err(acme)?;
     let chain = order.poll_certificate(&retry).await.map_err(acme)?;
     Ok((chain, key.serialize_pem()))
+}
+
+/// A certificate's private key of `kind`.
+pub fn new_key(kind: KeyType) -> Result<rcgen::KeyPair, rcgen::Error> {
+    let rsa = |size| rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size);
+    match kind {
+        KeyType::Ec256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::Ec384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyType::Rsa2048 => rsa(rcgen::RsaKeySize::_2048),
+        KeyType::Rsa3072 => rsa(rcgen::RsaKeySize::_3072),
+        KeyType::Rsa4096 => rsa(rcgen::RsaKeySize::_4096),
+    }
 }
 
 /// The self-signed certificate TLS-ALPN-01 answers with (RFC 8737 §3): the name as its one

@@ -436,12 +436,15 @@ pub struct AcmeResolver {
     pub ca_certificates: Vec<PathBuf>,
 }
 
-/// The certificate key types issued: ECDSA only (ring, the edge's crypto provider, signs
-/// with RSA but cannot generate RSA keys).
+/// The certificate key types issued (Traefik's `keyType`, but `RSA8192`, which the key
+/// generator does not make).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
     Ec256,
     Ec384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
 }
 
 /// Traefik's default redirection priority (`math.MaxInt32 - 1`).
@@ -712,15 +715,23 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
         };
         let p = format!("{p}.acme");
         unknown(&p, &a.unknown, &mut err);
+        // Without keyType, EC256 rather than Traefik's RSA4096: a P-256 key signs a
+        // handshake for a fraction of the CPU (bench/RESULTS.md, full handshakes).
         let key_type = match a.key_type.as_deref() {
             None | Some("EC256") => KeyType::Ec256,
             Some("EC384") => KeyType::Ec384,
-            Some("RSA2048" | "RSA3072" | "RSA4096" | "RSA8192") => {
-                err(format!("{p}.keyType"), "Zeitwork issues ECDSA certificates only (its crypto provider cannot generate RSA keys): set EC256 or EC384");
+            Some("RSA2048") => KeyType::Rsa2048,
+            Some("RSA3072") => KeyType::Rsa3072,
+            Some("RSA4096") => KeyType::Rsa4096,
+            Some("RSA8192") => {
+                err(format!("{p}.keyType"), "RSA8192 keys are not made by Zeitwork's key generator: set RSA4096 (or EC256, faster to serve)");
                 continue;
             }
             Some(_) => {
-                err(format!("{p}.keyType"), "one of EC256, EC384");
+                err(
+                    format!("{p}.keyType"),
+                    "one of EC256, EC384, RSA2048, RSA3072, RSA4096",
+                );
                 continue;
             }
         };

@@ -685,12 +685,12 @@ fn acme_resolvers_validate_and_routers_ask_them_for_their_hosts() {
         "{e}"
     );
 
-    let bad = "entryPoints:\n  web: {address: \":80\"}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  a: {acme: {caServer: \"http://plain\", httpChallenge: {entryPoint: nowhere}, caCertificates: [x, y]}}\n  b: {acme: {tlsChallenge: {}, keyType: RSA2048}}\n  e: {acme: {email: a@b.c}}\n  c: {acme: {certificatesDuration: 0, httpChallenge: {entryPoint: web}}}\n  d: {other: {}}\n";
+    let bad = "entryPoints:\n  web: {address: \":80\"}\nproviders: {file: {filename: d.yml}}\ncertificatesResolvers:\n  a: {acme: {caServer: \"http://plain\", httpChallenge: {entryPoint: nowhere}, caCertificates: [x, y]}}\n  b: {acme: {tlsChallenge: {}, keyType: RSA8192}}\n  e: {acme: {email: a@b.c}}\n  c: {acme: {certificatesDuration: 0, httpChallenge: {entryPoint: web}}}\n  d: {other: {}}\n";
     let e = parse_static(bad, Format::Yaml).unwrap_err().to_string();
     for want in [
         "certificatesResolvers.a.acme.caServer: an ACME directory URL starting with https://",
         "certificatesResolvers.a.acme.httpChallenge.entryPoint: names no entry point",
-        "certificatesResolvers.b.acme.keyType: Zeitwork issues ECDSA certificates only",
+        "certificatesResolvers.b.acme.keyType: RSA8192 keys are not made",
         "certificatesResolvers.c.acme.certificatesDuration: hours from 1",
         "certificatesResolvers.d: only ACME resolvers exist",
         "certificatesResolvers.e.acme: set httpChallenge.entryPoint",

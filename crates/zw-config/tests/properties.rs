@@ -244,7 +244,7 @@ proptest! {
         email in prop::option::of("[a-z]{0,8}@?[a-z.]{0,8}"),
         ca_server in prop::option::of("(https|http|ftp)://[a-z.:0-9]{0,12}(/dir)?"),
         storage in prop::option::of("[a-z/._-]{0,16}"),
-        key_type in prop::option::of("(EC256|EC384|RSA2048|RSA4096|ec256|bogus)"),
+        key_type in prop::option::of("(EC256|EC384|RSA2048|RSA3072|RSA4096|RSA8192|ec256|bogus)"),
         hours in prop::option::of(-10i64..100_000),
         http_ep in prop::option::of(prop::option::of("(web|websecure|nowhere)")),
         tls_challenge in any::<bool>(),
@@ -279,6 +279,16 @@ proptest! {
                 prop_assert_eq!(r.storage.to_str(), Some(storage.as_deref().unwrap_or("acme.json")));
                 prop_assert_eq!(r.certificates_duration.as_secs(), hours.unwrap_or(2160) as u64 * 3600);
                 prop_assert_eq!(r.tls_challenge, tls_challenge);
+                use zw_config::KeyType as K;
+                let want_kt = match key_type.as_deref() {
+                    None | Some("EC256") => Some(K::Ec256),
+                    Some("EC384") => Some(K::Ec384),
+                    Some("RSA2048") => Some(K::Rsa2048),
+                    Some("RSA3072") => Some(K::Rsa3072),
+                    Some("RSA4096") => Some(K::Rsa4096),
+                    _ => None,
+                };
+                prop_assert_eq!(Some(r.key_type), want_kt, "only the kinds made load");
                 let want_ep = http_ep.clone().flatten();
                 prop_assert_eq!(r.http_challenge.as_deref(), want_ep.as_deref());
                 prop_assert!(r.http_challenge.is_some() || r.tls_challenge);

@@ -499,8 +499,10 @@ pub struct ErrorPage {
     /// The page's path; `{status}` and `{url}` (the request's, query-escaped) replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_rewrites: Option<serde_json::Value>,
+    /// `"418": 404` or `"500-503": 502`: the answer's status becomes this one (`{status}`
+    /// in `query`; the first is `{originalStatus}`).
+    #[serde(default)]
+    pub status_rewrites: BTreeMap<String, u16>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

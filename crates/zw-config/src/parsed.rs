@@ -183,13 +183,23 @@ pub struct ErrorPageSpec {
     pub ranges: Vec<(u16, u16)>,
     /// Into [`Parsed::services`].
     pub service: u32,
-    /// Starts with `/`; may hold `{status}` and `{url}`.
+    /// Starts with `/`; may hold `{status}`, `{originalStatus}` and `{url}`.
     pub query: String,
+    /// Inclusive ranges whose status the answer gets changed to another.
+    pub rewrites: Vec<((u16, u16), u16)>,
 }
 
 impl ErrorPageSpec {
     pub fn catches(&self, status: u16) -> bool {
         self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status))
+    }
+
+    /// The status an answer of `status` goes out with (the first rewrite that covers it).
+    pub fn rewritten(&self, status: u16) -> u16 {
+        self.rewrites
+            .iter()
+            .find(|((a, b), _)| (*a..=*b).contains(&status))
+            .map_or(status, |(_, to)| *to)
     }
 }
 

@@ -931,25 +931,35 @@ fn check_errors(
 ) -> Option<ParsedMiddleware> {
     c.unknown(p, &e.unknown);
     let before = c.errors.len();
-    if e.status_rewrites.is_some() {
-        c.err(
-            format!("{p}.statusRewrites"),
-            "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options",
-        );
-    }
-    let mut ranges = Vec::new();
-    for (i, s) in e.status.iter().enumerate() {
-        for part in s.split(',') {
+    // `500-599`, `404`, or several comma-separated (Traefik's `NewHTTPCodeRanges`).
+    let ranges_of = |c: &mut Checker<'_>, at: String, text: &str| -> Vec<(u16, u16)> {
+        let mut out = Vec::new();
+        for part in text.split(',') {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
             match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
                 (Ok(a), Ok(b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => {
-                    ranges.push((a, b))
+                    out.push((a, b))
                 }
                 _ => c.err(
-                    format!("{p}.status[{i}]"),
+                    &at,
                     format!("`{part}` is not a status code or range (e.g. `500-599` or `404`)"),
                 ),
             }
+        }
+        out
+    };
+    let mut ranges = Vec::new();
+    for (i, s) in e.status.iter().enumerate() {
+        ranges.extend(ranges_of(c, format!("{p}.status[{i}]"), s));
+    }
+    let mut rewrites = Vec::new();
+    for (from, to) in &e.status_rewrites {
+        let at = format!("{p}.statusRewrites.{from}");
+        if !(100..=599).contains(to) {
+            c.err(&at, format!("{to} is not an HTTP status code (100-599)"));
+        }
+        for range in ranges_of(c, at, from) {
+            rewrites.push((range, *to));
         }
     }
     if e.status.is_empty() {
@@ -978,6 +988,7 @@ fn check_errors(
     if http::uri::PathAndQuery::try_from(
         query
             .replace("{status}", "500")
+            .replace("{originalStatus}", "500")
             .replace("{url}", "x")
             .as_str(),
     )
@@ -991,6 +1002,7 @@ fn check_errors(
             ranges,
             service,
             query,
+            rewrites,
         })
     })
 }

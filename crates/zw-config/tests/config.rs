@@ -731,7 +731,7 @@ fn access_middlewares_validate_by_path() {
     assert_eq!((ranges.len(), reject.as_u16()), (2, 403));
 
     let errs = errors_of(
-        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4, nonsense]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n    e: {replacePath: {path: x}}\n    f: {replacePathRegex: {regex: \"(\", replacement: \" \"}}\n    g: {stripPrefixRegex: {regex: []}}\n    h: {errors: {status: [\"5xx\", \"404\"], service: nope, statusRewrites: {\"418\": 404}}}\n",
+        "http:\n  middlewares:\n    a: {rateLimit: {average: -1, sourceCriterion: {ipStrategy: {depth: 1, excludedIPs: [1.2.3.4, nonsense]}, requestHost: true}, redis: {endpoints: [x]}}}\n    b: {ipAllowList: {sourceRange: [nonsense], rejectStatusCode: 999}}\n    c: {ipAllowList: {}}\n    d: {inFlightReq: {amount: 0}}\n    e: {replacePath: {path: x}}\n    f: {replacePathRegex: {regex: \"(\", replacement: \" \"}}\n    g: {stripPrefixRegex: {regex: []}}\n    h: {errors: {status: [\"5xx\", \"404\"], service: nope, statusRewrites: {\"4xx\": 404, \"418\": 999}}}\n",
         Format::Yaml,
     );
     for want in [
@@ -749,7 +749,8 @@ fn access_middlewares_validate_by_path() {
         "http.middlewares.g.stripPrefixRegex.regex: needs at least one expression",
         "http.middlewares.h.errors.status[0]: `5xx` is not a status code or range",
         "http.middlewares.h.errors.service: unknown service \"nope\"",
-        "http.middlewares.h.errors.statusRewrites: this Traefik option is not supported",
+        "http.middlewares.h.errors.statusRewrites.4xx: `4xx` is not a status code or range",
+        "http.middlewares.h.errors.statusRewrites.418: 999 is not an HTTP status code",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(want)),

@@ -430,9 +430,11 @@ async fn error_pages(ctx: &mut RequestCtx<'_>, answer: Answer) -> Answer {
             .as_bytes(),
     )
     .collect();
+    let out = StatusCode::from_u16(page.rewritten(status.as_u16())).unwrap_or(status);
     let target = page
         .query
-        .replace("{status}", status.as_str())
+        .replace("{status}", out.as_str())
+        .replace("{originalStatus}", status.as_str())
         .replace("{url}", &url);
     let Ok(req) = Request::get(target).body(RequestBody::empty()) else {
         return answer;
@@ -453,7 +455,7 @@ async fn error_pages(ctx: &mut RequestCtx<'_>, answer: Answer) -> Answer {
     match send(peer.lb, backend, Request::from_parts(parts, body)).await {
         Ok((resp, pooled)) => {
             let (mut rparts, body) = resp.into_parts();
-            rparts.status = status;
+            rparts.status = out;
             let pooled = pooled.map(|tx| (tx, backend.clone()));
             Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
         }

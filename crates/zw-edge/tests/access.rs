@@ -442,7 +442,7 @@ async fn errors_serve_the_error_service_page_with_the_original_status() {
     let app = Upstream::start("app").await;
     let pages = Upstream::start("pages").await;
     let cfg = format!(
-        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: app, middlewares: [oops, once]}}\n    d: {{rule: \"Host(`down.test`)\", service: gone, middlewares: [oops]}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    pages: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    gone: {{loadBalancer: {{servers: []}}}}\n  middlewares:\n    oops:\n      errors: {{status: [\"500-599\", \"404,429\"], service: pages, query: \"/{{status}}.html?from={{url}}\"}}\n    once:\n      rateLimit: {{average: 1, period: 1m, burst: 2}}\n",
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: app, middlewares: [oops, once]}}\n    d: {{rule: \"Host(`down.test`)\", service: gone, middlewares: [oops]}}\n    w: {{rule: \"Host(`rw.test`)\", service: app, middlewares: [rewrite]}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    pages: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n    gone: {{loadBalancer: {{servers: []}}}}\n  middlewares:\n    oops:\n      errors: {{status: [\"500-599\", \"404,429\"], service: pages, query: \"/{{status}}.html?from={{url}}\"}}\n    once:\n      rateLimit: {{average: 1, period: 1m, burst: 2}}\n    rewrite:\n      errors: {{status: [\"500-599\"], service: pages, query: \"/{{status}}-{{originalStatus}}.html\", statusRewrites: {{\"502-504\": 500}}}}\n",
         app.url(),
         pages.url()
     );
@@ -470,6 +470,10 @@ async fn errors_serve_the_error_service_page_with_the_original_status() {
     let limited = get("a.test", "/").await;
     assert_eq!(status_of(&limited), 429, "{limited}");
     assert!(limited.contains("\"path\":\"/429.html\""), "{limited}");
+    // statusRewrites: 503 goes out as 500, and the page is asked for both
+    let rw = get("rw.test", "/status/503").await;
+    assert_eq!(status_of(&rw), 500, "{rw}");
+    assert!(rw.contains("\"path\":\"/500-503.html\""), "{rw}");
     // no server up: the edge's own 503 gets the page too
     let down = get("down.test", "/x").await;
     assert_eq!(status_of(&down), 503, "{down}");

@@ -493,9 +493,11 @@ fn acme_with(challenge: &str, key_type: &str) {
 /// The access middlewares, differential: one dynamic file given to Traefik and to
 /// `zeitwork edge`, the same requests to each, and the answers compared — status, the
 /// challenge a refusal carries, a response header a middleware adds, and which upstream
-/// (or error page) answered. Covers basicAuth, digestAuth (with curl's `--digest`),
-/// ipAllowList, a chain of headers and ipAllowList, rateLimit's burst then 429, and
-/// errors' page for an upstream 503.
+/// (or error page) answered, the path it saw, the CORS headers. Covers basicAuth,
+/// digestAuth (with curl's `--digest`), ipAllowList, a chain of headers and
+/// ipAllowList, rateLimit's burst then 429, errors' page for an upstream 503,
+/// forwardAuth admitting and refusing, a CORS preflight and a foreign origin,
+/// ipStrategy.depth behind trusted forwarded headers, and stripPrefix.
 #[test]
 fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     if !tool("curl") {
@@ -517,6 +519,11 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     chain: {{rule: "Host(`chain.test`)", service: app, middlewares: [secured]}}
     limit: {{rule: "Host(`limit.test`)", service: app, middlewares: [limit]}}
     oops: {{rule: "Host(`oops.test`)", service: app, middlewares: [oops]}}
+    fa: {{rule: "Host(`fa.test`)", service: app, middlewares: [fa-ok]}}
+    fb: {{rule: "Host(`fb.test`)", service: app, middlewares: [fa-no]}}
+    cors: {{rule: "Host(`cors.test`)", service: app, middlewares: [cors]}}
+    depth: {{rule: "Host(`depth.test`)", service: app, middlewares: [depth]}}
+    strip: {{rule: "Host(`strip.test`)", service: app, middlewares: [strip]}}
   services:
     app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
     pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
@@ -540,6 +547,19 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
       rateLimit: {{average: 1, period: 1m, burst: 2}}
     oops:
       errors: {{status: ["500-599"], service: pages, query: "/{{status}}.html"}}
+    fa-ok:
+      forwardAuth: {{address: "{0}/verify"}}
+    fa-no:
+      forwardAuth: {{address: "{0}/status/401"}}
+    cors:
+      headers:
+        accessControlAllowMethods: [GET, PUT]
+        accessControlAllowOriginList: ["https://ok.example"]
+        accessControlMaxAge: 100
+    depth:
+      ipAllowList: {{sourceRange: [203.0.113.0/24], ipStrategy: {{depth: 1}}}}
+    strip:
+      stripPrefix: {{prefixes: [/api]}}
 "#,
             app.url(),
             pages.url()
@@ -551,7 +571,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
         std::fs::write(
             &p,
             format!(
-                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: 127.0.0.1:{web}\nproviders:\n  file:\n    filename: {}\n",
+                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: 127.0.0.1:{web}\n    forwardedHeaders:\n      trustedIPs: [127.0.0.1/32]\nproviders:\n  file:\n    filename: {}\n",
                 dynamic.display()
             ),
         )
@@ -631,11 +651,25 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .next()
             .unwrap_or_default();
         let chained = lower.contains("x-chained: yes");
+        let cors = lower
+            .lines()
+            .filter(|l| l.starts_with("access-control-"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let seen_path = out
+            .split("\"path\":\"")
+            .nth(1)
+            .and_then(|p| p.split('"').next())
+            .unwrap_or("");
         let upstream = ["\"upstream\":\"app\"", "\"upstream\":\"pages\""]
             .iter()
             .find(|u| out.contains(*u))
             .map_or("-", |u| if u.contains("pages") { "pages" } else { "app" });
-        format!("{host}{path} {status} [{challenge}] chained={chained} {upstream}")
+        format!(
+            "{host}{path} {status} [{challenge}] chained={chained} {upstream} {path_seen} {cors}",
+            path_seen = seen_path
+        )
     };
     let answers = |port: u16| {
         vec![
@@ -652,6 +686,40 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             ask(port, "limit.test", "/3", &[]),
             ask(port, "oops.test", "/status/503", &[]),
             ask(port, "oops.test", "/fine", &[]),
+            ask(port, "fa.test", "/in", &[]),
+            ask(port, "fb.test", "/in", &[]),
+            ask(
+                port,
+                "cors.test",
+                "/",
+                &[
+                    "-X",
+                    "OPTIONS",
+                    "-H",
+                    "Origin: https://ok.example",
+                    "-H",
+                    "Access-Control-Request-Method: PUT",
+                ],
+            ),
+            ask(
+                port,
+                "cors.test",
+                "/",
+                &["-H", "Origin: https://evil.example"],
+            ),
+            ask(
+                port,
+                "depth.test",
+                "/",
+                &["-H", "X-Forwarded-For: 10.0.0.1, 203.0.113.9"],
+            ),
+            ask(
+                port,
+                "depth.test",
+                "/",
+                &["-H", "X-Forwarded-For: 203.0.113.9, 10.0.0.1"],
+            ),
+            ask(port, "strip.test", "/api/users", &[]),
         ]
     };
     let (t, z) = (answers(ports[0]), answers(ports[1]));
@@ -664,7 +732,16 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[2].starts_with("basic.test/ 200"), "{z:?}");
     assert!(z[4].starts_with("digest.test/ 200"), "{z:?}");
     assert!(z[6].starts_with("deny.test/ 403"), "{z:?}");
-    assert!(z[7].ends_with("chained=true app"), "{z:?}");
+    assert!(z[7].contains("chained=true app"), "{z:?}");
     assert!(z[10].starts_with("limit.test/3 429"), "{z:?}");
-    assert!(z[11].ends_with("503 [] chained=false pages"), "{z:?}");
+    assert!(z[11].contains("503 [] chained=false pages"), "{z:?}");
+    assert!(z[13].starts_with("fa.test/in 200"), "{z:?}");
+    assert!(z[14].starts_with("fb.test/in 401"), "{z:?}");
+    assert!(
+        z[15].contains("access-control-allow-origin: https://ok.example"),
+        "{z:?}"
+    );
+    assert!(z[17].starts_with("depth.test/ 200"), "{z:?}");
+    assert!(z[18].starts_with("depth.test/ 403"), "{z:?}");
+    assert!(z[19].contains(" /users"), "{z:?}");
 }

@@ -171,6 +171,24 @@ fn traefik_bin() -> Option<String> {
 /// Kills the child when dropped.
 struct Child(std::process::Child);
 
+/// Traefik on its static file and `zeitwork edge` on its own, quiet.
+fn start_both(traefik: &str, t_static: &Path, z_static: &Path) -> [Child; 2] {
+    let quiet = |mut c: Command, what: &str| {
+        Child(
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {what}: {e}")),
+        )
+    };
+    let mut t = Command::new(traefik);
+    t.arg(format!("--configFile={}", t_static.display()));
+    let mut z = Command::new(BIN);
+    z.args(["edge", "--admin", "127.0.0.1:0", "--config"])
+        .arg(z_static);
+    [quiet(t, "traefik"), quiet(z, "zeitwork")]
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -214,23 +232,7 @@ fn traefik_and_zeitwork_answer_alike_on_the_same_files() {
     let ports = [(free_port(), free_port()), (free_port(), free_port())];
     let t_static = statics("traefik", ports[0].0, ports[0].1);
     let z_static = statics("zeitwork", ports[1].0, ports[1].1);
-    let _traefik = Child(
-        Command::new(&traefik)
-            .arg(format!("--configFile={}", t_static.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start traefik"),
-    );
-    let _zeitwork = Child(
-        Command::new(BIN)
-            .args(["edge", "--admin", "127.0.0.1:0", "--config"])
-            .arg(&z_static)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start zeitwork"),
-    );
+    let _both = start_both(&traefik, &t_static, &z_static);
     // Both up: their TLS router answers.
     for (_, websecure) in ports {
         support::eventually(
@@ -579,25 +581,10 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
         p
     };
     let ports = [free_port(), free_port()];
-    let _traefik = Child(
-        Command::new(&traefik)
-            .arg(format!(
-                "--configFile={}",
-                statics("traefik", ports[0]).display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start traefik"),
-    );
-    let _zeitwork = Child(
-        Command::new(BIN)
-            .args(["edge", "--admin", "127.0.0.1:0", "--config"])
-            .arg(statics("zeitwork", ports[1]))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start zeitwork"),
+    let _both = start_both(
+        &traefik,
+        &statics("traefik", ports[0]),
+        &statics("zeitwork", ports[1]),
     );
     for port in ports {
         support::eventually(Duration::from_secs(20), "the proxy to route", || {

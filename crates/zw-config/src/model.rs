@@ -550,24 +550,9 @@ impl EncodedCharacters {
 }
 
 /// `digestAuth`: HTTP Digest authentication (RFC 2617, MD5, `qop=auth`) for the listed
-/// users (`name:realm:md5(name:realm:password)`, as `htdigest` writes them).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DigestAuth {
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users_file: Option<String>,
-    /// Default `traefik`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub realm: Option<String>,
-    #[serde(default)]
-    pub remove_header: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_field: Option<String>,
-    #[serde(flatten, skip_serializing)]
-    pub unknown: Unknown,
-}
+/// users (`name:realm:md5(name:realm:password)`, as `htdigest` writes them); the same keys
+/// as `basicAuth`.
+pub type DigestAuth = BasicAuth;
 
 /// `forwardAuth`: an authentication server decides; 2xx lets the request through.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -609,13 +594,14 @@ pub struct Chain {
     pub unknown: Unknown,
 }
 
-/// `basicAuth`: only the listed users get through (htpasswd lines `name:hash`).
+/// `basicAuth` (htpasswd lines `name:hash`) and `digestAuth` (htdigest lines
+/// `name:realm:hash`): only the listed users get through.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BasicAuth {
     #[serde(default)]
     pub users: Vec<String>,
-    /// An htpasswd file; its users come first, and a name also in `users` is that one.
+    /// A users file; its users come first, and a name also in `users` is that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users_file: Option<String>,
     /// Default `traefik`.

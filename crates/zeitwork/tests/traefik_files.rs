@@ -732,3 +732,133 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[18].starts_with("depth.test/ 403"), "{z:?}");
     assert!(z[19].contains(" /users"), "{z:?}");
 }
+
+/// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `passTLSClientCert`, differential: a client certificate with every field Traefik can
+/// pass (DC, C, ST, L, O, OU, serialNumber and CN in its subject; DNS, e-mail, IP and URI
+/// SANs), presented to Traefik and to the edge under `RequireAndVerifyClientCert`; the
+/// upstream sees the same `X-Forwarded-Tls-Client-Cert` and `-Info` from both.
+#[test]
+fn traefik_and_zeitwork_pass_the_client_certificate_alike() {
+    if !tool("curl") || !tool("openssl") {
+        return;
+    }
+    let Some(traefik) = traefik_bin() else { return };
+    let (_rt, app) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = openssl_cert(d);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/O=Clients/CN=Client CA",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(d, &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/DC=org/DC=example/C=FR/ST=Ile-de-France/L=Paris/O=Zeitwork/OU=Edge/serialNumber=42/CN=alice", "-keyout", "alice.key", "-out", "alice.csr"]);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:alice.test,email:alice@example.org,IP:10.0.0.1,URI:spiffe://example.org/alice\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "alice.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "alice.crt",
+        ],
+    );
+    let dynamic = d.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    app: {{rule: \"Host(`a.test`)\", service: app, tls: {{}}, middlewares: [pass]}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    pass:\n      passTLSClientCert:\n        pem: true\n        info:\n          notAfter: true\n          notBefore: true\n          sans: true\n          serialNumber: true\n          subject: {{country: true, province: true, locality: true, organization: true, organizationalUnit: true, commonName: true, serialNumber: true, domainComponent: true}}\n          issuer: {{country: true, province: true, locality: true, organization: true, commonName: true, serialNumber: true, domainComponent: true}}\ntls:\n  certificates:\n    - {{certFile: {cert}, keyFile: {key}}}\n  options:\n    default:\n      clientAuth: {{caFiles: [{}], clientAuthType: RequireAndVerifyClientCert}}\n",
+            app.url(),
+            d.join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let statics = |name: &str, port: u16| {
+        let p = d.join(format!("{name}.yml"));
+        std::fs::write(
+            &p,
+            format!(
+                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  websecure:\n    address: 127.0.0.1:{port}\n    http:\n      tls: {{}}\nproviders:\n  file:\n    filename: {}\n",
+                dynamic.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let ports = [free_port(), free_port()];
+    let _both = start_both(
+        &traefik,
+        &statics("traefik", ports[0]),
+        &statics("zeitwork", ports[1]),
+    );
+    let (alice, alice_key) = (
+        d.join("alice.crt").display().to_string(),
+        d.join("alice.key").display().to_string(),
+    );
+    let seen = |port: u16| {
+        support::eventually(Duration::from_secs(20), "the proxy to answer", || {
+            let out = curl(&[
+                "--cacert",
+                &cert,
+                "--cert",
+                &alice,
+                "--key",
+                &alice_key,
+                "--resolve",
+                &format!("a.test:{port}:127.0.0.1"),
+                &format!("https://a.test:{port}/"),
+            ]);
+            let body: serde_json::Value =
+                serde_json::from_str(out.lines().next().unwrap_or("")).ok()?;
+            let h = &body["headers"];
+            Some((
+                h["x-forwarded-tls-client-cert"].as_str()?.to_string(),
+                h["x-forwarded-tls-client-cert-info"].as_str()?.to_string(),
+            ))
+        })
+    };
+    let (t, z) = (seen(ports[0]), seen(ports[1]));
+    eprintln!("traefik info: {}\nzeitwork info: {}", t.1, z.1);
+    assert_eq!(t, z, "Traefik (left) and Zeitwork (right) differ");
+    assert!(z.1.contains("CN%3Dalice"), "{}", z.1);
+}

@@ -480,8 +480,52 @@ pub struct Middleware {
 pub struct PassTlsClientCert {
     #[serde(default)]
     pub pem: bool,
+    /// Parts of the certificates in `X-Forwarded-Tls-Client-Cert-Info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<serde_json::Value>,
+    pub info: Option<TlsClientCertInfo>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsClientCertInfo {
+    #[serde(default)]
+    pub not_after: bool,
+    #[serde(default)]
+    pub not_before: bool,
+    #[serde(default)]
+    pub sans: bool,
+    #[serde(default)]
+    pub serial_number: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<TlsClientCertDn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<TlsClientCertDn>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// The parts of a subject or issuer name to pass (`organizationalUnit`: subject only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsClientCertDn {
+    #[serde(default)]
+    pub country: bool,
+    #[serde(default)]
+    pub province: bool,
+    #[serde(default)]
+    pub locality: bool,
+    #[serde(default)]
+    pub organization: bool,
+    #[serde(default)]
+    pub organizational_unit: bool,
+    #[serde(default)]
+    pub common_name: bool,
+    #[serde(default)]
+    pub serial_number: bool,
+    #[serde(default)]
+    pub domain_component: bool,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

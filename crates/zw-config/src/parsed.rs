@@ -169,8 +169,11 @@ pub enum ParsedMiddleware {
     /// `encodedCharacters`: the bytes whose percent-encoded form a path may not hold.
     EncodedCharacters(Vec<u8>),
     Errors(ErrorPageSpec),
-    /// `passTLSClientCert` with `pem`: the client's certificates go upstream.
-    PassTlsClientCert,
+    /// `passTLSClientCert`: the client's certificates (`pem`), parts of them (`info`).
+    PassTlsClientCert {
+        pem: bool,
+        info: Option<zw_tls::CertInfoOptions>,
+    },
     /// A `chain`: its members are spliced into each router that names it (see
     /// [`ParsedRouter::middlewares`]), so it does nothing of its own.
     Chain,

@@ -891,16 +891,39 @@ fn check_middleware(
     if let Some(t) = &m.pass_tls_client_cert {
         let tp = format!("{p}.passTLSClientCert");
         c.unknown(&tp, &t.unknown);
-        if t.info.is_some() {
+        let info = t.info.as_ref().map(|i| {
+            c.unknown(&format!("{tp}.info"), &i.unknown);
+            let dn = |c: &mut Checker<'_>, at: &str, d: &Option<crate::TlsClientCertDn>| {
+                d.as_ref().map(|d| {
+                    c.unknown(&format!("{tp}.info.{at}"), &d.unknown);
+                    zw_tls::DnOptions {
+                        country: d.country,
+                        province: d.province,
+                        locality: d.locality,
+                        organization: d.organization,
+                        organizational_unit: d.organizational_unit,
+                        common_name: d.common_name,
+                        serial_number: d.serial_number,
+                        domain_component: d.domain_component,
+                    }
+                })
+            };
+            zw_tls::CertInfoOptions {
+                not_after: i.not_after,
+                not_before: i.not_before,
+                sans: i.sans,
+                serial_number: i.serial_number,
+                subject: dn(c, "subject", &i.subject),
+                issuer: dn(c, "issuer", &i.issuer),
+            }
+        });
+        if !t.pem && info.is_none() {
             c.err(
-                format!("{tp}.info"),
-                "this Traefik option is not supported by Zeitwork yet (only `pem`); remove it or see the README's list of supported options",
+                &tp,
+                "set `pem: true` or `info`: without either nothing is passed",
             );
         }
-        if !t.pem && t.info.is_none() {
-            c.err(&tp, "set `pem: true`: without it nothing is passed");
-        }
-        parsed = Some(ParsedMiddleware::PassTlsClientCert);
+        parsed = Some(ParsedMiddleware::PassTlsClientCert { pem: t.pem, info });
     }
     if let Some(e) = &m.errors {
         parsed = check_errors(c, &format!("{p}.errors"), e, services);

@@ -106,6 +106,8 @@ pub(crate) struct ConnInfo {
     /// The client's certificates (mutual TLS) as `passTLSClientCert` sends them: the
     /// base64 of each one's DER, comma-separated. Made once per connection.
     client_cert: Option<HeaderValue>,
+    /// The same certificates, for `passTLSClientCert.info`.
+    client_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl ConnInfo {
@@ -127,6 +129,10 @@ impl ConnInfo {
             port_header: HeaderValue::from(local_port),
             tls,
             trust_forwarded,
+            client_certs: client_certs
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
             client_cert: (!client_certs.is_empty())
                 .then(|| {
                     use base64::Engine;
@@ -379,6 +385,7 @@ async fn request_middlewares(
         host: host.to_str().unwrap_or(""),
         client_ip: ctx.conn.client_ip,
         client_cert: ctx.conn.client_cert.as_ref(),
+        client_certs: &ctx.conn.client_certs,
     };
     for m in &router.middlewares {
         let mut action = m.on_request(&mut mctx);

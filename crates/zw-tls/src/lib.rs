@@ -8,6 +8,7 @@
 //! the edge does per handshake ([`CertStore::lookup`]) cannot.
 #![forbid(unsafe_code)]
 
+mod cert_info;
 mod client;
 mod options;
 mod store;
@@ -19,6 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+pub use cert_info::{cert_info, CertInfoOptions, DnOptions};
 pub use client::client_config;
 pub use options::{
     cipher_suite, client_roots, curve, server_config, ClientAuth, Sessions, TlsOptions, TlsVersion,

@@ -53,6 +53,8 @@ pub struct MiddlewareCtx<'a> {
     /// The client's TLS certificates (mutual TLS), as `X-Forwarded-Tls-Client-Cert`
     /// carries them.
     pub client_cert: Option<&'a http::HeaderValue>,
+    /// The same certificates, the client's first.
+    pub client_certs: &'a [rustls::pki_types::CertificateDer<'static>],
 }
 
 /// What the response side knows of the request.
@@ -199,7 +201,10 @@ pub fn build(
         P::BasicAuth(spec) => Arc::new(BasicAuth::new(spec)),
         P::EncodedCharacters(denied) => Arc::new(EncodedCharacters::new(denied)),
         P::Errors(spec) => Arc::new(Errors(spec.clone())),
-        P::PassTlsClientCert => Arc::new(PassTlsClientCert),
+        P::PassTlsClientCert { pem, info } => Arc::new(PassTlsClientCert {
+            pem: *pem,
+            info: info.clone(),
+        }),
         P::DigestAuth(spec) => {
             // Nonces survive reloads that keep the realm.
             let sessions = keep(

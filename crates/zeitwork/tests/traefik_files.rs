@@ -171,6 +171,21 @@ fn traefik_bin() -> Option<String> {
 /// Kills the child when dropped.
 struct Child(std::process::Child);
 
+/// A Traefik static file in `dir` named `name`.yml: `entry_points` (YAML, indented under
+/// `entryPoints:`) and the file provider reading `dynamic`.
+fn static_file(dir: &Path, name: &str, entry_points: &str, dynamic: &Path) -> std::path::PathBuf {
+    let p = dir.join(format!("{name}.yml"));
+    std::fs::write(
+        &p,
+        format!(
+            "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n{entry_points}providers:\n  file:\n    filename: {}\n",
+            dynamic.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// Traefik on its static file and `zeitwork edge` on its own, quiet.
 fn start_both(traefik: &str, t_static: &Path, z_static: &Path) -> [Child; 2] {
     let quiet = |mut c: Command, what: &str| {
@@ -218,16 +233,12 @@ fn traefik_and_zeitwork_answer_alike_on_the_same_files() {
     )
     .unwrap();
     let statics = |name: &str, web: u16, websecure: u16| {
-        let p = dir.path().join(format!("{name}.yml"));
-        std::fs::write(
-            &p,
-            format!(
-                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: 127.0.0.1:{web}\n    http:\n      redirections:\n        entryPoint:\n          to: websecure\n          scheme: https\n  websecure:\n    address: 127.0.0.1:{websecure}\n    http:\n      tls: {{}}\nproviders:\n  file:\n    filename: {}\n",
-                dynamic.display()
-            ),
+        static_file(
+            dir.path(),
+            name,
+            &format!("  web:\n    address: 127.0.0.1:{web}\n    http:\n      redirections:\n        entryPoint:\n          to: websecure\n          scheme: https\n  websecure:\n    address: 127.0.0.1:{websecure}\n    http:\n      tls: {{}}\n"),
+            &dynamic,
         )
-        .unwrap();
-        p
     };
     let ports = [(free_port(), free_port()), (free_port(), free_port())];
     let t_static = statics("traefik", ports[0].0, ports[0].1);
@@ -569,16 +580,12 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     )
     .unwrap();
     let statics = |name: &str, web: u16| {
-        let p = dir.path().join(format!("{name}.yml"));
-        std::fs::write(
-            &p,
-            format!(
-                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: 127.0.0.1:{web}\n    forwardedHeaders:\n      trustedIPs: [127.0.0.1/32]\nproviders:\n  file:\n    filename: {}\n",
-                dynamic.display()
-            ),
+        static_file(
+            dir.path(),
+            name,
+            &format!("  web:\n    address: 127.0.0.1:{web}\n    forwardedHeaders:\n      trustedIPs: [127.0.0.1/32]\n"),
+            &dynamic,
         )
-        .unwrap();
-        p
     };
     let ports = [free_port(), free_port()];
     let _both = start_both(
@@ -814,16 +821,12 @@ fn traefik_and_zeitwork_pass_the_client_certificate_alike() {
     )
     .unwrap();
     let statics = |name: &str, port: u16| {
-        let p = d.join(format!("{name}.yml"));
-        std::fs::write(
-            &p,
-            format!(
-                "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  websecure:\n    address: 127.0.0.1:{port}\n    http:\n      tls: {{}}\nproviders:\n  file:\n    filename: {}\n",
-                dynamic.display()
-            ),
+        static_file(
+            d,
+            name,
+            &format!("  websecure:\n    address: 127.0.0.1:{port}\n    http:\n      tls: {{}}\n"),
+            &dynamic,
         )
-        .unwrap();
-        p
     };
     let ports = [free_port(), free_port()];
     let _both = start_both(

@@ -259,7 +259,13 @@ fn request_filter(
     // X-Forwarded-* from a client the entry point does not trust say whatever the client
     // wants: gone before any middleware (an ipStrategy, a forwardAuth) reads them, as
     // Traefik's forwardedHeaders does; the edge writes its own on the way upstream.
-    if !ctx.conn.trust_forwarded {
+    // (One look over the few headers a request has decides; most carry none of these.)
+    if !ctx.conn.trust_forwarded
+        && req
+            .headers()
+            .keys()
+            .any(|k| k.as_str().starts_with("x-forwarded-") || k == X_REAL_IP)
+    {
         for name in UNTRUSTED_FORWARDED {
             req.headers_mut().remove(name);
         }

@@ -9,18 +9,20 @@
 //! `trustForwardHeader`. A server that cannot be reached, or answers nothing within 30 s,
 //! is a 500, as in Traefik.
 //!
-//! Connections to the server are kept (up to [`MAX_IDLE`]) and reused.
+//! Connections to the server come from the edge's upstream pool ([`crate::pool::Backend`],
+//! up to [`MAX_IDLE`] kept), as the services' do.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http1;
+use http_body_util::{BodyExt, Limited};
 use zw_config::ForwardAuthSpec;
+
+use crate::pool::{Backend, Conn, Transport};
+use crate::request_body::RequestBody;
 
 use super::{Action, Middleware, MiddlewareCtx};
 
@@ -41,17 +43,7 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 #[derive(Debug)]
 pub struct ForwardAuth {
     spec: Arc<ForwardAuthSpec>,
-    idle: Arc<Idle>,
-}
-
-/// Kept connections to the authentication server.
-#[derive(Default)]
-pub struct Idle(SegQueue<http1::SendRequest<Empty<Bytes>>>);
-
-impl std::fmt::Debug for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Idle({})", self.0.len())
-    }
+    server: Arc<Backend>,
 }
 
 /// What the authentication server said.
@@ -63,10 +55,13 @@ struct Answer {
 
 #[derive(Debug, thiserror::Error)]
 enum AuthError {
-    #[error("connecting to {0}: {1}")]
-    Connect(String, std::io::Error),
+    #[error(transparent)]
+    Upstream(#[from] crate::pool::UpstreamError),
     #[error("exchange with {0}: {1}")]
     Http(String, hyper::Error),
+    /// An `http://` server is spoken to over HTTP/1.1 only.
+    #[error("the pool offered {0} over HTTP/2")]
+    Protocol(String),
     #[error("the answer of {0} was longer than {MAX_BODY} bytes or broke off")]
     Body(String),
     #[error("no answer from {0} within {TIMEOUT:?}")]
@@ -76,11 +71,17 @@ enum AuthError {
 }
 
 impl ForwardAuth {
-    pub fn new(spec: &ForwardAuthSpec, idle: Arc<Idle>) -> Self {
+    /// `server`: the pool of connections to `spec.server`, kept across reloads.
+    pub fn new(spec: &ForwardAuthSpec, server: Arc<Backend>) -> Self {
         ForwardAuth {
             spec: Arc::new(spec.clone()),
-            idle,
+            server,
         }
+    }
+
+    /// A pool for the authentication server at `url` (plain HTTP: no TLS set-up).
+    pub fn pool(url: &zw_config::UpstreamUrl) -> Backend {
+        Backend::new(url, MAX_IDLE, Default::default())
     }
 
     /// The check's headers, from the client's request (Traefik's `writeHeader`).
@@ -154,59 +155,39 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// One check, on a kept connection when there is one.
+/// One check, on a pooled connection when there is one.
 async fn ask(
     spec: &ForwardAuthSpec,
-    idle: &Idle,
+    server: &Backend,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Answer, AuthError> {
-    let server = spec.server.authority.clone();
+    let name = spec.server.authority.clone();
     let work = async {
-        let mut tx = loop {
-            match idle.0.pop() {
-                Some(mut tx) => {
-                    if !tx.is_closed() && tx.ready().await.is_ok() {
-                        break tx;
-                    }
-                }
-                None => {
-                    let stream = tokio::net::TcpStream::connect(&server)
-                        .await
-                        .map_err(|e| AuthError::Connect(server.clone(), e))?;
-                    let _ = stream.set_nodelay(true);
-                    let (tx, conn) = http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| AuthError::Http(server.clone(), e))?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    break tx;
-                }
-            }
+        let transport = Transport {
+            max_idle: MAX_IDLE,
+            ..Transport::default()
+        };
+        let Conn::H1 { mut tx, .. } = server.checkout(&transport).await? else {
+            return Err(AuthError::Protocol(name.clone()));
         };
         let mut req = http::Request::builder()
             .method(method)
             .uri(spec.path_and_query.clone())
-            .body(Empty::<Bytes>::new())?;
+            .body(RequestBody::empty())?;
         *req.headers_mut() = headers;
         let resp = tx
             .send_request(req)
             .await
-            .map_err(|e| AuthError::Http(server.clone(), e))?;
+            .map_err(|e| AuthError::Http(name.clone(), e))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()
             .await
-            .map_err(|_| AuthError::Body(server.clone()))?
+            .map_err(|_| AuthError::Body(name.clone()))?
             .to_bytes();
-        let closing = parts
-            .headers
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        if !closing && idle.0.len() < MAX_IDLE {
-            idle.0.push(tx);
-        }
+        // Given back once the answer is read whole; the pool drops a closing one.
+        server.checkin(tx);
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
@@ -215,7 +196,7 @@ async fn ask(
     };
     tokio::time::timeout(TIMEOUT, work)
         .await
-        .unwrap_or_else(|_| Err(AuthError::Timeout(server.clone())))
+        .unwrap_or_else(|_| Err(AuthError::Timeout(name.clone())))
 }
 
 impl ForwardAuth {
@@ -284,9 +265,9 @@ impl Middleware for ForwardAuth {
         } else {
             Method::GET
         };
-        let (spec, idle) = (self.spec.clone(), self.idle.clone());
+        let (spec, server) = (self.spec.clone(), self.server.clone());
         Action::Defer(Box::pin(async move {
-            let answer = ask(&spec, &idle, method, headers).await;
+            let answer = ask(&spec, &server, method, headers).await;
             Box::new(move |ctx: &mut MiddlewareCtx<'_>| match answer {
                 Err(e) => {
                     tracing::warn!(server = %spec.server.authority, error = %e, "forwardAuth: the authentication server did not answer; 500");

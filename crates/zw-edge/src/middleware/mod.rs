@@ -144,11 +144,21 @@ fn keep<T: Default + Send + Sync + 'static>(
     kept: &Kept,
     used: &mut Kept,
 ) -> Arc<T> {
+    keep_with(key, kept, used, T::default)
+}
+
+/// [`keep`] for state made by `make`.
+fn keep_with<T: Send + Sync + 'static>(
+    key: (String, String),
+    kept: &Kept,
+    used: &mut Kept,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
     let state = kept
         .get(&key)
         .cloned()
         .and_then(|s| s.downcast::<T>().ok())
-        .unwrap_or_default();
+        .unwrap_or_else(|| Arc::new(make()));
     used.insert(key, state.clone());
     state
 }
@@ -216,15 +226,16 @@ pub fn build(
         }
         P::ForwardAuth(spec) => {
             // Kept connections survive reloads that keep the server.
-            let idle = keep(
+            let server = keep_with(
                 (
                     name.to_string(),
                     format!("forwardAuth {}", spec.server.authority),
                 ),
                 kept,
                 used,
+                || ForwardAuth::pool(&spec.server),
             );
-            Arc::new(ForwardAuth::new(spec, idle))
+            Arc::new(ForwardAuth::new(spec, server))
         }
         P::ReplacePath(path) => Arc::new(ReplacePath(path.clone())),
         P::ReplacePathRegex { regex, replacement } => Arc::new(ReplacePathRegex {

@@ -65,6 +65,10 @@ pub enum Error {
 }
 
 /// How long one order may take, challenges and polling included.
+/// The path HTTP-01 tokens are fetched under (RFC 8555 §8.3); the edges answer it for
+/// the ACME CA and for the operator's own domain checks.
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// The longest sleep between two looks at what is due (a renewal far off is looked at
 /// again after this, so a clock jump cannot hide it).

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use zw_tls::rustls::sign::CertifiedKey;
 
-/// The path prefix the CA fetches tokens under (RFC 8555, section 8.3).
-pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+/// The path prefix the CA (and the operator's domain check) fetches tokens under.
+pub use zw_acme::HTTP01_PREFIX as CHALLENGE_PREFIX;
 
 /// The ALPN protocol of TLS-ALPN-01.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";

@@ -64,8 +64,6 @@ pub(crate) enum CheckError {
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The HTTP-01 path every edge answers tokens under.
-const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// How long the edges get to take the tokens (a connected edge takes a snapshot in
 /// milliseconds).
 const EDGES_WAIT: Duration = Duration::from_secs(10);
@@ -210,7 +208,7 @@ async fn check(
     if d.name.starts_with("*.") {
         return Err(CheckError::Wildcard);
     }
-    let path = format!("{CHALLENGE_PREFIX}{token}");
+    let path = format!("{}{token}", zw_acme::HTTP01_PREFIX);
     let targets = match how {
         DomainCheck::Dns => vec![format!("{}:80", d.name)],
         DomainCheck::Balancer if d.balancers.is_empty() => return Err(CheckError::NoBalancer),

@@ -537,6 +537,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     cors: {{rule: "Host(`cors.test`)", service: app, middlewares: [cors]}}
     depth: {{rule: "Host(`depth.test`)", service: app, middlewares: [depth]}}
     strip: {{rule: "Host(`strip.test`)", service: app, middlewares: [strip]}}
+    hosts: {{rule: "Host(`hosts.test`)", service: app, middlewares: [hosts]}}
   services:
     app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
     pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
@@ -573,6 +574,12 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
       ipAllowList: {{sourceRange: [203.0.113.0/24], ipStrategy: {{depth: 1}}}}
     strip:
       stripPrefix: {{prefixes: [/api]}}
+    hosts:
+      headers:
+        allowedHosts: [hosts.test]
+        hostsProxyHeaders: [X-Original-Host]
+        sslProxyHeaders: {{X-Front-Tls: "on"}}
+        stsSeconds: 60
 "#,
             app.url(),
             pages.url()
@@ -645,6 +652,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .next()
             .unwrap_or_default();
         let chained = lower.contains("x-chained: yes");
+        let sts = lower.contains("strict-transport-security: max-age=60");
         let cors = lower
             .lines()
             .filter(|l| l.starts_with("access-control-"))
@@ -661,7 +669,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .find(|u| out.contains(*u))
             .map_or("-", |u| if u.contains("pages") { "pages" } else { "app" });
         format!(
-            "{host}{path} {status} [{challenge}] chained={chained} {upstream} {path_seen} {cors}",
+            "{host}{path} {status} [{challenge}] chained={chained} sts={sts} {upstream} {path_seen} {cors}",
             path_seen = seen_path
         )
     };
@@ -714,6 +722,9 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
                 &["-H", "X-Forwarded-For: 203.0.113.9, 10.0.0.1"],
             ),
             ask(port, "strip.test", "/api/users", &[]),
+            ask(port, "hosts.test", "/", &[]),
+            ask(port, "hosts.test", "/", &["-H", "X-Front-Tls: on"]),
+            ask(port, "hosts.test", "/", &["-H", "X-Original-Host: evil.test"]),
         ]
     };
     let (t, z) = (answers(ports[0]), answers(ports[1]));
@@ -726,9 +737,9 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[2].starts_with("basic.test/ 200"), "{z:?}");
     assert!(z[4].starts_with("digest.test/ 200"), "{z:?}");
     assert!(z[6].starts_with("deny.test/ 403"), "{z:?}");
-    assert!(z[7].contains("chained=true app"), "{z:?}");
+    assert!(z[7].contains("chained=true sts=false app"), "{z:?}");
     assert!(z[10].starts_with("limit.test/3 429"), "{z:?}");
-    assert!(z[11].contains("503 [] chained=false pages"), "{z:?}");
+    assert!(z[11].contains("503 [] chained=false sts=false pages"), "{z:?}");
     assert!(z[13].starts_with("fa.test/in 200"), "{z:?}");
     assert!(z[14].starts_with("fb.test/in 401"), "{z:?}");
     assert!(
@@ -738,6 +749,9 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[17].starts_with("depth.test/ 200"), "{z:?}");
     assert!(z[18].starts_with("depth.test/ 403"), "{z:?}");
     assert!(z[19].contains(" /users"), "{z:?}");
+    assert!(z[20].starts_with("hosts.test/ 200 [] chained=false sts=false"), "{z:?}");
+    assert!(z[21].contains("sts=true app"), "{z:?}");
+    assert!(z[22].starts_with("hosts.test/ 500"), "{z:?}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.

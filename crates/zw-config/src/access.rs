@@ -269,11 +269,7 @@ pub(crate) fn check_in_flight(
     })
 }
 
-type HeadersExtra = (
-    Vec<(http::HeaderName, http::HeaderValue)>,
-    Option<(http::HeaderValue, bool)>,
-    Option<Box<crate::Cors>>,
-);
+type HeadersExtra = (Box<crate::Secure>, Option<Box<crate::Cors>>);
 
 /// The security and CORS keys of a `headers` middleware, as Traefik's
 /// `pkg/middlewares/headers` sets them (`secure.go` over unrolled/secure, `header.go`).
@@ -293,7 +289,10 @@ pub(crate) fn check_headers_extra(
             None
         }
     };
-    let mut security = Vec::new();
+    fn set(v: &str) -> Option<&str> {
+        Some(v).filter(|v| !v.is_empty())
+    }
+    let mut secure = crate::Secure::default();
     let frame = if !h.custom_frame_options_value.is_empty() {
         Some(h.custom_frame_options_value.as_str())
     } else if h.frame_deny {
@@ -319,34 +318,32 @@ pub(crate) fn check_headers_extra(
         (
             "contentSecurityPolicy",
             "content-security-policy",
-            Some(h.content_security_policy.as_str()).filter(|v| !v.is_empty()),
+            set(&h.content_security_policy),
         ),
         (
             "contentSecurityPolicyReportOnly",
             "content-security-policy-report-only",
-            Some(h.content_security_policy_report_only.as_str()).filter(|v| !v.is_empty()),
+            set(&h.content_security_policy_report_only),
         ),
-        (
-            "referrerPolicy",
-            "referrer-policy",
-            Some(h.referrer_policy.as_str()).filter(|v| !v.is_empty()),
-        ),
+        ("referrerPolicy", "referrer-policy", set(&h.referrer_policy)),
         (
             "permissionsPolicy",
             "permissions-policy",
-            Some(h.permissions_policy.as_str()).filter(|v| !v.is_empty()),
+            set(&h.permissions_policy),
         ),
     ] {
         if let Some(v) = v {
             if let Some(v) = value(field, v, c) {
-                security.push((http::HeaderName::from_static(name), v));
+                secure.always.push((http::HeaderName::from_static(name), v));
             }
         }
     }
     if h.sts_seconds < 0 {
         c.err(format!("{p}.stsSeconds"), "must not be negative");
     }
-    let sts = (h.sts_seconds > 0 && !h.is_development).then(|| {
+    // Development mode drops what would pin browsers to this host: HSTS, key pins, and
+    // the host check.
+    if h.sts_seconds > 0 && !h.is_development {
         let mut v = format!("max-age={}", h.sts_seconds);
         if h.sts_include_subdomains {
             v.push_str("; includeSubDomains");
@@ -354,11 +351,43 @@ pub(crate) fn check_headers_extra(
         if h.sts_preload {
             v.push_str("; preload");
         }
-        (
+        let sts = (
+            http::header::STRICT_TRANSPORT_SECURITY,
             http::HeaderValue::from_str(&v).unwrap_or(http::HeaderValue::from_static("max-age=0")),
-            h.force_sts_header,
-        )
-    });
+        );
+        if h.force_sts_header {
+            secure.always.push(sts);
+        } else {
+            secure.on_secure.push(sts);
+        }
+    }
+    if !h.public_key.is_empty() && !h.is_development {
+        if let Some(v) = value("publicKey", &h.public_key, c) {
+            secure
+                .on_secure
+                .push((http::HeaderName::from_static("public-key-pins"), v));
+        }
+    }
+    let header_name = |field: String, n: &str, c: &mut Checker<'_>| {
+        http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| c.err(field, "not a valid header name"))
+            .ok()
+    };
+    for (n, v) in &h.ssl_proxy_headers {
+        let field = format!("sslProxyHeaders.{n}");
+        let name = header_name(format!("{p}.{field}"), n, c);
+        if let (Some(name), Some(v)) = (name, value(&field, v, c)) {
+            secure.ssl_proxy_headers.push((name, v));
+        }
+    }
+    for (i, n) in h.hosts_proxy_headers.iter().enumerate() {
+        if let Some(name) = header_name(format!("{p}.hostsProxyHeaders[{i}]"), n, c) {
+            secure.hosts_proxy_headers.push(name);
+        }
+    }
+    if !h.is_development {
+        secure.allowed_hosts = h.allowed_hosts.clone();
+    }
     let has_cors = h.access_control_allow_credentials
         || !h.access_control_allow_headers.is_empty()
         || !h.access_control_allow_methods.is_empty()
@@ -408,5 +437,5 @@ pub(crate) fn check_headers_extra(
             add_vary: h.add_vary_header,
         })
     });
-    (c.errors.len() == before).then_some((security, sts, cors))
+    (c.errors.len() == before).then_some((Box::new(secure), cors))
 }

@@ -865,9 +865,24 @@ pub struct Headers {
     pub referrer_policy: String,
     #[serde(default)]
     pub permissions_policy: String,
-    /// Turns the HSTS header off (Traefik's development mode).
+    /// Turns the HSTS and Public-Key-Pins headers and the `allowedHosts` check off
+    /// (Traefik's development mode).
     #[serde(default)]
     pub is_development: bool,
+    /// The hosts requests may name; another gets `500 Bad Host`. Empty: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Headers that name the host in place of `Host` for `allowedHosts` (the first
+    /// non-empty one).
+    #[serde(default)]
+    pub hosts_proxy_headers: Vec<String>,
+    /// Header and value that mark a plain-HTTP request as having come over TLS to a
+    /// proxy in front (for HSTS and `publicKey`).
+    #[serde(default, rename = "sslProxyHeaders")]
+    pub ssl_proxy_headers: BTreeMap<String, String>,
+    /// `Public-Key-Pins` value, sent on secure responses.
+    #[serde(default)]
+    pub public_key: String,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

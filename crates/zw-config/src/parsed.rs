@@ -124,17 +124,33 @@ pub struct Cors {
     pub add_vary: bool,
 }
 
+/// The security keys of a `headers` middleware: the options Traefik's `secure.go` gives
+/// unrolled/secure, resolved to what goes on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Secure {
+    /// Set on every response: frame options, nosniff, CSP, referrer and permissions
+    /// policies, and HSTS when `forceSTSHeader` says so.
+    pub always: Vec<(HeaderName, HeaderValue)>,
+    /// Set on responses to secure requests only: HSTS, `Public-Key-Pins` (`publicKey`).
+    pub on_secure: Vec<(HeaderName, HeaderValue)>,
+    /// A plain-HTTP request that carries one of these headers with exactly this value
+    /// came over TLS to a proxy in front (`sslProxyHeaders`).
+    pub ssl_proxy_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The hosts a request may name (compared without regard to case, port included);
+    /// empty: any. Another host gets Traefik's `500 Bad Host`.
+    pub allowed_hosts: Vec<String>,
+    /// Headers whose first non-empty one names the host instead of `Host` (a proxy's
+    /// `X-Forwarded-Host`), for `allowed_hosts`.
+    pub hosts_proxy_headers: Vec<HeaderName>,
+}
+
 /// A middleware of one type, its strings parsed.
 #[derive(Debug, Clone)]
 pub enum ParsedMiddleware {
     Headers {
         request: HeaderEdits,
         response: HeaderEdits,
-        /// Set on every response (security headers: frame options, nosniff, CSP, ...).
-        security: Vec<(HeaderName, HeaderValue)>,
-        /// `Strict-Transport-Security`, and whether it goes on plain-HTTP responses too
-        /// (`forceSTSHeader`).
-        sts: Option<(HeaderValue, bool)>,
+        secure: Box<Secure>,
         cors: Option<Box<Cors>>,
     },
     StripPrefix(StripPrefix),

@@ -159,10 +159,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "mode",
     "followRedirects",
     "unhealthyInterval",
-    "allowedHosts",
-    "hostsProxyHeaders",
-    "sslProxyHeaders",
-    "publicKey",
     "forceSlash",
     "serverName",
     "insecureSkipVerify",
@@ -762,11 +758,10 @@ fn check_middleware(
                 .zip(response)
                 .zip(extra)
                 .map(
-                    |((request, response), (security, sts, cors))| ParsedMiddleware::Headers {
+                    |((request, response), (secure, cors))| ParsedMiddleware::Headers {
                         request: header_edits(request),
                         response: header_edits(response),
-                        security,
-                        sts,
+                        secure,
                         cors,
                     },
                 );

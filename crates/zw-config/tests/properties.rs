@@ -81,6 +81,33 @@ proptest! {
         }
     }
 
+    /// `headers`: any value in any of its keys (custom headers, CORS, security, the host
+    /// check, the proxy headers) loads or is refused with errors naming the key.
+    #[test]
+    fn headers_middleware_never_panics(
+        name in "[A-Za-z-]{0,8}|[ \t:\n]{1,3}",
+        value in "[ -~]{0,12}|[\x00-\x1f]{1,2}",
+        number in -5i64..100_000_000,
+        flag in any::<bool>(),
+        regex in r"[a-z^$.*()\[\]+?{}]{0,10}",
+    ) {
+        // JSON strings are YAML's double-quoted scalars.
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let (name, value, regex) = (q(&name), q(&value), q(&regex));
+        let y = format!(
+            "http:\n  middlewares:\n    h:\n      headers:\n        customRequestHeaders: {{{name}: {value}}}\n        customResponseHeaders: {{{name}: {value}}}\n        accessControlAllowCredentials: {flag}\n        accessControlAllowHeaders: [{value}]\n        accessControlAllowMethods: [{value}]\n        accessControlAllowOriginList: [{value}]\n        accessControlAllowOriginListRegex: [{regex}]\n        accessControlExposeHeaders: [{value}]\n        accessControlMaxAge: {number}\n        addVaryHeader: {flag}\n        allowedHosts: [{value}]\n        hostsProxyHeaders: [{name}]\n        sslProxyHeaders: {{{name}: {value}}}\n        stsSeconds: {number}\n        stsIncludeSubdomains: {flag}\n        stsPreload: {flag}\n        forceSTSHeader: {flag}\n        frameDeny: {flag}\n        customFrameOptionsValue: {value}\n        contentTypeNosniff: {flag}\n        browserXssFilter: {flag}\n        customBrowserXSSValue: {value}\n        contentSecurityPolicy: {value}\n        contentSecurityPolicyReportOnly: {value}\n        publicKey: {value}\n        referrerPolicy: {value}\n        permissionsPolicy: {value}\n        isDevelopment: {flag}\n"
+        );
+        let cfg = parse_str(&y, Format::Yaml);
+        prop_assert!(cfg.is_ok(), "every key is known: {:?}", cfg.err());
+        if let Ok(cfg) = cfg {
+            if let Err(errors) = validate(cfg, &Limits::default()) {
+                for e in &errors.0 {
+                    prop_assert!(e.path.contains("middlewares.h.headers"), "{e:?}");
+                }
+            }
+        }
+    }
+
     /// basicAuth: well-formed hashes of every kind load, a mutated magic or length is an
     /// error naming the user's line, and no field value panics.
     #[test]

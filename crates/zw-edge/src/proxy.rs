@@ -170,8 +170,9 @@ struct RequestCtx<'s> {
     middlewares_ran: usize,
     /// `X-Routed-To` / `X-Route-Reason`, when the snapshot asks for them.
     explain: Option<Explain<'s>>,
-    /// What the middlewares' response side knows of the request (its `Origin`).
-    origin: Option<HeaderValue>,
+    /// What the middlewares' response side knows of the request (its `Origin`, notes
+    /// their request side left).
+    response: crate::middleware::ResponseCtx,
     /// The request's URI and headers, kept for an `errors` middleware's page request.
     saved: Option<(Uri, HeaderMap)>,
     /// Timings, log fields and the in-flight guard, handed to the response body at the
@@ -206,7 +207,7 @@ pub(crate) async fn handle(
         router: None,
         middlewares_ran: 0,
         explain: None,
-        origin: None,
+        response: crate::middleware::ResponseCtx::new(conn.tls),
         saved: None,
         ex,
     };
@@ -383,7 +384,7 @@ async fn request_middlewares(
 ) -> Result<(), Answer> {
     let host = ctx.host.clone();
     if !router.middlewares.is_empty() {
-        ctx.origin = parts.headers.get(header::ORIGIN).cloned();
+        ctx.response.origin = parts.headers.get(header::ORIGIN).cloned();
     }
     let mut mctx = MiddlewareCtx {
         parts,
@@ -392,8 +393,10 @@ async fn request_middlewares(
         client_ip: ctx.conn.client_ip,
         client_cert: ctx.conn.client_cert.as_ref(),
         client_certs: &ctx.conn.client_certs,
+        response: &mut ctx.response,
     };
-    for m in &router.middlewares {
+    for (position, m) in router.middlewares.iter().enumerate() {
+        mctx.response.position = position;
         let mut action = m.on_request(&mut mctx);
         // A deferred step's outcome is the middleware's action (it may defer again).
         while let Action::Defer(work) = action {
@@ -1063,12 +1066,10 @@ fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
     if !ran.is_empty() {
         let (mut parts, body) =
             std::mem::replace(resp, Response::new(ProxyBody::empty())).into_parts();
-        let rctx = crate::middleware::ResponseCtx {
-            origin: ctx.origin.take(),
-            tls: ctx.conn.tls,
-        };
-        for m in ran.iter().rev() {
-            m.on_response(&mut parts, &rctx);
+        let rctx = &mut ctx.response;
+        for (position, m) in ran.iter().enumerate().rev() {
+            rctx.position = position;
+            m.on_response(&mut parts, rctx);
         }
         *resp = Response::from_parts(parts, body);
     }

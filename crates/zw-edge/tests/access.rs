@@ -282,6 +282,71 @@ async fn cors_preflights_are_answered_and_responses_carry_cors_and_security_head
     );
 }
 
+/// The host check and the proxy-aware security headers of unrolled/secure, which Traefik's
+/// `headers` middleware hands `allowedHosts`, `hostsProxyHeaders`, `sslProxyHeaders` and
+/// `publicKey` to (`secure_test.go`: `TestBadSingleHost` — 500; `TestGoodSingleHostWith
+/// ProxyHeaders`; `TestSTSHeaderWithSSLProxyHeaders`; `TestHPKP`; `TestBadHostWithDevelopment
+/// Mode`-style: development mode lets any host through).
+#[tokio::test]
+async fn allowed_hosts_refuse_other_hosts_and_ssl_proxy_headers_mark_requests_secure() {
+    let up = Upstream::start("u").await;
+    let m = "      headers:\n        allowedHosts: [A.test, front.test]\n        hostsProxyHeaders: [X-Original-Host]\n        sslProxyHeaders: {X-Forwarded-Proto: https, X-Front-Tls: \"on\"}\n        stsSeconds: 60\n        publicKey: 'pin-sha256=\"abc\"; max-age=5'\n        frameDeny: true\n";
+    let edge = TestEdge::start(&config(&up, m)).await;
+
+    // The Host header names an allowed host (case aside): through, no HSTS over plain HTTP.
+    let (status, head) = request(edge.addr, "GET", "").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    assert!(!head.contains("strict-transport-security"), "{head}");
+    assert!(!head.contains("public-key-pins"), "{head}");
+
+    // A proxy in front says the client used TLS: HSTS and the key pins go on.
+    let (status, head) = request(edge.addr, "GET", "x-front-tls: on\r\n").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("strict-transport-security: max-age=60"), "{head}");
+    assert!(
+        head.contains("public-key-pins: pin-sha256=\"abc\"; max-age=5"),
+        "{head}"
+    );
+    // Another value of the header is no proof; nor is an X-Forwarded-Proto from a client
+    // the entry point does not trust (dropped on arrival, before any middleware).
+    for h in ["x-front-tls: off\r\n", "x-forwarded-proto: https\r\n"] {
+        let (_, head) = request(edge.addr, "GET", h).await;
+        assert!(!head.contains("strict-transport-security"), "{h}: {head}");
+    }
+
+    // The first non-empty proxy header names the host in place of Host.
+    let text = exchange(
+        edge.addr,
+        [127, 0, 0, 1],
+        "GET",
+        ("a.test", "/"),
+        "x-original-host: evil.test\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&text), 500, "{text}");
+    assert!(text.ends_with("Bad Host\n"), "{text}");
+    assert!(!text.contains("x-upstream"), "a bad host never reaches the upstream");
+    let (status, head) = request(edge.addr, "GET", "x-original-host: front.test\r\n").await;
+    assert_eq!(status, 200, "{head}");
+    // The port is part of the host, as in Go's r.Host.
+    let text = exchange(edge.addr, [127, 0, 0, 1], "GET", ("a.test:80", "/"), "").await;
+    assert_eq!(status_of(&text), 500, "{text}");
+
+    // Development mode turns the host check, HSTS and the pins off.
+    let dev = format!("{m}        isDevelopment: true\n");
+    let edge = TestEdge::start(&config(&up, &dev)).await;
+    let (status, head) = request(
+        edge.addr,
+        "GET",
+        "x-original-host: evil.test\r\nx-front-tls: on\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("strict-transport-security"), "{head}");
+    assert!(!head.contains("public-key-pins"), "{head}");
+}
+
 /// `chain` (Traefik's docs, `middlewares/http/chain`): a router naming a chain runs its
 /// members in order, a chain inside a chain included — here an allow list that admits
 /// loopback, then a header, then a rate limit of one request a minute.

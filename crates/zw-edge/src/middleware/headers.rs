@@ -9,9 +9,14 @@
 //! - other responses get the custom response headers, then `Access-Control-Allow-Origin`
 //!   for an allowed origin, `-Allow-Credentials`, `-Expose-Headers`, and `Vary: Origin`
 //!   with `addVaryHeader` (`PostRequestModifyResponseHeaders`);
-//! - security headers are set on every response, over what the upstream sent; HSTS only on
-//!   responses to TLS requests unless `forceSTSHeader`, and never with `isDevelopment`
-//!   (unrolled/secure, which Traefik uses).
+//! - security headers are set on every response, over what the upstream sent; HSTS and
+//!   `Public-Key-Pins` only on responses to secure requests (over TLS, or carrying one of
+//!   `sslProxyHeaders` with its value) unless `forceSTSHeader`, and never with
+//!   `isDevelopment` (unrolled/secure's `processRequest`, which Traefik uses);
+//! - with `allowedHosts`, a request whose host (`Host`, or the first non-empty of
+//!   `hostsProxyHeaders`) is not one of them, compared without regard to case, is
+//!   answered `500 Bad Host` (unrolled/secure's default bad-host handler); the port is
+//!   part of the host, as Go's `r.Host` holds it.
 
 use http::{header, HeaderName, HeaderValue};
 
@@ -21,8 +26,7 @@ use super::{Action, Middleware, MiddlewareCtx, ResponseCtx};
 pub struct Headers {
     request: zw_config::HeaderEdits,
     response: zw_config::HeaderEdits,
-    security: Vec<(HeaderName, HeaderValue)>,
-    sts: Option<(HeaderValue, bool)>,
+    secure: zw_config::Secure,
     cors: Option<zw_config::Cors>,
 }
 
@@ -43,17 +47,42 @@ impl Headers {
     pub fn new(
         request: &zw_config::HeaderEdits,
         response: &zw_config::HeaderEdits,
-        security: &[(HeaderName, HeaderValue)],
-        sts: &Option<(HeaderValue, bool)>,
+        secure: &zw_config::Secure,
         cors: Option<&zw_config::Cors>,
     ) -> Self {
         Headers {
             request: request.clone(),
             response: response.clone(),
-            security: security.to_vec(),
-            sts: sts.clone(),
+            secure: secure.clone(),
             cors: cors.cloned(),
         }
+    }
+
+    /// Whether the request's host is one `allowedHosts` lists (any, without the list).
+    fn host_allowed(&self, ctx: &MiddlewareCtx<'_>) -> bool {
+        let s = &self.secure;
+        if s.allowed_hosts.is_empty() {
+            return true;
+        }
+        let proxied = s.hosts_proxy_headers.iter().find_map(|name| {
+            ctx.parts
+                .headers
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(HeaderValue::as_bytes)
+        });
+        let host = proxied.unwrap_or(ctx.host.as_bytes());
+        s.allowed_hosts
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    /// Whether a plain-HTTP request says it came over TLS to a proxy in front (Go's
+    /// `r.Header.Get(k) == v`: a missing header reads as empty).
+    fn ssl_proxied(&self, headers: &http::HeaderMap) -> bool {
+        self.secure.ssl_proxy_headers.iter().any(|(name, want)| {
+            headers.get(name).map_or(&b""[..], HeaderValue::as_bytes) == want.as_bytes()
+        })
     }
 
     /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
@@ -108,6 +137,26 @@ impl Middleware for Headers {
                 return Action::Respond(parts);
             }
         }
+        if !self.host_allowed(ctx) {
+            let mut resp = http::Response::new(bytes::Bytes::from_static(b"Bad Host\n"));
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            return Action::Answer(resp);
+        }
+        if !self.secure.on_secure.is_empty()
+            && !ctx.response.tls
+            && self.ssl_proxied(&ctx.parts.headers)
+        {
+            ctx.response.mark();
+        }
         apply(&mut ctx.parts.headers, &self.request);
         Action::Continue
     }
@@ -145,12 +194,12 @@ impl Middleware for Headers {
                 }
             }
         }
-        for (name, value) in &self.security {
+        for (name, value) in &self.secure.always {
             out.insert(name.clone(), value.clone());
         }
-        if let Some((sts, force)) = &self.sts {
-            if req.tls || *force {
-                out.insert(header::STRICT_TRANSPORT_SECURITY, sts.clone());
+        if req.tls || req.marked() {
+            for (name, value) in &self.secure.on_secure {
+                out.insert(name.clone(), value.clone());
             }
         }
     }

@@ -55,6 +55,8 @@ pub struct MiddlewareCtx<'a> {
     pub client_cert: Option<&'a http::HeaderValue>,
     /// The same certificates, the client's first.
     pub client_certs: &'a [rustls::pki_types::CertificateDer<'static>],
+    /// What the response side will know; [`ResponseCtx::mark`] leaves a note there.
+    pub response: &'a mut ResponseCtx,
 }
 
 /// What the response side knows of the request.
@@ -64,6 +66,34 @@ pub struct ResponseCtx {
     pub origin: Option<http::HeaderValue>,
     /// Whether it came over TLS (HSTS).
     pub tls: bool,
+    /// The router's middleware running now, by its place in the router's list (set by
+    /// the request path on both sides).
+    pub position: usize,
+    /// Bit `i`: the middleware at place `i` marked the request.
+    marks: u64,
+}
+
+impl ResponseCtx {
+    pub fn new(tls: bool) -> Self {
+        ResponseCtx {
+            tls,
+            ..Default::default()
+        }
+    }
+
+    /// Notes, on the request side, one fact for this middleware's response side to read
+    /// with [`ResponseCtx::marked`] (a `headers` middleware's "this request is secure").
+    /// A middleware past the router's 64th cannot leave a note: `marked` says `false`.
+    pub fn mark(&mut self) {
+        if let Some(bit) = 1u64.checked_shl(self.position as u32) {
+            self.marks |= bit;
+        }
+    }
+
+    pub fn marked(&self) -> bool {
+        1u64.checked_shl(self.position as u32)
+            .is_some_and(|bit| self.marks & bit != 0)
+    }
 }
 
 /// What to do after a middleware ran.
@@ -246,16 +276,9 @@ pub fn build(
         P::Headers {
             request,
             response,
-            security,
-            sts,
+            secure,
             cors,
-        } => Arc::new(Headers::new(
-            request,
-            response,
-            security,
-            sts,
-            cors.as_deref(),
-        )),
+        } => Arc::new(Headers::new(request, response, secure, cors.as_deref())),
         P::StripPrefix(s) => Arc::new(StripPrefix::new(s)),
         P::AddPrefix(a) => Arc::new(AddPrefix::new(a)),
         P::RedirectRegex {

@@ -538,6 +538,8 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     depth: {{rule: "Host(`depth.test`)", service: app, middlewares: [depth]}}
     strip: {{rule: "Host(`strip.test`)", service: app, middlewares: [strip]}}
     hosts: {{rule: "Host(`hosts.test`)", service: app, middlewares: [hosts]}}
+    buf: {{rule: "Host(`buf.test`)", service: app, middlewares: [buf]}}
+    ct: {{rule: "Host(`ct.test`)", service: app, middlewares: [ct]}}
   services:
     app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
     pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
@@ -580,6 +582,10 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
         hostsProxyHeaders: [X-Original-Host]
         sslProxyHeaders: {{X-Front-Tls: "on"}}
         stsSeconds: 60
+    buf:
+      buffering: {{maxRequestBodyBytes: 10, maxResponseBodyBytes: 100}}
+    ct:
+      contentType: {{}}
 "#,
             app.url(),
             pages.url()
@@ -653,6 +659,11 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .unwrap_or_default();
         let chained = lower.contains("x-chained: yes");
         let sts = lower.contains("strict-transport-security: max-age=60");
+        let ct = lower
+            .lines()
+            .find(|l| l.starts_with("content-type:"))
+            .map_or("", |l| l.trim_start_matches("content-type:").trim())
+            .to_string();
         let cors = lower
             .lines()
             .filter(|l| l.starts_with("access-control-"))
@@ -669,7 +680,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             .find(|u| out.contains(*u))
             .map_or("-", |u| if u.contains("pages") { "pages" } else { "app" });
         format!(
-            "{host}{path} {status} [{challenge}] chained={chained} sts={sts} {upstream} {path_seen} {cors}",
+            "{host}{path} {status} [{challenge}] chained={chained} sts={sts} {upstream} {path_seen} {cors} ct={ct}",
             path_seen = seen_path
         )
     };
@@ -724,7 +735,40 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             ask(port, "strip.test", "/api/users", &[]),
             ask(port, "hosts.test", "/", &[]),
             ask(port, "hosts.test", "/", &["-H", "X-Front-Tls: on"]),
-            ask(port, "hosts.test", "/", &["-H", "X-Original-Host: evil.test"]),
+            ask(
+                port,
+                "hosts.test",
+                "/",
+                &["-H", "X-Original-Host: evil.test"],
+            ),
+            ask(port, "buf.test", "/echo", &["--data-binary", "0123456789"]),
+            ask(port, "buf.test", "/echo", &["--data-binary", "0123456789A"]),
+            ask(
+                port,
+                "buf.test",
+                "/echo",
+                &[
+                    "-H",
+                    "Transfer-Encoding: chunked",
+                    "--data-binary",
+                    "0123456789A",
+                ],
+            ),
+            ask(port, "buf.test", "/bytes/101", &[]),
+            ask(
+                port,
+                "ct.test",
+                "/echo",
+                &["--data-binary", "<html><body>x</body></html>"],
+            ),
+            ask(port, "ct.test", "/echo", &["--data-binary", "%PDF-1.4 x"]),
+            ask(
+                port,
+                "ct.test",
+                "/echo",
+                &["--data-binary", "GIF89a\x01\x02"],
+            ),
+            ask(port, "ct.test", "/echo", &["--data-binary", "plain words"]),
         ]
     };
     let (t, z) = (answers(ports[0]), answers(ports[1]));
@@ -739,7 +783,10 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[6].starts_with("deny.test/ 403"), "{z:?}");
     assert!(z[7].contains("chained=true sts=false app"), "{z:?}");
     assert!(z[10].starts_with("limit.test/3 429"), "{z:?}");
-    assert!(z[11].contains("503 [] chained=false sts=false pages"), "{z:?}");
+    assert!(
+        z[11].contains("503 [] chained=false sts=false pages"),
+        "{z:?}"
+    );
     assert!(z[13].starts_with("fa.test/in 200"), "{z:?}");
     assert!(z[14].starts_with("fb.test/in 401"), "{z:?}");
     assert!(
@@ -749,9 +796,18 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[17].starts_with("depth.test/ 200"), "{z:?}");
     assert!(z[18].starts_with("depth.test/ 403"), "{z:?}");
     assert!(z[19].contains(" /users"), "{z:?}");
-    assert!(z[20].starts_with("hosts.test/ 200 [] chained=false sts=false"), "{z:?}");
+    assert!(
+        z[20].starts_with("hosts.test/ 200 [] chained=false sts=false"),
+        "{z:?}"
+    );
     assert!(z[21].contains("sts=true app"), "{z:?}");
     assert!(z[22].starts_with("hosts.test/ 500"), "{z:?}");
+    assert!(z[23].starts_with("buf.test/echo 200"), "{z:?}");
+    assert!(z[24].starts_with("buf.test/echo 413"), "{z:?}");
+    assert!(z[25].starts_with("buf.test/echo 413"), "{z:?}");
+    assert!(z[26].starts_with("buf.test/bytes/101 500"), "{z:?}");
+    assert!(z[27].ends_with("ct=text/html; charset=utf-8"), "{z:?}");
+    assert!(z[28].ends_with("ct=application/pdf"), "{z:?}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.

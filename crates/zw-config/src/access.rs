@@ -439,3 +439,53 @@ pub(crate) fn check_headers_extra(
     });
     (c.errors.len() == before).then_some((Box::new(secure), cors))
 }
+
+/// oxy's buffer (which Traefik's `buffering` configures) keeps 1 MiB of a body in memory
+/// unless told otherwise.
+const DEFAULT_MEM_BODY_BYTES: u64 = 1 << 20;
+
+/// `buffering`: sizes are not negative (oxy refuses those too); 0 keeps the default.
+pub(crate) fn check_buffering(
+    c: &mut Checker<'_>,
+    p: &str,
+    b: &crate::Buffering,
+) -> Option<ParsedMiddleware> {
+    c.unknown(p, &b.unknown);
+    let before = c.errors.len();
+    if b.retry_expression.as_deref().is_some_and(|r| !r.is_empty()) {
+        c.err(
+            format!("{p}.retryExpression"),
+            "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options",
+        );
+    }
+    let mut size = |field: &str, v: i64| match u64::try_from(v) {
+        Ok(v) => v,
+        Err(_) => {
+            c.err(
+                format!("{p}.{field}"),
+                "must not be negative (0: the default)",
+            );
+            0
+        }
+    };
+    let limits = |max: u64, mem: u64| crate::BodyLimits {
+        memory: if mem == 0 {
+            DEFAULT_MEM_BODY_BYTES
+        } else {
+            mem
+        },
+        max: (max > 0).then_some(max),
+    };
+    let request = limits(
+        size("maxRequestBodyBytes", b.max_request_body_bytes),
+        size("memRequestBodyBytes", b.mem_request_body_bytes),
+    );
+    let response = limits(
+        size("maxResponseBodyBytes", b.max_response_body_bytes),
+        size("memResponseBodyBytes", b.mem_response_body_bytes),
+    );
+    (c.errors.len() == before).then_some(ParsedMiddleware::Buffering(crate::BufferingSpec {
+        request,
+        response,
+    }))
+}

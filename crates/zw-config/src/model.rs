@@ -469,6 +469,45 @@ pub struct Middleware {
         rename = "passTLSClientCert"
     )]
     pub pass_tls_client_cert: Option<PassTlsClientCert>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffering: Option<Buffering>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<ContentType>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `buffering`: the whole request body is read before it goes upstream, the whole
+/// response before it goes to the client; what is over the `mem…` sizes waits in a
+/// temporary file, what is over the `max…` sizes is refused. 0 is Traefik's default: no
+/// maximum, 1 MiB in memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Buffering {
+    #[serde(default)]
+    pub max_request_body_bytes: i64,
+    #[serde(default)]
+    pub mem_request_body_bytes: i64,
+    #[serde(default)]
+    pub max_response_body_bytes: i64,
+    #[serde(default)]
+    pub mem_response_body_bytes: i64,
+    /// Refused: retrying is the `retry` middleware's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_expression: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `contentType`: a response without `Content-Type` gets one guessed from its first
+/// bytes, as Go's `http.DetectContentType` guesses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentType {
+    /// Traefik v2's switch, deprecated in v3 (where the middleware itself turns detection
+    /// on): `false` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_detect: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

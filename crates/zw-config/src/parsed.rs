@@ -144,6 +144,21 @@ pub struct Secure {
     pub hosts_proxy_headers: Vec<HeaderName>,
 }
 
+/// How much of a body the `buffering` middleware holds in memory, and the most it lets
+/// through (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub memory: u64,
+    pub max: Option<u64>,
+}
+
+/// The `buffering` middleware's limits, for requests and for responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferingSpec {
+    pub request: BodyLimits,
+    pub response: BodyLimits,
+}
+
 /// A middleware of one type, its strings parsed.
 #[derive(Debug, Clone)]
 pub enum ParsedMiddleware {
@@ -185,6 +200,12 @@ pub enum ParsedMiddleware {
     /// `encodedCharacters`: the bytes whose percent-encoded form a path may not hold.
     EncodedCharacters(Vec<u8>),
     Errors(ErrorPageSpec),
+    /// `buffering`: bodies held whole, in memory then in a file, up to a maximum.
+    Buffering(BufferingSpec),
+    /// `contentType`: whether a response without `Content-Type` gets a guessed one.
+    ContentType {
+        detect: bool,
+    },
     /// `passTLSClientCert`: the client's certificates (`pem`), parts of them (`info`).
     PassTlsClientCert {
         pem: bool,

@@ -151,8 +151,6 @@ const TRAEFIK_KEYS: &[&str] = &[
     "retry",
     "circuitBreaker",
     "compress",
-    "buffering",
-    "contentType",
     "grpcWeb",
     "plugin",
     "scheme",
@@ -733,12 +731,14 @@ fn check_middleware(
         m.encoded_characters.is_some(),
         m.errors.is_some(),
         m.pass_tls_client_cert.is_some(),
+        m.buffering.is_some(),
+        m.content_type.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if set + m.unknown.len() != 1 {
-        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, errors, passTLSClientCert, chain)");
+        c.err(p, "a middleware needs exactly one type (headers, stripPrefix, addPrefix, redirectRegex, redirectScheme, rateLimit, ipAllowList, inFlightReq, replacePath, replacePathRegex, stripPrefixRegex, basicAuth, digestAuth, forwardAuth, encodedCharacters, errors, passTLSClientCert, buffering, contentType, chain)");
     }
     if let Some(h) = &m.headers {
         c.unknown(&format!("{p}.headers"), &h.unknown);
@@ -753,18 +753,17 @@ fn check_middleware(
             &h.custom_response_headers,
         );
         let extra = crate::access::check_headers_extra(c, &format!("{p}.headers"), h);
-        parsed =
-            request
-                .zip(response)
-                .zip(extra)
-                .map(
-                    |((request, response), (secure, cors))| ParsedMiddleware::Headers {
-                        request: header_edits(request),
-                        response: header_edits(response),
-                        secure,
-                        cors,
-                    },
-                );
+        parsed = request
+            .zip(response)
+            .zip(extra)
+            .map(
+                |((request, response), (secure, cors))| ParsedMiddleware::Headers {
+                    request: header_edits(request),
+                    response: header_edits(response),
+                    secure,
+                    cors,
+                },
+            );
     }
     if let Some(s) = &m.strip_prefix {
         c.unknown(&format!("{p}.stripPrefix"), &s.unknown);
@@ -932,6 +931,15 @@ fn check_middleware(
     }
     if let Some(f) = &m.forward_auth {
         parsed = crate::auth::check_forward_auth(c, &format!("{p}.forwardAuth"), f);
+    }
+    if let Some(b) = &m.buffering {
+        parsed = crate::access::check_buffering(c, &format!("{p}.buffering"), b);
+    }
+    if let Some(t) = &m.content_type {
+        c.unknown(&format!("{p}.contentType"), &t.unknown);
+        parsed = Some(ParsedMiddleware::ContentType {
+            detect: t.auto_detect.unwrap_or(true),
+        });
     }
     if m.chain.is_some() {
         // Its members are checked with the others (`check_chains`).

@@ -181,12 +181,13 @@ fn unknown_and_unsupported_keys_are_reported_by_name() {
         "{errs:?}"
     );
     let errs = errors_of(
-        "http:\n  middlewares:\n    rl:\n      buffering:\n        maxRequestBodyBytes: 1\n",
+        "http:\n  middlewares:\n    rl:\n      compress:\n        minResponseBodyBytes: 1\n",
         Format::Yaml,
     );
     assert!(
-        errs.iter().any(|e| e
-            .starts_with("http.middlewares.rl.buffering: this Traefik option is not supported")),
+        errs.iter()
+            .any(|e| e
+                .starts_with("http.middlewares.rl.compress: this Traefik option is not supported")),
         "{errs:?}"
     );
     let errs = errors_of("tcp:\n  routers: {}\n", Format::Yaml);

@@ -108,6 +108,31 @@ proptest! {
         }
     }
 
+    /// `buffering` and `contentType`: any number in any size, any retry expression, any
+    /// switch: loaded, or refused with errors naming the key.
+    #[test]
+    fn body_middlewares_never_panic(
+        sizes in prop::array::uniform4(any::<i64>()),
+        retry in "[A-Za-z()<=&| 0-9]{0,20}",
+        detect in prop::option::of(any::<bool>()),
+    ) {
+        let [max_req, mem_req, max_resp, mem_resp] = sizes;
+        let retry = serde_json::to_string(&retry).unwrap_or_default();
+        let detect = detect.map_or(String::new(), |d| format!("autoDetect: {d}"));
+        let y = format!(
+            "http:\n  middlewares:\n    b:\n      buffering: {{maxRequestBodyBytes: {max_req}, memRequestBodyBytes: {mem_req}, maxResponseBodyBytes: {max_resp}, memResponseBodyBytes: {mem_resp}, retryExpression: {retry}}}\n    c:\n      contentType: {{{detect}}}\n"
+        );
+        let cfg = parse_str(&y, Format::Yaml);
+        prop_assert!(cfg.is_ok(), "{:?}", cfg.err());
+        if let Ok(cfg) = cfg {
+            if let Err(errors) = validate(cfg, &Limits::default()) {
+                for e in &errors.0 {
+                    prop_assert!(e.path.contains("middlewares.b.buffering."), "{e:?}");
+                }
+            }
+        }
+    }
+
     /// basicAuth: well-formed hashes of every kind load, a mutated magic or length is an
     /// error naming the user's line, and no field value panics.
     #[test]

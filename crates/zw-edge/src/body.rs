@@ -14,6 +14,15 @@ use crate::exchange::Exchange;
 use crate::pool::Backend;
 use crate::request_body::RequestBody;
 
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the upstream's response body: {0}")]
+    Upstream(hyper::Error),
+    #[error("reading back a buffered response body: {0}")]
+    Spool(std::io::Error),
+}
+
 /// Either a body made here (errors, redirects) or the upstream's, streamed through.
 ///
 /// When the upstream body ends cleanly its HTTP/1 connection goes back to the pool; when
@@ -26,6 +35,14 @@ pub struct ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// Held whole by a `buffering` middleware.
+    Spooled(crate::spool::SpooledBody),
+    /// A frame read ahead (a `contentType` middleware's look at the first bytes), then the
+    /// rest.
+    Prefixed {
+        first: Option<Frame<Bytes>>,
+        rest: Box<ProxyBody>,
+    },
     Upstream {
         body: Incoming,
         conn: Option<(http1::SendRequest<RequestBody>, Arc<Backend>)>,
@@ -58,6 +75,23 @@ impl ProxyBody {
         }
     }
 
+    pub(crate) fn spooled(body: crate::spool::SpooledBody) -> Self {
+        ProxyBody {
+            kind: Kind::Spooled(body),
+            exchange: None,
+        }
+    }
+
+    pub(crate) fn prefixed(first: Frame<Bytes>, rest: ProxyBody) -> Self {
+        ProxyBody {
+            kind: Kind::Prefixed {
+                first: Some(first),
+                rest: Box::new(rest),
+            },
+            exchange: None,
+        }
+    }
+
     pub(crate) fn set_exchange(&mut self, ex: Exchange) {
         self.exchange = Some(ex);
     }
@@ -73,12 +107,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| {
@@ -87,6 +121,34 @@ impl Body for ProxyBody {
                 }
                 Ok(Frame::data(b))
             })),
+            Kind::Prefixed { first, rest } => {
+                let frame = match first.take() {
+                    Some(f) => Poll::Ready(Some(Ok(f))),
+                    None => Pin::new(&mut **rest).poll_frame(cx),
+                };
+                if let (Some(ex), Poll::Ready(Some(Ok(f)))) = (&mut this.exchange, &frame) {
+                    ex.bytes += f.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                if let (Some(ex), Poll::Ready(Some(Err(_)))) = (&mut this.exchange, &frame) {
+                    ex.body_error = true;
+                }
+                frame
+            }
+            Kind::Spooled(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(ex), Some(data)) = (&mut this.exchange, frame.data_ref()) {
+                        ex.bytes += data.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(ex) = &mut this.exchange {
+                        ex.body_error = true;
+                    }
+                    Poll::Ready(Some(Err(BodyError::Spool(e))))
+                }
+                other => other.map(|f| f.map(|f| f.map_err(BodyError::Spool))),
+            },
             Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let (Some(ex), Some(data)) = (&mut this.exchange, frame.data_ref()) {
@@ -107,7 +169,7 @@ impl Body for ProxyBody {
                     if let Some(ex) = &mut this.exchange {
                         ex.body_error = true;
                     }
-                    Poll::Ready(Some(Err(e)))
+                    Poll::Ready(Some(Err(BodyError::Upstream(e))))
                 }
                 Poll::Pending => {
                     crate::stall::mark(crate::stall::Mark::Waited);
@@ -120,6 +182,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
+            Kind::Spooled(body) => body.is_end_stream(),
+            Kind::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -127,6 +191,19 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Spooled(body) => body.size_hint(),
+            Kind::Prefixed { first, rest } => {
+                let ahead = first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.size_hint().lower() + ahead);
+                if let Some(upper) = rest.size_hint().upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
             Kind::Upstream { body, .. } => body.size_hint(),
         }
     }

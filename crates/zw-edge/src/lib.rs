@@ -28,6 +28,7 @@ mod proxy;
 pub mod proxy_protocol;
 mod request_body;
 pub mod snapshot;
+mod spool;
 mod stall;
 mod tls;
 use zw_proto::time;

@@ -82,7 +82,9 @@ impl UpstreamError {
         match source {
             Some(RequestBodyError::Stalled(d)) => UpstreamError::ClientBodyStalled(*d),
             Some(RequestBodyError::Client(_)) => UpstreamError::ClientBody(e),
-            None => UpstreamError::Request(authority.to_string(), e),
+            Some(RequestBodyError::Spool(_)) | None => {
+                UpstreamError::Request(authority.to_string(), e)
+            }
         }
     }
 

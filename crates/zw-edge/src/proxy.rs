@@ -9,7 +9,7 @@
 //! 2. [`route`] — the entry point's [`zw_rules::RoutingTable`] (503 before the first
 //!    configuration, 400 on a bad escape, 404 when nothing matches);
 //! 3. [`request_middlewares`] — the router's middlewares, request side; each may rewrite
-//!    the request or answer it;
+//!    the request or answer it; a `buffering` one has the body read whole here;
 //! 4. [`upstream_peer`] — the service's balancer picks a server that is up (503 if none;
 //!    508 for a second cross-region hop);
 //! 5. [`upstream_request`] — forwarding headers, hop-by-hop removal, Host, URI form;
@@ -21,9 +21,11 @@
 //!
 //! 7. [`error_pages`] — for routers with an `errors` middleware only: a caught status
 //!    gets the error service's page;
-//! 8. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
+//! 8. [`response_body`] — for routers whose `buffering` or `contentType` middleware ran:
+//!    the body read whole, a missing `Content-Type` guessed from its first bytes;
+//! 9. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
 //!    every middleware that ran its request side (in reverse), explain headers, request ID;
-//! 9. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
+//! 10. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
 //!    written when the body is done: metrics, access log.
 //!
 //! Everything a request reads comes from the snapshot it loaded at the start; no phase
@@ -175,6 +177,8 @@ struct RequestCtx<'s> {
     response: crate::middleware::ResponseCtx,
     /// The request's URI and headers, kept for an `errors` middleware's page request.
     saved: Option<(Uri, HeaderMap)>,
+    /// What a `buffering` or `contentType` middleware that ran asks of the response body.
+    response_body: ResponseBodyNeeds,
     /// Timings, log fields and the in-flight guard, handed to the response body at the
     /// end: the logging phase runs when the body is done.
     ex: Exchange,
@@ -209,6 +213,7 @@ pub(crate) async fn handle(
         explain: None,
         response: crate::middleware::ResponseCtx::new(conn.tls),
         saved: None,
+        response_body: ResponseBodyNeeds::default(),
         ex,
     };
     let mut resp = match phases(&mut ctx, req).await {
@@ -216,6 +221,10 @@ pub(crate) async fn handle(
     };
     if ctx.saved.is_some() {
         resp = error_pages(&mut ctx, resp).await;
+    }
+    if ctx.response_body.any() {
+        let router = ctx.router.map_or("", |r| r.name.as_ref());
+        resp = response_body(ctx.response_body, router, resp).await;
     }
     response_filter(&mut resp, &mut ctx);
     logging(resp, ctx)
@@ -229,10 +238,10 @@ async fn phases(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Answ
     if router.error_pages {
         ctx.saved = Some((parts.uri.clone(), parts.headers.clone()));
     }
-    request_middlewares(ctx, router, &mut parts).await?;
+    let mut body = RequestBody::new(body, ctx.ex.shared.settings.body_read_timeout);
+    request_middlewares(ctx, router, &mut parts, &mut body).await?;
     let peer = upstream_peer(ctx, router, &parts)?;
     upstream_request(ctx, &mut parts, peer, upgrade.is_some());
-    let body = RequestBody::new(body, ctx.ex.shared.settings.body_read_timeout);
     forward(ctx, peer, Request::from_parts(parts, body), upgrade).await
 }
 
@@ -381,6 +390,7 @@ async fn request_middlewares(
     ctx: &mut RequestCtx<'_>,
     router: &RouterRt,
     parts: &mut request::Parts,
+    body: &mut RequestBody,
 ) -> Result<(), Answer> {
     let host = ctx.host.clone();
     if !router.middlewares.is_empty() {
@@ -414,9 +424,139 @@ async fn request_middlewares(
             Action::Wait(d) => tokio::time::sleep(d).await,
             Action::Hold(guard) => ctx.ex.held.push(guard),
         }
+        if let Some(spec) = m.buffering() {
+            buffer_request(mctx.parts, body, spec.request).await?;
+            ctx.response_body.buffer = Some(spec.response);
+        }
+        ctx.response_body.sniff |= m.sniffs_content_type();
         ctx.middlewares_ran += 1;
     }
     Ok(())
+}
+
+/// What the response body must go through before it leaves, for the middlewares that ran.
+#[derive(Default, Clone, Copy)]
+struct ResponseBodyNeeds {
+    /// Read whole (`buffering`), within these limits.
+    buffer: Option<zw_config::BodyLimits>,
+    /// Given a `Content-Type` from its first bytes when it has none (`contentType`).
+    sniff: bool,
+}
+
+impl ResponseBodyNeeds {
+    fn any(&self) -> bool {
+        self.buffer.is_some() || self.sniff
+    }
+}
+
+/// A `buffering` middleware's request side: the client's body, read whole, goes on with
+/// a `Content-Length` (413 over the maximum, by the declared length before any byte is
+/// read; 408 or 400 when the client's body stalls or breaks).
+async fn buffer_request(
+    parts: &mut request::Parts,
+    body: &mut RequestBody,
+    limits: zw_config::BodyLimits,
+) -> Result<(), Answer> {
+    use crate::spool::SpoolError;
+    use http_body::Body as _;
+    let too_large = || bare(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    if let (Some(max), Some(len)) = (limits.max, body.size_hint().exact()) {
+        if len > max {
+            return Err(too_large());
+        }
+    }
+    let had_body = !body.is_end_stream();
+    match body.spool(limits).await {
+        Ok(len) => {
+            if had_body || len > 0 {
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            Ok(())
+        }
+        Err(SpoolError::TooLarge(_)) => Err(too_large()),
+        Err(SpoolError::Body(crate::request_body::RequestBodyError::Stalled(_))) => Err(local(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout: the request body stopped arriving\n",
+        )),
+        Err(SpoolError::Body(e)) => {
+            tracing::debug!(error = %e, "buffering: the client's request body broke off");
+            Err(local(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the request body broke off\n",
+            ))
+        }
+        Err(SpoolError::File(e)) => {
+            tracing::error!(error = %e, "buffering: cannot hold a request body in a temporary file; check the temporary directory's space and permissions");
+            Err(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error\n",
+            ))
+        }
+    }
+}
+
+/// Phase 8, between whatever answered and the response filter, for routers whose `buffering` or
+/// `contentType` middleware ran: the body is read whole (a `500` over the maximum, as
+/// Traefik answers), then a body without `Content-Type` gets the one Go's
+/// `DetectContentType` gives its first bytes.
+async fn response_body(needs: ResponseBodyNeeds, router: &str, resp: Answer) -> Answer {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let (mut parts, mut body) = resp.into_parts();
+    // Only responses that carry a body: not 1xx (a WebSocket's 101), 204 or 304.
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Response::from_parts(parts, body);
+    }
+    if let Some(limits) = needs.buffer {
+        let limits = crate::spool::Limits {
+            memory: limits.memory,
+            max: limits.max,
+        };
+        match crate::spool::Spool::read(body, limits).await {
+            Ok(spool) => {
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(spool.len()));
+                body = ProxyBody::spooled(spool.into_body());
+            }
+            Err(e) => {
+                tracing::warn!(router, error = %e, "buffering: the response is not sent");
+                return bare(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+            }
+        }
+    }
+    if needs.sniff && !parts.headers.contains_key(header::CONTENT_TYPE) {
+        // Go sniffs the first write the proxy makes: here, the body's first data.
+        let first = loop {
+            match body.frame().await {
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => continue,
+                Some(Ok(frame)) => break Some(frame),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "contentType: the response body broke off");
+                    return local(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                }
+                None => break None,
+            }
+        };
+        if let Some(first) = first {
+            if let Some(data) = first.data_ref() {
+                let ct = zw_rules::detect_content_type(data);
+                parts
+                    .headers
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
+            body = ProxyBody::prefixed(first, body);
+        }
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Phase 7, for routers with an `errors` middleware: an answer whose status the first
@@ -711,6 +851,14 @@ pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBod
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    resp
+}
+
+/// An answer with a plain-text body and no `Content-Type`, as Traefik's `buffering` sends
+/// its 413 and 500 (Go's sniffing is off for them).
+fn bare(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
     resp
 }
 
@@ -1051,7 +1199,7 @@ async fn forward_upgrade(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)))
 }
 
-/// Phase 8, for every response: the client gets the protocol it spoke, hop-by-hop headers
+/// Phase 9, for every response: the client gets the protocol it spoke, hop-by-hop headers
 /// go, the middlewares that ran their request side run their response side in reverse,
 /// the explain headers are added, and the request ID is set last (a middleware does not
 /// remove it).
@@ -1078,7 +1226,7 @@ fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
         .insert(X_REQUEST_ID, ctx.request_id.clone());
 }
 
-/// Phase 9: the status goes into the request's record, and the record into the response
+/// Phase 10: the status goes into the request's record, and the record into the response
 /// body, which writes it (metrics, access log) when the body has been sent or dropped.
 fn logging(mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
     let mut ex = ctx.ex;

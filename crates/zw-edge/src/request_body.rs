@@ -9,17 +9,26 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::spool::{Spool, SpoolError, SpooledBody};
+
 /// The client's request body, forwarded as it arrives, with a read deadline: a client that
 /// sends part of a body and then nothing for `timeout` ends the request with a 408 (nginx's
 /// `client_body_timeout`; Traefik bounds the whole read with `readTimeout`, 60 s), instead
 /// of holding the upstream connection until the response timeout.
 pub struct RequestBody {
-    /// `None`: a request the edge makes itself, without a body (an error page's).
-    inner: Option<Incoming>,
+    inner: Source,
     timeout: Duration,
     /// Armed when the body goes quiet; allocated once, only for bodies that ever wait.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+}
+
+enum Source {
+    /// A request the edge makes itself, without a body (an error page's).
+    None,
+    Client(Incoming),
+    /// Read whole by a `buffering` middleware.
+    Spooled(SpooledBody),
 }
 
 /// Why the client's request body ended early.
@@ -29,12 +38,15 @@ pub enum RequestBodyError {
     Client(hyper::Error),
     #[error("no request body bytes for {0:?}")]
     Stalled(Duration),
+    /// A buffered body's temporary file could not be read back.
+    #[error("reading back the buffered request body: {0}")]
+    Spool(std::io::Error),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, timeout: Duration) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner: Source::Client(inner),
             timeout,
             deadline: None,
             armed: false,
@@ -44,11 +56,30 @@ impl RequestBody {
     /// No body.
     pub fn empty() -> Self {
         RequestBody {
-            inner: None,
+            inner: Source::None,
             timeout: Duration::ZERO,
             deadline: None,
             armed: false,
         }
+    }
+
+    /// Reads the client's body whole (within the read deadline) and sends that from now
+    /// on. A body read before stays as it is.
+    pub async fn spool(
+        &mut self,
+        limits: zw_config::BodyLimits,
+    ) -> Result<u64, SpoolError<RequestBodyError>> {
+        if !matches!(self.inner, Source::Client(_)) {
+            return Ok(self.size_hint().exact().unwrap_or(0));
+        }
+        let limits = crate::spool::Limits {
+            memory: limits.memory,
+            max: limits.max,
+        };
+        let spool = Spool::read(&mut *self, limits).await?;
+        let len = spool.len();
+        self.inner = Source::Spooled(spool.into_body());
+        Ok(len)
     }
 }
 
@@ -61,8 +92,14 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let inner = match &mut this.inner {
+            Source::None => return Poll::Ready(None),
+            Source::Spooled(b) => {
+                return Pin::new(b)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|f| f.map_err(RequestBodyError::Spool)));
+            }
+            Source::Client(inner) => inner,
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -89,12 +126,18 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        match &self.inner {
+            Source::None => true,
+            Source::Client(i) => i.is_end_stream(),
+            Source::Spooled(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |i| i.size_hint())
+        match &self.inner {
+            Source::None => SizeHint::with_exact(0),
+            Source::Client(i) => i.size_hint(),
+            Source::Spooled(b) => b.size_hint(),
+        }
     }
 }

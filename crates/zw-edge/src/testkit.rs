@@ -141,12 +141,24 @@ async fn answer(
             .unwrap_or_default());
     }
     if path == "/echo" {
+        // How the body came (a length, chunks), for tests of what the edge forwards.
+        let framing = |h: http::header::HeaderName| {
+            req.headers()
+                .get(&h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string()
+        };
+        let length = framing(http::header::CONTENT_LENGTH);
+        let chunked = framing(http::header::TRANSFER_ENCODING);
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => Bytes::from_static(b"body error"),
         };
         return Ok(Response::builder()
             .header("x-upstream", name.as_str())
+            .header("x-echo-content-length", length)
+            .header("x-echo-transfer-encoding", chunked)
             .body(Full::new(body))
             .unwrap_or_default());
     }

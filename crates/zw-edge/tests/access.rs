@@ -303,7 +303,10 @@ async fn allowed_hosts_refuse_other_hosts_and_ssl_proxy_headers_mark_requests_se
     // A proxy in front says the client used TLS: HSTS and the key pins go on.
     let (status, head) = request(edge.addr, "GET", "x-front-tls: on\r\n").await;
     assert_eq!(status, 200, "{head}");
-    assert!(head.contains("strict-transport-security: max-age=60"), "{head}");
+    assert!(
+        head.contains("strict-transport-security: max-age=60"),
+        "{head}"
+    );
     assert!(
         head.contains("public-key-pins: pin-sha256=\"abc\"; max-age=5"),
         "{head}"
@@ -326,7 +329,10 @@ async fn allowed_hosts_refuse_other_hosts_and_ssl_proxy_headers_mark_requests_se
     .await;
     assert_eq!(status_of(&text), 500, "{text}");
     assert!(text.ends_with("Bad Host\n"), "{text}");
-    assert!(!text.contains("x-upstream"), "a bad host never reaches the upstream");
+    assert!(
+        !text.contains("x-upstream"),
+        "a bad host never reaches the upstream"
+    );
     let (status, head) = request(edge.addr, "GET", "x-original-host: front.test\r\n").await;
     assert_eq!(status, 200, "{head}");
     // The port is part of the host, as in Go's r.Host.

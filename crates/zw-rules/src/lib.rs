@@ -10,6 +10,10 @@
 //! where Traefik leaves a choice open (ties between equal priorities) we decide
 //! deterministically and say so on the item.
 //!
+//! It also holds the few other pieces of Go's HTTP behaviour the edge reproduces byte for
+//! byte: `X-Forwarded-For` walking ([`forwarded_client`]) and content sniffing
+//! ([`detect_content_type`]).
+//!
 //! This crate does no I/O.
 #![forbid(unsafe_code)]
 
@@ -20,6 +24,7 @@ mod normalize;
 mod parser;
 mod request;
 mod rule;
+mod sniff;
 mod table;
 
 pub use ast::{Expr, MatcherCall, MatcherKind};
@@ -29,6 +34,7 @@ pub use normalize::{clean_path, normalize_host, routing_path, PathError};
 pub use parser::{parse, MAX_DEPTH, MAX_RULE_LEN};
 pub use request::RequestView;
 pub use rule::{compile_go_regex, Rule};
+pub use sniff::{detect_content_type, SNIFF_LEN};
 pub use table::{Route, RouteReason, RouterSpec, RoutingTable};
 
 use std::fmt;

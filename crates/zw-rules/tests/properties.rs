@@ -121,3 +121,122 @@ proptest! {
         let _ = translate_go_regex(&s);
     }
 }
+
+/// A body's start that reaches every kind of signature of the sniffer: HTML tags in any
+/// case after whitespace, `<?xml`, byte order marks, masked signatures with anything in
+/// their free bytes, exact magic numbers, MP4 boxes, text, binary — each with a tail.
+fn sniffable() -> impl Strategy<Value = Vec<u8>> {
+    let html = (
+        "[ \t\n\r\x0c]{0,3}",
+        prop::sample::select(vec![
+            "<!DOCTYPE HTML",
+            "<HTML",
+            "<HEAD",
+            "<SCRIPT",
+            "<IFRAME",
+            "<H1",
+            "<DIV",
+            "<FONT",
+            "<TABLE",
+            "<A",
+            "<STYLE",
+            "<TITLE",
+            "<B",
+            "<BODY",
+            "<BR",
+            "<P",
+            "<!--",
+        ]),
+        any::<u64>(),
+        prop::sample::select(vec![" ", ">", "x", ""]),
+    )
+        .prop_map(|(ws, tag, case, end)| {
+            let tag: String = tag
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if case >> (i % 64) & 1 == 1 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            format!("{ws}{tag}{end}").into_bytes()
+        });
+    let magic = prop::sample::select(vec![
+        &b"<?xml"[..],
+        b"%PDF-",
+        b"%!PS-Adobe-",
+        b"\xFE\xFF",
+        b"\xFF\xFE",
+        b"\xEF\xBB\xBF",
+        b"\x00\x00\x01\x00",
+        b"BM",
+        b"GIF89a",
+        b"\x89PNG\x0D\x0A\x1A\x0A",
+        b"\xFF\xD8\xFF",
+        b".snd",
+        b"ID3",
+        b"OggS\x00",
+        b"MThd\x00\x00\x00\x06",
+        b"\x1A\x45\xDF\xA3",
+        b"OTTO",
+        b"wOF2",
+        b"\x1F\x8B\x08",
+        b"PK\x03\x04",
+        b"Rar!\x1A\x07\x01\x00",
+        b"\x00\x61\x73\x6D",
+    ])
+    .prop_map(<[u8]>::to_vec);
+    let riff = (
+        any::<[u8; 4]>(),
+        prop::sample::select(vec![&b"WEBPVP"[..], b"AVI ", b"WAVE", b"XXXX"]),
+    )
+        .prop_map(|(len, kind)| [&b"RIFF"[..], &len, kind].concat());
+    let mp4 = (
+        0u32..64,
+        prop::collection::vec(any::<[u8; 4]>(), 0..12),
+        any::<bool>(),
+    )
+        .prop_map(|(size, brands, mp4)| {
+            let mut v = (size * 4).to_be_bytes().to_vec();
+            v.extend_from_slice(b"ftyp");
+            for (i, b) in brands.iter().enumerate() {
+                v.extend_from_slice(if mp4 && i == 2 { b"mp41" } else { b });
+            }
+            v
+        });
+    let eot = any::<[u8; 34]>().prop_map(|b| [&b[..], b"LP"].concat());
+    let text = "[ -~\t\n]{0,40}".prop_map(String::into_bytes);
+    let binary = prop::collection::vec(any::<u8>(), 0..40);
+    (
+        prop_oneof![html, magic, riff, mp4, eot, text, binary],
+        prop::collection::vec(any::<u8>(), 0..700),
+    )
+        .prop_map(|(head, tail)| [head, tail].concat())
+}
+
+proptest! {
+    /// Every body gets one of Go's media types, from its first 512 bytes only.
+    #[test]
+    fn sniffing_answers_a_media_type_from_the_first_512_bytes(data in sniffable()) {
+        let ct = zw_rules::detect_content_type(&data);
+        prop_assert!(ct.contains('/') && ct.parse::<http::HeaderValue>().is_ok(), "{ct}");
+        let head = &data[..data.len().min(zw_rules::SNIFF_LEN)];
+        prop_assert_eq!(ct, zw_rules::detect_content_type(head));
+    }
+
+    /// An HTML tag Go lists, in any case, after whitespace and before a space or `>`, is
+    /// HTML whatever follows.
+    #[test]
+    fn html_tags_are_html_in_any_case(
+        ws in "[ \t\n\r\x0c]{0,3}",
+        tag in prop::sample::select(vec!["<html", "<HeAd", "<p", "<!--", "<sCrIpT", "<!doctype html"]),
+        end in prop::sample::select(vec![" ", ">"]),
+        tail in prop::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let data = [format!("{ws}{tag}{end}").into_bytes(), tail].concat();
+        prop_assert_eq!(zw_rules::detect_content_type(&data), "text/html; charset=utf-8");
+    }
+}

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue};
 use sha1::Digest;
 use subtle::ConstantTimeEq;
 use zw_config::{BasicAuthSpec, PasswordHash};
@@ -37,15 +37,7 @@ struct Outcome {
 
 impl Outcome {
     fn refuse(&self) -> Action {
-        let mut resp = http::Response::new(bytes::Bytes::from_static(b"401 Unauthorized\n"));
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        resp.headers_mut()
-            .insert(WWW_AUTHENTICATE, self.challenge.clone());
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Action::Answer(resp)
+        super::unauthorized(self.challenge.clone())
     }
 
     fn apply(&self, ctx: &mut MiddlewareCtx<'_>, user: &str, ok: bool) -> Action {

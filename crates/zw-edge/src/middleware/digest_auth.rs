@@ -17,9 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 use zw_config::DigestAuthSpec;
@@ -179,16 +178,9 @@ impl DigestAuth {
             self.sessions.opaque,
             if stale { ", stale=true" } else { "" }
         );
-        let mut resp = http::Response::new(Bytes::from_static(b"401 Unauthorized\n"));
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
-        }
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Action::Answer(resp)
+        let challenge = HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| HeaderValue::from_static("Digest realm=\"traefik\""));
+        super::unauthorized(challenge)
     }
 }
 

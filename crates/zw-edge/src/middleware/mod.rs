@@ -8,6 +8,7 @@
 
 mod add_prefix;
 mod basic_auth;
+mod buffering;
 pub mod digest_auth;
 mod encoded_characters;
 mod errors;
@@ -28,6 +29,7 @@ use http::{request, response};
 
 pub use add_prefix::AddPrefix;
 pub use basic_auth::BasicAuth;
+pub use buffering::{Buffering, ContentType};
 pub use digest_auth::DigestAuth;
 pub use encoded_characters::EncodedCharacters;
 pub use errors::Errors;
@@ -131,6 +133,16 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     fn error_page(&self) -> Option<&zw_config::ErrorPageSpec> {
         None
     }
+    /// A `buffering` middleware's limits: the request path reads the request body whole
+    /// when the request reaches it, and the response body whole on the way back.
+    fn buffering(&self) -> Option<&zw_config::BufferingSpec> {
+        None
+    }
+    /// `contentType`: a response without `Content-Type` gets the one its first bytes
+    /// suggest.
+    fn sniffs_content_type(&self) -> bool {
+        false
+    }
 }
 
 /// The client's address as `s` finds it (Traefik's `ip.Strategy`): the connection's
@@ -162,6 +174,20 @@ pub(crate) fn answer(status: http::StatusCode) -> response::Parts {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts
+}
+
+/// The auth middlewares' refusal: 401 with `challenge` in `WWW-Authenticate`, and the body
+/// and `Content-Type` go-http-auth writes for Traefik (`401 Unauthorized`, `text/plain`).
+pub(crate) fn unauthorized(challenge: http::HeaderValue) -> Action {
+    let mut resp = http::Response::new(bytes::Bytes::from_static(b"401 Unauthorized\n"));
+    *resp.status_mut() = http::StatusCode::UNAUTHORIZED;
+    let h = resp.headers_mut();
+    h.insert(http::header::WWW_AUTHENTICATE, challenge);
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    Action::Answer(resp)
 }
 
 /// State a middleware keeps across configurations (a rate limit's buckets, in-flight
@@ -280,6 +306,9 @@ pub fn build(
             cors,
         } => Arc::new(Headers::new(request, response, secure, cors.as_deref())),
         P::StripPrefix(s) => Arc::new(StripPrefix::new(s)),
+        P::Buffering(spec) => Arc::new(Buffering(*spec)),
+        P::ContentType { detect: false } => return None,
+        P::ContentType { detect: true } => Arc::new(ContentType),
         P::AddPrefix(a) => Arc::new(AddPrefix::new(a)),
         P::RedirectRegex {
             regex,

@@ -26,7 +26,7 @@
 //! 9. [`response_filter`] — protocol version, hop-by-hop removal, the response side of
 //!    every middleware that ran its request side (in reverse), explain headers, request ID;
 //! 10. [`logging`] — the request's record ([`Exchange`]) goes into the response body and is
-//!    written when the body is done: metrics, access log.
+//!     written when the body is done: metrics, access log.
 //!
 //! Everything a request reads comes from the snapshot it loaded at the start; no phase
 //! takes a lock.

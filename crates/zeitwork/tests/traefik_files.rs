@@ -540,6 +540,7 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     hosts: {{rule: "Host(`hosts.test`)", service: app, middlewares: [hosts]}}
     buf: {{rule: "Host(`buf.test`)", service: app, middlewares: [buf]}}
     ct: {{rule: "Host(`ct.test`)", service: app, middlewares: [ct]}}
+    fbody: {{rule: "Host(`fbody.test`)", service: app, middlewares: [fa-body]}}
   services:
     app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
     pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
@@ -586,6 +587,8 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
       buffering: {{maxRequestBodyBytes: 10, maxResponseBodyBytes: 100}}
     ct:
       contentType: {{}}
+    fa-body:
+      forwardAuth: {{address: "{0}/echo", forwardBody: true, maxBodySize: 5}}
 "#,
             app.url(),
             pages.url()
@@ -769,6 +772,8 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
                 &["--data-binary", "GIF89a\x01\x02"],
             ),
             ask(port, "ct.test", "/echo", &["--data-binary", "plain words"]),
+            ask(port, "fbody.test", "/echo", &["--data-binary", "abc"]),
+            ask(port, "fbody.test", "/echo", &["--data-binary", "abcdef"]),
         ]
     };
     let (t, z) = (answers(ports[0]), answers(ports[1]));
@@ -808,6 +813,8 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[26].starts_with("buf.test/bytes/101 500"), "{z:?}");
     assert!(z[27].ends_with("ct=text/html; charset=utf-8"), "{z:?}");
     assert!(z[28].ends_with("ct=application/pdf"), "{z:?}");
+    assert!(z[31].starts_with("fbody.test/echo 200"), "{z:?}");
+    assert!(z[32].starts_with("fbody.test/echo 401"), "{z:?}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.

@@ -220,31 +220,16 @@ pub(crate) fn check_forward_auth(
     c: &mut Checker<'_>,
     p: &str,
     f: &ForwardAuth,
+    digest: &mut Vec<u8>,
 ) -> Option<ParsedMiddleware> {
     c.unknown(p, &f.unknown);
     let before = c.errors.len();
-    for (key, set) in [
-        ("tls", f.tls.is_some()),
-        (
-            "addAuthCookiesToResponse",
-            f.add_auth_cookies_to_response.is_some(),
-        ),
-        ("forwardBody", f.forward_body.is_some()),
-        ("maxBodySize", f.max_body_size.is_some()),
-    ] {
-        if set {
-            c.err(
-                format!("{p}.{key}"),
-                "this Traefik option is not supported by Zeitwork yet; remove it or see the README's list of supported options",
-            );
-        }
-    }
     let server = match UpstreamUrl::parse(&f.address) {
-        Ok(u) if u.scheme == UpstreamScheme::Http => Some(u),
+        Ok(u) if u.scheme != UpstreamScheme::H2c => Some(u),
         Ok(_) => {
             c.err(
                 format!("{p}.address"),
-                "only http:// authentication servers are supported yet",
+                "an authentication server is reached over http:// or https://",
             );
             None
         }
@@ -253,6 +238,66 @@ pub(crate) fn check_forward_auth(
             None
         }
     };
+    let https = server
+        .as_ref()
+        .is_some_and(|s| s.scheme == UpstreamScheme::Https);
+    let tls = match (&f.tls, https) {
+        (Some(t), _) => {
+            let tp = format!("{p}.tls");
+            c.unknown(&tp, &t.unknown);
+            let client = match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => Some((tp.clone(), cert, key)),
+                (None, None) => None,
+                _ => {
+                    c.err(&tp, "`cert` and `key` go together: set both or neither");
+                    None
+                }
+            };
+            let settings = crate::tls::ClientTls {
+                roots: t.ca.iter().map(|ca| (format!("{tp}.ca"), ca)).collect(),
+                client,
+                insecure: t.insecure_skip_verify,
+                server_name: None,
+            };
+            crate::tls::client_tls(c, &tp, "forwardAuth", settings, digest).filter(|_| https)
+        }
+        (None, true) => {
+            let settings = crate::tls::ClientTls {
+                roots: Vec::new(),
+                client: None,
+                insecure: false,
+                server_name: None,
+            };
+            crate::tls::client_tls(c, p, "forwardAuth", settings, digest)
+        }
+        (None, false) => None,
+    };
+    let forward_body = match (f.forward_body, f.max_body_size) {
+        (false, _) => None,
+        (true, None | Some(-1)) => Some(crate::FORWARD_BODY_MAX),
+        (true, Some(n)) => match u64::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                c.err(
+                    format!("{p}.maxBodySize"),
+                    "must be -1 (no limit of its own) or a number of bytes",
+                );
+                None
+            }
+        },
+    };
+    for (i, name) in f.add_auth_cookies_to_response.iter().enumerate() {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !token {
+            c.err(
+                format!("{p}.addAuthCookiesToResponse[{i}]"),
+                "not a cookie name",
+            );
+        }
+    }
     // What follows the authority, as the check's request target.
     let rest = f
         .address
@@ -313,6 +358,9 @@ pub(crate) fn check_forward_auth(
             auth_request_headers,
             preserve_location_header: f.preserve_location_header,
             preserve_request_method: f.preserve_request_method,
+            tls,
+            add_auth_cookies: f.add_auth_cookies_to_response.clone(),
+            forward_body,
         })
     })
 }

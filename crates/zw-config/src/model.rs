@@ -655,14 +655,41 @@ pub struct ForwardAuth {
     pub preserve_location_header: bool,
     #[serde(default)]
     pub preserve_request_method: bool,
+    /// How to reach an `https://` server (without it: the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ForwardAuthTls>,
+    /// Cookies of a 2xx answer, by name, that go on the client's response (replacing the
+    /// upstream's of the same names).
+    #[serde(default)]
+    pub add_auth_cookies_to_response: Vec<String>,
+    /// The request's body goes to the server too.
+    #[serde(default)]
+    pub forward_body: bool,
+    /// With `forwardBody`: a larger body is answered 401. -1 (the default): Traefik's "no
+    /// limit", which here means [`crate::FORWARD_BODY_MAX`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub add_auth_cookies_to_response: Option<serde_json::Value>,
+    pub max_body_size: Option<i64>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// `forwardAuth.tls` (Traefik's `types.ClientTLS`): PEM files or PEM text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardAuthTls {
+    /// The CA the server's certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forward_body: Option<serde_json::Value>,
+    pub ca: Option<FileOrContent>,
+    /// A client certificate and key, for a server that asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_body_size: Option<serde_json::Value>,
+    pub cert: Option<FileOrContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FileOrContent>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Deprecated in Traefik and ignored there: accepted, and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_optional: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -267,7 +267,17 @@ pub struct ForwardAuthSpec {
     pub auth_request_headers: Vec<HeaderName>,
     pub preserve_location_header: bool,
     pub preserve_request_method: bool,
+    /// For an `https://` server: how to verify it (and what to show it).
+    pub tls: Option<UpstreamTlsConfig>,
+    /// Cookie names a 2xx answer may set on the client's response.
+    pub add_auth_cookies: Vec<String>,
+    /// With `forwardBody`: the most of a body the check carries; a larger one is a 401.
+    pub forward_body: Option<u64>,
 }
+
+/// The most of a request body `forwardAuth` with `forwardBody` holds when `maxBodySize`
+/// does not say (Traefik has no limit then; a body is held in memory whole).
+pub const FORWARD_BODY_MAX: u64 = 64 << 20;
 
 /// A `basicAuth`, its users' hashes parsed.
 #[derive(Debug, Clone, PartialEq)]

@@ -285,35 +285,18 @@ pub(crate) fn check_transports(
     let mut by_transport = BTreeMap::new();
     for (name, t) in transports {
         let p = format!("http.serversTransports.{name}");
-        let before = c.errors.len();
-        // What this transport's TLS is made of, for its identity.
-        let mut material =
-            format!("{name}\n{}\n{:?}\n", t.insecure_skip_verify, t.server_name).into_bytes();
-        let digest_before = digest.len();
-        let roots = if t.root_cas.is_empty() {
-            None
-        } else {
-            let mut pems = Vec::new();
-            for (i, f) in t.root_cas.iter().enumerate() {
-                if let Some(pem) = read(c, &format!("{p}.rootCAs[{i}]"), f, digest) {
-                    pems.push(pem);
-                }
-            }
-            match zw_tls::client_roots(&pems) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    c.err(format!("{p}.rootCAs"), e.to_string());
-                    None
-                }
-            }
-        };
+        let roots: Vec<(String, &FileOrContent)> = t
+            .root_cas
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("{p}.rootCAs[{i}]"), f))
+            .collect();
         let mut client = None;
         for (i, cert) in t.certificates.iter().enumerate() {
             let cp = format!("{p}.certificates[{i}]");
             c.unknown(&cp, &cert.unknown);
-            let k = pair(c, &cp, &cert.cert_file, &cert.key_file, digest);
             if i == 0 {
-                client = k;
+                client = Some((cp, &cert.cert_file, &cert.key_file));
             }
         }
         if t.certificates.len() > 1 {
@@ -322,45 +305,100 @@ pub(crate) fn check_transports(
                 "one client certificate is presented; list one",
             );
         }
-        if let Some(n) = &t.server_name {
-            if zw_tls::rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
-                c.err(
-                    format!("{p}.serverName"),
-                    format!("`{n}` is not a DNS name or IP address"),
-                );
-            }
-        }
-        if c.errors.len() != before {
-            continue;
-        }
-        material.extend_from_slice(digest.get(digest_before..).unwrap_or_default());
-        for f in t.root_cas.iter().chain(
-            t.certificates
-                .iter()
-                .flat_map(|c| [&c.cert_file, &c.key_file]),
-        ) {
-            if f.is_content() {
-                material.extend_from_slice(f.0.as_bytes());
-            }
-        }
-        use sha2::Digest as _;
-        let identity = hex::encode(sha2::Sha256::digest(&material));
-        match zw_tls::client_config(roots, t.insecure_skip_verify, client.as_ref()) {
-            Ok(cfg) => {
-                by_transport.insert(
-                    name.clone(),
-                    crate::UpstreamTlsConfig {
-                        config: Arc::new(cfg),
-                        server_name: t.server_name.clone(),
-                        identity,
-                    },
-                );
-            }
-            Err(e) => c.err(&p, e.to_string()),
+        let settings = ClientTls {
+            roots,
+            client,
+            insecure: t.insecure_skip_verify,
+            server_name: t.server_name.as_deref(),
+        };
+        if let Some(tls) = client_tls(c, &p, name, settings, digest) {
+            by_transport.insert(name.clone(), tls);
         }
     }
     UpstreamTls {
         by_transport,
         default: std::cell::OnceCell::new(),
+    }
+}
+
+/// What a TLS client is made of: roots (a path each, for errors; none: the system's), a
+/// client certificate and key, `insecureSkipVerify`, the server name to ask for.
+pub(crate) struct ClientTls<'a> {
+    pub(crate) roots: Vec<(String, &'a FileOrContent)>,
+    /// The path for errors, the certificate, the key.
+    pub(crate) client: Option<(String, &'a FileOrContent, &'a FileOrContent)>,
+    pub(crate) insecure: bool,
+    pub(crate) server_name: Option<&'a str>,
+}
+
+/// The client configuration `t` describes (errors under `p`), with an identity that
+/// changes when any of its settings or files does: connections are shared only under the
+/// same one.
+pub(crate) fn client_tls(
+    c: &mut Checker<'_>,
+    p: &str,
+    label: &str,
+    t: ClientTls<'_>,
+    digest: &mut Vec<u8>,
+) -> Option<crate::UpstreamTlsConfig> {
+    let before = c.errors.len();
+    let mut material = format!("{label}\n{}\n{:?}\n", t.insecure, t.server_name).into_bytes();
+    let digest_before = digest.len();
+    let roots = if t.roots.is_empty() {
+        None
+    } else {
+        let mut pems = Vec::new();
+        for (at, f) in &t.roots {
+            if let Some(pem) = read(c, at, f, digest) {
+                pems.push(pem);
+            }
+        }
+        match zw_tls::client_roots(&pems) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let at = t.roots.first().map_or(p, |(at, _)| at.as_str());
+                c.err(at, e.to_string());
+                None
+            }
+        }
+    };
+    let client = t
+        .client
+        .as_ref()
+        .and_then(|(at, cert, key)| pair(c, at, cert, key, digest));
+    if let Some(n) = t.server_name {
+        if zw_tls::rustls::pki_types::ServerName::try_from(n).is_err() {
+            c.err(
+                format!("{p}.serverName"),
+                format!("`{n}` is not a DNS name or IP address"),
+            );
+        }
+    }
+    if c.errors.len() != before {
+        return None;
+    }
+    material.extend_from_slice(digest.get(digest_before..).unwrap_or_default());
+    let inline = t
+        .roots
+        .iter()
+        .map(|(_, f)| *f)
+        .chain(t.client.iter().flat_map(|(_, cert, key)| [*cert, *key]));
+    for f in inline {
+        if f.is_content() {
+            material.extend_from_slice(f.0.as_bytes());
+        }
+    }
+    use sha2::Digest as _;
+    let identity = hex::encode(sha2::Sha256::digest(&material));
+    match zw_tls::client_config(roots, t.insecure, client.as_ref()) {
+        Ok(cfg) => Some(crate::UpstreamTlsConfig {
+            config: Arc::new(cfg),
+            server_name: t.server_name.map(str::to_string),
+            identity,
+        }),
+        Err(e) => {
+            c.err(p, e.to_string());
+            None
+        }
     }
 }

@@ -930,7 +930,7 @@ fn check_middleware(
         parsed = crate::auth::check_digest_auth(c, &format!("{p}.digestAuth"), d, digest);
     }
     if let Some(f) = &m.forward_auth {
-        parsed = crate::auth::check_forward_auth(c, &format!("{p}.forwardAuth"), f);
+        parsed = crate::auth::check_forward_auth(c, &format!("{p}.forwardAuth"), f, digest);
     }
     if let Some(b) = &m.buffering {
         parsed = crate::access::check_buffering(c, &format!("{p}.buffering"), b);

@@ -133,6 +133,40 @@ proptest! {
         }
     }
 
+    /// `forwardAuth`: any address, TLS settings (PEM text, paths, switches), cookie names,
+    /// body switch and size: loaded, or refused with errors naming the key.
+    #[test]
+    fn forward_auth_never_panics(
+        address in "(http|https|h2c|ftp)://[a-z0-9.:]{0,12}(/[a-z?=]{0,6})?",
+        pem in "(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]{0,40}-----END CERTIFICATE-----\n|/nonexistent/[a-z]{1,4}|)",
+        insecure in any::<bool>(),
+        cookie in "[ -~]{0,8}",
+        body in any::<bool>(),
+        max in -3i64..100,
+        with_tls in any::<bool>(),
+    ) {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let tls = if with_tls {
+            format!(", tls: {{ca: {p}, cert: {p}, key: {p}, insecureSkipVerify: {insecure}, caOptional: true}}", p = q(&pem))
+        } else {
+            String::new()
+        };
+        let y = format!(
+            "http:\n  middlewares:\n    f:\n      forwardAuth: {{address: {}, addAuthCookiesToResponse: [{}], forwardBody: {body}, maxBodySize: {max}{tls}}}\n",
+            q(&address),
+            q(&cookie)
+        );
+        let cfg = parse_str(&y, Format::Yaml);
+        prop_assert!(cfg.is_ok(), "{:?}", cfg.err());
+        if let Ok(cfg) = cfg {
+            if let Err(errors) = validate(cfg, &Limits::default()) {
+                for e in &errors.0 {
+                    prop_assert!(e.path.contains("middlewares.f.forwardAuth"), "{e:?}");
+                }
+            }
+        }
+    }
+
     /// basicAuth: well-formed hashes of every kind load, a mutated magic or length is an
     /// error naming the user's line, and no field value panics.
     #[test]

@@ -404,9 +404,13 @@ async fn request_middlewares(
         client_cert: ctx.conn.client_cert.as_ref(),
         client_certs: &ctx.conn.client_certs,
         response: &mut ctx.response,
+        body: None,
     };
     for (position, m) in router.middlewares.iter().enumerate() {
         mctx.response.position = position;
+        if let Some(max) = m.reads_body() {
+            mctx.body = Some(hold_request_body(body, max).await?);
+        }
         let mut action = m.on_request(&mut mctx);
         // A deferred step's outcome is the middleware's action (it may defer again).
         while let Action::Defer(work) = action {
@@ -494,6 +498,38 @@ async fn buffer_request(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error\n",
             ))
+        }
+    }
+}
+
+/// The request's body in memory for a middleware that reads it (`forwardAuth` with
+/// `forwardBody`), at most `max` bytes: a larger body is answered 401, as Traefik does.
+/// The body then goes upstream from memory too.
+async fn hold_request_body(body: &mut RequestBody, max: u64) -> Result<bytes::Bytes, Answer> {
+    use crate::spool::SpoolError;
+    if let Some(held) = body.held() {
+        // Read before, by a `buffering` middleware or an earlier reader.
+        return match held.len() as u64 > max {
+            true => Err(bare(StatusCode::UNAUTHORIZED, "")),
+            false => Ok(held),
+        };
+    }
+    let limits = zw_config::BodyLimits {
+        memory: max,
+        max: Some(max),
+    };
+    match body.spool(limits).await {
+        Ok(_) => body
+            .held()
+            .ok_or_else(|| bare(StatusCode::INTERNAL_SERVER_ERROR, "")),
+        Err(SpoolError::TooLarge(_)) => Err(bare(StatusCode::UNAUTHORIZED, "")),
+        Err(SpoolError::Body(crate::request_body::RequestBodyError::Stalled(_))) => Err(local(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout: the request body stopped arriving\n",
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "the request body could not be read for a middleware");
+            Err(bare(StatusCode::INTERNAL_SERVER_ERROR, ""))
         }
     }
 }

@@ -29,6 +29,8 @@ enum Source {
     Client(Incoming),
     /// Read whole by a `buffering` middleware.
     Spooled(SpooledBody),
+    /// A body the edge sends from memory (a `forwardAuth` check's copy of the request's).
+    Full(Option<Bytes>),
 }
 
 /// Why the client's request body ended early.
@@ -63,6 +65,27 @@ impl RequestBody {
         }
     }
 
+    /// `bytes`, from memory.
+    pub fn full(bytes: Bytes) -> Self {
+        RequestBody {
+            inner: Source::Full(Some(bytes).filter(|b| !b.is_empty())),
+            timeout: Duration::ZERO,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// The whole body when it is held in memory (read by [`RequestBody::spool`] under
+    /// its memory size), in one piece.
+    pub fn held(&self) -> Option<Bytes> {
+        match &self.inner {
+            Source::None => Some(Bytes::new()),
+            Source::Full(b) => Some(b.clone().unwrap_or_default()),
+            Source::Spooled(b) => b.in_memory(),
+            Source::Client(_) => None,
+        }
+    }
+
     /// Reads the client's body whole (within the read deadline) and sends that from now
     /// on. A body read before stays as it is.
     pub async fn spool(
@@ -94,6 +117,7 @@ impl Body for RequestBody {
         let this = self.get_mut();
         let inner = match &mut this.inner {
             Source::None => return Poll::Ready(None),
+            Source::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Source::Spooled(b) => {
                 return Pin::new(b)
                     .poll_frame(cx)
@@ -128,6 +152,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Source::None => true,
+            Source::Full(b) => b.is_none(),
             Source::Client(i) => i.is_end_stream(),
             Source::Spooled(b) => b.is_end_stream(),
         }
@@ -136,6 +161,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Source::None => SizeHint::with_exact(0),
+            Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Client(i) => i.size_hint(),
             Source::Spooled(b) => b.size_hint(),
         }

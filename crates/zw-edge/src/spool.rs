@@ -121,6 +121,21 @@ impl Spool {
     }
 }
 
+impl SpooledBody {
+    /// The whole body, in one piece, when none of it went to a file (and none was sent).
+    pub fn in_memory(&self) -> Option<Bytes> {
+        if self.file.is_some() {
+            return None;
+        }
+        let chunks = self.memory.as_slice();
+        match chunks {
+            [] => Some(Bytes::new()),
+            [one] => Some(one.clone()),
+            many => Some(Bytes::from(many.concat())),
+        }
+    }
+}
+
 /// A [`Spool`] on its way out.
 pub struct SpooledBody {
     memory: std::vec::IntoIter<Bytes>,

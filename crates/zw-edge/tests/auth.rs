@@ -202,12 +202,14 @@ fn unusable_users_are_validation_errors() {
     }
 }
 
-/// An authentication server: `Authorization: Bearer good` → 204 with `X-Auth-User` and
-/// `X-Auth-Role`; a path with `redirect` → 302 to a relative `/login`; anything else →
-/// 401 `denied` with `WWW-Authenticate`. It records each check's headers.
+/// An authentication server: `Authorization: Bearer good` → 204 with `X-Auth-User`,
+/// `X-Auth-Role` and two cookies (`session`, `tracking`); a path with `redirect` → 302 to
+/// a relative `/login`; anything else → 401 `denied` with `WWW-Authenticate`. It records
+/// each check's headers, and its body.
 struct AuthServer {
     addr: std::net::SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, http::HeaderMap)>>>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>,
 }
 
 impl AuthServer {
@@ -217,22 +219,32 @@ impl AuthServer {
         let addr = listener.local_addr().unwrap();
         let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, http::HeaderMap)>>> =
             Default::default();
-        let log = seen.clone();
+        let bodies: std::sync::Arc<std::sync::Mutex<Vec<Bytes>>> = Default::default();
+        let (log, body_log) = (seen.clone(), bodies.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
-                let log = log.clone();
+                let (log, body_log) = (log.clone(), body_log.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
+                        let (log, body_log) = (log.clone(), body_log.clone());
                         async move {
                             log.lock().unwrap().push((
                                 req.method().to_string(),
                                 req.uri().to_string(),
                                 req.headers().clone(),
                             ));
+                            let (parts, body) = req.into_parts();
+                            use http_body_util::BodyExt;
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            body_log.lock().unwrap().push(body);
+                            let req = http::Request::from_parts(parts, ());
                             let good = req
                                 .headers()
                                 .get("authorization")
@@ -249,6 +261,8 @@ impl AuthServer {
                                     .header("x-auth-role", "admin")
                                     .header("x-auth-extra", "e")
                                     .header("x-other", "o")
+                                    .header("set-cookie", "session=s1; Path=/; HttpOnly")
+                                    .header("set-cookie", "tracking=t1; Path=/")
                                     .body(Full::new(Bytes::new()))
                             } else {
                                 http::Response::builder()
@@ -267,7 +281,11 @@ impl AuthServer {
                 });
             }
         });
-        AuthServer { addr, seen }
+        AuthServer { addr, seen, bodies }
+    }
+
+    fn last_body(&self) -> Bytes {
+        self.bodies.lock().unwrap().last().cloned().unwrap()
     }
 
     fn last(&self) -> (String, String, http::HeaderMap) {
@@ -448,6 +466,96 @@ async fn forward_auth_options_shape_the_check_and_the_redirect() {
     );
     let edge = TestEdge::start(&cfg).await;
     assert_eq!(send(&edge, "GET", "/", &[]).await.status, 500);
+}
+
+async fn send_body(edge: &TestEdge, path: &str, body: &'static [u8]) -> Resp {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "a.test")
+        .header("authorization", "Bearer good");
+    let mut c = Client::h1(edge.addr).await.unwrap();
+    c.send(req.body(Full::new(Bytes::from_static(body))).unwrap())
+        .await
+        .unwrap()
+}
+
+/// `forwardBody` and `maxBodySize` (Traefik's `forward_test.go`:
+/// `TestForwardAuthForwardBody` — the server gets the body, the upstream still does;
+/// `TestForwardAuthForwardBodySizeLimit` — a larger body is a 401 and reaches neither;
+/// `TestForwardAuthNotForwardBody` — without it the check has no body, and here no
+/// `Content-Length` that promises one).
+#[tokio::test]
+async fn forward_auth_sends_the_body_when_asked_and_within_the_limit() {
+    let up = Upstream::start("u").await;
+    let auth = AuthServer::start().await;
+    let edge = TestEdge::start(&forward_config(
+        &up,
+        &auth,
+        "        forwardBody: true
+        maxBodySize: 20
+",
+    ))
+    .await;
+    let r = send_body(&edge, "/echo", b"hello, auth").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(auth.last_body(), "hello, auth", "the server saw the body");
+    let (_, _, h) = auth.last();
+    assert_eq!(
+        h.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"11"[..])
+    );
+    assert_eq!(r.body, "hello, auth", "the upstream got it too");
+    let r = send_body(&edge, "/echo", b"twenty-one bytes long").await;
+    assert_eq!(r.status, 401, "over maxBodySize: {r:?}");
+    assert_ne!(r.upstream(), "u");
+
+    let edge = TestEdge::start(&forward_config(&up, &auth, "")).await;
+    let r = send_body(&edge, "/echo", b"kept for the upstream").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(auth.last_body(), "", "no body without forwardBody");
+    let (_, _, h) = auth.last();
+    assert_eq!(
+        h.get("content-length"),
+        None,
+        "nor a length that promises one"
+    );
+    assert_eq!(r.body, "kept for the upstream");
+}
+
+/// `addAuthCookiesToResponse` (Traefik's `forward.go`, `buildModifier`): the listed cookies of the server's answer go to the client in place of the upstream's of
+/// the same name; the others of either side stay as they were. Here the "upstream's"
+/// cookies come from a `headers` middleware after the check, which answers in its place.
+#[tokio::test]
+async fn forward_auth_adds_the_listed_cookies_to_the_response() {
+    let up = Upstream::start("u").await;
+    let auth = AuthServer::start().await;
+    let cfg = format!(
+        "http:\n  routers:\n    r: {{rule: \"Host(`a.test`)\", service: s, middlewares: [auth, cookies]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    auth:\n      forwardAuth:\n        address: http://{}/verify\n        addAuthCookiesToResponse: [session]\n    cookies:\n      headers: {{customResponseHeaders: {{Set-Cookie: \"session=upstream; Path=/\"}}}}\n",
+        up.url(),
+        auth.addr
+    );
+    let edge = TestEdge::start(&cfg).await;
+    let r = send(&edge, "GET", "/", &[("authorization", "Bearer good")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookies: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(cookies, ["session=s1; Path=/; HttpOnly"], "{cookies:?}");
+
+    // Not listed: the server's cookies stay with the server.
+    let edge = TestEdge::start(&cfg.replace("[session]", "[other]")).await;
+    let r = send(&edge, "GET", "/", &[("authorization", "Bearer good")]).await;
+    let cookies: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(cookies, ["session=upstream; Path=/"], "{cookies:?}");
 }
 
 /// `curl --digest` against the edge: the hashes are Traefik's docs' (`test:traefik:test`,

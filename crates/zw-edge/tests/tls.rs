@@ -615,3 +615,38 @@ async fn the_client_certificate_goes_upstream_with_pass_tls_client_cert() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v["headers"]["x-forwarded-tls-client-cert"].is_null(), "{v}");
 }
+
+/// `forwardAuth` over `https://` (Traefik's `types.ClientTLS`): the server is verified
+/// against `tls.ca`, or the system's roots without it, or not at all with
+/// `insecureSkipVerify`; a server that cannot be verified is a 500, as one that cannot be
+/// reached. (The test server answers every request `200 tls upstream`: a pass.)
+#[tokio::test]
+async fn forward_auth_reaches_an_https_server_as_its_tls_says() {
+    let pki = Pki::new("auth CA");
+    let auth = tls_upstream(&pki, &["localhost"], None).await;
+    let up = zw_edge::testkit::Upstream::start("app").await;
+    let config = |tls: &str| {
+        format!(
+            "http:\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s, middlewares: [auth]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    auth:\n      forwardAuth:\n        address: https://localhost:{}/check\n{tls}",
+            up.url(),
+            auth.port()
+        )
+    };
+    let ca = format!(
+        "        tls:\n          ca: |\n{}",
+        indent_by(&pki.ca_pem, 12)
+    );
+    for (tls, want) in [
+        (String::new(), 500),
+        (ca, 200),
+        ("        tls: {insecureSkipVerify: true}\n".to_string(), 200),
+    ] {
+        let cfg = config(&tls);
+        let edge = TestEdge::start(&cfg).await;
+        let r = zw_edge::testkit::get(edge.addr, "a.test", "/").await;
+        assert_eq!(r.status, want, "{cfg}\n{}", r.body);
+        if want == 200 {
+            assert_eq!(r.upstream(), "app", "passed on to the service");
+        }
+    }
+}

@@ -9,6 +9,14 @@
 //! `trustForwardHeader`. A server that cannot be reached, or answers nothing within 30 s,
 //! is a 500, as in Traefik.
 //!
+//! An `https://` server is verified against `tls.ca` (the system's roots without it), or
+//! not at all with `tls.insecureSkipVerify`; `tls.cert` and `tls.key` answer a server that
+//! asks for a client certificate. With `forwardBody` the check carries the request's body
+//! (held in memory: over `maxBodySize` the request is answered 401, as Traefik does), and
+//! the upstream still gets it. With `addAuthCookiesToResponse`, a 2xx answer's cookies of
+//! those names go on the client's response in place of the upstream's of the same names
+//! (Traefik's `buildModifier`); an answer without cookies leaves the response alone.
+//!
 //! Connections to the server come from the edge's upstream pool ([`crate::pool::Backend`],
 //! up to [`MAX_IDLE`] kept), as the services' do.
 
@@ -79,9 +87,24 @@ impl ForwardAuth {
         }
     }
 
-    /// A pool for the authentication server at `url` (plain HTTP: no TLS set-up).
-    pub fn pool(url: &zw_config::UpstreamUrl) -> Backend {
-        Backend::new(url, MAX_IDLE, Default::default())
+    /// A pool for the authentication server `spec` names, over the TLS it sets up.
+    pub fn pool(spec: &ForwardAuthSpec) -> Backend {
+        let tls = spec.tls.as_ref().map(|t| (t.config.clone(), None));
+        Backend::with_tls(&spec.server, MAX_IDLE, Default::default(), tls)
+    }
+
+    /// Whether `cookie` (a `Set-Cookie` value) is one `addAuthCookiesToResponse` names.
+    fn listed(&self, cookie: &HeaderValue) -> bool {
+        let name = cookie
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        self.spec
+            .add_auth_cookies
+            .iter()
+            .any(|n| n.as_bytes() == name)
     }
 
     /// The check's headers, from the client's request (Traefik's `writeHeader`).
@@ -89,6 +112,12 @@ impl ForwardAuth {
         let req = &*ctx.parts;
         let mut h = req.headers.clone();
         crate::proxy::remove_hop_by_hop(&mut h, false);
+        // The check's own body (none, or the request's) sets its length, as Go's client
+        // does whatever the copied headers say.
+        h.remove(header::CONTENT_LENGTH);
+        if let (Some(_), Some(body)) = (self.spec.forward_body, &ctx.body) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         if !self.spec.auth_request_headers.is_empty() {
             let mut kept = HeaderMap::new();
             for name in &self.spec.auth_request_headers {
@@ -161,6 +190,7 @@ async fn ask(
     server: &Backend,
     method: Method,
     headers: HeaderMap,
+    body: RequestBody,
 ) -> Result<Answer, AuthError> {
     let name = spec.server.authority.clone();
     let work = async {
@@ -174,7 +204,7 @@ async fn ask(
         let mut req = http::Request::builder()
             .method(method)
             .uri(spec.path_and_query.clone())
-            .body(RequestBody::empty())?;
+            .body(body)?;
         *req.headers_mut() = headers;
         let resp = tx
             .send_request(req)
@@ -265,9 +295,13 @@ impl Middleware for ForwardAuth {
         } else {
             Method::GET
         };
+        let body = match (self.spec.forward_body, ctx.body.clone()) {
+            (Some(_), Some(b)) => RequestBody::full(b),
+            _ => RequestBody::empty(),
+        };
         let (spec, server) = (self.spec.clone(), self.server.clone());
         Action::Defer(Box::pin(async move {
-            let answer = ask(&spec, &server, method, headers).await;
+            let answer = ask(&spec, &server, method, headers, body).await;
             Box::new(move |ctx: &mut MiddlewareCtx<'_>| match answer {
                 Err(e) => {
                     tracing::warn!(server = %spec.server.authority, error = %e, "forwardAuth: the authentication server did not answer; 500");
@@ -277,10 +311,45 @@ impl Middleware for ForwardAuth {
                 }
                 Ok(a) if a.status.is_success() => {
                     ForwardAuth::admit(&spec, &a, &mut ctx.parts.headers);
+                    if !spec.add_auth_cookies.is_empty()
+                        && a.headers.contains_key(header::SET_COOKIE)
+                    {
+                        let at = ctx.response.position;
+                        for v in a.headers.get_all(header::SET_COOKIE) {
+                            ctx.response.cookies.push((at, v.clone()));
+                        }
+                        ctx.response.mark();
+                    }
                     Action::Continue
                 }
                 Ok(a) => ForwardAuth::refusal(&spec, a),
             }) as super::Then
         }))
+    }
+
+    fn reads_body(&self) -> Option<u64> {
+        self.spec.forward_body
+    }
+
+    fn on_response(&self, parts: &mut http::response::Parts, req: &super::ResponseCtx) {
+        if !req.marked() {
+            return;
+        }
+        let theirs: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !self.listed(v))
+            .cloned()
+            .collect();
+        parts.headers.remove(header::SET_COOKIE);
+        for v in theirs {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+        for (at, v) in &req.cookies {
+            if *at == req.position && self.listed(v) {
+                parts.headers.append(header::SET_COOKIE, v.clone());
+            }
+        }
     }
 }

@@ -59,6 +59,8 @@ pub struct MiddlewareCtx<'a> {
     pub client_certs: &'a [rustls::pki_types::CertificateDer<'static>],
     /// What the response side will know; [`ResponseCtx::mark`] leaves a note there.
     pub response: &'a mut ResponseCtx,
+    /// The request's body, once a middleware that [reads it](Middleware::reads_body) ran.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// What the response side knows of the request.
@@ -73,6 +75,9 @@ pub struct ResponseCtx {
     pub position: usize,
     /// Bit `i`: the middleware at place `i` marked the request.
     marks: u64,
+    /// `Set-Cookie` values a middleware's request side chose for the response, by its
+    /// place (`forwardAuth`'s `addAuthCookiesToResponse`).
+    pub cookies: Vec<(usize, http::HeaderValue)>,
 }
 
 impl ResponseCtx {
@@ -136,6 +141,12 @@ pub trait Middleware: Send + Sync + std::fmt::Debug {
     /// A `buffering` middleware's limits: the request path reads the request body whole
     /// when the request reaches it, and the response body whole on the way back.
     fn buffering(&self) -> Option<&zw_config::BufferingSpec> {
+        None
+    }
+    /// The most of the request body this middleware needs to see, held in memory for it
+    /// (in [`MiddlewareCtx::body`]) before its `on_request` runs; a larger body is a 401
+    /// (`forwardAuth` with `forwardBody`).
+    fn reads_body(&self) -> Option<u64> {
         None
     }
     /// `contentType`: a response without `Content-Type` gets the one its first bytes
@@ -285,11 +296,16 @@ pub fn build(
             let server = keep_with(
                 (
                     name.to_string(),
-                    format!("forwardAuth {}", spec.server.authority),
+                    format!(
+                        "forwardAuth {:?}://{} {}",
+                        spec.server.scheme,
+                        spec.server.authority,
+                        spec.tls.as_ref().map_or("", |t| t.identity.as_str())
+                    ),
                 ),
                 kept,
                 used,
-                || ForwardAuth::pool(&spec.server),
+                || ForwardAuth::pool(spec),
             );
             Arc::new(ForwardAuth::new(spec, server))
         }

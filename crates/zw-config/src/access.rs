@@ -97,12 +97,16 @@ fn check_redis(
     if let Some(pw) = &r.password {
         digest.extend_from_slice(pw.as_bytes());
     }
-    if r.tls.is_some() {
-        c.err(
-            format!("{p}.tls"),
-            "TLS to Redis is not supported yet; reach Redis over a private network or a local TLS tunnel",
-        );
-    }
+    let tls = r.tls.as_ref().and_then(|t| {
+        let (config, pem) =
+            crate::tls::check_client_tls(c, &format!("{p}.tls"), "redis", t, digest)?;
+        Some(crate::RedisTls {
+            ca: pem.ca,
+            client: pem.pair,
+            insecure: t.insecure_skip_verify,
+            identity: config.identity,
+        })
+    });
     let endpoint = match r.endpoints.as_slice() {
         [] => {
             c.err(format!("{p}.endpoints"), "needs Redis' `host:port`");
@@ -163,6 +167,7 @@ fn check_redis(
         dial_timeout,
         response_timeout: read.max(write),
         fail_closed: r.fail_closed,
+        tls,
     })
 }
 

@@ -243,23 +243,9 @@ pub(crate) fn check_forward_auth(
         .is_some_and(|s| s.scheme == UpstreamScheme::Https);
     let tls = match (&f.tls, https) {
         (Some(t), _) => {
-            let tp = format!("{p}.tls");
-            c.unknown(&tp, &t.unknown);
-            let client = match (&t.cert, &t.key) {
-                (Some(cert), Some(key)) => Some((tp.clone(), cert, key)),
-                (None, None) => None,
-                _ => {
-                    c.err(&tp, "`cert` and `key` go together: set both or neither");
-                    None
-                }
-            };
-            let settings = crate::tls::ClientTls {
-                roots: t.ca.iter().map(|ca| (format!("{tp}.ca"), ca)).collect(),
-                client,
-                insecure: t.insecure_skip_verify,
-                server_name: None,
-            };
-            crate::tls::client_tls(c, &tp, "forwardAuth", settings, digest).filter(|_| https)
+            crate::tls::check_client_tls(c, &format!("{p}.tls"), "forwardAuth", t, digest)
+                .map(|(config, _)| config)
+                .filter(|_| https)
         }
         (None, true) => {
             let settings = crate::tls::ClientTls {

@@ -657,7 +657,7 @@ pub struct ForwardAuth {
     pub preserve_request_method: bool,
     /// How to reach an `https://` server (without it: the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ForwardAuthTls>,
+    pub tls: Option<ClientTls>,
     /// Cookies of a 2xx answer, by name, that go on the client's response (replacing the
     /// upstream's of the same names).
     #[serde(default)]
@@ -673,10 +673,11 @@ pub struct ForwardAuth {
     pub unknown: Unknown,
 }
 
-/// `forwardAuth.tls` (Traefik's `types.ClientTLS`): PEM files or PEM text.
+/// `forwardAuth.tls` and `rateLimit.redis.tls` (Traefik's `types.ClientTLS`): PEM files or
+/// PEM text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ForwardAuthTls {
+pub struct ClientTls {
     /// The CA the server's certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<FileOrContent>,
@@ -780,8 +781,9 @@ pub struct RateLimitRedis {
     /// Default 5 s (go-redis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dial_timeout: Option<Dur>,
+    /// TLS to Redis (`rediss`): verified against `ca` (the system's roots without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ClientTls>,
     /// Zeitwork's: when Redis cannot be reached, answer 500 instead of counting on the
     /// edge's own buckets (the default: fail open).
     #[serde(default)]

@@ -347,6 +347,31 @@ pub struct RedisSpec {
     pub response_timeout: std::time::Duration,
     /// Answer 500 when Redis cannot be reached, rather than count on this edge's buckets.
     pub fail_closed: bool,
+    /// TLS to Redis.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis, as the Redis client takes it: PEM bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA Redis' certificate must chain to; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for a Redis that asks for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// No verification at all (`insecureSkipVerify`).
+    pub insecure: bool,
+    /// A digest of all the above: a changed file means a new connection.
+    pub identity: String,
+}
+
+/// The key is never printed: the digest stands for the whole.
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("identity", &self.identity)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The password is never printed; whether there is one, and a digest of the rest, is.
@@ -361,6 +386,7 @@ impl std::fmt::Debug for RedisSpec {
             .field("dial_timeout", &self.dial_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("fail_closed", &self.fail_closed)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -402,3 +402,52 @@ pub(crate) fn client_tls(
         }
     }
 }
+
+/// Traefik's `types.ClientTLS` (`ca`, `cert`, `key`, `insecureSkipVerify`; `caOptional`
+/// accepted and ignored, as Traefik does since it deprecated it): the client configuration,
+/// and the PEM it was made of (the CA, the certificate and key) for clients that take PEM.
+#[allow(clippy::type_complexity)]
+pub(crate) fn check_client_tls(
+    c: &mut Checker<'_>,
+    p: &str,
+    label: &str,
+    t: &crate::ClientTls,
+    digest: &mut Vec<u8>,
+) -> Option<(crate::UpstreamTlsConfig, ClientPem)> {
+    c.unknown(p, &t.unknown);
+    let client = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Some((p.to_string(), cert, key)),
+        (None, None) => None,
+        _ => {
+            c.err(p, "`cert` and `key` go together: set both or neither");
+            None
+        }
+    };
+    let settings = ClientTls {
+        roots: t.ca.iter().map(|ca| (format!("{p}.ca"), ca)).collect(),
+        client,
+        insecure: t.insecure_skip_verify,
+        server_name: None,
+    };
+    let config = client_tls(c, p, label, settings, digest)?;
+    // Read again for the PEM (a file's bytes are in the digest already).
+    let mut scratch = Vec::new();
+    let ca = match &t.ca {
+        Some(f) => Some(read(c, &format!("{p}.ca"), f, &mut scratch)?),
+        None => None,
+    };
+    let pair = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Some((
+            read(c, &format!("{p}.cert"), cert, &mut scratch)?,
+            read(c, &format!("{p}.key"), key, &mut scratch)?,
+        )),
+        _ => None,
+    };
+    Some((config, ClientPem { ca, pair }))
+}
+
+/// What a `ClientTLS` was made of, in PEM.
+pub(crate) struct ClientPem {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) pair: Option<(Vec<u8>, Vec<u8>)>,
+}

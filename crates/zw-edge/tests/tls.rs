@@ -650,3 +650,128 @@ async fn forward_auth_reaches_an_https_server_as_its_tls_says() {
         }
     }
 }
+
+/// A `redis-server` of this test's own, over TLS only, killed when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsRedis {
+    /// `None` where `redis-server` is not installed (outside CI: CI installs it).
+    async fn start(pki: &Pki) -> Option<TlsRedis> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI installs redis-server (.ci/run)"
+            );
+            eprintln!("SKIPPED: no redis-server");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pki.leaf("redis", &["localhost"]);
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, ca) = (
+            write("redis.crt", &cert),
+            write("redis.key", &key),
+            write("ca.crt", &pki.ca_pem),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string(), "--tls-cert-file", &cert])
+            .args(["--tls-key-file", &key, "--tls-ca-cert-file", &ca])
+            .args(["--tls-auth-clients", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = TlsRedis {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(redis);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+}
+
+/// `rateLimit.redis.tls` (Traefik v3.4's `redis.tls`, `types.ClientTLS`): two edges share
+/// one bucket in a Redis they reach over TLS, verified against `tls.ca`; without the CA
+/// (the system's roots) Redis cannot be verified, and `failClosed` says so with a 500
+/// instead of counting on the edge's own buckets.
+#[tokio::test]
+async fn a_rate_limit_shares_its_bucket_through_redis_over_tls() {
+    let pki = Pki::new("redis CA");
+    let Some(redis) = TlsRedis::start(&pki).await else {
+        return;
+    };
+    let up = Upstream::start("app").await;
+    let config = |tls: &str| {
+        format!(
+            "http:\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: s, middlewares: [limit]}}\n  services:\n    s: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n  middlewares:\n    limit:\n      rateLimit:\n        average: 1\n        period: 1m\n        burst: 2\n        redis:\n          endpoints: [\"localhost:{}\"]\n          failClosed: true\n{tls}",
+            up.url(),
+            redis.port
+        )
+    };
+    let verified = config(&format!(
+        "          tls:\n            ca: |\n{}",
+        indent_by(&pki.ca_pem, 14)
+    ));
+    let (one, two) = (
+        TestEdge::start(&verified).await,
+        TestEdge::start(&verified).await,
+    );
+    let mut statuses = Vec::new();
+    for edge in [&one, &two, &one] {
+        statuses.push(zw_edge::testkit::get(edge.addr, "a.test", "/").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429], "one bucket of 2 for both edges");
+
+    let unverified = TestEdge::start(&config("          tls: {}\n")).await;
+    let r = zw_edge::testkit::get(unverified.addr, "a.test", "/").await;
+    assert_eq!(r.status, 500, "an unverified Redis is not used: {}", r.body);
+    let insecure = TestEdge::start(&config("          tls: {insecureSkipVerify: true}\n")).await;
+    let r = zw_edge::testkit::get(insecure.addr, "a.test", "/").await;
+    assert_eq!(
+        r.status, 429,
+        "the same bucket, unverified on purpose: {}",
+        r.body
+    );
+}

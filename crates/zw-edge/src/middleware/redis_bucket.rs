@@ -8,6 +8,9 @@
 //! fairly — Traefik passes each edge's own clock instead. Keys are
 //! `rate:<middleware>:<source>` and expire once a bucket would be full again.
 //!
+//! With `tls` the connection is TLS (`rediss`), verified against `tls.ca` (else the
+//! system's roots) unless `insecureSkipVerify`, with a client certificate when given.
+//!
 //! When Redis cannot be reached (or answers late) the request is counted on the edge's
 //! own bucket instead, and counted (`zeitwork_ratelimit_redis_errors_total`,
 //! `zeitwork_ratelimit_redis_fallbacks_total`);
@@ -124,13 +127,41 @@ impl RedisBuckets {
         if let Some(p) = &spec.password {
             settings = settings.set_password(p);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-            spec.host.clone(),
-            spec.port,
-        ))
-        .map_err(err)?
-        .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(err)?;
+        let addr = match &spec.tls {
+            None => redis::ConnectionAddr::Tcp(spec.host.clone(), spec.port),
+            Some(tls) => {
+                // The Redis client builds its rustls configuration on the process' default
+                // provider: the one the rest of the edge uses.
+                let _ =
+                    rustls::crypto::CryptoProvider::install_default((*zw_tls::provider()).clone());
+                redis::ConnectionAddr::TcpTls {
+                    host: spec.host.clone(),
+                    port: spec.port,
+                    insecure: tls.insecure,
+                    tls_params: None,
+                }
+            }
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .map_err(err)?
+            .set_redis_settings(settings);
+        let client = match &spec.tls {
+            None => redis::Client::open(info),
+            Some(tls) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: tls.ca.clone(),
+                },
+            ),
+        }
+        .map_err(err)?;
         // Reconnects by itself; a request never waits for more than one try.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(spec.dial_timeout))

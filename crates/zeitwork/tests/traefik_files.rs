@@ -942,3 +942,82 @@ fn traefik_and_zeitwork_pass_the_client_certificate_alike() {
     assert_eq!(t, z, "Traefik (left) and Zeitwork (right) differ");
     assert!(z.1.contains("CN%3Dalice"), "{}", z.1);
 }
+
+/// What an entry point allows a client, from the same static file: `http.maxHeaderBytes`
+/// (a request head far over it is a 431, one under it passes) and
+/// `transport.respondingTimeouts.idleTimeout` (a kept-alive connection that sends nothing
+/// more is closed once it passes). Far from the limits on both sides: Go adds 4 KiB of
+/// slack to `MaxHeaderBytes`, and the edge reads at least 8 KiB of a head.
+#[test]
+fn traefik_and_zeitwork_hold_clients_to_the_entry_point_limits_alike() {
+    use std::io::{Read, Write};
+    let Some(traefik) = traefik_bin() else { return };
+    let (_rt, app) = upstream("app");
+    let dir = tempfile::tempdir().unwrap();
+    let dynamic = dir.path().join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: app}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n",
+            app.url()
+        ),
+    )
+    .unwrap();
+    let statics = |name: &str, web: u16| {
+        static_file(
+            dir.path(),
+            name,
+            &format!("  web:\n    address: 127.0.0.1:{web}\n    http:\n      maxHeaderBytes: 8192\n    http2:\n      maxConcurrentStreams: 50\n    transport:\n      respondingTimeouts:\n        idleTimeout: 1s\n"),
+            &dynamic,
+        )
+    };
+    let ports = [free_port(), free_port()];
+    let _both = start_both(
+        &traefik,
+        &statics("traefik", ports[0]),
+        &statics("zeitwork", ports[1]),
+    );
+    let status = |port: u16, header_bytes: usize| -> u16 {
+        let out = curl(&[
+            "-H",
+            &format!("X-Big: {}", "a".repeat(header_bytes)),
+            &format!("http://127.0.0.1:{port}/"),
+        ]);
+        out.lines()
+            .last()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    for port in ports {
+        support::eventually(Duration::from_secs(20), "the proxy to route", || {
+            (status(port, 10) == 200).then_some(())
+        });
+    }
+    let answers = |port: u16| {
+        let small = status(port, 1024);
+        let large = status(port, 40 * 1024);
+        // One request on a kept-alive connection, then silence for twice the idle timeout.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let first = s.read(&mut buf).unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(2));
+        let mut rest = Vec::new();
+        // Closed: the read ends (0 bytes, or a reset); open: it would time out.
+        let closed = match s.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        };
+        (small, large, first > 0, closed)
+    };
+    let (t, z) = (answers(ports[0]), answers(ports[1]));
+    eprintln!("traefik {t:?}, zeitwork {z:?}");
+    assert_eq!(t, z, "Traefik (left) and Zeitwork (right) differ");
+    assert_eq!(z, (200, 431, true, true));
+}

@@ -59,7 +59,6 @@ const UNSUPPORTED: &[&str] = &[
     "allowACMEByPass",
     "reusePort",
     "asDefault",
-    "http2",
     "http3",
     "keepAliveMaxRequests",
     "keepAliveMaxTime",
@@ -67,7 +66,6 @@ const UNSUPPORTED: &[&str] = &[
     "middlewares",
     "encodeQuerySemicolons",
     "sanitizePath",
-    "maxHeaderBytes",
     "docker",
     "kubernetesCRD",
     "kubernetesIngress",
@@ -199,6 +197,17 @@ struct RawEntryPoint {
     forwarded_headers: Option<RawTrusted>,
     #[serde(default)]
     transport: Option<RawTransport>,
+    #[serde(default)]
+    http2: Option<RawHttp2>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHttp2 {
+    #[serde(default)]
+    max_concurrent_streams: Option<i64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -208,6 +217,9 @@ struct RawEntryPoint {
 struct RawEpHttp {
     #[serde(default)]
     redirections: Option<RawRedirections>,
+    /// Go's `http.Server.MaxHeaderBytes`: the request line and headers, in bytes.
+    #[serde(default)]
+    max_header_bytes: Option<i64>,
     #[serde(default)]
     tls: Option<RouterTls>,
     #[serde(flatten)]
@@ -263,6 +275,8 @@ struct RawTimeouts {
     read_timeout: Option<Dur>,
     #[serde(default)]
     write_timeout: Option<Dur>,
+    #[serde(default)]
+    idle_timeout: Option<Dur>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -358,6 +372,13 @@ pub struct StaticEntryPoint {
     pub tls: Option<RouterTls>,
     pub read_timeout: Option<std::time::Duration>,
     pub write_timeout: Option<std::time::Duration>,
+    /// `transport.respondingTimeouts.idleTimeout`: how long a kept-alive connection waits
+    /// for its next request.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `http.maxHeaderBytes`: the most a request's line and headers may hold.
+    pub max_header_bytes: Option<usize>,
+    /// `http2.maxConcurrentStreams`: streams open at once on one HTTP/2 connection.
+    pub h2_max_streams: Option<u32>,
 }
 
 /// Whose `X-Forwarded-*` headers an entry point keeps.
@@ -552,7 +573,7 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 })
             }
         };
-        let (mut read_timeout, mut write_timeout) = (None, None);
+        let (mut read_timeout, mut write_timeout, mut idle_timeout) = (None, None, None);
         if let Some(t) = &ep.transport {
             unknown(&format!("{p}.transport"), &t.unknown, &mut err);
             if let Some(r) = &t.responding_timeouts {
@@ -563,8 +584,27 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 );
                 read_timeout = r.read_timeout.map(|d| d.0).filter(|d| !d.is_zero());
                 write_timeout = r.write_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+                idle_timeout = r.idle_timeout.map(|d| d.0).filter(|d| !d.is_zero());
             }
         }
+        let h2_max_streams = match &ep.http2 {
+            None => None,
+            Some(h) => {
+                unknown(&format!("{p}.http2"), &h.unknown, &mut err);
+                match h.max_concurrent_streams.map(u32::try_from) {
+                    None => None,
+                    Some(Ok(n)) if n > 0 => Some(n),
+                    Some(_) => {
+                        err(
+                            format!("{p}.http2.maxConcurrentStreams"),
+                            "must be a number of streams, at least 1",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let mut max_header_bytes = None;
         let mut redirect_raw = None;
         let mut tls = None;
         if let Some(h) = &ep.http {
@@ -584,6 +624,14 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 unknown(&format!("{p}.http.tls"), &t.unknown, &mut err);
                 tls = Some(t.clone());
             }
+            match h.max_header_bytes.map(usize::try_from) {
+                None => {}
+                Some(Ok(n)) if n > 0 => max_header_bytes = Some(n),
+                Some(_) => err(
+                    format!("{p}.http.maxHeaderBytes"),
+                    "must be a number of bytes, at least 1",
+                ),
+            }
         }
         entry_points.push((
             StaticEntryPoint {
@@ -595,6 +643,9 @@ pub fn parse_static(text: &str, format: Format) -> Result<StaticConfig, ConfigEr
                 tls,
                 read_timeout,
                 write_timeout,
+                idle_timeout,
+                max_header_bytes,
+                h2_max_streams,
             },
             redirect_raw,
         ));

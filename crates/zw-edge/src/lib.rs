@@ -208,6 +208,9 @@ pub(crate) struct Settings {
     pub(crate) request_limits: RequestLimits,
     /// How long a response may go without the client taking a byte.
     pub(crate) write_timeout: Duration,
+    /// How long a connection may wait for a request's first bytes: a new one, or a
+    /// kept-alive one between requests.
+    pub(crate) idle_timeout: Duration,
     pub(crate) access_log: Option<AccessLog>,
     /// Per entry point: the ACME HTTP-01 tokens it answers, if it answers them.
     pub(crate) http01: Vec<Option<Arc<acme::AcmeChallenges>>>,
@@ -325,6 +328,7 @@ impl Edge {
                 body_read_timeout: proxy::BODY_READ_TIMEOUT,
                 request_limits: RequestLimits::default(),
                 write_timeout: WRITE_TIMEOUT,
+                idle_timeout: IDLE_TIMEOUT,
                 access_log: None,
                 http01: vec![None; n],
                 tls_alpn01: None,
@@ -606,6 +610,15 @@ impl EdgeBuilder {
         self
     }
 
+    /// How long a connection may wait for a request — its first, or the next on a kept-alive
+    /// connection — before it is closed (default [`IDLE_TIMEOUT`], 30 s; Traefik's
+    /// `respondingTimeouts.idleTimeout`). While more than half the connection limit is in
+    /// use, [`IDLE_TIMEOUT_UNDER_PRESSURE`] applies whenever it is shorter.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.settings.idle_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
     pub fn build(self) -> Edge {
         let status = ConfigStatus {
             entry_points: self.settings.entry_points.clone(),
@@ -665,7 +678,7 @@ fn server_builder(shared: &Arc<Shared>) -> auto::Builder<stall::Exec> {
     b.http1()
         .timer(TokioTimer::new())
         // slow-loris guard: the whole header block must arrive within this time
-        .header_read_timeout(IDLE_TIMEOUT)
+        .header_read_timeout(shared.settings.idle_timeout)
         // hyper needs room for at least one read (8 KiB)
         .max_buf_size(limits.head_bytes.max(8192))
         .max_headers(limits.headers);
@@ -735,9 +748,9 @@ async fn accept_loop(
         }
         let silent = shared.conns.register_silent(max);
         let idle = if open > max / 2 {
-            IDLE_TIMEOUT_UNDER_PRESSURE
+            IDLE_TIMEOUT_UNDER_PRESSURE.min(shared.settings.idle_timeout)
         } else {
-            IDLE_TIMEOUT
+            shared.settings.idle_timeout
         };
         let _ = stream.set_nodelay(true);
         shared.conns.open.fetch_add(1, Relaxed);

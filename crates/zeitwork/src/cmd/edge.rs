@@ -254,6 +254,19 @@ fn run_inner(args: EdgeArgs, statics: Option<zw_config::StaticConfig>) -> anyhow
             if let Some(d) = st.entry_points.iter().filter_map(|e| e.read_timeout).min() {
                 builder = builder.body_read_timeout(d);
             }
+            if let Some(d) = st.entry_points.iter().filter_map(|e| e.idle_timeout).min() {
+                builder = builder.idle_timeout(d);
+            }
+            let head = st.entry_points.iter().filter_map(|e| e.max_header_bytes).min();
+            let streams = st.entry_points.iter().filter_map(|e| e.h2_max_streams).min();
+            if head.is_some() || streams.is_some() {
+                builder = builder.request_limits(zw_edge::RequestLimits {
+                    head_bytes: head.unwrap_or(args.max_request_head as usize),
+                    headers: args.max_headers as usize,
+                    h2_streams: streams.unwrap_or(args.h2_max_streams),
+                    h2_header_list: args.h2_max_header_list,
+                });
+            }
         }
         for spec in &args.proxy_protocol {
             let (name, nets) = entry_point_nets("--proxy-protocol", spec)?;

@@ -506,11 +506,13 @@ fn acme_with(challenge: &str, key_type: &str) {
 /// The access middlewares, differential: one dynamic file given to Traefik and to
 /// `zeitwork edge`, the same requests to each, and the answers compared — status, the
 /// challenge a refusal carries, a response header a middleware adds, and which upstream
-/// (or error page) answered, the path it saw, the CORS headers. Covers basicAuth,
-/// digestAuth (with curl's `--digest`), ipAllowList, a chain of headers and
-/// ipAllowList, rateLimit's burst then 429, errors' page for an upstream 503,
-/// forwardAuth admitting and refusing, a CORS preflight and a foreign origin,
-/// ipStrategy.depth behind trusted forwarded headers, and stripPrefix.
+/// (or error page) answered, the path it saw, the CORS headers, HSTS, `Content-Type`.
+/// Covers basicAuth, digestAuth (with curl's `--digest`), ipAllowList, a chain of headers
+/// and ipAllowList, rateLimit's burst then 429, errors' page for an upstream 503,
+/// forwardAuth admitting and refusing (and with `forwardBody`), a CORS preflight and a
+/// foreign origin, ipStrategy.depth behind trusted forwarded headers, stripPrefix,
+/// headers' allowedHosts and sslProxyHeaders, buffering, contentType, replacePath,
+/// replacePathRegex, stripPrefixRegex, encodedCharacters and inFlightReq.
 #[test]
 fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     if !tool("curl") {
@@ -541,6 +543,11 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     buf: {{rule: "Host(`buf.test`)", service: app, middlewares: [buf]}}
     ct: {{rule: "Host(`ct.test`)", service: app, middlewares: [ct]}}
     fbody: {{rule: "Host(`fbody.test`)", service: app, middlewares: [fa-body]}}
+    rp: {{rule: "Host(`rp.test`)", service: app, middlewares: [rp]}}
+    rpr: {{rule: "Host(`rpr.test`)", service: app, middlewares: [rpr]}}
+    spr: {{rule: "Host(`spr.test`)", service: app, middlewares: [spr]}}
+    enc: {{rule: "Host(`enc.test`)", service: app, middlewares: [enc]}}
+    busy: {{rule: "Host(`busy.test`)", service: app, middlewares: [one-at-a-time]}}
   services:
     app: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
     pages: {{loadBalancer: {{servers: [{{url: "{}"}}]}}}}
@@ -589,6 +596,16 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
       contentType: {{}}
     fa-body:
       forwardAuth: {{address: "{0}/echo", forwardBody: true, maxBodySize: 5}}
+    rp:
+      replacePath: {{path: /fixed}}
+    rpr:
+      replacePathRegex: {{regex: "^/old/(.*)", replacement: "/new/$1"}}
+    spr:
+      stripPrefixRegex: {{regex: ["/v[0-9]+"]}}
+    enc:
+      encodedCharacters: {{allowEncodedSlash: false}}
+    one-at-a-time:
+      inFlightReq: {{amount: 1}}
 "#,
             app.url(),
             pages.url()
@@ -774,6 +791,27 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             ask(port, "ct.test", "/echo", &["--data-binary", "plain words"]),
             ask(port, "fbody.test", "/echo", &["--data-binary", "abc"]),
             ask(port, "fbody.test", "/echo", &["--data-binary", "abcdef"]),
+            ask(port, "rp.test", "/any/thing?q=1", &[]),
+            ask(port, "rpr.test", "/old/a/b", &[]),
+            ask(port, "rpr.test", "/other", &[]),
+            ask(port, "spr.test", "/v2/users", &[]),
+            ask(port, "enc.test", "/a%2Fb", &[]),
+            ask(port, "enc.test", "/a%20b", &[]),
+            {
+                // One slow request holds the only place; one sent meanwhile is refused.
+                let slow = std::thread::spawn(move || {
+                    let _ = curl(&[
+                        "-H",
+                        "Host: busy.test",
+                        &format!("http://127.0.0.1:{port}/slow/1500"),
+                    ]);
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                let meanwhile = ask(port, "busy.test", "/", &[]);
+                let _ = slow.join();
+                meanwhile
+            },
+            ask(port, "busy.test", "/", &[]),
         ]
     };
     let (t, z) = (answers(ports[0]), answers(ports[1]));
@@ -815,6 +853,12 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     assert!(z[28].ends_with("ct=application/pdf"), "{z:?}");
     assert!(z[31].starts_with("fbody.test/echo 200"), "{z:?}");
     assert!(z[32].starts_with("fbody.test/echo 401"), "{z:?}");
+    assert!(z[33].contains(" /fixed "), "{z:?}");
+    assert!(z[34].contains(" /new/a/b "), "{z:?}");
+    assert!(z[36].contains(" /users "), "{z:?}");
+    assert!(z[37].starts_with("enc.test/a%2Fb 400"), "{z:?}");
+    assert!(z[39].starts_with("busy.test/ 429"), "{z:?}");
+    assert!(z[40].starts_with("busy.test/ 200"), "{z:?}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.

@@ -186,6 +186,48 @@ fn static_file(dir: &Path, name: &str, entry_points: &str, dynamic: &Path) -> st
     p
 }
 
+/// Traefik and `zeitwork edge` on the same files in `dir`: `dynamic` (YAML) and a static
+/// file whose one entry point `web` has `web_extra` (YAML under it). Their ports, once
+/// both route a request for `probe_host`.
+fn run_both(
+    traefik: &str,
+    dir: &Path,
+    dynamic: &str,
+    web_extra: &str,
+    probe_host: &str,
+) -> ([u16; 2], [Child; 2]) {
+    let file = dir.join("dynamic.yml");
+    std::fs::write(&file, dynamic).unwrap();
+    let statics = |name: &str, web: u16| {
+        static_file(
+            dir,
+            name,
+            &format!("  web:\n    address: 127.0.0.1:{web}\n{web_extra}"),
+            &file,
+        )
+    };
+    let ports = [free_port(), free_port()];
+    let both = start_both(
+        traefik,
+        &statics("traefik", ports[0]),
+        &statics("zeitwork", ports[1]),
+    );
+    for port in ports {
+        support::eventually(Duration::from_secs(20), "the proxy to route", || {
+            let out = curl(&[
+                "-H",
+                &format!("Host: {probe_host}"),
+                &format!("http://127.0.0.1:{port}/"),
+            ]);
+            out.lines()
+                .last()
+                .is_some_and(|l| l.split(' ').nth(1) == Some("200"))
+                .then_some(())
+        });
+    }
+    (ports, both)
+}
+
 /// Traefik on its static file and `zeitwork edge` on its own, quiet.
 fn start_both(traefik: &str, t_static: &Path, z_static: &Path) -> [Child; 2] {
     let quiet = |mut c: Command, what: &str| {
@@ -522,10 +564,10 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
     let (_rt, app) = upstream("app");
     let (_rt2, pages) = upstream("pages");
     let dir = tempfile::tempdir().unwrap();
-    let dynamic = dir.path().join("dynamic.yml");
-    std::fs::write(
-        &dynamic,
-        format!(
+    let (ports, _both) = run_both(
+        &traefik,
+        dir.path(),
+        &format!(
             r#"http:
   routers:
     basic: {{rule: "Host(`basic.test`)", service: app, middlewares: [basic]}}
@@ -610,35 +652,9 @@ fn traefik_and_zeitwork_run_the_access_middlewares_alike() {
             app.url(),
             pages.url()
         ),
-    )
-    .unwrap();
-    let statics = |name: &str, web: u16| {
-        static_file(
-            dir.path(),
-            name,
-            &format!("  web:\n    address: 127.0.0.1:{web}\n    forwardedHeaders:\n      trustedIPs: [127.0.0.1/32]\n"),
-            &dynamic,
-        )
-    };
-    let ports = [free_port(), free_port()];
-    let _both = start_both(
-        &traefik,
-        &statics("traefik", ports[0]),
-        &statics("zeitwork", ports[1]),
+        "    forwardedHeaders:\n      trustedIPs: [127.0.0.1/32]\n",
+        "chain.test",
     );
-    for port in ports {
-        support::eventually(Duration::from_secs(20), "the proxy to route", || {
-            let out = curl(&[
-                "-H",
-                "Host: chain.test",
-                &format!("http://127.0.0.1:{port}/"),
-            ]);
-            out.lines()
-                .last()
-                .is_some_and(|l| l.split(' ').nth(1) == Some("200"))
-                .then_some(())
-        });
-    }
     // Status, the challenge's scheme and realm, X-Chained, and who answered.
     let ask = |port: u16, host: &str, path: &str, extra: &[&str]| -> String {
         let mut args: Vec<String> = vec![
@@ -998,28 +1014,15 @@ fn traefik_and_zeitwork_hold_clients_to_the_entry_point_limits_alike() {
     let Some(traefik) = traefik_bin() else { return };
     let (_rt, app) = upstream("app");
     let dir = tempfile::tempdir().unwrap();
-    let dynamic = dir.path().join("dynamic.yml");
-    std::fs::write(
-        &dynamic,
-        format!(
+    let (ports, _both) = run_both(
+        &traefik,
+        dir.path(),
+        &format!(
             "http:\n  routers:\n    r: {{rule: \"PathPrefix(`/`)\", service: app}}\n  services:\n    app: {{loadBalancer: {{servers: [{{url: \"{}\"}}]}}}}\n",
             app.url()
         ),
-    )
-    .unwrap();
-    let statics = |name: &str, web: u16| {
-        static_file(
-            dir.path(),
-            name,
-            &format!("  web:\n    address: 127.0.0.1:{web}\n    http:\n      maxHeaderBytes: 8192\n    http2:\n      maxConcurrentStreams: 50\n    transport:\n      respondingTimeouts:\n        idleTimeout: 1s\n"),
-            &dynamic,
-        )
-    };
-    let ports = [free_port(), free_port()];
-    let _both = start_both(
-        &traefik,
-        &statics("traefik", ports[0]),
-        &statics("zeitwork", ports[1]),
+        "    http:\n      maxHeaderBytes: 8192\n    http2:\n      maxConcurrentStreams: 50\n    transport:\n      respondingTimeouts:\n        idleTimeout: 1s\n",
+        "a.test",
     );
     let status = |port: u16, header_bytes: usize| -> u16 {
         let out = curl(&[
@@ -1033,11 +1036,6 @@ fn traefik_and_zeitwork_hold_clients_to_the_entry_point_limits_alike() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     };
-    for port in ports {
-        support::eventually(Duration::from_secs(20), "the proxy to route", || {
-            (status(port, 10) == 200).then_some(())
-        });
-    }
     let answers = |port: u16| {
         let small = status(port, 1024);
         let large = status(port, 40 * 1024);

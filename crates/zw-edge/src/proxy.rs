@@ -876,18 +876,7 @@ fn upstream_error(e: &UpstreamError, backend: &crate::pool::Backend) -> Response
 /// A response made by the edge itself. Like Traefik's (Go's `http.Error`), it tells
 /// browsers not to sniff the body into something other than text.
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    crate::middleware::http_error(status, body).map(ProxyBody::full)
 }
 
 /// An answer with a plain-text body and no `Content-Type`, as Traefik's `buffering` sends

@@ -138,18 +138,10 @@ impl Middleware for Headers {
             }
         }
         if !self.host_allowed(ctx) {
-            let mut resp = http::Response::new(bytes::Bytes::from_static(b"Bad Host\n"));
-            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            return Action::Answer(resp);
+            return Action::Answer(super::http_error(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Bad Host\n",
+            ));
         }
         if !self.secure.on_secure.is_empty()
             && !ctx.response.tls

@@ -187,6 +187,26 @@ pub(crate) fn answer(status: http::StatusCode) -> response::Parts {
     parts
 }
 
+/// An answer as Go's `http.Error` writes it (Traefik's own refusals): `body` as plain text
+/// that browsers are told not to sniff into anything else.
+pub(crate) fn http_error(
+    status: http::StatusCode,
+    body: &'static str,
+) -> http::Response<bytes::Bytes> {
+    let mut resp = http::Response::new(bytes::Bytes::from_static(body.as_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
 /// The auth middlewares' refusal: 401 with `challenge` in `WWW-Authenticate`, and the body
 /// and `Content-Type` go-http-auth writes for Traefik (`401 Unauthorized`, `text/plain`).
 pub(crate) fn unauthorized(challenge: http::HeaderValue) -> Action {

@@ -302,6 +302,16 @@ fn forward_config(up: &Upstream, auth: &AuthServer, extra: &str) -> String {
 }
 
 async fn send(edge: &TestEdge, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send_with(edge, method, path, headers, b"").await
+}
+
+async fn send_with(
+    edge: &TestEdge,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Resp {
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -310,7 +320,7 @@ async fn send(edge: &TestEdge, method: &str, path: &str, headers: &[(&str, &str)
         req = req.header(*k, *v);
     }
     let mut c = Client::h1(edge.addr).await.unwrap();
-    c.send(req.body(Full::new(Bytes::new())).unwrap())
+    c.send(req.body(Full::new(Bytes::from_static(body))).unwrap())
         .await
         .unwrap()
 }
@@ -469,15 +479,7 @@ async fn forward_auth_options_shape_the_check_and_the_redirect() {
 }
 
 async fn send_body(edge: &TestEdge, path: &str, body: &'static [u8]) -> Resp {
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", "a.test")
-        .header("authorization", "Bearer good");
-    let mut c = Client::h1(edge.addr).await.unwrap();
-    c.send(req.body(Full::new(Bytes::from_static(body))).unwrap())
-        .await
-        .unwrap()
+    send_with(edge, "POST", path, &[("authorization", "Bearer good")], body).await
 }
 
 /// `forwardBody` and `maxBodySize` (Traefik's `forward_test.go`:

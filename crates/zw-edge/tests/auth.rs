@@ -479,7 +479,14 @@ async fn forward_auth_options_shape_the_check_and_the_redirect() {
 }
 
 async fn send_body(edge: &TestEdge, path: &str, body: &'static [u8]) -> Resp {
-    send_with(edge, "POST", path, &[("authorization", "Bearer good")], body).await
+    send_with(
+        edge,
+        "POST",
+        path,
+        &[("authorization", "Bearer good")],
+        body,
+    )
+    .await
 }
 
 /// `forwardBody` and `maxBodySize` (Traefik's `forward_test.go`:

@@ -42,6 +42,15 @@ enum Command {
     Deploy(Box<cmd::deploy::DeployArgs>),
     /// Show what an app's instances write (on this machine's node).
     Logs(cmd::deploy::LogsArgs),
+    /// An app's releases, the running one marked.
+    Releases(cmd::release::ReleasesArgs),
+    /// Go back to an earlier release (a new release equal to it, rolled out like a deploy).
+    Rollback(cmd::release::RollbackArgs),
+    /// Set, remove or list an app's secrets (stored sealed; values never shown).
+    Secrets(cmd::release::SecretsArgs),
+    /// An app's releases, instances (per release, with state, node and reason), domains
+    /// and URL.
+    Status(cmd::release::StatusArgs),
     /// Change an app's number of replicas.
     Scale(cmd::deploy::ScaleArgs),
     /// Remove an app: its instances stop, its domains stop routing.
@@ -80,7 +89,22 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(*args),
         Command::Deploy(args) => cmd::deploy::deploy(*args),
         Command::Logs(args) => cmd::deploy::logs(args),
+        Command::Releases(args) => cmd::release::releases(args),
+        Command::Rollback(args) => cmd::release::rollback(args),
+        Command::Secrets(c) => cmd::release::secrets(c),
+        Command::Status(args) => cmd::release::status(args),
         Command::Scale(args) => cmd::deploy::scale(args),
         Command::Destroy(args) => cmd::deploy::destroy(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command's arguments are consistent (clap checks this only when the command
+    /// is used, so a broken one would fail only in a user's hands).
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

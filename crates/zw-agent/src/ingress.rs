@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::supervise::Routes;
+use crate::supervise::{InFlight, Routes};
 
 pub const ZEITWORK_INSTANCE: HeaderName = HeaderName::from_static(zw_proto::INSTANCE_HEADER);
 pub const ZEITWORK_UNAVAILABLE: HeaderName = HeaderName::from_static("zeitwork-unavailable");
@@ -90,26 +90,24 @@ pub async fn serve(
 }
 
 /// Where to send a request for instance `id`: to it while it is started, else to a
-/// started sibling (same deployment, this node) other than `not`.
+/// started sibling (same deployment, this node) other than `not`. With the route's count
+/// of requests in flight.
 fn pick(
     routes: &std::collections::HashMap<String, crate::supervise::Route>,
     id: &str,
     not: Option<SocketAddr>,
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, InFlight)> {
     let route = routes.get(id)?;
     if let Some(a) = route.addr.filter(|a| Some(*a) != not) {
-        return Some(a);
+        return Some((a, InFlight::new(&route.in_flight)));
     }
-    let siblings: Vec<SocketAddr> = routes
+    let siblings: Vec<&crate::supervise::Route> = routes
         .values()
         .filter(|r| r.deployment == route.deployment)
-        .filter_map(|r| r.addr)
-        .filter(|a| Some(*a) != not)
+        .filter(|r| r.addr.is_some_and(|a| Some(a) != not))
         .collect();
-    if siblings.is_empty() {
-        return None;
-    }
-    siblings.get(fastrand::usize(..siblings.len())).copied()
+    let r = siblings.get(fastrand::usize(..siblings.len().max(1)))?;
+    Some((r.addr?, InFlight::new(&r.in_flight)))
 }
 
 /// A request without a body whose method is safe to send twice.
@@ -159,7 +157,7 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
             false,
         );
     };
-    let Some(addr) = pick(&routes.load(), &id, None) else {
+    let Some((addr, flight)) = pick(&routes.load(), &id, None) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
@@ -182,19 +180,27 @@ async fn forward(mut req: Request<Incoming>, routes: &Routes, peer: SocketAddr) 
         copy
     });
     let first = send(addr, req.map(|b| b.boxed())).await;
-    let (resp, addr) = match (first, again) {
-        (Ok(resp), _) => (Ok(resp), addr),
+    let (resp, addr, flight) = match (first, again) {
+        (Ok(resp), _) => (Ok(resp), addr, flight),
         (Err(e), Some(copy)) => match pick(&routes.load(), &id, Some(addr)) {
-            Some(other) => {
+            Some((other, flight)) => {
                 tracing::info!(instance = %id, %addr, error = %e, retry = %other, "no response from the instance; sent to a sibling");
-                (send(other, copy.map(|()| empty())).await, other)
+                (send(other, copy.map(|()| empty())).await, other, flight)
             }
-            None => (Err(e), addr),
+            None => (Err(e), addr, flight),
         },
-        (Err(e), None) => (Err(e), addr),
+        (Err(e), None) => (Err(e), addr, flight),
     };
     match resp {
-        Ok(resp) => resp.map(|b| b.boxed()),
+        // The request counts as in flight until its response body has ended (or the
+        // client went away): what a stopping instance waits for.
+        Ok(resp) => resp.map(|b| {
+            b.map_frame(move |f| {
+                let _ = &flight;
+                f
+            })
+            .boxed()
+        }),
         Err(e) => {
             tracing::warn!(instance = %id, %addr, error = %e, "no response from the instance");
             plain(

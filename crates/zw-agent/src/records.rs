@@ -111,6 +111,7 @@ mod tests {
             assignment: Assignment {
                 id: "inst-1".into(),
                 deployment: "web".into(),
+                release: 1,
                 runtime: Runtime::Process,
                 command: vec!["/bin/true".into()],
                 env: Default::default(),

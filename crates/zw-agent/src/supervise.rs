@@ -24,16 +24,39 @@ use crate::records::{Record, Records};
 /// is set only while it is started.
 pub type Routes = Arc<ArcSwap<HashMap<String, Route>>>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub deployment: Arc<str>,
     pub addr: Option<std::net::SocketAddr>,
+    /// Requests the ingress has sent to the instance whose response has not ended: a
+    /// stopping instance is signalled only once this is zero (or its drain time is up).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a request in flight to an instance until dropped (with the response body).
+#[derive(Debug)]
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Before SIGTERM, how long a stopping instance may take to finish the requests the
+    /// ingress sent it (it gets no new ones meanwhile).
+    pub drain: Duration,
     /// A starting instance must pass its health check within this.
     pub startup_timeout: Duration,
     /// Restart delays: full-jitter exponential backoff between these.
@@ -45,6 +68,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             grace: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(60),
             restart_min: Duration::from_millis(200),
             restart_max: Duration::from_secs(30),
@@ -374,16 +398,42 @@ impl Inner {
             if forget {
                 m.remove(id);
             } else {
+                // the count of requests in flight lives as long as the entry
+                let in_flight = m.get(id).map(|r| r.in_flight.clone()).unwrap_or_default();
                 m.insert(
                     id.to_string(),
                     Route {
                         deployment: Arc::from(deployment),
                         addr,
+                        in_flight,
                     },
                 );
             }
             m
         });
+    }
+
+    /// Waits until the requests the ingress sent to `id` have ended, or `drain` is up.
+    async fn drained(&self, id: &str) {
+        let Some(count) = self.routes.load().get(id).map(|r| r.in_flight.clone()) else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + self.timing.drain;
+        let mut waited = false;
+        while count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(instance = id, left = count.load(std::sync::atomic::Ordering::Acquire), drain = ?self.timing.drain, "requests still in flight when the drain time ran out; stopping the instance anyway");
+                return;
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waited {
+            tracing::info!(
+                instance = id,
+                "requests in flight finished; stopping the instance"
+            );
+        }
     }
 
     /// Kills whatever is left in the instance's cgroups and waits until they are empty.
@@ -417,7 +467,14 @@ enum Outcome {
     Stop,
     /// Failed: restart after the backoff; `true` when waiting cannot mend it.
     Failed(String, bool),
+    /// Failed before its first passed health check (exited, or never answered).
+    Early(String, bool),
 }
+
+/// Starts in a row that end before the instance is healthy, after which waiting is no
+/// longer expected to mend it: the failure is reported permanent (the agent still
+/// retries with backoff, but a deploy stops waiting and a rolling release is halted).
+const EARLY_FAILURES_PERMANENT: u32 = 3;
 
 async fn run(
     inner: Arc<Inner>,
@@ -428,6 +485,7 @@ async fn run(
     let id = record.id().to_string();
     let t = inner.timing.clone();
     let mut backoff = Backoff::new(t.restart_min, t.restart_max);
+    let mut early = 0u32;
     let driver = inner.driver(record.assignment.runtime);
     let launch_base = Launch {
         record: record.clone(),
@@ -481,32 +539,51 @@ async fn run(
         let Some(r) = running.as_mut() else { continue };
         let outcome = serve(&inner, &id, &record, r, &mut stop, &mut backoff).await;
         inner.route(&id, &record.assignment.deployment, None, false);
-        match outcome {
+        let (why, permanent) = match outcome {
             Outcome::Stop => break,
             Outcome::Failed(why, permanent) => {
-                inner
-                    .failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                inner.report_failure(&id, why, permanent);
-                if let Some(mut r) = running.take() {
-                    if r.is_alive() {
-                        driver.stop(&mut r, t.grace).await;
-                    } else {
-                        // The process we watched is gone, but what it started may not be
-                        // (an app that outlived its init would hold the port, and the
-                        // restart would fail on it).
-                        r.signal(nix::sys::signal::Signal::SIGKILL);
-                    }
-                }
-                inner.reap(&id).await;
-                if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
-                    break;
+                early = 0;
+                (why, permanent)
+            }
+            Outcome::Early(why, permanent) => {
+                early += 1;
+                if early >= EARLY_FAILURES_PERMANENT && !permanent {
+                    (
+                        format!(
+                            "{why} ({early} starts in a row ended before the instance was healthy)"
+                        ),
+                        true,
+                    )
+                } else {
+                    (why, permanent)
                 }
             }
+        };
+        inner
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        inner.report_failure(&id, why, permanent);
+        if let Some(mut r) = running.take() {
+            if r.is_alive() {
+                driver.stop(&mut r, t.grace).await;
+            } else {
+                // The process we watched is gone, but what it started may not be
+                // (an app that outlived its init would hold the port, and the
+                // restart would fail on it).
+                r.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        inner.reap(&id).await;
+        if sleep_or_stop(backoff.next_delay(fastrand::f64()), &mut stop).await {
+            break;
         }
     }
-    inner.route(&id, &record.assignment.deployment, None, true);
+    // No new requests (the ingress sends any to a sibling), then the ones in flight end,
+    // then the signal.
+    inner.route(&id, &record.assignment.deployment, None, false);
     inner.report(&id, InstanceState::Stopping, None);
+    inner.drained(&id).await;
+    inner.route(&id, &record.assignment.deployment, None, true);
     if let (Some(mut r), Some(d)) = (running.take(), driver.as_ref()) {
         let exit = d.stop(&mut r, t.grace).await;
         tracing::info!(instance = %id, how = %exit.0, "instance process ended");
@@ -545,7 +622,7 @@ async fn serve(
     // Starting: check often, so the instance is routable as soon as it answers.
     loop {
         if tokio::time::Instant::now() > deadline {
-            return Outcome::Failed(
+            return Outcome::Early(
                 format!(
                     "not healthy within {:?}: {last_error}",
                     inner.timing.startup_timeout
@@ -598,11 +675,11 @@ async fn serve(
 fn exited_before_healthy(exit: &crate::driver::Exit, deployment: &str) -> Outcome {
     let not_runnable = exit.0 == "exited with status 127" || exit.0 == "exited with status 126";
     if not_runnable {
-        Outcome::Failed(
+        Outcome::Early(
             format!("{}: the command could not be executed (not found, or not executable in the instance's root); its log says which: `zeitwork logs {deployment}`", exit.0),
             true,
         )
     } else {
-        Outcome::Failed(format!("{} before it was healthy", exit.0), false)
+        Outcome::Early(format!("{} before it was healthy", exit.0), false)
     }
 }

@@ -111,7 +111,10 @@ async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket
                 version += 1;
                 let msg = ControlMessage::Assignments {
                     version,
-                    instances: set.clone(),
+                    instances: set
+                        .iter()
+                        .map(|a| crate::secrets::open(&app.sealing_key, a))
+                        .collect(),
                 };
                 if let Err(e) = send(&mut socket, &msg).await {
                     break e;

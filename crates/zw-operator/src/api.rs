@@ -146,6 +146,13 @@ pub fn router(app: App) -> Router {
         .route("/join-tokens", get(list_tokens).post(create_token))
         .route("/join-tokens/{id}", axum::routing::delete(delete_token))
         .route("/apply", post(apply))
+        .route("/deployments/{name}/releases", get(list_releases))
+        .route("/deployments/{name}/releases/{version}", get(get_release))
+        .route("/deployments/{name}/rollback", post(rollback))
+        .route(
+            "/deployments/{name}/secrets",
+            get(list_secrets).patch(change_secrets),
+        )
         .route("/snapshots/{region}", get(get_snapshot))
         .route("/openapi.json", get(openapi))
         .route("/edge/connect", get(edge_ws::connect))
@@ -411,9 +418,102 @@ async fn delete_deployment(
     responses((status = 200, body = Applied), (status = 400, body = ApiError), (status = 422, body = ApiError)))]
 async fn apply(
     State(app): State<App>,
+    headers: axum::http::HeaderMap,
     Json(spec): Json<ApplySpec>,
 ) -> ApiResult<axum::Json<Applied>> {
-    Ok(axum::Json(store(&app).apply(spec).await?))
+    Ok(axum::Json(
+        store(&app).apply_by(spec, &actor(&headers)).await?,
+    ))
+}
+
+/// Who makes a release: the admin token, with the user the command line names in
+/// `Zeitwork-User` (its word, recorded as such: every admin caller holds the same token).
+fn actor(headers: &axum::http::HeaderMap) -> String {
+    match headers
+        .get("zeitwork-user")
+        .and_then(|v| v.to_str().ok())
+        .map(|u| zw_proto::abbreviate(u.trim(), 128))
+        .filter(|u| !u.is_empty())
+    {
+        Some(user) => format!("admin ({user})"),
+        None => "admin".into(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/releases", tag = "releases",
+    responses((status = 200, body = Releases)))]
+async fn list_releases(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Releases>> {
+    Ok(axum::Json(Releases {
+        items: store(&app).releases(&name).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/releases/{version}", tag = "releases",
+    responses((status = 200, body = Release)))]
+async fn get_release(
+    State(app): State<App>,
+    Path((name, version)): Path<(String, u64)>,
+) -> ApiResult<axum::Json<Release>> {
+    Ok(axum::Json(store(&app).release(&name, version).await?))
+}
+
+/// Makes a new release equal to an earlier one and rolls to it.
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", tag = "releases", request_body = RollbackRequest,
+    responses((status = 200, body = Release)))]
+async fn rollback(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(r): Json<RollbackRequest>,
+) -> ApiResult<axum::Json<Release>> {
+    Ok(axum::Json(
+        store(&app)
+            .rollback(&name, r.version, &actor(&headers))
+            .await?,
+    ))
+}
+
+/// The secrets' names and when each was set; never a value.
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/secrets", tag = "releases",
+    responses((status = 200, body = Secrets)))]
+async fn list_secrets(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Secrets>> {
+    Ok(axum::Json(Secrets {
+        items: store(&app).secrets(&name).await?,
+    }))
+}
+
+/// Sets and removes secrets in one new release. The values are sealed with the
+/// operator's key before they are stored, and are never returned.
+#[utoipa::path(patch, path = "/api/v1/deployments/{name}/secrets", tag = "releases", request_body = SecretsPatch,
+    responses((status = 200, body = Release)))]
+async fn change_secrets(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(p): Json<SecretsPatch>,
+) -> ApiResult<axum::Json<Release>> {
+    for k in p.set.keys() {
+        zw_store::check_var_name(&format!("set.{k}"), k).map_err(Error::invalid)?;
+    }
+    let sealed = crate::secrets::seal(&app.sealing_key, &name, p.set).map_err(|e| {
+        tracing::error!(error = %e, "sealing a secret failed");
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "sealing the secret failed",
+        )
+    })?;
+    Ok(axum::Json(
+        store(&app)
+            .change_secrets(&name, sealed, &p.unset, &actor(&headers))
+            .await?,
+    ))
 }
 
 // ---------- instances ----------
@@ -780,6 +880,7 @@ impl utoipa::Modify for ErrorResponses {
         list_nodes, create_node, get_node, update_node, heartbeat, delete_node,
         list_images, create_image, get_image, delete_image,
         list_deployments, create_deployment, get_deployment, update_deployment, delete_deployment, apply,
+        list_releases, get_release, rollback, list_secrets, change_secrets,
         list_instances, list_retiring, list_tls_certificates, create_instance, get_instance, update_instance, delete_instance,
         list_domains, create_domain, get_domain, update_domain, delete_domain,
         list_edges, create_edge, get_edge, update_edge, delete_edge,

@@ -12,6 +12,7 @@ pub mod distribute;
 pub mod edge_ws;
 pub mod error;
 pub(crate) mod schedule;
+mod secrets;
 pub mod verify;
 
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! The scheduler loop: after every store change, and four times a second for liveness, it marks
 //! silent agent nodes suspect then lost, and runs one scheduling pass
-//! ([`zw_store::Store::schedule`]): replicas placed, scaled down, and moved off lost nodes.
+//! ([`zw_store::Store::schedule`]): replicas placed, scaled down, moved off lost nodes, and
+//! rolled to a deployment's new release.
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unplaced_logged = std::collections::BTreeMap::new();
     let mut first = true;
+    // A rollout in progress waits on things that are not store changes (a rollout
+    // deadline, edges' acknowledgements): it is looked at again every tick.
+    let mut pending = false;
     let since = zw_proto::time::unix_millis();
     loop {
         // The first pass runs at once: work may have waited for a restarted operator.
@@ -43,7 +47,9 @@ pub(crate) async fn run(
                         }
                         Err(e) => tracing::error!(error = %e, "checking node heartbeats failed"),
                     }
-                    continue;
+                    if !pending {
+                        continue;
+                    }
                 }
             }
         }
@@ -57,6 +63,16 @@ pub(crate) async fn run(
                 for instance in &s.removed {
                     tracing::info!(%instance, "instance removed");
                 }
+                for instance in &s.drained {
+                    tracing::info!(%instance, "instance draining: out of the edges' snapshots");
+                }
+                for (deployment, version) in &s.completed {
+                    tracing::info!(%deployment, release = version, "release rolled out");
+                }
+                for (deployment, version, reason) in &s.halted {
+                    tracing::warn!(%deployment, release = version, %reason, "release halted; the deployment stays on its running release");
+                }
+                pending = s.pending;
                 // Say it once per new reason, not every second.
                 for (deployment, why) in &s.unplaced {
                     if unplaced_logged.get(deployment) != Some(why) {
@@ -65,7 +81,10 @@ pub(crate) async fn run(
                 }
                 unplaced_logged = s.unplaced;
             }
-            Err(e) => tracing::error!(error = %e, "scheduling failed"),
+            Err(e) => {
+                pending = true;
+                tracing::error!(error = %e, "scheduling failed")
+            }
         }
     }
 }

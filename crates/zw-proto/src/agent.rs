@@ -74,6 +74,9 @@ pub enum ControlMessage {
 pub struct Assignment {
     pub id: String,
     pub deployment: String,
+    /// The deployment's release the instance runs.
+    #[serde(default)]
+    pub release: u64,
     pub runtime: Runtime,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,

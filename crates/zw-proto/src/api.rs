@@ -54,6 +54,19 @@ string_enum!(
     DeploymentStatus { Pending = "pending", Running = "running", Stopped = "stopped", Failed = "failed" }
 );
 string_enum!(
+    /// How a deployment moves to a new release: `rolling` starts new instances first and
+    /// stops an old one only once a new one is healthy and the edges no longer route to
+    /// the old; `immediate` stops the old ones at once (development).
+    Strategy { Rolling = "rolling", Immediate = "immediate" }
+);
+string_enum!(
+    /// Where a release stands. `rolling`: instances are being moved to it; `running`:
+    /// the deployment's current release; `retired`: replaced by a later one; `failed`:
+    /// halted (`reason` says why), the deployment stayed on or went back to the one
+    /// before; `superseded`: replaced by a newer release before it finished rolling.
+    ReleaseStatus { Rolling = "rolling", Running = "running", Retired = "retired", Failed = "failed", Superseded = "superseded" }
+);
+string_enum!(
     /// An instance's lifecycle; only `started` instances receive traffic.
     InstanceState {
         Created = "created",
@@ -237,7 +250,89 @@ pub struct Deployment {
     pub port: u16,
     pub health_check: HealthCheckSpec,
     pub status: DeploymentStatus,
+    /// The release the deployment runs or is rolling to (0: none yet).
+    #[serde(default)]
+    pub release: u64,
+    #[serde(default = "rolling")]
+    pub strategy: Strategy,
+    /// How many instances a rolling release may start beyond `replicas`: a count (`1`)
+    /// or a percentage of the replicas (`25%`, rounded up).
+    #[serde(default = "one_surge")]
+    pub max_surge: String,
     pub created_at: Timestamp,
+}
+
+fn rolling() -> Strategy {
+    Strategy::Rolling
+}
+
+fn one_surge() -> String {
+    "1".into()
+}
+
+/// One immutable version of what a deployment runs. Every change to the command, the
+/// environment, the secrets, the root filesystem, the runtime, the port or the health
+/// check makes the next one; scaling and domains do not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Release {
+    pub deployment: String,
+    /// 1, 2, 3, … per deployment.
+    pub version: u64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub runtime: Runtime,
+    pub rootfs: Option<RootFs>,
+    pub port: u16,
+    pub health_check: HealthCheckSpec,
+    /// The names of its secrets (never their values).
+    pub secrets: Vec<String>,
+    pub status: ReleaseStatus,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// What changed from the release before.
+    pub description: String,
+    /// Who made it.
+    pub created_by: String,
+    pub created_at: Timestamp,
+}
+
+/// `GET /api/v1/deployments/{name}/releases`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Releases {
+    pub items: Vec<Release>,
+}
+
+/// `GET /api/v1/deployments/{name}/secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Secrets {
+    pub items: Vec<SecretInfo>,
+}
+
+/// A secret of a deployment: its name and when it was set, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    pub name: String,
+    pub set_at: Timestamp,
+}
+
+/// `PATCH /api/v1/deployments/{name}/secrets`: values to set and names to remove, in one
+/// new release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsPatch {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// `POST /api/v1/deployments/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to go back to; default: the one before the running one.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -251,6 +346,10 @@ pub struct NewDeployment {
     pub port: u16,
     #[serde(default)]
     pub health_check: HealthCheckSpec,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub max_surge: Option<String>,
 }
 
 fn one() -> u32 {
@@ -266,6 +365,8 @@ pub struct DeploymentPatch {
     pub port: Option<u16>,
     pub health_check: Option<HealthCheckSpec>,
     pub status: Option<DeploymentStatus>,
+    pub strategy: Option<Strategy>,
+    pub max_surge: Option<String>,
 }
 
 /// An instance the platform let go of (its deployment destroyed, or scaled down) whose
@@ -318,6 +419,12 @@ pub struct RetiringInstances {
 pub struct Instance {
     pub id: String,
     pub deployment: String,
+    /// The release it runs (0: made by hand through the API).
+    #[serde(default)]
+    pub release: u64,
+    /// Taken out of the edges' snapshots on its way out (a rolling release replaced it).
+    #[serde(default)]
+    pub draining: bool,
     pub node: String,
     pub state: InstanceState,
     /// Why it failed or was restarted, as its agent said.
@@ -471,6 +578,10 @@ pub struct ApplySpec {
     /// another app serves is an explicit act.
     #[serde(default)]
     pub move_domains: bool,
+    /// How long a new release may take to become healthy before it is halted and the
+    /// deployment goes back to its running release (default 120 s).
+    #[serde(default)]
+    pub rollout_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -479,6 +590,9 @@ pub struct Applied {
     pub domains: Vec<Domain>,
     /// `created` or `updated`.
     pub action: String,
+    /// The release this made, when what runs changed (none: only scale or domains did).
+    #[serde(default)]
+    pub release: Option<u64>,
 }
 
 /// A problem with one field of a request.

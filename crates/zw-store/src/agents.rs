@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use zw_proto::agent::{Assignment, InstanceReport};
 use zw_proto::api::{
     check_id, check_name, DeploymentStatus, DriverStatus, HealthCheckSpec, InstanceState,
-    NodeState, Resources, RetiringInstance, RootFs, Runtime,
+    NodeState, ReleaseStatus, Resources, RetiringInstance, RootFs, Runtime, Strategy,
 };
 use zw_proto::time::unix_millis;
 
@@ -45,14 +45,84 @@ pub enum Enrollable {
 pub struct Scheduled {
     pub placed: Vec<(String, String)>,
     pub removed: Vec<String>,
+    /// Taken out of the snapshots (a rolling release replaced them).
+    pub drained: Vec<String>,
     /// Deployments short of replicas, with the reason.
     pub unplaced: BTreeMap<String, String>,
+    /// Releases that finished rolling: (deployment, version).
+    pub completed: Vec<(String, u64)>,
+    /// Releases halted: (deployment, version, why).
+    pub halted: Vec<(String, u64, String)>,
+    /// A rollout is under way: run again soon even without a store change (it waits for
+    /// instances to become healthy and for edges to acknowledge snapshots).
+    pub pending: bool,
 }
 
 impl Scheduled {
     pub fn changed(&self) -> bool {
-        !self.placed.is_empty() || !self.removed.is_empty()
+        !self.placed.is_empty()
+            || !self.removed.is_empty()
+            || !self.drained.is_empty()
+            || !self.completed.is_empty()
+            || !self.halted.is_empty()
     }
+}
+
+/// An instance as the scheduler reads it.
+struct Held {
+    id: String,
+    ni: usize,
+    state: String,
+    release: u64,
+    draining_since: Option<i64>,
+    permanent: bool,
+    reason: Option<String>,
+}
+
+/// An instance's assignment with its release's secrets still sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedAssignment {
+    pub assignment: Assignment,
+    pub secrets: BTreeMap<String, crate::SealedSecret>,
+}
+
+/// How long a drained instance waits for its region's edges to acknowledge a snapshot
+/// without it: an edge that does not answer (partitioned, stuck) must not hold a rollout
+/// for ever. Past this, the agent's own drain (requests in flight finish before the stop)
+/// still protects what the slow edge sends.
+pub const DRAIN_ACK_WAIT_MS: i64 = 30_000;
+
+/// Whether every connected edge of `region` runs a snapshot that no longer names
+/// instance `id` (drained since `since`).
+async fn edges_let_go(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+    region: &str,
+    since: i64,
+    now: i64,
+) -> Result<bool> {
+    if now - since > DRAIN_ACK_WAIT_MS {
+        tracing::warn!(instance = id, %region, "edges did not acknowledge a snapshot without the drained instance within 30 s; stopping it anyway");
+        return Ok(true);
+    }
+    let edges = sqlx::query(
+        "SELECT e.id AS id, s.body AS body FROM edge_proxies e \
+         LEFT JOIN snapshots s ON s.region = e.region AND s.version = e.applied_version \
+         WHERE e.region = $1 AND e.connected = 1 AND e.last_seen_at > $2",
+    )
+    .bind(region)
+    .bind(now - crate::CONNECTED_WITHIN_MS)
+    .fetch_all(&mut **tx)
+    .await?;
+    // Instance ids are random and quoted in the snapshot (a server's `instance`).
+    let needle = format!("\"{id}\"");
+    for e in &edges {
+        match get::<Option<String>>(e, "body")? {
+            Some(body) if !body.contains(&needle) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 impl Store {
@@ -332,12 +402,14 @@ impl Store {
         Ok(changed)
     }
 
-    /// Everything `node_id` should run, in id order.
-    pub async fn assignments(&self, node_id: &str) -> Result<Vec<Assignment>> {
+    /// Everything `node_id` should run, in id order, each with its release's secrets
+    /// still sealed (the operator opens them on the way to the agent).
+    pub async fn assignments(&self, node_id: &str) -> Result<Vec<SealedAssignment>> {
         let rows = sqlx::query(
-            "SELECT i.id AS id, i.deployment AS deployment, d.port AS port, d.health_check AS health_check, \
-                    m.command AS command, m.env AS env, m.runtime AS runtime, m.rootfs AS rootfs \
-             FROM instances i JOIN deployments d ON d.name = i.deployment JOIN images m ON m.name = d.image \
+            "SELECT i.id AS id, i.deployment AS deployment, i.release AS release, r.port AS port, \
+                    r.health_check AS health_check, r.command AS command, r.env AS env, \
+                    r.runtime AS runtime, r.rootfs AS rootfs, r.secrets AS secrets \
+             FROM instances i JOIN releases r ON r.deployment = i.deployment AND r.version = i.release \
              WHERE i.node = $1 ORDER BY i.id",
         )
         .bind(node_id)
@@ -355,9 +427,10 @@ impl Store {
             let runtime: String = get(&row, "runtime")?;
             let rootfs: Option<String> = get(&row, "rootfs")?;
             let port: i64 = get(&row, "port")?;
-            out.push(Assignment {
+            let assignment = Assignment {
                 id: get(&row, "id")?,
                 deployment: get(&row, "deployment")?,
+                release: get::<i64>(&row, "release")?.max(0) as u64,
                 runtime: Runtime::parse(&runtime)
                     .ok_or_else(|| parse("runtime", runtime.clone()))?,
                 command: serde_json::from_str(&json("command")?)
@@ -371,6 +444,12 @@ impl Store {
                 port: u16::try_from(port).unwrap_or(0),
                 health_check: serde_json::from_str::<HealthCheckSpec>(&json("health_check")?)
                     .map_err(|e| StoreError::Other(format!("column health_check: {e}")))?,
+            };
+            let secrets = serde_json::from_str(&json("secrets")?)
+                .map_err(|e| StoreError::Other(format!("column secrets: {e}")))?;
+            out.push(SealedAssignment {
+                assignment,
+                secrets,
             });
         }
         Ok(out)
@@ -414,11 +493,12 @@ impl Store {
             .enumerate()
             .map(|(i, n)| (n.id.clone(), i))
             .collect();
-        // deployment → [(instance id, node index, state)]
-        let mut managed: BTreeMap<String, Vec<(String, usize, String)>> = BTreeMap::new();
-        for row in sqlx::query("SELECT id, deployment, node, state FROM instances ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?
+        let mut managed: BTreeMap<String, Vec<Held>> = BTreeMap::new();
+        for row in sqlx::query(
+            "SELECT id, deployment, node, state, release, draining_since, permanent, reason FROM instances ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
         {
             let node: String = get(&row, "node")?;
             let Some(&ni) = node_index.get(&node) else {
@@ -430,41 +510,121 @@ impl Store {
                 continue;
             }
             nodes[ni].used += 1;
-            managed.entry(get(&row, "deployment")?).or_default().push((
-                id,
-                ni,
-                get(&row, "state")?,
-            ));
+            managed
+                .entry(get(&row, "deployment")?)
+                .or_default()
+                .push(Held {
+                    id,
+                    ni,
+                    state: get(&row, "state")?,
+                    release: get::<i64>(&row, "release")?.max(0) as u64,
+                    draining_since: get(&row, "draining_since")?,
+                    permanent: get::<i64>(&row, "permanent")? != 0,
+                    reason: get(&row, "reason")?,
+                });
         }
-        for row in
-            sqlx::query("SELECT name, replicas, regions, status FROM deployments ORDER BY name")
-                .fetch_all(&mut *tx)
-                .await?
+        let now = unix_millis();
+        for row in sqlx::query(
+            "SELECT name, replicas, regions, status, strategy, max_surge FROM deployments ORDER BY name",
+        )
+        .fetch_all(&mut *tx)
+        .await?
         {
             let name: String = get(&row, "name")?;
             let status: String = get(&row, "status")?;
             let regions: Vec<String> = serde_json::from_str(&get::<String>(&row, "regions")?)
                 .map_err(|e| StoreError::Other(format!("column regions: {e}")))?;
-            let want = if status == DeploymentStatus::Stopped.as_str() {
+            let strategy = Strategy::parse(&get::<String>(&row, "strategy")?).unwrap_or(Strategy::Rolling);
+            let mut want = if status == DeploymentStatus::Stopped.as_str() {
                 0
             } else {
                 get::<i64>(&row, "replicas")?.max(0) as usize
             };
-            let mut have = managed.remove(&name).unwrap_or_default();
-            // Scale down: drop instances that are not serving first, then from the
-            // busiest node.
-            while have.len() > want {
-                let pick = (0..have.len())
-                    .max_by_key(|&i| {
-                        let (_, ni, state) = &have[i];
-                        (state != InstanceState::Started.as_str(), nodes[*ni].used)
-                    })
-                    .unwrap_or(0);
-                let (id, ni, _) = have.swap_remove(pick);
-                nodes[ni].used = nodes[ni].used.saturating_sub(1);
-                out.removed.push(id);
+            let have = managed.remove(&name).unwrap_or_default();
+            let target = crate::releases::target_state(&mut tx, &name).await?;
+            let mut version = target.as_ref().map_or(0, |t| t.version);
+            let rolling = target.as_ref().is_some_and(|t| t.status == ReleaseStatus::Rolling);
+            // A release that cannot become healthy is halted: back to the running one.
+            if let Some(t) = target.as_ref().filter(|_| rolling) {
+                let new: Vec<&Held> = have
+                    .iter()
+                    .filter(|h| h.release == t.version && h.draining_since.is_none())
+                    .collect();
+                let started = new.iter().filter(|h| h.state == "started").count();
+                let why = |h: &&Held| h.reason.clone().unwrap_or_else(|| h.state.clone());
+                let reason = if let Some(h) = new.iter().find(|h| h.state == "failed" && h.permanent) {
+                    Some(format!("instance {} cannot start: {}", h.id, why(h)))
+                } else if now > t.deadline_at && started < want {
+                    let last = new
+                        .iter()
+                        .find(|h| h.state != "started")
+                        .map(|h| format!(" (instance {}: {})", h.id, why(h)))
+                        .unwrap_or_default();
+                    Some(format!(
+                        "{started} of {want} instances healthy by the rollout deadline{last}"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let back = crate::releases::halt(&mut tx, &name, t.version, &reason).await?;
+                    out.halted.push((name.clone(), t.version, reason));
+                    version = back;
+                }
             }
-            while have.len() < want {
+            if version == 0 {
+                want = 0;
+            }
+            let members: Vec<crate::rollout::Member> = have
+                .iter()
+                .map(|h| crate::rollout::Member {
+                    id: h.id.clone(),
+                    release: h.release,
+                    started: h.state == "started",
+                    draining: h.draining_since.is_some(),
+                    load: nodes[h.ni].used,
+                })
+                .collect();
+            let surge = crate::rollout::surge(&get::<String>(&row, "max_surge")?, want).unwrap_or(1);
+            let plan = crate::rollout::plan(version, want, strategy, surge, &members);
+            for id in &plan.remove {
+                if let Some(h) = have.iter().find(|h| h.id == *id) {
+                    nodes[h.ni].used = nodes[h.ni].used.saturating_sub(1);
+                }
+                out.removed.push(id.clone());
+            }
+            for id in &plan.drain {
+                sqlx::query("UPDATE instances SET draining_since = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                out.drained.push(id.clone());
+            }
+            // Drained ones go once no edge of their region routes to them any more.
+            for h in have.iter().filter(|h| h.draining_since.is_some()) {
+                let since = h.draining_since.unwrap_or(now);
+                if edges_let_go(&mut tx, &h.id, &nodes[h.ni].region, since, now).await? {
+                    nodes[h.ni].used = nodes[h.ni].used.saturating_sub(1);
+                    out.removed.push(h.id.clone());
+                } else {
+                    out.pending = true;
+                }
+            }
+            if plan.complete {
+                if rolling && out.halted.iter().all(|(n, ..)| *n != name) {
+                    crate::releases::completed(&mut tx, &name, version).await?;
+                    out.completed.push((name.clone(), version));
+                }
+            } else if version != 0 {
+                out.pending = true;
+            }
+            let mut mine: Vec<usize> = have
+                .iter()
+                .filter(|h| h.draining_since.is_none() && !plan.remove.contains(&h.id))
+                .map(|h| h.ni)
+                .collect();
+            for placed in 0..plan.place {
                 let candidate = nodes
                     .iter()
                     .enumerate()
@@ -474,33 +634,33 @@ impl Store {
                             && n.memory_mb >= (n.used + 1) * INSTANCE_MEMORY_MB
                     })
                     .min_by_key(|(i, n)| {
-                        let mine = have.iter().filter(|(_, ni, _)| ni == i).count();
-                        (mine, n.used, n.id.clone())
+                        let here = mine.iter().filter(|ni| *ni == i).count();
+                        (here, n.used, n.id.clone())
                     })
                     .map(|(i, _)| i);
                 let Some(ni) = candidate else {
                     out.unplaced.insert(
                         name.clone(),
                         format!(
-                            "{} of {want} replicas placed: no ready worker node in {} with {INSTANCE_MEMORY_MB} MiB free",
-                            have.len(),
+                            "{placed} of {} new instances placed: no ready worker node in {} with {INSTANCE_MEMORY_MB} MiB free",
+                            plan.place,
                             if regions.is_empty() { "any region".to_string() } else { regions.join(", ") }
                         ),
                     );
                     break;
                 };
                 let id = format!("inst-{}", random_hex(6));
-                let now = unix_millis();
-                sqlx::query("INSERT INTO instances (id, deployment, node, state, created_at, updated_at) VALUES ($1, $2, $3, 'created', $4, $4)")
+                sqlx::query("INSERT INTO instances (id, deployment, node, state, release, created_at, updated_at) VALUES ($1, $2, $3, 'created', $4, $5, $5)")
                     .bind(&id)
                     .bind(&name)
                     .bind(&nodes[ni].id)
+                    .bind(version as i64)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 nodes[ni].used += 1;
-                out.placed.push((id.clone(), nodes[ni].id.clone()));
-                have.push((id, ni, InstanceState::Created.as_str().to_string()));
+                mine.push(ni);
+                out.placed.push((id, nodes[ni].id.clone()));
             }
         }
         for id in &out.removed {

@@ -498,15 +498,7 @@ fn check_image(i: &NewImage) -> Result<()> {
         check_text(&format!("command[{n}]"), a)?;
     }
     for (k, v) in &i.env {
-        let ok = !k.is_empty()
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !k.as_bytes()[0].is_ascii_digit();
-        if !ok {
-            return Err(invalid(FieldError::new(
-                format!("env.{k}"),
-                "variable names are letters, digits and '_', not starting with a digit",
-            )));
-        }
+        crate::releases::check_var_name(&format!("env.{k}"), k).map_err(invalid)?;
         check_text(&format!("env.{k}"), v)?;
     }
     if let Some(RootFs::Dir(path) | RootFs::Oci(path)) = &i.rootfs {
@@ -591,6 +583,9 @@ fn deployment(row: &AnyRow) -> Result<Deployment> {
         port: u64_col(row, "port")?.min(u64::from(u16::MAX)) as u16,
         health_check: json_col(row, "health_check")?,
         status: enum_col(row, "status", DeploymentStatus::parse)?,
+        release: u64_col(row, "release")?,
+        strategy: enum_col(row, "strategy", Strategy::parse)?,
+        max_surge: get(row, "max_surge")?,
         created_at: Timestamp(get(row, "created_at")?),
     })
 }
@@ -627,6 +622,12 @@ async fn check_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
             )));
         }
     }
+    if crate::rollout::surge(&d.max_surge, 1).is_none() {
+        return Err(invalid(FieldError::new(
+            "max_surge",
+            "a count of instances (1-1000) or a percentage of the replicas (1%-100%)",
+        )));
+    }
     if let Some(0) = d.health_check.interval_secs {
         return Err(invalid(FieldError::new(
             "health_check.interval_secs",
@@ -643,7 +644,7 @@ async fn check_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
 }
 
 async fn insert_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
-    sqlx::query("INSERT INTO deployments (name, image, replicas, regions, port, health_check, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+    sqlx::query("INSERT INTO deployments (name, image, replicas, regions, port, health_check, status, created_at, strategy, max_surge) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(&d.name)
         .bind(&d.image)
         .bind(i64::from(d.replicas))
@@ -652,6 +653,8 @@ async fn insert_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
         .bind(to_json(&d.health_check))
         .bind(d.status.as_str())
         .bind(d.created_at.0)
+        .bind(d.strategy.as_str())
+        .bind(&d.max_surge)
         .execute(&mut **tx)
         .await
         .map_err(|e| map_constraint(e, "name", &format!("deployment `{}`", d.name)))?;
@@ -659,13 +662,15 @@ async fn insert_deployment(tx: &mut Tx, d: &Deployment) -> Result<()> {
 }
 
 async fn update_deployment_row(tx: &mut Tx, d: &Deployment) -> Result<()> {
-    sqlx::query("UPDATE deployments SET image = $1, replicas = $2, regions = $3, port = $4, health_check = $5, status = $6 WHERE name = $7")
+    sqlx::query("UPDATE deployments SET image = $1, replicas = $2, regions = $3, port = $4, health_check = $5, status = $6, strategy = $7, max_surge = $8 WHERE name = $9")
         .bind(&d.image)
         .bind(i64::from(d.replicas))
         .bind(to_json(&d.regions))
         .bind(i64::from(d.port))
         .bind(to_json(&d.health_check))
         .bind(d.status.as_str())
+        .bind(d.strategy.as_str())
+        .bind(&d.max_surge)
         .bind(&d.name)
         .execute(&mut **tx)
         .await?;
@@ -681,8 +686,42 @@ fn new_deployment(new: NewDeployment) -> Deployment {
         port: new.port,
         health_check: new.health_check,
         status: DeploymentStatus::Pending,
+        release: 0,
+        strategy: new.strategy.unwrap_or(Strategy::Rolling),
+        max_surge: new.max_surge.unwrap_or_else(|| "1".into()),
         created_at: Timestamp::now(),
     }
+}
+
+/// Makes the next release of `d` from its image row, port and health check, keeping the
+/// secrets of its current release, when that changes what runs. The deployment row must
+/// be written already.
+async fn release_from(
+    tx: &mut Tx,
+    d: &Deployment,
+    by: &str,
+    timeout_ms: Option<i64>,
+) -> Result<Option<u64>> {
+    let row = sqlx::query("SELECT * FROM images WHERE name = $1")
+        .bind(&d.image)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| not_found("image", &d.image))?;
+    let img = image(&row)?;
+    let secrets = crate::releases::target(tx, &d.name)
+        .await?
+        .map(|(_, s)| s.secrets)
+        .unwrap_or_default();
+    let spec = crate::releases::Spec {
+        command: img.command,
+        env: img.env,
+        runtime: img.runtime,
+        rootfs: img.rootfs,
+        port: d.port,
+        health_check: d.health_check.clone(),
+        secrets,
+    };
+    crate::releases::make(tx, &d.name, spec, by, timeout_ms, None).await
 }
 
 impl Store {
@@ -691,8 +730,12 @@ impl Store {
         let mut tx = self.begin_write().await?;
         check_deployment(&mut tx, &d).await?;
         insert_deployment(&mut tx, &d).await?;
+        let release = release_from(&mut tx, &d, "admin", None).await?;
         self.commit_routing(tx).await?;
-        Ok(d)
+        Ok(Deployment {
+            release: release.unwrap_or(0),
+            ..d
+        })
     }
 
     pub async fn deployment(&self, name: &str) -> Result<Deployment> {
@@ -732,9 +775,18 @@ impl Store {
         if let Some(v) = patch.status {
             d.status = v;
         }
+        if let Some(v) = patch.strategy {
+            d.strategy = v;
+        }
+        if let Some(v) = patch.max_surge {
+            d.max_surge = v;
+        }
         let mut tx = self.begin_write().await?;
         check_deployment(&mut tx, &d).await?;
         update_deployment_row(&mut tx, &d).await?;
+        if let Some(v) = release_from(&mut tx, &d, "admin", None).await? {
+            d.release = v;
+        }
         self.commit_routing(tx).await?;
         Ok(d)
     }
@@ -749,6 +801,7 @@ impl Store {
         }
         crate::agents::retire(&mut tx, "deployment", name).await?;
         for sql in [
+            "DELETE FROM releases WHERE deployment = $1",
             "DELETE FROM domains WHERE deployment = $1",
             "DELETE FROM instances WHERE deployment = $1",
             "DELETE FROM deployments WHERE name = $1",
@@ -760,6 +813,14 @@ impl Store {
 
     /// `zeitwork apply`: image, deployment and domains in one transaction.
     pub async fn apply(&self, spec: ApplySpec) -> Result<Applied> {
+        self.apply_by(spec, "admin").await
+    }
+
+    /// [`Store::apply`], recording `by` as the maker of the release it makes.
+    pub async fn apply_by(&self, spec: ApplySpec, by: &str) -> Result<Applied> {
+        let timeout_ms = spec
+            .rollout_timeout_secs
+            .map(|s| s.min(86_400).saturating_mul(1000) as i64);
         if let Some(img) = &spec.image {
             check_image(img).map_err(|e| prefix("image", e))?;
             if img.name != spec.deployment.image {
@@ -798,6 +859,7 @@ impl Store {
                 let old = deployment(&row)?;
                 d.status = old.status;
                 d.created_at = old.created_at;
+                d.release = old.release;
                 update_deployment_row(&mut tx, &d).await?;
                 "updated"
             }
@@ -806,6 +868,10 @@ impl Store {
                 "created"
             }
         };
+        let release = release_from(&mut tx, &d, by, timeout_ms).await?;
+        if let Some(v) = release {
+            d.release = v;
+        }
         let now = unix_millis();
         let mut domains = Vec::new();
         for (i, name) in spec.domains.iter().enumerate() {
@@ -850,6 +916,7 @@ impl Store {
             deployment: d,
             domains,
             action: action.to_string(),
+            release,
         })
     }
 }
@@ -868,6 +935,8 @@ fn instance(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
         id: get(row, "id")?,
         deployment: get(row, "deployment")?,
+        release: u64_col(row, "release")?,
+        draining: get::<Option<i64>>(row, "draining_since")?.is_some(),
         node: get(row, "node")?,
         state: enum_col(row, "state", InstanceState::parse)?,
         reason: get(row, "reason")?,
@@ -903,6 +972,8 @@ impl Store {
         let i = Instance {
             id: format!("inst-{}", random_hex(6)),
             deployment: new.deployment,
+            release: 0,
+            draining: false,
             node: new.node,
             state: new.state.unwrap_or(InstanceState::Created),
             reason: None,

@@ -15,16 +15,21 @@ mod agents;
 mod auth;
 mod edges;
 mod entities;
+mod releases;
+pub mod rollout;
 mod routing;
 mod schema;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tls;
 
-pub use agents::{AgentHello, Enrollable, Scheduled, INSTANCE_MEMORY_MB};
+pub use agents::{
+    AgentHello, Enrollable, Scheduled, SealedAssignment, DRAIN_ACK_WAIT_MS, INSTANCE_MEMORY_MB,
+};
 pub use auth::Principal;
 pub use edges::{EdgeHello, CONNECTED_WITHIN_MS};
 pub use entities::{InstanceFilter, NodeFilter};
+pub use releases::{check_var_name, SealedSecret, KEEP_RELEASES, ROLLOUT_TIMEOUT_MS};
 pub use routing::StoredSnapshot;
 pub use tls::{IssuedTls, StoredTlsCertificate, UnverifiedDomain};
 

@@ -75,7 +75,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT i.id AS id, i.deployment AS deployment, n.region AS region, i.address AS address, i.port AS port, n.ingress_address AS ingress \
              FROM instances i JOIN nodes n ON n.id = i.node \
-             WHERE i.state = 'started' AND n.state NOT IN ('down', 'lost') \
+             WHERE i.state = 'started' AND i.draining_since IS NULL AND n.state NOT IN ('down', 'lost') \
              ORDER BY i.id",
         )
         .fetch_all(&mut *tx)

@@ -172,6 +172,43 @@ ALTER TABLE domains ADD COLUMN check_error TEXT;
 ALTER TABLE regions ADD COLUMN https_address TEXT
 "#,
     ),
+    (
+        8,
+        // Releases: what a deployment runs, one immutable row per version, with its
+        // secrets sealed by the operator. Instances run one release; a drained one is out
+        // of the snapshots, waiting for the edges to let go of it. Existing deployments
+        // become their release 1, which runs.
+        r#"
+CREATE TABLE releases (
+    deployment TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    command TEXT NOT NULL,
+    env TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    rootfs TEXT,
+    port BIGINT NOT NULL,
+    health_check TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    deadline_at BIGINT,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (deployment, version)
+);
+ALTER TABLE deployments ADD COLUMN release BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE deployments ADD COLUMN strategy TEXT NOT NULL DEFAULT 'rolling';
+ALTER TABLE deployments ADD COLUMN max_surge TEXT NOT NULL DEFAULT '1';
+ALTER TABLE instances ADD COLUMN release BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE instances ADD COLUMN draining_since BIGINT;
+INSERT INTO releases (deployment, version, command, env, runtime, rootfs, port, health_check, secrets, description, created_by, status, created_at)
+    SELECT d.name, 1, m.command, m.env, m.runtime, m.rootfs, d.port, d.health_check, '{}', 'from before releases', 'migration', 'running', d.created_at
+    FROM deployments d JOIN images m ON m.name = d.image;
+UPDATE deployments SET release = 1 WHERE name IN (SELECT deployment FROM releases);
+UPDATE instances SET release = 1 WHERE deployment IN (SELECT deployment FROM releases)
+"#,
+    ),
 ];
 
 /// The schema version this binary writes and reads.

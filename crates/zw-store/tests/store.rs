@@ -48,6 +48,8 @@ async fn seeded(store: &Store) -> (Node, Instance) {
             regions: vec!["eu".into()],
             port: 8080,
             health_check: HealthCheckSpec::default(),
+            strategy: None,
+            max_surge: None,
         })
         .await
         .unwrap();
@@ -163,6 +165,8 @@ async fn bad_writes_name_the_field_and_write_nothing() {
                 regions: vec!["eu".into()],
                 port: 80,
                 health_check: HealthCheckSpec::default(),
+                strategy: None,
+                max_surge: None,
             })
             .await
             .unwrap_err();
@@ -179,6 +183,8 @@ async fn bad_writes_name_the_field_and_write_nothing() {
                 regions: vec!["eu".into(), "mars".into()],
                 port: 80,
                 health_check: HealthCheckSpec::default(),
+                strategy: None,
+                max_surge: None,
             })
             .await
             .unwrap_err();
@@ -204,9 +210,12 @@ async fn bad_writes_name_the_field_and_write_nothing() {
                     regions: vec!["eu".into()],
                     port: 80,
                     health_check: HealthCheckSpec::default(),
+                    strategy: None,
+                    max_surge: None,
                 },
                 domains: vec!["ok.example.com".into(), "Bad Domain".into()],
                 move_domains: false,
+                rollout_timeout_secs: None,
             })
             .await
             .unwrap_err();
@@ -646,7 +655,7 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
             .await
             .unwrap()
             .into_iter()
-            .map(|a| a.id)
+            .map(|a| a.assignment.id)
             .collect();
         let held: Vec<zw_proto::agent::InstanceReport> = ids
             .iter()
@@ -679,7 +688,7 @@ async fn the_scheduler_spreads_respects_room_and_regions_and_moves_off_lost_node
         let a = store.assignments(node).await.unwrap();
         assert!(a
             .iter()
-            .any(|a| a.deployment == "web" && a.command == ["/bin/app"]));
+            .any(|a| a.assignment.deployment == "web" && a.assignment.command == ["/bin/app"]));
     }
 }
 
@@ -753,9 +762,12 @@ fn apply_spec(name: &str, regions: &[&str], domains: &[&str], move_domains: bool
             regions: regions.iter().map(|r| r.to_string()).collect(),
             port: 8080,
             health_check: HealthCheckSpec::default(),
+            strategy: None,
+            max_surge: None,
         },
         domains: domains.iter().map(|d| d.to_string()).collect(),
         move_domains,
+        rollout_timeout_secs: None,
     }
 }
 

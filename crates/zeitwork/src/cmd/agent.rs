@@ -54,6 +54,11 @@ pub struct AgentArgs {
     /// Time an instance gets between SIGTERM and SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration)]
     stop_grace: Duration,
+    /// Before SIGTERM, how long a stopping instance may take to finish the requests in
+    /// flight to it (it gets no new ones meanwhile); a rolling release drains each old
+    /// instance this way.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
+    drain_timeout: Duration,
     /// Memory limit per isolated instance, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     instance_memory: u64,
@@ -97,6 +102,7 @@ impl AgentArgs {
             },
             timing: zw_agent::supervise::Timing {
                 grace: self.stop_grace,
+                drain: self.drain_timeout,
                 ..Default::default()
             },
             instance_memory_mb: self.instance_memory,

@@ -137,11 +137,12 @@ impl Client {
     ) -> anyhow::Result<Bytes> {
         let auth = format!("Bearer {}", self.token);
         let method_name = method.to_string();
+        let user = user();
         let (status, bytes) = zw_http::request(
             method,
             &self.authority,
             path,
-            &[("authorization", &auth)],
+            &[("authorization", &auth), ("zeitwork-user", &user)],
             Some(body.unwrap_or_default()),
             std::time::Duration::from_secs(60),
             64 << 20,
@@ -186,6 +187,18 @@ impl Client {
             }
         }
     }
+}
+
+/// Who runs this command, for the releases it makes: `$USER@host`.
+fn user() -> String {
+    let name = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let user = format!("{name}@{}", host.trim());
+    // a header value: visible ASCII only
+    user.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect()
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -418,7 +431,7 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -467,6 +480,18 @@ async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
             .await?,
     )?;
     println!("deployment {} {}", applied.deployment.name, applied.action);
+    match applied.release {
+        Some(v) => {
+            let name = &applied.deployment.name;
+            let timeout = std::time::Duration::from_secs(
+                spec.rollout_timeout_secs
+                    .unwrap_or(zw_store::ROLLOUT_TIMEOUT_MS as u64 / 1000),
+            );
+            super::release::wait(&c, name, v, applied.deployment.replicas, timeout).await?;
+            println!("{name} runs release v{v}");
+        }
+        None => println!("release unchanged (v{})", applied.deployment.release),
+    }
     for d in &applied.domains {
         println!("domain {} -> {}", d.name, d.deployment);
     }

@@ -66,6 +66,15 @@ pub struct DeployArgs {
     /// serves is refused).
     #[arg(long)]
     move_domains: bool,
+    /// How a new release replaces the running one: `rolling` (new instances first, an
+    /// old one drained and stopped only once a new one is healthy: no request lost) or
+    /// `immediate` (old ones stopped at once; for development).
+    #[arg(long, value_name = "STRATEGY", default_value = "rolling", value_parser = ["rolling", "immediate"])]
+    strategy: String,
+    /// How many instances a rolling release may start beyond --replicas: a count or a
+    /// percentage of the replicas (`25%`).
+    #[arg(long, value_name = "N|P%", default_value = "1")]
+    max_surge: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -128,14 +137,26 @@ pub fn deploy(args: DeployArgs) -> ExitCode {
 }
 
 /// One line of progress: rewritten in place on a terminal, one line per change otherwise.
-struct Progress {
+pub(crate) struct Progress {
     tty: bool,
     last: String,
     start: Instant,
 }
 
 impl Progress {
-    fn show(&mut self, line: String) {
+    pub(crate) fn new(start: Instant) -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            last: String::new(),
+            start,
+        }
+    }
+
+    pub(crate) fn last(&self) -> &str {
+        &self.last
+    }
+
+    pub(crate) fn show(&mut self, line: String) {
         if line == self.last {
             return;
         }
@@ -149,7 +170,7 @@ impl Progress {
         self.last = line;
     }
 
-    fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         if self.tty {
             eprintln!();
         }
@@ -189,18 +210,35 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
                 path: args.health_path.clone(),
                 interval_secs: None,
             },
+            strategy: Strategy::parse(&args.strategy),
+            max_surge: Some(args.max_surge.clone()),
         },
         domains: args.domains.clone(),
         move_domains: args.move_domains,
+        rollout_timeout_secs: Some(args.timeout.as_secs().max(1)),
     };
     let start = Instant::now();
-    client
-        .call(
-            http::Method::POST,
-            "/api/v1/apply",
-            Some(serde_json::to_vec(&spec)?),
-        )
-        .await?;
+    let applied: Applied = serde_json::from_slice(
+        &client
+            .call(
+                http::Method::POST,
+                "/api/v1/apply",
+                Some(serde_json::to_vec(&spec)?),
+            )
+            .await?,
+    )?;
+    // A new release rolls out first: the old one keeps serving until the new one is
+    // healthy, and stays if the new one is halted.
+    if let Some(v) = applied.release {
+        if applied.action == "updated" {
+            eprintln!(
+                "{}: release v{v} ({})",
+                args.name,
+                client_release_description(&client, &args.name, v).await
+            );
+        }
+        super::release::wait(&client, &args.name, v, args.replicas, args.timeout).await?;
+    }
     let region: Region = serde_json::from_slice(
         &client
             .call(
@@ -217,11 +255,7 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         )
     })?;
     let domain = args.domains[0].clone();
-    let mut progress = Progress {
-        tty: std::io::stderr().is_terminal(),
-        last: String::new(),
-        start,
-    };
+    let mut progress = Progress::new(start);
     let want = args.replicas as usize;
     // placed: every replica has a node; healthy: every replica passed its check; routed:
     // the first 200-ish answer through the balancer. Done when all three are.
@@ -363,8 +397,12 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
     progress.done();
     let port = balancer.rsplit(':').next().unwrap_or("80");
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
+    let release = applied.release.map_or_else(
+        || format!("release unchanged (v{})", applied.deployment.release),
+        |v| format!("release v{v}"),
+    );
     println!(
-        "deployed {}: placed {}, healthy {}, routed {}",
+        "deployed {} ({release}): placed {}, healthy {}, routed {}",
         args.name,
         ms(placed_at),
         ms(healthy_at),
@@ -380,6 +418,19 @@ async fn deploy_inner(args: DeployArgs) -> anyhow::Result<()> {
         println!("  (without DNS: curl -H 'Host: {domain}' http://{balancer}/)");
     }
     Ok(())
+}
+
+async fn client_release_description(client: &Client, name: &str, v: u64) -> String {
+    let path = format!(
+        "/api/v1/deployments/{}/releases/{v}",
+        form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    );
+    match client.call(http::Method::GET, &path, None).await {
+        Ok(b) => serde_json::from_slice::<Release>(&b)
+            .map(|r| r.description)
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 pub fn logs(args: LogsArgs) -> ExitCode {

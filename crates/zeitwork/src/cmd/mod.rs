@@ -5,6 +5,7 @@ pub mod config;
 pub mod deploy;
 pub mod edge;
 pub mod operator;
+pub mod release;
 pub mod route;
 pub mod up;
 

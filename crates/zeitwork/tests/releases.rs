@@ -523,3 +523,142 @@ fn postgres_holds_only_sealed_secrets() {
         "PostgreSQL holds a secret in clear text"
     );
 }
+
+/// Prints a line for every request it answers.
+const CHATTY: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("hit", self.path, flush=True)
+        body = ("%s\n" % os.environ.get("ZEITWORK_INSTANCE")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+print("listening on", os.environ["PORT"], flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// `zeitwork logs -f` from outside either node: lines of the instances on two nodes, in
+/// the order they were written, and an instance that starts later joins the stream.
+#[test]
+fn logs_follow_instances_on_every_node_in_time_order() {
+    if !tool("python3") {
+        return;
+    }
+    let p = start_up(&[]);
+    let state2 = p.dir.path().join("agent2");
+    let agent2 = Proc::spawn("agent2", &agent_args(&p, free_port(), &state2));
+    agent2.wait_log(Duration::from_secs(20), |v| {
+        message(v) == "connected to the operator"
+    });
+    let app = p.dir.path().join("chatty.py");
+    std::fs::write(&app, CHATTY).unwrap();
+    let (ok, out) = p.zeitwork(&[
+        "deploy",
+        "chat",
+        "--domain",
+        "chat.test",
+        "--replicas",
+        "2",
+        "--",
+        "python3",
+        app.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let nodes: std::collections::BTreeSet<String> = p
+        .instances("chat")
+        .iter()
+        .map(|i| i["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nodes.len(), 2, "one instance on each node");
+
+    // Follow from a directory that is neither node's: the operator fetches the lines.
+    let mut follow = std::process::Command::new(BIN)
+        .args(["logs", "chat", "-f", "-t", "--tail", "0"])
+        .args(["--operator", &format!("http://{}", p.op.addr)])
+        .args(["--token", &p.op.token])
+        .current_dir(p.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    // Requests 300 ms apart (beyond the clock's quarter second), each answered by
+    // whichever instance the edge picks; each answer names the instance that logged it.
+    let mut sent = Vec::new();
+    for n in 0..12 {
+        let (s, who) = http(
+            p.balancer,
+            "GET",
+            &format!("/req-{n}"),
+            None,
+            None,
+            &[("host", "chat.test")],
+        );
+        assert_eq!(s, 200);
+        sent.push((n, who.trim().to_string()));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let answered: std::collections::BTreeSet<&str> = sent.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(answered.len(), 2, "both instances answered: {sent:?}");
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.iter().filter(|l| l.contains("hit /req-")).count() < sent.len()
+        && Instant::now() < deadline
+    {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push(l);
+        }
+    }
+    let hits: Vec<(u32, String)> = got
+        .iter()
+        .filter_map(|l| {
+            // TIME NODE [INSTANCE] hit /req-N
+            let inst = l.split('[').nth(1)?.split(']').next()?.to_string();
+            let n = l.rsplit("/req-").next()?.parse().ok()?;
+            Some((n, inst))
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        sent,
+        "every request's line, labelled with its instance, in the order written:\n{}",
+        got.join("\n")
+    );
+    let logged_nodes: std::collections::BTreeSet<&str> =
+        got.iter().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!(logged_nodes.len(), 2, "lines from both nodes: {got:?}");
+
+    // A third instance joins the stream.
+    let (ok, out) = p.zeitwork(&["scale", "chat", "3"]);
+    assert!(ok, "{out}");
+    let third = eventually(Duration::from_secs(30), "a third started instance", || {
+        p.started("chat")
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .find(|id| !answered.contains(id.as_str()))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut joined = false;
+    while !joined && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            joined = l.contains(&format!("[{third}] listening on"));
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(joined, "the new instance's first line reached the follower");
+    drop(agent2);
+}

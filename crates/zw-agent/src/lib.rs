@@ -15,6 +15,7 @@ mod error;
 pub mod health;
 pub mod ingress;
 pub mod init;
+pub mod logs;
 pub mod oci;
 pub mod records;
 pub mod supervise;
@@ -334,6 +335,7 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
+        tasks.push(tokio::spawn(log_clock(supervisor.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(ingress::serve(
             listener,
             tls.clone(),
@@ -373,6 +375,18 @@ impl Agent {
             self.supervisor.stop_all().await;
         } else {
             self.supervisor.detach_all();
+        }
+    }
+}
+
+/// Ticks the log clock ([`logs`]) four times a second.
+async fn log_clock(supervisor: Supervisor, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => supervisor.observe_logs(),
+            _ = crate::stopped(&mut stop) => return,
         }
     }
 }
@@ -566,6 +580,10 @@ impl Session {
                             Ok(ControlMessage::Assignments { version, instances }) => {
                                 tracing::info!(version, instances = instances.len(), "assignments received");
                                 self.supervisor.reconcile(instances);
+                            }
+                            Ok(ControlMessage::Logs { request, instances }) => {
+                                let chunks = self.supervisor.read_logs(&instances);
+                                send(&mut ws, &AgentMessage::Logs { request, chunks }).await.map_err(|e| (true, e))?;
                             }
                             Ok(ControlMessage::Error { message }) => {
                                 return Err((false, Error::Session(format!("the operator refused this node: {message}"))));

@@ -96,6 +96,8 @@ struct Inner {
     cgroups: Option<crate::cgroup::Cgroups>,
     /// Instances that failed after they had started (crashed, or failed their checks).
     failures: std::sync::atomic::AtomicU64,
+    /// When each log line was first seen.
+    log_clock: crate::logs::LogClock,
 }
 
 #[derive(Clone)]
@@ -126,6 +128,7 @@ impl Supervisor {
                     timing,
                     cgroups,
                     failures: Default::default(),
+                    log_clock: Default::default(),
                 }),
             },
             rx,
@@ -142,6 +145,43 @@ impl Supervisor {
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes how far each held instance's log has grown (the log clock's tick).
+    pub fn observe_logs(&self) {
+        let ids: Vec<String> = self.slots().keys().cloned().collect();
+        let now = zw_proto::time::unix_millis();
+        for id in &ids {
+            if let Ok(m) = std::fs::metadata(self.log_file(id)) {
+                self.inner.log_clock.observe(id, m.len(), now);
+            }
+        }
+        self.inner.log_clock.keep(&ids);
+    }
+
+    /// Reads the logs the operator asks for, within one answer's budget.
+    pub fn read_logs(
+        &self,
+        cursors: &[zw_proto::agent::LogCursor],
+    ) -> Vec<zw_proto::agent::LogChunk> {
+        let mut budget = crate::logs::MAX_ANSWER;
+        let mut out = Vec::with_capacity(cursors.len());
+        for c in cursors {
+            // ids name files here: only what an instance id can be
+            if zw_proto::api::check_id("instance", &c.instance).is_err() || budget == 0 {
+                continue;
+            }
+            let chunk = crate::logs::read(
+                &self.log_file(&c.instance),
+                c,
+                &self.inner.log_clock,
+                budget,
+            );
+            let used: u64 = chunk.lines.iter().map(|l| l.text.len() as u64 + 1).sum();
+            budget = budget.saturating_sub(used);
+            out.push(chunk);
+        }
+        out
     }
 
     /// Adopts the instances of the records whose process still runs; they are kept until

@@ -18,6 +18,24 @@ use crate::App;
 
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A request for an agent's logs, with where the answer goes.
+pub(crate) type LogAsk = (
+    Vec<zw_proto::agent::LogCursor>,
+    tokio::sync::oneshot::Sender<Vec<zw_proto::agent::LogChunk>>,
+);
+
+/// Node id → its session's request queue, for the agents connected to this operator.
+pub type Agents = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<LogAsk>>>,
+>;
+
+fn agents(
+    app: &App,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::sync::mpsc::Sender<LogAsk>>>
+{
+    app.agents.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) async fn connect(
     State(app): State<App>,
     axum::Extension(principal): axum::Extension<zw_store::Principal>,
@@ -95,6 +113,13 @@ async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket
         Err(e) => return refuse(socket, e).await,
     };
     sync(&app, &node, &instances).await;
+    let (ask_tx, mut asks) = tokio::sync::mpsc::channel::<LogAsk>(16);
+    agents(&app).insert(node.clone(), ask_tx.clone());
+    let mut pending: std::collections::HashMap<
+        u64,
+        tokio::sync::oneshot::Sender<Vec<zw_proto::agent::LogChunk>>,
+    > = Default::default();
+    let mut next_request = 0u64;
 
     let mut changes = app.store.changes();
     let mut stop = app.stop.subscribe();
@@ -129,6 +154,15 @@ async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket
             r = changes.changed() => if r.is_err() { break "operator stopping".into() },
             _ = stop.changed() => break "operator stopping".into(),
             _ = ping.tick() => if let Err(e) = keepalive(&mut socket, last_heard).await { break e },
+            Some((instances, reply)) = asks.recv() => {
+                next_request += 1;
+                // answers that never came (the caller gave up) are not kept for ever
+                pending.retain(|_, r| !r.is_closed());
+                pending.insert(next_request, reply);
+                if let Err(e) = send(&mut socket, &ControlMessage::Logs { request: next_request, instances }).await {
+                    break e;
+                }
+            }
             msg = socket.recv() => {
                 last_heard = Instant::now();
                 match msg {
@@ -145,6 +179,11 @@ async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket
                                 tracing::warn!(node = %node, instance = %r.id, error = %e, "recording an instance report failed");
                             }
                         }
+                        Ok(AgentMessage::Logs { request, chunks }) => {
+                            if let Some(reply) = pending.remove(&request) {
+                                let _ = reply.send(chunks);
+                            }
+                        }
                         Ok(AgentMessage::Hello { .. }) => tracing::warn!(node = %node, "second hello ignored"),
                         Err(e) => break format!("bad message: {e}"),
                     },
@@ -156,5 +195,11 @@ async fn session(app: App, principal: zw_store::Principal, mut socket: WebSocket
         }
     };
     tracing::info!(node = %node, %reason, "agent disconnected");
+    {
+        let mut all = agents(&app);
+        if all.get(&node).is_some_and(|t| t.same_channel(&ask_tx)) {
+            all.remove(&node);
+        }
+    }
     let _ = socket.send(Message::Close(None)).await;
 }

@@ -149,6 +149,7 @@ pub fn router(app: App) -> Router {
         .route("/deployments/{name}/releases", get(list_releases))
         .route("/deployments/{name}/releases/{version}", get(get_release))
         .route("/deployments/{name}/rollback", post(rollback))
+        .route("/deployments/{name}/logs", get(crate::logs::logs))
         .route(
             "/deployments/{name}/secrets",
             get(list_secrets).patch(change_secrets),
@@ -880,7 +881,7 @@ impl utoipa::Modify for ErrorResponses {
         list_nodes, create_node, get_node, update_node, heartbeat, delete_node,
         list_images, create_image, get_image, delete_image,
         list_deployments, create_deployment, get_deployment, update_deployment, delete_deployment, apply,
-        list_releases, get_release, rollback, list_secrets, change_secrets,
+        list_releases, get_release, rollback, list_secrets, change_secrets, crate::logs::logs,
         list_instances, list_retiring, list_tls_certificates, create_instance, get_instance, update_instance, delete_instance,
         list_domains, create_domain, get_domain, update_domain, delete_domain,
         list_edges, create_edge, get_edge, update_edge, delete_edge,

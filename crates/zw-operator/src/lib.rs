@@ -11,7 +11,8 @@ pub(crate) mod ca;
 pub mod distribute;
 pub mod edge_ws;
 pub mod error;
-pub(crate) mod schedule;
+pub(crate) mod logs;
+mod schedule;
 mod secrets;
 pub mod verify;
 
@@ -76,6 +77,8 @@ pub struct App {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) ca: std::sync::Arc<tokio::sync::OnceCell<std::sync::Arc<zw_pki::Ca>>>,
     pub(crate) sealing_key: zw_pki::SealingKey,
+    /// The agents connected to this operator, for requests to them (logs).
+    pub(crate) agents: agent_ws::Agents,
 }
 
 /// A running control plane (compiler loop started; serve it with [`Operator::serve`]).
@@ -109,6 +112,7 @@ impl Operator {
             stop,
             ca: Default::default(),
             sealing_key: options.sealing_key,
+            agents: Default::default(),
         };
         let issuer = match (options.acme, options.local_issuer) {
             (Some(acme), _) => Some(acme::Issuer::Acme(acme)),

@@ -41,6 +41,44 @@ pub enum AgentMessage {
         instances: Vec<InstanceReport>,
     },
     Instance(InstanceReport),
+    /// The answer to [`ControlMessage::Logs`].
+    Logs {
+        request: u64,
+        chunks: Vec<LogChunk>,
+    },
+}
+
+/// Where to read an instance's log from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogCursor {
+    pub instance: String,
+    /// The byte offset to read on from (a chunk's `next`); none: the last `tail` lines.
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub tail: u32,
+}
+
+/// Lines of one instance's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    pub instance: String,
+    /// Where the next read goes on from.
+    pub next: u64,
+    pub lines: Vec<LogLine>,
+    /// The node holds no log for the instance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+}
+
+/// One line, with when the agent first saw it (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub at: i64,
+    pub text: String,
 }
 
 /// One instance as the agent sees it.
@@ -66,6 +104,12 @@ pub enum ControlMessage {
     },
     /// The operator refuses the connection; it closes next.
     Error { message: String },
+    /// Read these instances' logs; answered by [`AgentMessage::Logs`] with the same
+    /// `request`.
+    Logs {
+        request: u64,
+        instances: Vec<LogCursor>,
+    },
 }
 
 /// An instance the node should run, with everything needed to run it.

@@ -308,6 +308,27 @@ pub struct Secrets {
     pub items: Vec<SecretInfo>,
 }
 
+/// One line of an instance's output, as `GET /api/v1/deployments/{name}/logs` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    /// When the node's agent first saw the line (to a quarter second).
+    pub at: Timestamp,
+    pub instance: String,
+    pub release: u64,
+    pub node: String,
+    pub line: String,
+}
+
+/// Lines of a deployment's instances from every node, merged by time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Logs {
+    pub lines: Vec<LogEntry>,
+    /// Pass back as `?cursor=` for the lines that follow.
+    pub cursor: String,
+    /// Nodes whose agent could not be asked (not connected to this operator, or silent).
+    pub unreachable: Vec<String>,
+}
+
 /// A secret of a deployment: its name and when it was set, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretInfo {

@@ -83,18 +83,27 @@ pub struct DeployArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Lines come from every node that runs an instance of the app, fetched \
+by the operator from each node's agent and merged by time; each is labelled with its instance."
+)]
 pub struct LogsArgs {
     name: String,
-    /// Keep printing what the instances write.
+    /// Keep printing what the instances write; instances that start later join.
     #[arg(long, short = 'f')]
     follow: bool,
     /// Lines to show per instance first.
     #[arg(long, default_value_t = 50)]
-    tail: usize,
-    /// The agent's state directory (its --state-dir), when the instance runs on this
-    /// machine. Default: DATA_DIR/agent (`zeitwork up`), then ./zeitwork-agent.
-    #[arg(long, value_name = "DIR")]
-    agent_state_dir: Option<PathBuf>,
+    tail: u32,
+    /// Only the instances of this release (`v3` or `3`).
+    #[arg(long, value_name = "RELEASE", value_parser = super::release::version_arg)]
+    release: Option<u64>,
+    /// Only this instance.
+    #[arg(long, value_name = "ID")]
+    instance: Option<String>,
+    /// Print when each line was written (as its node's agent saw it) and the node.
+    #[arg(long, short = 't')]
+    timestamps: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -442,65 +451,53 @@ pub fn logs(args: LogsArgs) -> ExitCode {
 
 async fn logs_inner(args: LogsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
-    // Logs live on the node that runs the instance, under the agent's state directory:
-    // DATA_DIR/agent for `zeitwork up`, ./zeitwork-agent for a standalone agent's default.
-    let places: Vec<PathBuf> = match &args.agent_state_dir {
-        Some(d) => vec![d.clone()],
-        None => vec![
-            args.conn.data_dir.join("agent"),
-            PathBuf::from("./zeitwork-agent"),
-        ],
-    };
-    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
-    let mut first = true;
+    let base = format!(
+        "/api/v1/deployments/{}/logs",
+        form_urlencoded::byte_serialize(args.name.as_bytes()).collect::<String>()
+    );
+    let mut filter = String::new();
+    if let Some(r) = args.release {
+        filter.push_str(&format!("&release={r}"));
+    }
+    if let Some(i) = &args.instance {
+        filter.push_str(&format!(
+            "&instance={}",
+            form_urlencoded::byte_serialize(i.as_bytes()).collect::<String>()
+        ));
+    }
+    let mut cursor: Option<String> = None;
+    let mut said_unreachable = std::collections::BTreeSet::new();
     loop {
-        let instances: Vec<Instance> = client
-            .list(&format!("/api/v1/instances?deployment={}", args.name))
-            .await?;
-        if instances.is_empty() && first {
-            bail!("deployment {} has no instances", args.name);
-        }
-        for i in &instances {
-            let name = format!("{}.log", i.id);
-            let found = places
-                .iter()
-                .map(|d| d.join("logs").join(&name))
-                .find_map(|f| std::fs::read(&f).ok());
-            let Some(text) = found else {
-                if first {
-                    let looked: Vec<String> = places
-                        .iter()
-                        .map(|d| d.join("logs").display().to_string())
-                        .collect();
-                    println!(
-                        "[{}] no log here (looked in {}): it is in STATE_DIR/logs/{name} on node {}; \
-                         on that machine, run this with --agent-state-dir STATE_DIR",
-                        i.id,
-                        looked.join(", "),
-                        i.node,
-                    );
-                }
-                continue;
-            };
-            let from = offsets.get(&i.id).copied().unwrap_or(0) as usize;
-            let new = text.get(from..).unwrap_or_default();
-            let text = String::from_utf8_lossy(new);
-            let lines: Vec<&str> = text.lines().collect();
-            let skip = if first {
-                lines.len().saturating_sub(args.tail)
+        let path = match &cursor {
+            None => format!("{base}?tail={}{filter}", args.tail),
+            Some(c) => format!(
+                "{base}?cursor={}{filter}",
+                form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+            ),
+        };
+        let logs: Logs =
+            serde_json::from_slice(&client.call(http::Method::GET, &path, None).await?)?;
+        let mut out = std::io::stdout().lock();
+        for l in &logs.lines {
+            let _ = if args.timestamps {
+                writeln!(out, "{} {} [{}] {}", l.at, l.node, l.instance, l.line)
             } else {
-                0
+                writeln!(out, "[{}] {}", l.instance, l.line)
             };
-            for l in &lines[skip..] {
-                println!("[{}] {l}", i.id);
-            }
-            offsets.insert(i.id.clone(), (from + new.len()) as u64);
         }
-        first = false;
+        let _ = out.flush();
+        for node in &logs.unreachable {
+            if said_unreachable.insert(node.clone()) {
+                eprintln!(
+                    "(node {node}: its agent is not connected to this operator; its lines are missing)"
+                );
+            }
+        }
         if !args.follow {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        cursor = Some(logs.cursor);
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

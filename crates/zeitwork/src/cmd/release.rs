@@ -159,7 +159,7 @@ fn print_releases(items: &[Release]) {
     super::client::print_table(&["RELEASE", "STATUS", "CREATED", "BY", "CHANGE"], &rows);
 }
 
-fn version_arg(s: &str) -> Result<u64, String> {
+pub(crate) fn version_arg(s: &str) -> Result<u64, String> {
     s.trim_start_matches(['v', 'V'])
         .parse()
         .map_err(|_| format!("`{s}`: expected a release like v3 or 3"))

@@ -88,6 +88,82 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
     );
     assert_eq!(p.get("site"), (200, "hello from a microVM\n".to_string()));
 
+    // A new release (another root filesystem) rolls out under load: the new VM boots
+    // while the old one serves, and no request is lost. Bounded in count and time.
+    let image2 = oci_site(&p.dir.path().join("v2"), &busybox, "hello from release 2\n");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let balancer = p.balancer;
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(150);
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && answers.len() < 50_000
+                && Instant::now() < until
+            {
+                answers.push((
+                    Instant::now(),
+                    http(balancer, "GET", "/", None, None, &[("host", "site.test")]),
+                ));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+    let (ok, text) = p.zeitwork(&[
+        "deploy",
+        "site",
+        "--domain",
+        "site.test",
+        "--runtime",
+        "qemu",
+        "--port",
+        "8080",
+        "--oci",
+        image2.to_str().unwrap(),
+        "--timeout",
+        "90s",
+        "--",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    let done = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.join().unwrap();
+    assert!(ok, "redeploy failed:\n{text}\n{}", p.up.dump());
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(_, (s, body))| {
+            *s != 200 || (body != "hello from a microVM\n" && body != "hello from release 2\n")
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the qemu redeploy: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let stale = answers
+        .iter()
+        .filter(|(at, (_, body))| *at > done && body != "hello from release 2\n")
+        .count();
+    assert_eq!(stale, 0, "after the deploy was done only release 2 answers");
+    eprintln!(
+        "qemu redeploy: {} requests, 0 failed; {}",
+        answers.len(),
+        text.lines()
+            .find(|l| l.starts_with("deployed"))
+            .unwrap_or("")
+    );
+
     // Destroyed: the VM is stopped through QMP.
     let (ok, text) = p.zeitwork(&["destroy", "site"]);
     assert!(ok, "{text}");

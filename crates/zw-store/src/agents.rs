@@ -544,6 +544,10 @@ impl Store {
             let target = crate::releases::target_state(&mut tx, &name).await?;
             let mut version = target.as_ref().map_or(0, |t| t.version);
             let rolling = target.as_ref().is_some_and(|t| t.status == ReleaseStatus::Rolling);
+            // A first release that failed stays the target: it runs once it is healthy.
+            let finishing = target
+                .as_ref()
+                .is_some_and(|t| matches!(t.status, ReleaseStatus::Rolling | ReleaseStatus::Failed));
             // A release that cannot become healthy is halted: back to the running one.
             if let Some(t) = target.as_ref().filter(|_| rolling) {
                 let new: Vec<&Held> = have
@@ -612,7 +616,7 @@ impl Store {
                 }
             }
             if plan.complete {
-                if rolling && out.halted.iter().all(|(n, ..)| *n != name) {
+                if finishing && out.halted.iter().all(|(n, ..)| *n != name) {
                     crate::releases::completed(&mut tx, &name, version).await?;
                     out.completed.push((name.clone(), version));
                 }

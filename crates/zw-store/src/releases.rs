@@ -428,8 +428,8 @@ pub(crate) async fn collect(tx: &mut Tx, deployment: &str) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// Reads `get` on a row for the scheduler: the release a deployment targets, with its
-/// status and deadline.
+/// The release a deployment targets, with its status and rollout deadline, as the
+/// scheduler reads it.
 pub(crate) struct TargetState {
     pub version: u64,
     pub status: ReleaseStatus,
@@ -472,7 +472,9 @@ pub(crate) async fn completed(tx: &mut Tx, deployment: &str, version: u64) -> Re
 }
 
 /// The target release of `deployment` is halted for `reason`: it is marked failed and the
-/// deployment goes back to its running release (none: to no release, so nothing runs).
+/// deployment goes back to its running release. Without one, the failed release stays the
+/// target (its instances keep being retried, and it runs once they are healthy: a node
+/// added, a command fixed on the nodes); there is nothing else to run. Returns the target.
 pub(crate) async fn halt(tx: &mut Tx, deployment: &str, version: u64, reason: &str) -> Result<u64> {
     sqlx::query(
         "UPDATE releases SET status = 'failed', reason = $3 WHERE deployment = $1 AND version = $2",
@@ -488,14 +490,16 @@ pub(crate) async fn halt(tx: &mut Tx, deployment: &str, version: u64, reason: &s
     .bind(deployment)
     .fetch_one(&mut **tx)
     .await?;
-    let back = back.unwrap_or(0);
-    let mut q = sqlx::query("UPDATE deployments SET release = $1 WHERE name = $2");
-    if back > 0 {
-        q = sqlx::query(
-            "UPDATE deployments SET release = $1, port = (SELECT port FROM releases WHERE deployment = $2 AND version = $1), \
-             health_check = (SELECT health_check FROM releases WHERE deployment = $2 AND version = $1) WHERE name = $2",
-        );
-    }
-    q.bind(back).bind(deployment).execute(&mut **tx).await?;
-    Ok(back.max(0) as u64)
+    let Some(back) = back.filter(|b| *b > 0) else {
+        return Ok(version);
+    };
+    sqlx::query(
+        "UPDATE deployments SET release = $1, port = (SELECT port FROM releases WHERE deployment = $2 AND version = $1), \
+         health_check = (SELECT health_check FROM releases WHERE deployment = $2 AND version = $1) WHERE name = $2",
+    )
+    .bind(back)
+    .bind(deployment)
+    .execute(&mut **tx)
+    .await?;
+    Ok(back as u64)
 }

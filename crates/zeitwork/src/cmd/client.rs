@@ -97,6 +97,9 @@ pub struct ApplyArgs {
     /// The deployment file.
     #[arg(long, short = 'f', value_name = "FILE")]
     file: PathBuf,
+    /// Wait until the release it makes has rolled out (or fail with why it was halted).
+    #[arg(long)]
+    wait: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -480,9 +483,9 @@ async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
             .await?,
     )?;
     println!("deployment {} {}", applied.deployment.name, applied.action);
+    let name = &applied.deployment.name;
     match applied.release {
-        Some(v) => {
-            let name = &applied.deployment.name;
+        Some(v) if args.wait => {
             let timeout = std::time::Duration::from_secs(
                 spec.rollout_timeout_secs
                     .unwrap_or(zw_store::ROLLOUT_TIMEOUT_MS as u64 / 1000),
@@ -490,6 +493,9 @@ async fn apply_inner(args: ApplyArgs) -> anyhow::Result<()> {
             super::release::wait(&c, name, v, applied.deployment.replicas, timeout).await?;
             println!("{name} runs release v{v}");
         }
+        Some(v) => println!(
+            "release v{v} rolling out (`zeitwork status {name}` shows how far; `apply --wait` waits)"
+        ),
         None => println!("release unchanged (v{})", applied.deployment.release),
     }
     for d in &applied.domains {

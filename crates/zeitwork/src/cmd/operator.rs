@@ -49,11 +49,16 @@ pub struct OperatorArgs {
     /// DATA_DIR/admin-token.
     #[arg(long)]
     rotate_admin_token: bool,
-    /// The key that seals secrets kept in the store (the platform CA's private key).
-    /// Default: DATA_DIR/secret-key, made on first start. Operators on one PostgreSQL
-    /// database need the same file.
+    /// The key that seals secrets kept in the store (apps' secrets, the platform CA's and
+    /// the certificates' private keys). Default: DATA_DIR/secret-key, made on first start;
+    /// `ZEITWORK_SECRET_KEY` (the key itself, hex) takes precedence. Operators on one
+    /// PostgreSQL database need the same key.
     #[arg(long, value_name = "PATH", env = "ZEITWORK_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
+    /// Releases kept per app (older ones are forgotten; never the running one, nor one an
+    /// instance still runs).
+    #[arg(long, value_name = "N", default_value_t = zw_store::KEEP_RELEASES)]
+    keep_releases: usize,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -150,13 +155,18 @@ fn restrict(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// The key that seals the secrets the store keeps: read from `file`, or from
-/// DATA_DIR/secret-key, which is made (0600) on first start. Operators sharing one
-/// PostgreSQL database must be given the same file.
+/// The key that seals the secrets the store keeps: `ZEITWORK_SECRET_KEY` (hex) when set,
+/// else read from `file`, or from DATA_DIR/secret-key, which is made (0600) on first
+/// start. Operators sharing one PostgreSQL database must be given the same key.
 pub(crate) fn sealing_key(
     data_dir: &Path,
     file: Option<&Path>,
 ) -> anyhow::Result<zw_operator::SealingKey> {
+    if let Ok(hex) = std::env::var("ZEITWORK_SECRET_KEY") {
+        return zw_operator::SealingKey::from_hex(&hex).context(
+            "ZEITWORK_SECRET_KEY: not a sealing key (64 hex digits, as in DATA_DIR/secret-key)",
+        );
+    }
     let (path, explicit) = match file {
         Some(f) => (f.to_path_buf(), true),
         None => (data_dir.join("secret-key"), false),
@@ -186,6 +196,7 @@ async fn run_inner(args: OperatorArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the state store {}", zw_store::redact(&url)))?;
     tracing::info!(store = %zw_store::redact(&url), "state store open, migrations applied");
+    store.set_keep_releases(args.keep_releases).await?;
 
     if args.rotate_admin_token {
         let t = store.rotate_admin().await?;

@@ -48,8 +48,8 @@ pub(crate) async fn wait(
             ReleaseStatus::Failed => {
                 progress.done();
                 let d: Deployment = get(c, &path(name)).await?;
-                let stays = if d.release == 0 {
-                    "nothing runs: there is no earlier release to go back to".to_string()
+                let stays = if d.release == version {
+                    format!("there is no earlier release to go back to: its instances keep being retried (`zeitwork destroy {name}` stops them)")
                 } else {
                     format!("{name} stays on v{}", d.release)
                 };

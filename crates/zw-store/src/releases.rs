@@ -207,6 +207,7 @@ pub(crate) async fn make(
     .bind(deployment)
     .execute(&mut **tx)
     .await?;
+    collect(tx, deployment).await?;
     Ok(Some(version as u64))
 }
 

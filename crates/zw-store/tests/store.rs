@@ -1166,3 +1166,134 @@ async fn leases_certificates_and_challenges() {
             .is_empty());
     }
 }
+
+/// Releases: one per change to what runs (not for scale or an unchanged apply), numbered,
+/// described, carrying their secrets sealed as given, kept up to the configured number,
+/// and a rollback needs a release that ran.
+#[tokio::test]
+async fn releases_are_made_numbered_kept_and_carry_their_secrets() {
+    for db in TestDb::all().await {
+        let store = &Store::open(&db.url).await.unwrap();
+        store
+            .create_region(NewRegion {
+                name: "eu".into(),
+                balancer_address: None,
+                https_address: None,
+            })
+            .await
+            .unwrap();
+        let with_env = |v: &str| {
+            let mut s = apply_spec("web", &["eu"], &[], false);
+            if let Some(img) = s.image.as_mut() {
+                img.env.insert("A".into(), v.into());
+            }
+            s
+        };
+        let first = store.apply(with_env("1")).await.unwrap();
+        assert_eq!((first.release, first.deployment.release), (Some(1), 1));
+        assert_eq!(
+            store.apply(with_env("1")).await.unwrap().release,
+            None,
+            "nothing changed"
+        );
+        let second = store
+            .apply_by(with_env("2"), "admin (ann@laptop)")
+            .await
+            .unwrap();
+        assert_eq!(second.release, Some(2));
+        let r2 = store.release("web", 2).await.unwrap();
+        assert_eq!(r2.description, "changed: env A");
+        assert_eq!(r2.created_by, "admin (ann@laptop)");
+        assert_eq!(r2.status, ReleaseStatus::Rolling);
+        assert_eq!(
+            store.release("web", 1).await.unwrap().status,
+            ReleaseStatus::Superseded,
+            "replaced before it finished rolling"
+        );
+        // Scaling is not a release.
+        let d = store
+            .update_deployment(
+                "web",
+                DeploymentPatch {
+                    replicas: Some(3),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.release, 2);
+        // Secrets: given sealed (the operator seals), listed by name only.
+        let sealed = "zwseal1.not-a-real-ciphertext";
+        let r3 = store
+            .change_secrets(
+                "web",
+                [("TOKEN".to_string(), sealed.to_string())].into(),
+                &[],
+                "admin",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r3.version, r3.secrets.clone()),
+            (3, vec!["TOKEN".to_string()])
+        );
+        assert_eq!(r3.description, "changed: secret TOKEN set");
+        assert!(!serde_json::to_string(&r3).unwrap().contains(sealed));
+        let names: Vec<String> = store
+            .secrets("web")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["TOKEN"]);
+        // An apply keeps the secrets.
+        let r4 = store.apply(with_env("3")).await.unwrap().release.unwrap();
+        assert_eq!(store.release("web", r4).await.unwrap().secrets, ["TOKEN"]);
+        match store
+            .change_secrets("web", Default::default(), &["NOPE".into()], "admin")
+            .await
+        {
+            Err(StoreError::Invalid(f)) => assert_eq!(f.field, "unset"),
+            other => panic!("{other:?}"),
+        }
+        match store
+            .change_secrets("web", [("1BAD".into(), "x".into())].into(), &[], "admin")
+            .await
+        {
+            Err(StoreError::Invalid(f)) => assert_eq!(f.field, "set.1BAD"),
+            other => panic!("{other:?}"),
+        }
+        // No release has run yet: nothing to roll back to by default; a named one works.
+        assert!(matches!(
+            store.rollback("web", None, "admin").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let back = store.rollback("web", Some(1), "admin").await.unwrap();
+        assert_eq!(
+            (back.version, back.description.as_str()),
+            (5, "rollback to v1")
+        );
+        assert_eq!(back.env.get("A").map(String::as_str), Some("1"));
+        assert!(back.secrets.is_empty(), "v1's secrets: none");
+        // Kept: the newest three.
+        store.set_keep_releases(3).await.unwrap();
+        for v in 10..16 {
+            store.apply(with_env(&v.to_string())).await.unwrap();
+        }
+        let versions: Vec<u64> = store
+            .releases("web")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(versions, [11, 10, 9], "newest first, three kept");
+        assert!(matches!(
+            store.release("web", 2).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        store.delete_deployment("web").await.unwrap();
+        assert!(store.releases("web").await.is_err());
+    }
+}

@@ -298,12 +298,25 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
             show!(
                 Instance,
                 "/api/v1/instances",
-                ["ID", "DEPLOYMENT", "NODE", "STATE", "ADDRESS", "REASON"],
+                [
+                    "ID",
+                    "DEPLOYMENT",
+                    "RELEASE",
+                    "NODE",
+                    "STATE",
+                    "ADDRESS",
+                    "REASON"
+                ],
                 |i| [
                     i.id.clone(),
                     i.deployment.clone(),
+                    format!("v{}", i.release),
                     i.node.clone(),
-                    i.state.to_string(),
+                    if i.draining {
+                        format!("{} (draining)", i.state)
+                    } else {
+                        i.state.to_string()
+                    },
                     match (&i.address, i.port, ingress(&i.node)) {
                         (Some(a), Some(p), _) => format!("{a}:{p}"),
                         (_, _, Some(via)) => format!("via {via}"),
@@ -326,7 +339,11 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
             };
             let status = |d: &Deployment| {
                 let mine = || instances.iter().filter(|i| i.deployment == d.name);
-                let ready = mine().filter(|i| i.state == InstanceState::Started).count();
+                let ready = mine()
+                    .filter(|i| {
+                        i.state == InstanceState::Started && i.release == d.release && !i.draining
+                    })
+                    .count();
                 let status = if d.status == DeploymentStatus::Stopped {
                     "stopped"
                 } else if ready >= d.replicas as usize {
@@ -341,10 +358,11 @@ async fn get_inner(args: GetArgs) -> anyhow::Result<()> {
             show!(
                 Deployment,
                 "/api/v1/deployments",
-                ["NAME", "IMAGE", "READY", "REGIONS", "STATUS"],
+                ["NAME", "IMAGE", "RELEASE", "READY", "REGIONS", "STATUS"],
                 |d| [
                     d.name.clone(),
                     d.image.clone(),
+                    format!("v{}", d.release),
                     status(d).0,
                     d.regions.join(","),
                     status(d).1.to_string()

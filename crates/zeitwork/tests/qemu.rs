@@ -39,29 +39,32 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
     });
     assert_eq!(driver["fields"]["available"], true, "{driver}");
     let image = oci_site(p.dir.path(), &busybox, "hello from a microVM\n");
+    let deploy = |image: &std::path::Path| {
+        p.zeitwork(&[
+            "deploy",
+            "site",
+            "--domain",
+            "site.test",
+            "--runtime",
+            "qemu",
+            "--port",
+            "8080",
+            "--oci",
+            image.to_str().unwrap(),
+            "--timeout",
+            "90s",
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ])
+    };
     let start = Instant::now();
-    let (ok, text) = p.zeitwork(&[
-        "deploy",
-        "site",
-        "--domain",
-        "site.test",
-        "--runtime",
-        "qemu",
-        "--port",
-        "8080",
-        "--oci",
-        image.to_str().unwrap(),
-        "--timeout",
-        "90s",
-        "--",
-        "/bin/busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    let (ok, text) = deploy(&image);
     let logs = std::fs::read_dir(p.op.data_dir.join("agent/logs"))
         .map(|d| {
             d.flatten()
@@ -111,28 +114,7 @@ fn a_microvm_from_an_oci_layout_answers_through_the_edge() {
             answers
         })
     };
-    let (ok, text) = p.zeitwork(&[
-        "deploy",
-        "site",
-        "--domain",
-        "site.test",
-        "--runtime",
-        "qemu",
-        "--port",
-        "8080",
-        "--oci",
-        image2.to_str().unwrap(),
-        "--timeout",
-        "90s",
-        "--",
-        "/bin/busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    let (ok, text) = deploy(&image2);
     let done = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -213,10 +213,7 @@ fn redeploys_a_failing_release_and_a_rollback_lose_no_request() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
-    let p = start_up(&[]);
-    let app = p.dir.path().join("version.py");
-    std::fs::write(&app, APP).unwrap();
-    let app = app.to_str().unwrap().to_string();
+    let (p, app) = start_up_with_app(APP, "version.py");
     let n = replicas.to_string();
     let (ok, out) = deploy(&p, &app, "0", &n);
     assert!(ok, "{out}\n{}", p.up.dump());
@@ -362,31 +359,30 @@ fn secrets_reach_the_instance_and_nothing_else() {
     if !tool("python3") {
         return;
     }
-    let p = start_up(&[]);
-    let app = p.dir.path().join("version.py");
-    std::fs::write(&app, APP).unwrap();
-    let app = app.to_str().unwrap().to_string();
+    let (p, app) = start_up_with_app(APP, "version.py");
     let (ok, out) = deploy(&p, &app, "1", "1");
     assert!(ok, "{out}");
+    // What the instance has in its environment, through balancer → edge → instance.
+    let env_of = |name: &str| {
+        http(
+            p.balancer,
+            "GET",
+            &format!("/env/{name}"),
+            None,
+            None,
+            &[("host", "rel.test")],
+        )
+    };
     let secret = "s3cr3t-Zw-7f1c2a9b44e0";
     let (ok, out) = p.zeitwork(&["secrets", "set", "rel", &format!("API_KEY={secret}")]);
     assert!(ok, "{out}\n{}", p.up.dump());
     assert!(out.contains("secret API_KEY set"), "{out}");
     // In the instance's environment:
-    let (s, body) = http(
-        p.balancer,
-        "GET",
-        "/env/API_KEY",
-        None,
-        None,
-        &[("host", "rel.test")],
-    );
+    let (s, body) = env_of("API_KEY");
     assert_eq!((s, body.as_str()), (200, secret));
     // A second one from standard input.
-    let out = std::process::Command::new(BIN)
-        .args(["secrets", "set", "rel", "DB_PASSWORD"])
-        .args(["--data-dir", p.op.data_dir.to_str().unwrap()])
-        .args(["--operator", &format!("http://{}", p.op.addr)])
+    let out = p
+        .command(&["secrets", "set", "rel", "DB_PASSWORD"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -401,14 +397,7 @@ fn secrets_reach_the_instance_and_nothing_else() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, body) = http(
-        p.balancer,
-        "GET",
-        "/env/DB_PASSWORD",
-        None,
-        None,
-        &[("host", "rel.test")],
-    );
+    let (_, body) = env_of("DB_PASSWORD");
     assert_eq!(body, "pw-from-stdin-93e1");
     let (ok, list) = p.zeitwork(&["secrets", "list", "rel"]);
     assert!(
@@ -459,14 +448,7 @@ fn secrets_reach_the_instance_and_nothing_else() {
     // Removing one is a release too; the instance no longer has it.
     let (ok, out) = p.zeitwork(&["secrets", "unset", "rel", "API_KEY"]);
     assert!(ok, "{out}");
-    let (_, body) = http(
-        p.balancer,
-        "GET",
-        "/env/API_KEY",
-        None,
-        None,
-        &[("host", "rel.test")],
-    );
+    let (_, body) = env_of("API_KEY");
     assert_eq!(body, "");
 }
 
@@ -548,14 +530,12 @@ fn logs_follow_instances_on_every_node_in_time_order() {
     if !tool("python3") {
         return;
     }
-    let p = start_up(&[]);
+    let (p, app) = start_up_with_app(CHATTY, "chatty.py");
     let state2 = p.dir.path().join("agent2");
     let agent2 = Proc::spawn("agent2", &agent_args(&p, free_port(), &state2));
     agent2.wait_log(Duration::from_secs(20), |v| {
         message(v) == "connected to the operator"
     });
-    let app = p.dir.path().join("chatty.py");
-    std::fs::write(&app, CHATTY).unwrap();
     let (ok, out) = p.zeitwork(&[
         "deploy",
         "chat",
@@ -565,7 +545,7 @@ fn logs_follow_instances_on_every_node_in_time_order() {
         "2",
         "--",
         "python3",
-        app.to_str().unwrap(),
+        &app,
     ]);
     assert!(ok, "{out}");
     let nodes: std::collections::BTreeSet<String> = p
@@ -576,9 +556,8 @@ fn logs_follow_instances_on_every_node_in_time_order() {
     assert_eq!(nodes.len(), 2, "one instance on each node");
 
     // Follow from a directory that is neither node's: the operator fetches the lines.
-    let mut follow = std::process::Command::new(BIN)
-        .args(["logs", "chat", "-f", "-t", "--tail", "0"])
-        .args(["--operator", &format!("http://{}", p.op.addr)])
+    let mut follow = p
+        .command(&["logs", "chat", "-f", "-t", "--tail", "0"])
         .args(["--token", &p.op.token])
         .current_dir(p.dir.path())
         .stdout(std::process::Stdio::piped())

@@ -499,8 +499,16 @@ async fn change_secrets(
     headers: axum::http::HeaderMap,
     Json(p): Json<SecretsPatch>,
 ) -> ApiResult<axum::Json<Release>> {
-    for k in p.set.keys() {
-        zw_store::check_var_name(&format!("set.{k}"), k).map_err(Error::invalid)?;
+    for (k, v) in &p.set {
+        let field = format!("set.{k}");
+        zw_store::check_var_name(&field, k).map_err(Error::invalid)?;
+        // an environment variable cannot hold a NUL, and the value is kept small
+        if v.contains('\0') || v.len() > 12 << 10 {
+            return Err(Error::invalid(FieldError::new(
+                field,
+                "a secret's value is at most 12 KiB and holds no NUL character",
+            )));
+        }
     }
     let sealed = crate::secrets::seal(&app.sealing_key, &name, p.set).map_err(|e| {
         tracing::error!(error = %e, "sealing a secret failed");

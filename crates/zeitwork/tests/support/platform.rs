@@ -56,6 +56,16 @@ pub fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// [`start_up`], with the app `source` written to `file` in its directory; the file's
+/// path.
+pub fn start_up_with_app(source: &str, file: &str) -> (Platform, String) {
+    let p = start_up(&[]);
+    let app = p.dir.path().join(file);
+    std::fs::write(&app, source).unwrap();
+    let app = app.to_str().unwrap().to_string();
+    (p, app)
+}
+
 /// `zeitwork up` on free ports with fast node timeouts (suspect 2 s, lost 5 s), plus
 /// `extra` arguments; returns once the agent and the balancer's edge are there.
 pub fn start_up(extra: &[&str]) -> Platform {
@@ -127,15 +137,19 @@ pub fn start_up(extra: &[&str]) -> Platform {
 }
 
 impl Platform {
-    pub fn zeitwork(&self, args: &[&str]) -> (bool, String) {
+    /// `zeitwork ARGS…` pointed at this platform's operator, to run as the caller likes.
+    pub fn command(&self, args: &[&str]) -> Command {
         // Options before the arguments: `deploy` takes everything after `--` as the command.
-        let out = Command::new(BIN)
-            .arg(args[0])
+        let mut cmd = Command::new(BIN);
+        cmd.arg(args[0])
             .args(["--data-dir", self.op.data_dir.to_str().unwrap()])
             .args(["--operator", &format!("http://{}", self.op.addr)])
-            .args(&args[1..])
-            .output()
-            .unwrap();
+            .args(&args[1..]);
+        cmd
+    }
+
+    pub fn zeitwork(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -456,8 +456,20 @@ async fn list_releases(
     responses((status = 200, body = Release)))]
 async fn get_release(
     State(app): State<App>,
-    Path((name, version)): Path<(String, u64)>,
+    Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<Release>> {
+    // parsed here, so that a bad one gets the API's JSON error, not the extractor's text
+    let version: u64 = version.trim_start_matches('v').parse().map_err(|_| {
+        Error::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "`{}` is not a release number (3 or v3)",
+                zw_proto::abbreviate(&version, 32)
+            ),
+        )
+        .field("version")
+    })?;
     Ok(axum::Json(store(&app).release(&name, version).await?))
 }
 

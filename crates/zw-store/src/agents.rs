@@ -620,7 +620,8 @@ impl Store {
                     crate::releases::completed(&mut tx, &name, version).await?;
                     out.completed.push((name.clone(), version));
                 }
-            } else if version != 0 {
+            } else if rolling {
+                // its deadline is watched, not only its changes
                 out.pending = true;
             }
             let mut mine: Vec<usize> = have

@@ -15,6 +15,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = store.changes();
+    let mut acks = store.acks();
     // A node is declared lost at most a tick after its timeout.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -30,6 +31,8 @@ pub(crate) async fn run(
             tokio::select! {
                 _ = stop.changed() => return,
                 r = changes.changed() => if r.is_err() { return },
+                // an edge let go of a drained instance, perhaps
+                r = acks.changed(), if pending => if r.is_err() { return },
                 _ = tick.tick() => {
                     // A state change is a store change: it wakes the scheduling pass below.
                     match store

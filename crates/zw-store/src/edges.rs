@@ -179,6 +179,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.acks.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 

@@ -95,6 +95,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     changes: watch::Sender<u64>,
+    /// Bumped when an edge acknowledges a snapshot: what a drained instance waits for.
+    acks: watch::Sender<u64>,
 }
 
 impl Store {
@@ -161,10 +163,12 @@ impl Store {
             schema::check(&pool).await?;
         }
         let (changes, _) = watch::channel(0u64);
+        let (acks, _) = watch::channel(0u64);
         let store = Store {
             pool,
             backend,
             changes,
+            acks,
         };
         if owner && backend == Backend::Postgres {
             store.listen(&url).await?;
@@ -180,6 +184,11 @@ impl Store {
     /// (on PostgreSQL) in another operator sharing the database.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Edges' snapshot acknowledgements recorded by this process (not other replicas').
+    pub fn acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
     }
 
     pub async fn close(&self) {

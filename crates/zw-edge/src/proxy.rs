@@ -408,8 +408,10 @@ async fn request_middlewares(
     };
     for (position, m) in router.middlewares.iter().enumerate() {
         mctx.response.position = position;
-        if let Some(max) = m.reads_body() {
-            mctx.body = Some(hold_request_body(body, max).await?);
+        if router.body_work {
+            if let Some(max) = m.reads_body() {
+                mctx.body = Some(hold_request_body(body, max).await?);
+            }
         }
         let mut action = m.on_request(&mut mctx);
         // A deferred step's outcome is the middleware's action (it may defer again).
@@ -428,11 +430,13 @@ async fn request_middlewares(
             Action::Wait(d) => tokio::time::sleep(d).await,
             Action::Hold(guard) => ctx.ex.held.push(guard),
         }
-        if let Some(spec) = m.buffering() {
-            buffer_request(mctx.parts, body, spec.request).await?;
-            ctx.response_body.buffer = Some(spec.response);
+        if router.body_work {
+            if let Some(spec) = m.buffering() {
+                buffer_request(mctx.parts, body, spec.request).await?;
+                ctx.response_body.buffer = Some(spec.response);
+            }
+            ctx.response_body.sniff |= m.sniffs_content_type();
         }
-        ctx.response_body.sniff |= m.sniffs_content_type();
         ctx.middlewares_ran += 1;
     }
     Ok(())

@@ -58,6 +58,9 @@ pub struct RouterRt {
     /// Whether one of its middlewares is `errors` (the request's URI and headers are then
     /// kept for the page request).
     pub error_pages: bool,
+    /// Whether one of its middlewares reads, buffers or sniffs a body: the request path
+    /// asks the middlewares about bodies only then.
+    pub body_work: bool,
     /// Per entry point (same index as `Snapshot::tables`), where the router listens.
     pub metrics: Vec<Option<Arc<RouterMetrics>>>,
 }
@@ -286,6 +289,9 @@ pub fn build(
             .filter_map(|m| middlewares.get(*m as usize).cloned().flatten())
             .collect();
         let error_pages = mws.iter().any(|m| m.error_page().is_some());
+        let body_work = mws.iter().any(|m| {
+            m.reads_body().is_some() || m.buffering().is_some() || m.sniffs_content_type()
+        });
         let mut metrics = vec![None; entry_points.len()];
         let rule = rules.remove(name);
         for (ep_idx, ep) in entry_points.iter().enumerate() {
@@ -318,6 +324,7 @@ pub fn build(
             middlewares: mws,
             service: pr.service,
             error_pages,
+            body_work,
             metrics,
         });
     }

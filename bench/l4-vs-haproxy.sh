@@ -8,7 +8,9 @@
 # ROUNDS rounds each, the balancers interleaved within a round:
 #   conns   new connection per request (Connection: close), tiny body: connections/s
 #   bulk    keep-alive, 1 MiB body: throughput (MiB/s)
-# Prints medians and the ratio zeitwork / HAProxy (above 1 is better than HAProxy).
+# HAProxy runs twice: as configured by default, and with `option splice-auto` (the kernel
+# moves the bytes with splice(2), as the zeitwork balancer does).
+# Prints medians and the ratios zeitwork / HAProxy (above 1 is better than HAProxy).
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
@@ -50,13 +52,20 @@ frontend f
   default_backend b
 backend b
   server o 127.0.0.1:9201
+frontend fs
+  bind 127.0.0.1:9205
+  option splice-auto
+  default_backend bs
+backend bs
+  option splice-auto
+  server o 127.0.0.1:9201
 HAP
 
 taskset -c 1 nginx -c "$dir/nginx.conf" &
 taskset -c 0 haproxy -f "$dir/haproxy.cfg" &
 taskset -c 0 "$BIN" balancer --listen 127.0.0.1:9203 --backend 127.0.0.1:9201 --proxy-protocol off \
   --workers 1 --admin 127.0.0.1:9204 --max-connections 20000 2>"$dir/zeitwork.log" &
-for port in 9201 9202 9203; do
+for port in 9201 9202 9203 9205; do
   ok=
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/1m" && { ok=1; break; }; sleep 0.1; done
   [ -n "$ok" ] || { echo "nothing answers 200 on port $port" >&2; cat "$dir"/*.err "$dir/zeitwork.log" >&2; exit 1; }
@@ -75,7 +84,7 @@ run() { # name port scenario -> one number
 declare -A results
 for scenario in conns bulk; do
   for r in $(seq "$ROUNDS"); do
-    for target in haproxy:9202 zeitwork:9203 direct:9201; do
+    for target in haproxy:9202 haproxy_splice:9205 zeitwork:9203 direct:9201; do
       name=${target%%:*}; port=${target##*:}
       v=$(run "$name" "$port" "$scenario")
       echo "round $r $scenario $name $v"
@@ -86,13 +95,15 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "| scenario | unit | direct | HAProxy (mode tcp) | zeitwork balancer | zeitwork / HAProxy |"
-echo "|---|---|---|---|---|---|"
+echo "| scenario | unit | direct | HAProxy (mode tcp) | HAProxy, splice-auto | zeitwork balancer | zeitwork / HAProxy | zeitwork / HAProxy splice-auto |"
+echo "|---|---|---|---|---|---|---|---|"
 for scenario in conns bulk; do
   unit=$([ $scenario = conns ] && echo "conn/s" || echo "MiB/s")
   d=$(echo "${results[$scenario.direct]}" | median)
   h=$(echo "${results[$scenario.haproxy]}" | median)
+  s=$(echo "${results[$scenario.haproxy_splice]}" | median)
   z=$(echo "${results[$scenario.zeitwork]}" | median)
   ratio=$(awk -v z="$z" -v h="$h" 'BEGIN {printf "%.2f", z / h}')
-  echo "| $scenario | $unit | $d | $h | $z | $ratio |"
+  ratio_s=$(awk -v z="$z" -v h="$s" 'BEGIN {printf "%.2f", z / h}')
+  echo "| $scenario | $unit | $d | $h | $s | $z | $ratio | $ratio_s |"
 done

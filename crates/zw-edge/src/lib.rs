@@ -374,11 +374,13 @@ impl Edge {
             })
             .collect();
         // One apply at a time; requests never take this lock.
+        let started = std::time::Instant::now();
         let mut reg = s.config.registry.lock().unwrap_or_else(|p| p.into_inner());
         let version = s.config.next_version.fetch_add(1, Relaxed);
         let snap = snapshot::build(valid, &s.settings.entry_points, &mut reg, version);
         s.config.current.store(Some(Arc::new(snap)));
         drop(reg);
+        let build_ms = started.elapsed().as_secs_f64() * 1000.0;
         s.metrics.config_applies.fetch_add(1, Relaxed);
         s.metrics.config_version.store(version, Relaxed);
         s.metrics
@@ -401,7 +403,7 @@ impl Edge {
             last_error_at: None,
             acme: None,
         };
-        tracing::info!(version, ?snapshot_version, %hash, %source, origin, routers, services, "configuration applied");
+        tracing::info!(version, ?snapshot_version, %hash, %source, origin, routers, services, build_ms, "configuration applied");
         Ok(version)
     }
 

@@ -10,12 +10,14 @@
 #   1. start the edge on the file; the first apply's time and the RSS after it;
 #   2. SWAPS applies (default 100), each a change of one router's rule, one at a time: the
 #      median and max apply time, and the RSS after them (old snapshots freed: within 10 %);
-#   3. wrk for DURATION seconds without applies, then with an apply every 200 ms: p99 of
+#   3. wrk for DURATION seconds without applies, then with an apply every APPLY_EVERY
+#      seconds (default 1): p99 of
 #      each and their ratio.
 set -euo pipefail
 ROUTERS=${ROUTERS:-10000}
 SWAPS=${SWAPS:-100}
 DURATION=${DURATION:-10}
+APPLY_EVERY=${APPLY_EVERY:-1}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/zeitwork}
 for t in nginx wrk taskset; do command -v $t >/dev/null || { echo "missing $t: run bash ../shared/bench/setup.sh" >&2; exit 1; }; done
 [ -x "$BIN" ] || { echo "build first: cargo build --release -p zeitwork" >&2; exit 1; }
@@ -97,7 +99,7 @@ echo "RSS after $SWAPS applies: $((rss1 / 1024)) MiB ($(awk -v a="$rss0" -v b="$
 p99() { taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" --latency -H 'Host: 127.0.0.1' http://127.0.0.1:9302/ \
     | awk '/^ +99%/ {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v}'; }
 quiet=$(p99)
-( n=$((SWAPS + 1)); end=$((SECONDS + DURATION)); while [ $SECONDS -lt $end ]; do config "Host(\`app-1.example.com\`) && PathPrefix(\`/w$n\`)"; n=$((n + 1)); sleep 0.2; done ) &
+( n=$((SWAPS + 1)); end=$((SECONDS + DURATION)); while [ $SECONDS -lt $end ]; do config "Host(\`app-1.example.com\`) && PathPrefix(\`/w$n\`)"; n=$((n + 1)); sleep "$APPLY_EVERY"; done ) &
 busy=$(p99)
 wait $! 2>/dev/null || true
-echo "serving p99 (wrk, 50 connections): ${quiet} ms without applies, ${busy} ms with an apply every 200 ms: ratio $(awk -v a="$quiet" -v b="$busy" 'BEGIN {printf "%.2f", b / a}')"
+echo "serving p99 (wrk, 50 connections): ${quiet} ms without applies, ${busy} ms with an apply every ${APPLY_EVERY} s: ratio $(awk -v a="$quiet" -v b="$busy" 'BEGIN {printf "%.2f", b / a}')"

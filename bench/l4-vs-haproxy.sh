@@ -41,7 +41,7 @@ NGINX
 cat > "$dir/haproxy.cfg" <<HAP
 global
   nbthread 1
-  maxconn 9000
+  maxconn 4500
 defaults
   mode tcp
   timeout connect 3s

@@ -252,7 +252,10 @@ impl Supervisor {
             desired.into_iter().map(|a| (a.id.clone(), a)).collect();
         let mut slots = self.slots();
         for (id, slot) in slots.iter() {
-            if wanted.get(id) != Some(&slot.assignment) {
+            if !wanted
+                .get(id)
+                .is_some_and(|a| same_work(a, &slot.assignment))
+            {
                 let _ = slot.stop.send(true);
             }
         }
@@ -267,7 +270,7 @@ impl Supervisor {
         let mut to_start = Vec::new();
         for (id, a) in wanted {
             match slots.get(&id) {
-                Some(s) if s.assignment == a => continue,
+                Some(s) if same_work(&s.assignment, &a) => continue,
                 Some(_) => {
                     // Changed: the old task stops (signalled above); start anew after it.
                     tracing::info!(instance = %id, "assignment changed; restarting the instance");
@@ -366,6 +369,18 @@ impl Supervisor {
         }
         self.inner.routes.store(Arc::new(HashMap::new()));
     }
+}
+
+/// Whether two assignments run the same thing. A record written before releases existed
+/// says release 0: the same instance under its first release is not a change (an agent
+/// upgraded beside a migrated operator must not restart every instance).
+fn same_work(a: &Assignment, b: &Assignment) -> bool {
+    a == b
+        || ((a.release == 0 || b.release == 0)
+            && Assignment {
+                release: b.release,
+                ..a.clone()
+            } == *b)
 }
 
 /// Where a started instance answers: the driver's address (a VM on its own network), or
@@ -721,5 +736,44 @@ fn exited_before_healthy(exit: &crate::driver::Exit, deployment: &str) -> Outcom
         )
     } else {
         Outcome::Early(format!("{} before it was healthy", exit.0), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(release: u64, command: &str) -> Assignment {
+        Assignment {
+            id: "inst-1".into(),
+            deployment: "web".into(),
+            release,
+            runtime: Runtime::Process,
+            command: vec![command.into()],
+            env: Default::default(),
+            rootfs: None,
+            port: 8080,
+            health_check: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_record_from_before_releases_is_the_same_work() {
+        assert!(same_work(
+            &assignment(0, "/bin/app"),
+            &assignment(1, "/bin/app")
+        ));
+        assert!(same_work(
+            &assignment(3, "/bin/app"),
+            &assignment(3, "/bin/app")
+        ));
+        assert!(!same_work(
+            &assignment(0, "/bin/app"),
+            &assignment(1, "/bin/other")
+        ));
+        assert!(!same_work(
+            &assignment(1, "/bin/app"),
+            &assignment(2, "/bin/app")
+        ));
     }
 }

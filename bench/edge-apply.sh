@@ -13,6 +13,7 @@
 #   3. wrk for DURATION seconds without applies, then with an apply every APPLY_EVERY
 #      seconds (default 1): p99 of
 #      each and their ratio.
+# EDGE_ENV: environment for the edge process (e.g. EDGE_ENV=MALLOC_ARENA_MAX=1).
 set -euo pipefail
 ROUTERS=${ROUTERS:-10000}
 SWAPS=${SWAPS:-100}
@@ -61,7 +62,7 @@ config() {
 config 'Host(`app-1.example.com`) && PathPrefix(`/v0`)'
 
 taskset -c 1 nginx -c "$dir/nginx.conf" &
-taskset -c 0 "$BIN" edge --config "$dir/dynamic.yaml" --http 127.0.0.1:9302 --admin 127.0.0.1:9303 \
+taskset -c 0 env ${EDGE_ENV:-} "$BIN" edge --config "$dir/dynamic.yaml" --http 127.0.0.1:9302 --admin 127.0.0.1:9303 \
     --workers 1 --log-format json 2>"$dir/edge.log" &
 edge=$!
 for _ in $(seq 300); do

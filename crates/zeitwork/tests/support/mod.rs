@@ -292,7 +292,32 @@ pub fn api_call(
 
 /// A port free now (bound then released), for processes that must keep theirs across a
 /// restart.
+/// A port no one listens on, for a child process to bind. Picked below the kernel's
+/// ephemeral range: a port from `bind(0)` comes from that range, and the kernel may give
+/// it to another test's outgoing connection as its source port before the child binds it
+/// ("Address already in use"). Ports handed out by this process are not handed out again.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    if low > 12_000 {
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..1000 {
+            // a random draw per call (RandomState is seeded randomly per process)
+            let r = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                given.len(),
+            );
+            let port = 10_000 + (r % u64::from(low - 10_000)) as u16;
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

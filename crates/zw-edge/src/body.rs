@@ -2,32 +2,31 @@
 //! client's request body on its way upstream ([`RequestBody`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 
 use crate::exchange::Exchange;
-use crate::pool::Backend;
-use crate::request_body::RequestBody;
+use crate::h1::H1Body;
 
 /// Why a response body broke off.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("the upstream's response body: {0}")]
     Upstream(hyper::Error),
+    #[error("the upstream's response body: {0}")]
+    H1(crate::h1::H1Error),
     #[error("reading back a buffered response body: {0}")]
     Spool(std::io::Error),
 }
 
 /// Either a body made here (errors, redirects) or the upstream's, streamed through.
 ///
-/// When the upstream body ends cleanly its HTTP/1 connection goes back to the pool; when
-/// the body is dropped (finished or not), the exchange is recorded: metrics, in-flight
-/// counts, access log.
+/// When an HTTP/1 upstream body ends cleanly its connection goes back to the pool (the
+/// [`H1Body`] does that); when the body is dropped (finished or not), the exchange is
+/// recorded: metrics, in-flight counts, access log.
 pub struct ProxyBody {
     kind: Kind,
     exchange: Option<Exchange>,
@@ -43,10 +42,10 @@ enum Kind {
         first: Option<Frame<Bytes>>,
         rest: Box<ProxyBody>,
     },
-    Upstream {
-        body: Incoming,
-        conn: Option<(http1::SendRequest<RequestBody>, Arc<Backend>)>,
-    },
+    /// An h2c upstream's, or an upgrade refused by the upstream.
+    Upstream(Incoming),
+    /// An HTTP/1.1 upstream's, read on this task.
+    H1(H1Body),
 }
 
 impl ProxyBody {
@@ -65,12 +64,16 @@ impl ProxyBody {
         }
     }
 
-    pub(crate) fn upstream(
-        body: Incoming,
-        conn: Option<(http1::SendRequest<RequestBody>, Arc<Backend>)>,
-    ) -> Self {
+    pub(crate) fn upstream(body: Incoming) -> Self {
         ProxyBody {
-            kind: Kind::Upstream { body, conn },
+            kind: Kind::Upstream(body),
+            exchange: None,
+        }
+    }
+
+    pub(crate) fn h1(body: H1Body) -> Self {
+        ProxyBody {
+            kind: Kind::H1(body),
             exchange: None,
         }
     }
@@ -94,14 +97,6 @@ impl ProxyBody {
 
     pub(crate) fn set_exchange(&mut self, ex: Exchange) {
         self.exchange = Some(ex);
-    }
-
-    fn finish_upstream(&mut self) {
-        if let Kind::Upstream { conn, .. } = &mut self.kind {
-            if let Some((tx, backend)) = conn.take() {
-                backend.checkin(tx);
-            }
-        }
     }
 }
 
@@ -149,33 +144,14 @@ impl Body for ProxyBody {
                 }
                 other => other.map(|f| f.map(|f| f.map_err(BodyError::Spool))),
             },
-            Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(ex), Some(data)) = (&mut this.exchange, frame.data_ref()) {
-                        ex.bytes += data.len() as u64;
-                    }
-                    crate::stall::mark(crate::stall::Mark::Yielded);
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(None) => {
-                    crate::stall::mark(crate::stall::Mark::Waited);
-                    this.finish_upstream();
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    if let Kind::Upstream { conn, .. } = &mut this.kind {
-                        conn.take(); // a broken exchange never goes back to the pool
-                    }
-                    if let Some(ex) = &mut this.exchange {
-                        ex.body_error = true;
-                    }
-                    Poll::Ready(Some(Err(BodyError::Upstream(e))))
-                }
-                Poll::Pending => {
-                    crate::stall::mark(crate::stall::Mark::Waited);
-                    Poll::Pending
-                }
-            },
+            Kind::Upstream(body) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                upstream_frame(&mut this.exchange, frame.map_err(BodyError::Upstream))
+            }
+            Kind::H1(body) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                upstream_frame(&mut this.exchange, frame.map_err(BodyError::H1))
+            }
         }
     }
 
@@ -184,7 +160,8 @@ impl Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             Kind::Spooled(body) => body.is_end_stream(),
             Kind::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::H1(body) => body.is_end_stream(),
         }
     }
 
@@ -204,18 +181,31 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::H1(body) => body.size_hint(),
         }
     }
 }
 
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // Bodies that were empty from the start (HEAD, 204, 304) are never polled to the end.
-        if let Kind::Upstream { body, .. } = &self.kind {
-            if body.is_end_stream() {
-                self.finish_upstream();
+/// Counts an upstream body's frame into the exchange, and marks for the stall guard
+/// whether the body handed out data or waited.
+fn upstream_frame(
+    exchange: &mut Option<Exchange>,
+    frame: Poll<Option<Result<Frame<Bytes>, BodyError>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match &frame {
+        Poll::Ready(Some(Ok(f))) => {
+            if let (Some(ex), Some(data)) = (exchange, f.data_ref()) {
+                ex.bytes += data.len() as u64;
+            }
+            crate::stall::mark(crate::stall::Mark::Yielded);
+        }
+        Poll::Ready(Some(Err(_))) => {
+            if let Some(ex) = exchange {
+                ex.body_error = true;
             }
         }
+        Poll::Ready(None) | Poll::Pending => crate::stall::mark(crate::stall::Mark::Waited),
     }
+    frame
 }

@@ -18,6 +18,7 @@ mod control_plane;
 mod database;
 mod error;
 mod exchange;
+pub mod h1;
 mod health;
 mod lkg;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! Upstream connections: a keep-alive pool per backend for HTTP/1.1, one shared
-//! multiplexed connection per backend for h2c.
+//! Upstream connections: a keep-alive pool per backend for HTTP/1.1 (spoken by
+//! [`crate::h1`] on the request's own task), one shared multiplexed connection per
+//! backend for h2c.
 //!
 //! Checkout and checkin are lock-free (`crossbeam_queue::SegQueue` for idle HTTP/1
 //! connections, `ArcSwapOption` for the h2c connection): the request path never waits on
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use zw_config::{UpstreamScheme, UpstreamUrl};
 
+use crate::h1::H1Conn;
 use crate::metrics::BackendMetrics;
 use crate::request_body::{RequestBody, RequestBodyError};
 
@@ -60,12 +62,14 @@ pub enum UpstreamError {
     Handshake(String, hyper::Error),
     #[error("upstream {0}: {1}")]
     Request(String, hyper::Error),
+    #[error("upstream {0}: {1}")]
+    Exchange(String, crate::h1::H1Error),
     #[error("upstream {0} sent no response headers within {1:?}")]
     ResponseTimeout(String, Duration),
     /// The client's request body broke while it was forwarded (a malformed chunk, a
     /// connection closed mid-body): the client's error, not the upstream's.
     #[error("the client's request body: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
     /// The client stopped sending its request body part way.
     #[error("the client's request body stalled for {0:?}")]
     ClientBodyStalled(std::time::Duration),
@@ -81,7 +85,7 @@ impl UpstreamError {
             .filter(|_| e.is_user());
         match source {
             Some(RequestBodyError::Stalled(d)) => UpstreamError::ClientBodyStalled(*d),
-            Some(RequestBodyError::Client(_)) => UpstreamError::ClientBody(e),
+            Some(RequestBodyError::Client(_)) => UpstreamError::ClientBody(Box::new(e)),
             Some(RequestBodyError::Spool(_)) | None => {
                 UpstreamError::Request(authority.to_string(), e)
             }
@@ -99,7 +103,7 @@ impl UpstreamError {
 }
 
 struct Idle {
-    tx: http1::SendRequest<RequestBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -196,10 +200,7 @@ impl std::fmt::Debug for Backend {
 
 /// A connection ready to take one request.
 pub enum Conn {
-    H1 {
-        tx: http1::SendRequest<RequestBody>,
-        reused: bool,
-    },
+    H1(H1Conn),
     H2(http2::SendRequest<RequestBody>),
 }
 
@@ -312,12 +313,11 @@ impl Backend {
         }
     }
 
-    /// A fresh HTTP/1 connection, outside the pool. `upgrades` keeps the connection usable
-    /// for a protocol switch (WebSocket).
-    pub(crate) async fn connect_h1(
+    /// A fresh HTTP/1 connection for a protocol switch (WebSocket), outside the pool:
+    /// hyper's client, which hands over the upgraded stream.
+    pub(crate) async fn connect_upgrade(
         &self,
         t: &Transport,
-        upgrades: bool,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = self.connect(t.dial_timeout).await?;
         let (tx, conn) = http1::Builder::new()
@@ -325,16 +325,17 @@ impl Backend {
             .await
             .map_err(|e| UpstreamError::Handshake(self.authority.clone(), e))?;
         self.metrics.connects.fetch_add(1, Relaxed);
-        if upgrades {
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-        } else {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
         Ok(tx)
+    }
+
+    /// A new HTTP/1.1 connection, bypassing the idle ones.
+    pub(crate) async fn connect_h1(&self, t: &Transport) -> Result<H1Conn, UpstreamError> {
+        let stream = self.connect(t.dial_timeout).await?;
+        self.metrics.connects.fetch_add(1, Relaxed);
+        Ok(H1Conn::new(stream))
     }
 
     /// A connection for one request: a pooled idle one when there is one, else a new one.
@@ -344,35 +345,27 @@ impl Backend {
             UpstreamScheme::Http | UpstreamScheme::Https => {
                 while let Some(mut idle) = self.idle.pop() {
                     self.idle_len.fetch_sub(1, Relaxed);
-                    if idle.tx.is_closed() || idle.since.elapsed() > t.idle_timeout {
-                        continue;
-                    }
-                    // A connection whose task has not run since its last response ended is
-                    // not flagged ready yet; it becomes ready (or closed) as soon as it runs.
-                    if !idle.tx.is_ready() && idle.tx.ready().await.is_err() {
+                    // Closed by the upstream while idle, or idle for too long: dropped.
+                    if idle.since.elapsed() > t.idle_timeout || !idle.conn.is_usable() {
                         continue;
                     }
                     self.metrics.reuses.fetch_add(1, Relaxed);
-                    return Ok(Conn::H1 {
-                        tx: idle.tx,
-                        reused: true,
-                    });
+                    return Ok(Conn::H1(idle.conn));
                 }
-                let tx = self.connect_h1(t, false).await?;
-                Ok(Conn::H1 { tx, reused: false })
+                self.connect_h1(t).await.map(Conn::H1)
             }
         }
     }
 
     /// Returns a connection whose exchange completed cleanly. Dropped when the pool is
-    /// full or the connection is closing.
-    pub fn checkin(&self, tx: http1::SendRequest<RequestBody>) {
+    /// full.
+    pub fn checkin(&self, conn: H1Conn) {
         // The cap is approximate under races (two checkins may both see room); that is
         // harmless: it bounds memory, not correctness.
-        if !tx.is_closed() && self.idle_len.load(Relaxed) < self.max_idle {
+        if self.idle_len.load(Relaxed) < self.max_idle {
             self.idle_len.fetch_add(1, Relaxed);
             self.idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }

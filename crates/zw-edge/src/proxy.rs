@@ -50,6 +50,7 @@ use zw_rules::{RequestView, RouteReason};
 use crate::balance::PickCtx;
 use crate::body::ProxyBody;
 use crate::exchange::Exchange;
+use crate::h1::SendError;
 use crate::middleware::{Action, MiddlewareCtx};
 use crate::pool::{Conn, UpstreamError};
 use crate::request_body::RequestBody;
@@ -649,11 +650,9 @@ async fn error_pages(ctx: &mut RequestCtx<'_>, answer: Answer) -> Answer {
     upstream_request(ctx, &mut parts, peer, false);
     let backend = &peer.server().state.backend;
     match send(peer.lb, backend, Request::from_parts(parts, body)).await {
-        Ok((resp, pooled)) => {
-            let (mut rparts, body) = resp.into_parts();
-            rparts.status = out;
-            let pooled = pooled.map(|tx| (tx, backend.clone()));
-            Response::from_parts(rparts, ProxyBody::upstream(body, pooled))
+        Ok(mut resp) => {
+            *resp.status_mut() = out;
+            resp
         }
         Err((e, _)) => {
             tracing::debug!(service = %peer.service, error = %e, "errors: the error page could not be had; the original answer goes out");
@@ -763,17 +762,7 @@ async fn forward(
             None => Err((e, None)),
         };
     }
-    match sent {
-        Ok((resp, pooled)) => {
-            let (rparts, body) = resp.into_parts();
-            let pooled = pooled.map(|tx| (tx, backend.clone()));
-            Ok(Response::from_parts(
-                rparts,
-                ProxyBody::upstream(body, pooled),
-            ))
-        }
-        Err((e, _)) => Err(upstream_error(&e, backend)),
-    }
+    sent.map_err(|(e, _)| upstream_error(&e, backend))
 }
 
 struct Explain<'a> {
@@ -1130,64 +1119,79 @@ fn upstream_request(
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
-/// Phase 6's one attempt at a server: sends the request over a pooled connection. Returns
-/// the response and, for HTTP/1, the connection to give back to the pool once the body
-/// has been read.
+/// Phase 6's one attempt at a server: sends the request over a pooled connection. An
+/// HTTP/1.1 response's body gives its connection back to the pool once read whole.
 async fn send(
     lb: &LbService,
-    backend: &crate::pool::Backend,
+    backend: &Arc<crate::pool::Backend>,
     mut req: Request<RequestBody>,
-) -> Result<
-    (
-        Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
-    ),
-    (UpstreamError, Option<Request<RequestBody>>),
-> {
+) -> Result<Response<ProxyBody>, (UpstreamError, Option<Request<RequestBody>>)> {
     let t = &lb.transport;
-    // A request the connection never wrote is returned to us and is safe to send again,
-    // whatever its method; one that was (partly) written is never retried.
     let timeout = t.response_header_timeout;
-    let mut attempt = 0;
-    loop {
+    let timed_out = || UpstreamError::ResponseTimeout(backend.authority.clone(), timeout);
+    // A request that never reached the upstream, or that a reused connection dropped
+    // before any answer and may be replayed, goes again on another connection (the last
+    // try on a new one): an idle connection the upstream closed just as it was taken is
+    // never the client's error.
+    for attempt in 0..3 {
+        let conn = if attempt == 2 && backend.scheme != UpstreamScheme::H2c {
+            backend.connect_h1(t).await.map(Conn::H1)
+        } else {
+            backend.checkout(t).await
+        };
         // No connection: the request is untouched and goes back to the caller.
-        let conn = match backend.checkout(t).await {
+        let conn = match conn {
             Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        let (sent, pooled) = match conn {
-            Conn::H1 { mut tx, .. } => (
-                tokio::time::timeout(timeout, tx.try_send_request(req)).await,
-                Some(tx),
-            ),
-            Conn::H2(mut tx) => (
-                tokio::time::timeout(timeout, tx.try_send_request(req)).await,
-                None,
-            ),
-        };
-        let result = match sent {
-            Err(_) => {
-                return Err((
-                    UpstreamError::ResponseTimeout(backend.authority.clone(), timeout),
-                    None,
-                ))
-            }
-            Ok(Ok(resp)) => return Ok((resp, pooled)),
-            Ok(Err(e)) => e,
-        };
-        let mut e = result;
-        match e.take_message() {
-            Some(back) if attempt < 2 => {
-                req = back;
-                attempt += 1;
-            }
-            _ => {
-                return Err((
-                    UpstreamError::request(&backend.authority, e.into_error()),
-                    None,
-                ))
+        match conn {
+            Conn::H1(conn) => match crate::h1::send(conn, req, timeout).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|b| ProxyBody::h1(b.pooled(backend.clone()))));
+                }
+                Err(SendError::Again(back, e)) => {
+                    tracing::debug!(backend = %backend.label, error = %e, "upstream connection closed before the request was answered; sending it again");
+                    req = *back;
+                }
+                Err(SendError::Upstream(e)) => {
+                    return Err((UpstreamError::Exchange(backend.authority.clone(), e), None))
+                }
+                Err(SendError::Timeout) => return Err((timed_out(), None)),
+                Err(SendError::Client(e)) => return Err((client_body_error(e), None)),
+            },
+            Conn::H2(mut tx) => {
+                let e = match tokio::time::timeout(timeout, tx.try_send_request(req)).await {
+                    Err(_) => return Err((timed_out(), None)),
+                    Ok(Ok(resp)) => return Ok(resp.map(ProxyBody::upstream)),
+                    Ok(Err(e)) => e,
+                };
+                let mut e = e;
+                match e.take_message() {
+                    Some(back) => req = back,
+                    None => {
+                        return Err((
+                            UpstreamError::request(&backend.authority, e.into_error()),
+                            None,
+                        ))
+                    }
+                }
             }
         }
+    }
+    Err((
+        UpstreamError::Exchange(backend.authority.clone(), crate::h1::H1Error::Closed),
+        None,
+    ))
+}
+
+/// The client's request body broke on its way up.
+fn client_body_error(e: crate::request_body::RequestBodyError) -> UpstreamError {
+    use crate::request_body::RequestBodyError as E;
+    match e {
+        E::Stalled(d) => UpstreamError::ClientBodyStalled(d),
+        E::Client(e) => UpstreamError::ClientBody(Box::new(e)),
+        // The edge's own temporary file: not the client's fault.
+        E::Spool(e) => UpstreamError::ClientBody(Box::new(e)),
     }
 }
 
@@ -1200,7 +1204,7 @@ async fn forward_upgrade(
     downstream: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
     let t = &lb.transport;
-    let mut tx = backend.connect_h1(t, true).await?;
+    let mut tx = backend.connect_upgrade(t).await?;
     let mut resp = match tokio::time::timeout(t.response_header_timeout, tx.send_request(req)).await
     {
         Err(_) => {
@@ -1224,8 +1228,7 @@ async fn forward_upgrade(
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)))
+    Ok(resp.map(ProxyBody::upstream))
 }
 
 /// Phase 9, for every response: the client gets the protocol it spoke, hop-by-hop headers
@@ -1235,7 +1238,17 @@ async fn forward_upgrade(
 fn response_filter(resp: &mut Response<ProxyBody>, ctx: &mut RequestCtx<'_>) {
     *resp.version_mut() = ctx.downstream_version;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // `Trailer` announces the trailer fields of this response, and hyper sends an HTTP/1.1
+    // client only the trailers announced; Go's ReverseProxy announces them again too.
+    let announced = resp
+        .headers()
+        .contains_key(header::TRAILER)
+        .then(|| resp.headers_mut().remove(header::TRAILER))
+        .flatten();
     remove_hop_by_hop(resp.headers_mut(), switching);
+    if let Some(trailer) = announced {
+        resp.headers_mut().insert(header::TRAILER, trailer);
+    }
     let ran = ctx
         .router
         .and_then(|r| r.middlewares.get(..ctx.middlewares_ran))

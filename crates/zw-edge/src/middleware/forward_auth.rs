@@ -29,6 +29,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use zw_config::ForwardAuthSpec;
 
+use crate::h1::SendError;
 use crate::pool::{Backend, Conn, Transport};
 use crate::request_body::RequestBody;
 
@@ -66,7 +67,7 @@ enum AuthError {
     #[error(transparent)]
     Upstream(#[from] crate::pool::UpstreamError),
     #[error("exchange with {0}: {1}")]
-    Http(String, hyper::Error),
+    Http(String, crate::h1::H1Error),
     /// An `http://` server is spoken to over HTTP/1.1 only.
     #[error("the pool offered {0} over HTTP/2")]
     Protocol(String),
@@ -198,7 +199,7 @@ async fn ask(
             max_idle: MAX_IDLE,
             ..Transport::default()
         };
-        let Conn::H1 { mut tx, .. } = server.checkout(&transport).await? else {
+        let Conn::H1(conn) = server.checkout(&transport).await? else {
             return Err(AuthError::Protocol(name.clone()));
         };
         let mut req = http::Request::builder()
@@ -206,18 +207,25 @@ async fn ask(
             .uri(spec.path_and_query.clone())
             .body(body)?;
         *req.headers_mut() = headers;
-        let resp = tx
-            .send_request(req)
-            .await
-            .map_err(|e| AuthError::Http(name.clone(), e))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_BODY)
+        let resp = match crate::h1::send(conn, req, TIMEOUT).await {
+            Ok(resp) => resp,
+            Err(SendError::Again(_, e) | SendError::Upstream(e)) => {
+                return Err(AuthError::Http(name.clone(), e))
+            }
+            Err(SendError::Timeout) => return Err(AuthError::Timeout(name.clone())),
+            Err(SendError::Client(_)) => return Err(AuthError::Body(name.clone())),
+        };
+        let (parts, mut body) = resp.into_parts();
+        let bytes = Limited::new(&mut body, MAX_BODY)
             .collect()
             .await
             .map_err(|_| AuthError::Body(name.clone()))?
             .to_bytes();
-        // Given back once the answer is read whole; the pool drops a closing one.
-        server.checkin(tx);
+        // Given back once the answer is read whole; a closing one is dropped.
+        if let Some(conn) = body.take_reusable() {
+            server.checkin(conn);
+        }
+        let body = bytes;
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,

@@ -8,7 +8,8 @@
 #   EXTRA_NAME=zeitwork EXTRA_URL=http://127.0.0.1:9104 \
 #   EXTRA_CMD="bash $PWD/bench/edge-1000-routers.sh" bash ../shared/bench/run.sh
 #
-# The harness exports BENCH_ORIGIN, BENCH_WORKERS and BENCH_RUN_DIR.
+# ACCESS_LOG=PATH writes the JSON access log there (ACCESS_LOG=run: into the run's
+# directory). The harness exports BENCH_ORIGIN, BENCH_WORKERS and BENCH_RUN_DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${ZEITWORK_BIN:-$here/../target/release/zeitwork}
@@ -39,4 +40,11 @@ cfg=${BENCH_RUN_DIR:-/tmp}/zeitwork-${routers}-routers.yaml
     fi
 } >"$cfg"
 
-exec "$bin" edge --config "$cfg" --http "$listen" --admin 127.0.0.1:9180 --workers "${BENCH_WORKERS:-1}"
+log=()
+case "${ACCESS_LOG:-}" in
+    "") ;;
+    run) log=(--access-log "${BENCH_RUN_DIR:-/tmp}/zeitwork-access.log") ;;
+    *) log=(--access-log "$ACCESS_LOG") ;;
+esac
+
+exec "$bin" edge "${log[@]}" --config "$cfg" --http "$listen" --admin 127.0.0.1:9180 --workers "${BENCH_WORKERS:-1}"

@@ -148,6 +148,7 @@ pub(crate) async fn send(
         written: false,
         body_touched: false,
         got_bytes: false,
+        body_moved: false,
     };
     let mut deadline = pin!(tokio::time::sleep(timeout));
     let head = poll_fn(|cx| x.poll_head(cx, deadline.as_mut(), timeout)).await;
@@ -229,6 +230,8 @@ struct Exchange<'a> {
     body_touched: bool,
     /// Whether any byte of an answer arrived.
     got_bytes: bool,
+    /// A body frame was taken since the deadline was last set.
+    body_moved: bool,
 }
 
 impl Exchange<'_> {
@@ -244,10 +247,13 @@ impl Exchange<'_> {
                 match self.poll_write(cx) {
                     Poll::Ready(Ok(())) => {
                         progress = true;
-                        // The wait for the head is measured from the last byte written.
-                        deadline
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + timeout);
+                        // The wait for the head is measured from the last body bytes taken
+                        // (a request without a body: from the start, one clock read).
+                        if std::mem::take(&mut self.body_moved) {
+                            deadline
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + timeout);
+                        }
                     }
                     Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
                     Poll::Pending => {}
@@ -345,6 +351,7 @@ impl Exchange<'_> {
             Poll::Ready(None) => None,
         };
         self.body_touched = true;
+        self.body_moved = true;
         let buf = &mut self.conn.wbuf;
         if self.wpos == buf.len() {
             buf.clear();

@@ -975,16 +975,10 @@ fn pick_peer<'s>(snap: &'s Snapshot, mut service: u32, ctx: &PickCtx<'_>) -> Opt
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the
 /// `Connection` header names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // Most requests carry none of them: one pass over the names (standard names compare
+    // as tags) instead of a hash lookup for each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
     // `TE: trailers` says the client accepts trailers; gRPC needs it to reach the
     // upstream (HTTP/2 allows no other TE value).
@@ -994,6 +988,26 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
     });
+    // The Connection header's values, taken out whole (no copies); the names they list
+    // are removed by `&str`, which neither allocates nor fails on an invalid name.
+    let (mut first, mut more) = (None, Vec::new());
+    if let http::header::Entry::Occupied(e) = headers.entry(header::CONNECTION) {
+        for v in e.remove_entry_mult().1 {
+            match first {
+                None => first = Some(v),
+                Some(_) => more.push(v),
+            }
+        }
+    }
+    for v in first.iter().chain(&more) {
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            let kept = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+            if !token.is_empty() && !kept {
+                headers.remove(token);
+            }
+        }
+    }
     for name in [
         KEEP_ALIVE,
         PROXY_CONNECTION,
@@ -1007,10 +1021,24 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if !keep_upgrade {
-        headers.remove(header::CONNECTION);
+    if keep_upgrade {
+        for v in first.into_iter().chain(more) {
+            headers.append(header::CONNECTION, v);
+        }
+    } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Phase 5: turns the client's request into the upstream's.

@@ -85,24 +85,46 @@ impl Drop for Exchange {
         }
         self.shared.metrics.in_flight.fetch_sub(1, Relaxed);
         if let (Some(log), Some(sink)) = (self.log.take(), &self.shared.settings.access_log) {
-            let line = serde_json::json!({
-                "time": zw_proto::time::rfc3339_now(),
-                "request_id": log.request_id.to_str().unwrap_or(""),
-                "client_ip": log.client_ip.to_string(),
-                "method": log.method.as_str(),
-                "host": log.host.to_str().unwrap_or(""),
-                "path": log.path,
-                "status": self.status,
-                "router": log.router,
-                "service": log.service,
-                "upstream": log.upstream,
-                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "bytes": self.bytes,
-                "body_error": self.body_error,
-            });
-            if !sink.send(line.to_string()) {
+            let time = zw_proto::time::rfc3339_now();
+            // Fields in the order serde_json's maps had them (sorted), so lines read as before.
+            let line = Line {
+                body_error: self.body_error,
+                bytes: self.bytes,
+                client_ip: log.client_ip,
+                duration_ms: (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                host: log.host.to_str().unwrap_or(""),
+                method: log.method.as_str(),
+                path: &log.path,
+                request_id: log.request_id.to_str().unwrap_or(""),
+                router: log.router.as_deref(),
+                service: log.service.as_deref(),
+                status: self.status,
+                time: &time,
+                upstream: log.upstream.as_deref(),
+            };
+            let mut buf = Vec::with_capacity(384);
+            let sent = serde_json::to_writer(&mut buf, &line).is_ok() && sink.send(buf);
+            if !sent {
                 self.shared.metrics.access_log_dropped.fetch_add(1, Relaxed);
             }
         }
     }
+}
+
+/// One access log line, serialized straight into its buffer (no `serde_json::Value`).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    body_error: bool,
+    bytes: u64,
+    client_ip: IpAddr,
+    duration_ms: f64,
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    request_id: &'a str,
+    router: Option<&'a str>,
+    service: Option<&'a str>,
+    status: u16,
+    time: &'a str,
+    upstream: Option<&'a str>,
 }
